@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# Set everything up and run every check: lint, then the tests (which start their own real servers on
+# ports of their own and stop them by PID).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/bootstrap.sh
+.venv/bin/ruff check .
+.venv/bin/ruff format --check .
+.venv/bin/python -m pytest "$@"
