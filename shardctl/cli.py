@@ -1,0 +1,104 @@
+"""`shardctl`: the control plane's command line. Errors are one clear line and a non-zero exit."""
+
+from __future__ import annotations
+
+import json
+import sys
+from dataclasses import asdict
+from pathlib import Path
+
+import click
+
+from shardctl.settings import load_settings
+from shardctl.stack.binaries import MissingBinaryError
+from shardctl.stack.manager import Stack, StackError
+from shardctl.stack.postgres import PostgresStartError
+from shardctl.stack.redis_server import RedisStartError
+
+EXPECTED_ERRORS = (StackError, MissingBinaryError, PostgresStartError, RedisStartError, ValueError, OSError)
+
+
+class _Group(click.Group):
+    """Turns the control plane's known failures into a message and exit code 1, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        try:
+            return super().invoke(ctx)
+        except EXPECTED_ERRORS as exc:
+            raise click.ClickException(str(exc)) from exc
+
+
+@click.group(cls=_Group)
+def main() -> None:
+    """Tessera's sharded feature store and its control plane."""
+
+
+@main.group(cls=_Group)
+def stack() -> None:
+    """The local stack: catalog and shard Postgres servers, Redis, Java for H2O."""
+
+
+def _stack(data_dir: str | None) -> Stack:
+    settings = load_settings()
+    root = Path(data_dir) if data_dir else settings.data_dir
+    return Stack(root, postgres_bin_dir=settings.stack.postgres_bin_dir, run_as_user=settings.stack.run_as_user)
+
+
+data_dir_option = click.option(
+    "--data-dir",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where servers keep their data (default: $TESSERA_DATA_DIR or ./.tessera).",
+)
+
+
+@stack.command("up")
+@data_dir_option
+@click.option("--shards", type=click.IntRange(1, 64), default=None, help="Shard servers to run (default 2).")
+@click.option("--base-port", type=click.IntRange(1024, 65000), default=None, help="First port to try.")
+def stack_up(data_dir: str | None, shards: int | None, base_port: int | None) -> None:
+    """Start every server that is not running (harmless when all are), then print their status."""
+    settings = load_settings()
+    the_stack = _stack(data_dir)
+    the_stack.up(shards=shards, base_port=base_port or settings.stack.base_port)
+    _print_status(the_stack, as_json=False)
+
+
+@stack.command("status")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def stack_status(data_dir: str | None, as_json: bool) -> None:
+    """Show each server's port, PID and health; exit 1 if any is unhealthy or the stack is not up."""
+    healthy = _print_status(_stack(data_dir), as_json)
+    sys.exit(0 if healthy else 1)
+
+
+@stack.command("down")
+@data_dir_option
+@click.option("--purge", is_flag=True, help="Also delete the servers' data.")
+def stack_down(data_dir: str | None, purge: bool) -> None:
+    """Stop every server the stack started, by PID."""
+    failed = _stack(data_dir).down(purge=purge)
+    if failed:
+        raise click.ClickException(f"could not stop: {', '.join(failed)}")
+    click.echo("stack stopped" + (" and purged" if purge else ""))
+
+
+def _print_status(the_stack: Stack, as_json: bool) -> bool:
+    rows = the_stack.status()
+    if as_json:
+        click.echo(json.dumps([asdict(r) for r in rows], indent=2))
+    elif not rows:
+        click.echo(f"no stack in {the_stack.data_dir}: run `shardctl stack up`")
+    else:
+        click.echo(f"{'server':<10} {'kind':<8} {'port':>6} {'pid':>8}  {'health':<9} detail")
+        for r in rows:
+            click.echo(
+                f"{r.name:<10} {r.kind:<8} {r.port or '-':>6} {r.pid or '-':>8}  "
+                f"{'healthy' if r.healthy else 'DOWN':<9} {r.detail}"
+            )
+    return bool(rows) and all(r.healthy for r in rows)
+
+
+if __name__ == "__main__":
+    main()

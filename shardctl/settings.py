@@ -1,0 +1,122 @@
+"""One typed settings object for every Tessera process.
+
+Values come, in order of precedence, from ``TESSERA_*`` environment variables (nested fields use ``__``,
+e.g. ``TESSERA_SERVING__PORT``), then from the JSON file the local stack writes
+(``<data_dir>/settings.json``, or the path in ``TESSERA_SETTINGS_FILE``), then from the defaults below.
+So ``shardctl stack up`` is enough for every other command to find the stack with no flags, and a
+deployment sets environment variables instead.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, Field
+from pydantic_settings import (
+    BaseSettings,
+    JsonConfigSettingsSource,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+)
+
+DEFAULT_DATA_DIR = Path(".tessera")
+SETTINGS_FILE_NAME = "settings.json"
+
+
+class ShardSettings(BaseModel):
+    """One shard: its index and a libpq DSN (may be multi-host: primary and replicas)."""
+
+    index: int = Field(ge=0)
+    dsn: str
+
+
+class H2OSettings(BaseModel):
+    """How orchestration reaches H2O: an existing cluster URL, or a local JVM started on demand."""
+
+    url: str | None = None
+    nthreads: int = 2
+    max_mem: str = "2G"
+    java_home: str | None = None
+
+
+class ServingSettings(BaseModel):
+    """The prediction service's listener, process and thread counts, and request limits."""
+
+    host: str = "127.0.0.1"
+    port: int = 8000
+    workers: int = 1
+    scoring_threads: int = 2
+    max_batch: int = 100
+    cache_ttl_seconds: int = 300
+
+
+class StackSettings(BaseModel):
+    """Knobs of the local development stack (`shardctl stack`)."""
+
+    shards: int = Field(default=2, ge=1, le=64)
+    base_port: int = Field(default=15432, ge=1024, le=65000)
+    postgres_bin_dir: str | None = None
+    run_as_user: str | None = None
+
+
+class TesseraSettings(BaseSettings):
+    """Everything a Tessera process needs to find its shards, cache, model runtime and data."""
+
+    model_config = SettingsConfigDict(env_prefix="TESSERA_", env_nested_delimiter="__", extra="ignore")
+
+    data_dir: Path = DEFAULT_DATA_DIR
+    catalog_dsn: str | None = None
+    dagster_dsn: str | None = None
+    shards: list[ShardSettings] = Field(default_factory=list)
+    redis_url: str | None = None
+    h2o: H2OSettings = Field(default_factory=H2OSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    stack: StackSettings = Field(default_factory=StackSettings)
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (
+            init_settings,
+            env_settings,
+            JsonConfigSettingsSource(settings_cls, json_file=settings_file_path()),
+        )
+
+    @property
+    def total_shards(self) -> int:
+        return len(self.shards)
+
+    def shard_dsns(self) -> list[str]:
+        """DSNs ordered by shard index; raises if the indices are not exactly 0..N-1."""
+        ordered = sorted(self.shards, key=lambda s: s.index)
+        if [s.index for s in ordered] != list(range(len(ordered))):
+            raise ValueError(f"shard indices must be 0..N-1, got {[s.index for s in ordered]}")
+        return [s.dsn for s in ordered]
+
+
+def settings_file_path() -> Path:
+    """Where the stack writes, and settings read, the discovered topology."""
+    explicit = os.environ.get("TESSERA_SETTINGS_FILE")
+    if explicit:
+        return Path(explicit)
+    return Path(os.environ.get("TESSERA_DATA_DIR", str(DEFAULT_DATA_DIR))) / SETTINGS_FILE_NAME
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> TesseraSettings:
+    """The process-wide settings, read once."""
+    return TesseraSettings()
+
+
+def load_settings(**overrides: Any) -> TesseraSettings:
+    """Fresh settings (not cached), e.g. after the stack rewrote its file."""
+    return TesseraSettings(**overrides)

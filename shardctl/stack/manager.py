@@ -1,0 +1,254 @@
+"""`shardctl stack up|status|down`: the catalog Postgres, N shard Postgres servers and a Redis, each on a
+port of its own under the data dir, with the resulting topology written where the settings read it."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from shardctl.hashing import install_sql_functions
+from shardctl.settings import SETTINGS_FILE_NAME
+from shardctl.stack.binaries import (
+    PostgresBinaries,
+    find_java_home,
+    find_postgres,
+    find_redis_server,
+    java_version,
+)
+from shardctl.stack.postgres import DATABASE, PostgresServer, make_template
+from shardctl.stack.process import allocate_ports, pid_alive
+from shardctl.stack.redis_server import RedisServer
+from shardctl.stack.users import chown_tree, server_user, user_can_write
+
+STATE_FILE_NAME = "stack.json"
+CATALOG = "catalog"
+DAGSTER_DATABASE = "dagster"
+
+
+class StackError(RuntimeError):
+    """A request the stack cannot honour; the message says why and what to do."""
+
+
+@dataclass
+class ServerStatus:
+    name: str
+    kind: str
+    port: int
+    pid: int | None
+    healthy: bool
+    detail: str = ""
+
+
+@dataclass
+class StackState:
+    """What `up` started, persisted so `status` and `down` work from any later process."""
+
+    pg_root: str
+    user: str | None
+    postgres: dict[str, str]
+    catalog_port: int
+    shard_ports: list[int]
+    redis_port: int
+    redis_pid: int | None = None
+    redis_binary: str = ""
+    java_home: str | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+class Stack:
+    """The local stack rooted at ``data_dir``."""
+
+    def __init__(self, data_dir: Path, *, postgres_bin_dir: str | None = None, run_as_user: str | None = None):
+        self.data_dir = Path(data_dir).absolute()
+        self.postgres_bin_dir = postgres_bin_dir
+        self.run_as_user = run_as_user
+
+    # -- persistence -----------------------------------------------------------------------------------
+    @property
+    def state_file(self) -> Path:
+        return self.data_dir / STATE_FILE_NAME
+
+    @property
+    def settings_file(self) -> Path:
+        return self.data_dir / SETTINGS_FILE_NAME
+
+    def load_state(self) -> StackState | None:
+        try:
+            return StackState(**json.loads(self.state_file.read_text()))
+        except FileNotFoundError:
+            return None
+
+    def _save_state(self, state: StackState) -> None:
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(asdict(state), indent=2))
+        tmp.replace(self.state_file)
+
+    # -- servers ---------------------------------------------------------------------------------------
+    def _binaries(self, state: StackState) -> PostgresBinaries:
+        p = state.postgres
+        return PostgresBinaries(Path(p["bin_dir"]), p["version"], p["source"])
+
+    def postgres_servers(self, state: StackState) -> list[PostgresServer]:
+        """The catalog first, then shards in index order."""
+        binaries = self._binaries(state)
+        root = Path(state.pg_root)
+        servers = [PostgresServer(CATALOG, state.catalog_port, root / CATALOG, binaries, state.user)]
+        servers += [
+            PostgresServer(f"shard{i}", port, root / f"shard{i}", binaries, state.user)
+            for i, port in enumerate(state.shard_ports)
+        ]
+        return servers
+
+    def redis_server(self, state: StackState) -> RedisServer:
+        return RedisServer(state.redis_port, self.data_dir / "redis", state.redis_binary, state.redis_pid)
+
+    # -- commands --------------------------------------------------------------------------------------
+    def up(self, shards: int | None = None, base_port: int = 15432) -> StackState:
+        """Start whatever is not running; harmless when everything already is."""
+        state = self.load_state()
+        if state is not None and shards is not None and shards != len(state.shard_ports):
+            raise StackError(
+                f"the stack in {self.data_dir} already has {len(state.shard_ports)} shards; "
+                f"run `shardctl migrate` to change the shard count, or `shardctl stack down --purge` first"
+            )
+        if state is None:
+            state = self._plan(shards or 2, base_port)
+        self._save_state(state)
+        template = Path(state.pg_root) / "template"
+        make_template(self._binaries(state), template, state.user)
+        for server in self.postgres_servers(state):
+            if not server.initialized():
+                server.init_from(template)
+            server.start()
+            server.ensure_database(DATABASE)
+            with psycopg.connect(server.dsn()) as conn:
+                install_sql_functions(conn)
+        self.postgres_servers(state)[0].ensure_database(DAGSTER_DATABASE)
+        redis_server = self.redis_server(state)
+        state.redis_pid = redis_server.start()
+        self._save_state(state)
+        self._write_settings(state)
+        return state
+
+    def _plan(self, shards: int, base_port: int) -> StackState:
+        user = server_user(self.run_as_user)
+        binaries = find_postgres(self.postgres_bin_dir)
+        ports = allocate_ports(base_port, shards + 2)
+        try:
+            java_home: str | None = str(find_java_home())
+        except RuntimeError:
+            java_home = None
+        return StackState(
+            pg_root=str(self._pg_root(user)),
+            user=user,
+            postgres={
+                "bin_dir": str(binaries.bin_dir),
+                "version": binaries.version,
+                "source": binaries.source,
+            },
+            catalog_port=ports[0],
+            shard_ports=ports[1 : shards + 1],
+            redis_port=ports[-1],
+            redis_binary=find_redis_server(),
+            java_home=java_home,
+        )
+
+    def _pg_root(self, user: str | None) -> Path:
+        """Postgres data lives in the data dir if the server user can reach it, else under /var/tmp."""
+        root = self.data_dir / "pg"
+        root.mkdir(parents=True, exist_ok=True)
+        chown_tree(root, user)
+        if user_can_write(user, root):
+            return root
+        digest = hashlib.sha1(str(self.data_dir).encode()).hexdigest()[:12]
+        root = Path("/var/tmp") / f"tessera-pg-{digest}"
+        root.mkdir(parents=True, exist_ok=True)
+        chown_tree(root, user)
+        return root
+
+    def _write_settings(self, state: StackState) -> None:
+        servers = self.postgres_servers(state)
+        settings = {
+            "data_dir": str(self.data_dir),
+            "catalog_dsn": servers[0].dsn(),
+            "shards": [{"index": i, "dsn": s.dsn()} for i, s in enumerate(servers[1:])],
+            "redis_url": self.redis_server(state).url,
+            "h2o": {"java_home": state.java_home},
+            "dagster_dsn": servers[0].dsn(DAGSTER_DATABASE),
+        }
+        self.settings_file.write_text(json.dumps(settings, indent=2))
+
+    def status(self) -> list[ServerStatus]:
+        state = self.load_state()
+        if state is None:
+            return []
+        rows = []
+        for server in self.postgres_servers(state):
+            pid = server.pid()
+            healthy = pid is not None and server.accepts_connections()
+            kind = "catalog" if server.name == CATALOG else "shard"
+            rows.append(
+                ServerStatus(server.name, kind, server.port, pid, healthy, f"postgres {state.postgres['version']}")
+            )
+        redis_server = self.redis_server(state)
+        alive = pid_alive(state.redis_pid)
+        rows.append(
+            ServerStatus(
+                "redis",
+                "cache",
+                state.redis_port,
+                state.redis_pid if alive else None,
+                alive and redis_server.answers(),
+                "redis",
+            )
+        )
+        if state.java_home:
+            try:
+                rows.append(
+                    ServerStatus(
+                        "java",
+                        "runtime",
+                        0,
+                        None,
+                        True,
+                        f"{state.java_home} ({java_version(Path(state.java_home))})",
+                    )
+                )
+            except (OSError, RuntimeError) as exc:
+                rows.append(ServerStatus("java", "runtime", 0, None, False, str(exc)))
+        else:
+            rows.append(ServerStatus("java", "runtime", 0, None, False, "no Java found"))
+        return rows
+
+    def down(self, purge: bool = False) -> list[str]:
+        """Stop every server by PID; with ``purge`` also delete their data. Returns what failed to stop."""
+        state = self.load_state()
+        if state is None:
+            return []
+        failed = [s.name for s in self.postgres_servers(state) if not s.stop()]
+        if not self.redis_server(state).stop():
+            failed.append("redis")
+        else:
+            state.redis_pid = None
+            self._save_state(state)
+        if purge and not failed:
+            shutil.rmtree(state.pg_root, ignore_errors=True)
+            shutil.rmtree(self.data_dir, ignore_errors=True)
+        return failed
+
+    def pids(self) -> list[int]:
+        """Every PID the stack is running now (for tests and `down` verification)."""
+        state = self.load_state()
+        if state is None:
+            return []
+        pids = [p for s in self.postgres_servers(state) if (p := s.pid())]
+        if pid_alive(state.redis_pid):
+            pids.append(state.redis_pid)  # type: ignore[arg-type]
+        return pids

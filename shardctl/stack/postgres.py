@@ -1,0 +1,163 @@
+"""One local PostgreSQL server: created from a template cluster, started with pg_ctl as an unprivileged
+user, and stopped by the postmaster's PID."""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from shardctl.stack.binaries import PostgresBinaries
+from shardctl.stack.process import pid_alive, stop_pid, wait_until
+from shardctl.stack.users import as_user, chown_tree
+
+SUPERUSER = "tessera"
+DATABASE = "tessera"
+
+# Settings for a small shared machine; wal_level=logical leaves room for online resharding.
+SERVER_CONF = """
+listen_addresses = '127.0.0.1'
+max_connections = 200
+shared_buffers = 128MB
+wal_level = logical
+max_wal_senders = 10
+max_replication_slots = 10
+max_wal_size = 2GB
+checkpoint_timeout = 15min
+logging_collector = off
+"""
+
+
+class PostgresStartError(RuntimeError):
+    """The server did not come up; the message carries the tail of its log."""
+
+
+def dsn(port: int, dbname: str = DATABASE, host: str = "127.0.0.1") -> str:
+    return f"host={host} port={port} dbname={dbname} user={SUPERUSER}"
+
+
+@dataclass
+class PostgresServer:
+    name: str
+    port: int
+    data_dir: Path  # the cluster directory (PGDATA)
+    binaries: PostgresBinaries
+    user: str | None
+
+    @property
+    def log_file(self) -> Path:
+        return self.data_dir.parent / f"{self.name}.log"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.data_dir / "sockets"
+
+    def dsn(self, dbname: str = DATABASE) -> str:
+        return dsn(self.port, dbname)
+
+    def pid(self) -> int | None:
+        """The postmaster's PID from postmaster.pid, if it is running."""
+        pid_file = self.data_dir / "postmaster.pid"
+        try:
+            pid = int(pid_file.read_text().splitlines()[0])
+        except (FileNotFoundError, ValueError, IndexError, PermissionError):
+            return None
+        return pid if pid_alive(pid) else None
+
+    def initialized(self) -> bool:
+        return (self.data_dir / "PG_VERSION").exists()
+
+    def init_from(self, template: Path) -> None:
+        """Create the cluster by copying an initdb'd template (much faster than another initdb)."""
+        shutil.copytree(template, self.data_dir, symlinks=True)
+        self.socket_dir.mkdir(exist_ok=True)
+        with open(self.data_dir / "postgresql.conf", "a") as conf:
+            conf.write(f"\nport = {self.port}\nunix_socket_directories = '{self.socket_dir}'\n")
+        chown_tree(self.data_dir, self.user)
+        self.data_dir.chmod(0o700)
+
+    def start(self, timeout: float = 60.0) -> int:
+        """Start the server and wait until it accepts connections; returns the postmaster PID."""
+        if self.pid():
+            return self.pid()  # type: ignore[return-value]
+        argv = as_user(
+            self.user,
+            [
+                self.binaries.tool("pg_ctl"),
+                "start",
+                "-D",
+                str(self.data_dir),
+                "-l",
+                str(self.log_file),
+                "-w",
+                "-t",
+                str(int(timeout)),
+            ],
+        )
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        if result.returncode != 0 or not wait_until(self.accepts_connections, timeout):
+            raise PostgresStartError(f"{self.name} (port {self.port}) did not start:\n{self.log_tail()}")
+        return self.pid()  # type: ignore[return-value]
+
+    def accepts_connections(self) -> bool:
+        try:
+            with psycopg.connect(self.dsn("postgres"), connect_timeout=2) as conn:
+                conn.execute("SELECT 1")
+        except psycopg.Error:
+            return False
+        return True
+
+    def ensure_database(self, dbname: str) -> None:
+        with psycopg.connect(self.dsn("postgres"), autocommit=True) as conn:
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (dbname,)).fetchone()
+            if not exists:
+                conn.execute(f'CREATE DATABASE "{dbname}"')
+
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Fast shutdown (SIGINT to the postmaster), escalating if it hangs; True once stopped."""
+        pid = self.pid()
+        if pid is None:
+            return True
+        return stop_pid(pid, signal.SIGINT, timeout)
+
+    def log_tail(self, lines: int = 20) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+
+def make_template(binaries: PostgresBinaries, path: Path, user: str | None) -> Path:
+    """initdb once into ``path``; every server of the stack starts as a copy of it."""
+    if (path / "PG_VERSION").exists():
+        return path
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    chown_tree(tmp, user)
+    argv = as_user(
+        user,
+        [
+            binaries.tool("initdb"),
+            "-D",
+            str(tmp),
+            "-U",
+            SUPERUSER,
+            "--auth=trust",
+            "--encoding=UTF8",
+            "--locale=C",
+            "--no-sync",
+        ],
+    )
+    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    if result.returncode != 0:
+        raise PostgresStartError(f"initdb failed:\n{result.stderr[-2000:]}")
+    with open(tmp / "postgresql.conf", "a") as conf:
+        conf.write(SERVER_CONF)
+    tmp.rename(path)
+    return path

@@ -1,0 +1,91 @@
+"""One local Redis server, run in the foreground of its own session so its PID is ours to stop."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import redis
+
+from shardctl.stack.process import pid_alive, stop_pid, wait_until
+
+
+class RedisStartError(RuntimeError):
+    """Redis did not come up; the message carries the tail of its log."""
+
+
+@dataclass
+class RedisServer:
+    port: int
+    dir: Path
+    binary: str
+    pid: int | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    @property
+    def log_file(self) -> Path:
+        return self.dir / "redis.log"
+
+    def start(self, timeout: float = 20.0) -> int:
+        if pid_alive(self.pid) and self.answers():
+            return self.pid  # type: ignore[return-value]
+        self.dir.mkdir(parents=True, exist_ok=True)
+        # A cache: nothing is persisted, so a restart is a cold cache, never stale data.
+        argv = [
+            self.binary,
+            "--port",
+            str(self.port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.dir),
+            "--logfile",
+            str(self.log_file),
+            "--daemonize",
+            "no",
+            "--maxmemory",
+            "512mb",
+            "--maxmemory-policy",
+            "allkeys-lru",
+        ]
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        self.pid = proc.pid
+        if not wait_until(self.answers, timeout):
+            self.stop()
+            raise RedisStartError(f"redis on port {self.port} did not start:\n{self._log_tail()}")
+        return self.pid
+
+    def answers(self) -> bool:
+        try:
+            return bool(redis.Redis.from_url(self.url, socket_timeout=1).ping())
+        except redis.RedisError:
+            return False
+
+    def stop(self, timeout: float = 10.0) -> bool:
+        if self.pid is None:
+            return True
+        stopped = stop_pid(self.pid, signal.SIGTERM, timeout)
+        if stopped:
+            self.pid = None
+        return stopped
+
+    def _log_tail(self) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-20:])
+        except OSError:
+            return "(no log)"
