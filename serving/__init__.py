@@ -1,0 +1,1 @@
+"""Tessera's prediction service (Litestar on Granian)."""

@@ -1,0 +1,48 @@
+"""Shared fixtures: a real local stack (Postgres catalog + shards, Redis) per test session."""
+
+from __future__ import annotations
+
+import os
+import random
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from shardctl.settings import TesseraSettings, load_settings
+from shardctl.stack.manager import Stack
+
+
+def _random_base_port() -> int:
+    # Spread sessions (parallel runs, developers' stacks) over the range so they rarely collide;
+    # allocate_ports skips any port in use anyway.
+    return random.randrange(20000, 40000, 10)
+
+
+@pytest.fixture(scope="session")
+def stack_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("stack")
+
+
+@pytest.fixture(scope="session")
+def local_stack(stack_dir: Path) -> Iterator[Stack]:
+    """A running stack with 2 shards, shared by the session and stopped (by PID) at its end."""
+    stack = Stack(stack_dir)
+    stack.up(shards=2, base_port=_random_base_port())
+    previous = os.environ.get("TESSERA_DATA_DIR")
+    os.environ["TESSERA_DATA_DIR"] = str(stack_dir)
+    try:
+        yield stack
+    finally:
+        failed = stack.down(purge=True)
+        if previous is None:
+            os.environ.pop("TESSERA_DATA_DIR", None)
+        else:
+            os.environ["TESSERA_DATA_DIR"] = previous
+        assert not failed, f"servers left running: {failed}"
+
+
+@pytest.fixture(scope="session")
+def settings(local_stack: Stack) -> TesseraSettings:
+    """Settings as every Tessera process reads them once the stack is up: from the stack's file."""
+    return load_settings()

@@ -1,0 +1,115 @@
+"""The local stack starts real servers, reports them, is idempotent, and `down` leaves nothing running."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
+import psycopg
+import pytest
+import redis
+
+from shardctl.settings import load_settings
+from shardctl.stack.manager import Stack
+from shardctl.stack.process import pid_alive, port_in_use
+from tests.conftest import _random_base_port
+
+
+def _shardctl(*args: str, env_extra: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, **(env_extra or {})}
+    return subprocess.run(
+        [sys.executable, "-m", "shardctl.cli", *args], capture_output=True, text=True, env=env, check=False
+    )
+
+
+@pytest.mark.req("PLAT.stack")
+def test_shards_and_catalog_accept_connections_and_run_sql(settings) -> None:
+    assert settings.total_shards == 2
+    for dsn in [settings.catalog_dsn, *settings.shard_dsns()]:
+        with psycopg.connect(dsn) as conn:
+            conn.execute("CREATE TABLE IF NOT EXISTS probe (k int PRIMARY KEY)")
+            conn.execute("INSERT INTO probe VALUES (1) ON CONFLICT DO NOTHING")
+            assert conn.execute("SELECT count(*) FROM probe").fetchone() == (1,)
+            conn.execute("DROP TABLE probe")
+    with psycopg.connect(settings.dagster_dsn) as conn:
+        assert conn.execute("SELECT current_database()").fetchone() == ("dagster",)
+
+
+@pytest.mark.req("PLAT.stack")
+def test_redis_answers(settings) -> None:
+    client = redis.Redis.from_url(settings.redis_url)
+    assert client.ping()
+    client.set("tessera:probe", "1")
+    assert client.get("tessera:probe") == b"1"
+
+
+@pytest.mark.req("PLAT.stack")
+def test_postgres_does_not_run_as_root(local_stack: Stack) -> None:
+    for pid in local_stack.pids()[:-1]:  # the last is Redis
+        assert psutil.Process(pid).uids().real != 0 or os.geteuid() != 0
+
+
+@pytest.mark.req("PLAT.stack")
+def test_status_reports_every_server_healthy_and_up_is_idempotent(local_stack: Stack) -> None:
+    before = local_stack.pids()
+    local_stack.up()
+    assert local_stack.pids() == before
+    rows = {r.name: r for r in local_stack.status()}
+    assert set(rows) == {"catalog", "shard0", "shard1", "redis", "java"}
+    assert all(r.healthy for r in rows.values()), rows
+    result = _shardctl("stack", "status", "--json", "--data-dir", str(local_stack.data_dir))
+    assert result.returncode == 0, result.stderr
+    assert {r["name"] for r in json.loads(result.stdout)} == set(rows)
+
+
+@pytest.mark.req("PLAT.settings")
+def test_settings_come_from_the_stack_file_and_env_overrides_it(settings, monkeypatch) -> None:
+    assert settings.catalog_dsn
+    assert "port=" in settings.catalog_dsn
+    assert [s.index for s in settings.shards] == [0, 1]
+    monkeypatch.setenv("TESSERA_REDIS_URL", "redis://example.invalid:1/0")
+    monkeypatch.setenv("TESSERA_SERVING__PORT", "9123")
+    overridden = load_settings()
+    assert overridden.redis_url == "redis://example.invalid:1/0"
+    assert overridden.serving.port == 9123
+    assert overridden.catalog_dsn == settings.catalog_dsn
+
+
+@pytest.mark.req("PLAT.stack")
+def test_down_leaves_no_process_behind(tmp_path: Path) -> None:
+    data_dir = tmp_path / "own-stack"
+    base = str(_random_base_port())
+    up = _shardctl("stack", "up", "--shards", "1", "--base-port", base, "--data-dir", str(data_dir))
+    assert up.returncode == 0, up.stderr
+    stack = Stack(data_dir)
+    pids = stack.pids()
+    state = stack.load_state()
+    assert state is not None
+    assert len(pids) == 3
+    ports = [state.catalog_port, *state.shard_ports, state.redis_port]
+    assert all(port_in_use(p) for p in ports)
+    children = [c.pid for p in pids for c in psutil.Process(p).children(recursive=True)]
+    down = _shardctl("stack", "down", "--data-dir", str(data_dir))
+    assert down.returncode == 0, down.stderr
+    assert [p for p in pids + children if pid_alive(p)] == []
+    assert [p for p in ports if port_in_use(p)] == []
+    status = _shardctl("stack", "status", "--data-dir", str(data_dir))
+    assert status.returncode == 1
+    assert "DOWN" in status.stdout
+    assert _shardctl("stack", "down", "--purge", "--data-dir", str(data_dir)).returncode == 0
+
+
+@pytest.mark.req("PLAT.stack")
+def test_cli_rejects_bad_input_with_a_message_not_a_traceback(local_stack: Stack) -> None:
+    bad_count = _shardctl("stack", "up", "--shards", "0", "--data-dir", str(local_stack.data_dir))
+    assert bad_count.returncode == 2
+    assert "--shards" in bad_count.stderr
+    other_count = _shardctl("stack", "up", "--shards", "3", "--data-dir", str(local_stack.data_dir))
+    assert other_count.returncode == 1
+    assert "already has 2 shards" in other_count.stderr
+    for result in (bad_count, other_count):
+        assert "Traceback" not in result.stderr
