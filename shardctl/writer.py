@@ -23,11 +23,14 @@ and the batch takes the merge path instead.
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import itertools
 import logging
 import math
+import queue
 import time
-from collections.abc import Iterable, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -36,7 +39,6 @@ import psycopg
 from psycopg.types.json import set_json_dumps
 
 from shardctl.errors import BadFeatureRowError, FeatureWriteError, PartialCommitError, ShardUnavailableError
-from shardctl.hashing import entity_hash
 from shardctl.pools import ShardPools
 from shardctl.schema import FEATURE_TABLE
 from shardctl.shardmap import ShardMap, ShardMapWatcher, StaleShardMapError, check_fence
@@ -57,22 +59,26 @@ FeatureValue = float | int | str | bool | None
 _ALLOWED_VALUE_TYPES = frozenset({float, int, str, bool, type(None)})
 _MAX_FEATURE_SET = 63
 _PROBE_KEYS = 64
+_CHUNK_ROWS = 5000
+_END = object()  # queue sentinels between the validating thread and a shard's worker
+_ABORT = object()
+_STR_ONLY = frozenset({str})
+_ENCODE = msgspec.json.encode
 
 _MERGE_SQL = f"""
-WITH merged AS (
-    INSERT INTO {FEATURE_TABLE} AS t (entity_id, feature_set, features, event_ts)
-    SELECT s.entity_id, %(feature_set)s, s.features, s.event_ts FROM tessera_stage s
-    ON CONFLICT (entity_id, feature_set) DO UPDATE
-       SET features = excluded.features,
-           event_ts = excluded.event_ts,
-           written_at = now(),
-           version = t.version + (t.features IS DISTINCT FROM excluded.features)::int
-     WHERE excluded.event_ts >= t.event_ts
-       AND (t.features, t.event_ts) IS DISTINCT FROM (excluded.features, excluded.event_ts)
-    RETURNING (t.xmax = 0) AS inserted
-)
-SELECT count(*) FILTER (WHERE inserted), count(*) FILTER (WHERE NOT inserted) FROM merged
+INSERT INTO {FEATURE_TABLE} AS t (entity_id, feature_set, features, event_ts)
+SELECT s.entity_id, %(feature_set)s, s.features, s.event_ts FROM tessera_stage s
+ON CONFLICT (entity_id, feature_set) DO UPDATE
+   SET features = excluded.features,
+       event_ts = excluded.event_ts,
+       written_at = now(),
+       version = t.version + (t.features IS DISTINCT FROM excluded.features)::int
+ WHERE excluded.event_ts >= t.event_ts
+   AND (t.features, t.event_ts) IS DISTINCT FROM (excluded.features, excluded.event_ts)
 """
+# Rows inserted so far by this transaction (Postgres' own per-transaction counter): read before and after the
+# merge, it splits the merge's row count into inserts and updates without a RETURNING pass over every row.
+_XACT_INSERTED_SQL = f"SELECT pg_stat_get_xact_tuples_inserted('{FEATURE_TABLE}'::regclass)"
 _PROBE_SQL = f"SELECT EXISTS (SELECT 1 FROM {FEATURE_TABLE} WHERE feature_set = %s AND entity_id = ANY(%s))"
 _STAGE_DDL = "CREATE TEMP TABLE tessera_stage (entity_id text, features jsonb, event_ts timestamptz) ON COMMIT DROP"
 
@@ -105,6 +111,10 @@ class WriteReport:
         return sum(self.rows_per_shard.values())
 
 
+class _Aborted(Exception):
+    """A shard worker was told to give up (a bad row, or another shard failed): its transaction rolls back."""
+
+
 @dataclass
 class _ShardResult:
     inserted: int
@@ -120,55 +130,93 @@ def validate_feature_set(feature_set: object) -> str:
     return feature_set
 
 
-def validate_rows(rows: Iterable[FeatureRow]) -> tuple[list[tuple[str, Mapping, datetime]], list[int]]:
-    """Check every row; returns the rows as COPY tuples and their entity hashes.
+def validate_rows(rows: Iterable[FeatureRow]) -> tuple[list[tuple[str, bytes, datetime]], list[int]]:
+    """Check every row; returns the rows as COPY tuples (features already JSON-encoded) and their hashes.
 
     Raises ``BadFeatureRowError`` for the first bad row (its position and entity id in the message).
     """
-    out: list[tuple[str, Mapping, datetime]] = []
-    hashes: list[int] = []
-    seen: dict[str, int] = {}
-    allowed = _ALLOWED_VALUE_TYPES
-    for index, row in enumerate(rows):
-        if type(row) is not FeatureRow:
+    return _Validator().take(iter(rows), None)
+
+
+class _Validator:
+    """Validates a batch chunk by chunk, remembering positions and ids across chunks (duplicates are bad).
+
+    The common case runs on C-level checks (type sets, msgspec encoding); a row that trips one of them goes
+    through ``_explain_bad_features``, which finds the exact problem or clears the row.
+    """
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
+        self.index = 0
+
+    def take(
+        self, rows: Iterator[FeatureRow], limit: int | None
+    ) -> tuple[list[tuple[str, bytes, datetime]], list[int]]:
+        """Validate up to ``limit`` more rows (all with None); returns their COPY tuples and hashes."""
+        out: list[tuple[str, bytes, datetime]] = []
+        hashes: list[int] = []
+        seen = self.seen
+        allowed, str_only, encode, md5, from_bytes = (
+            _ALLOWED_VALUE_TYPES,
+            _STR_ONLY,
+            _ENCODE,
+            hashlib.md5,
+            int.from_bytes,
+        )
+        for index, row in enumerate(itertools.islice(rows, limit), start=self.index):
+            if type(row) is not FeatureRow:
+                got = type(row).__name__
+                raise BadFeatureRowError(index, getattr(row, "entity_id", None), f"expected FeatureRow, got {got}")
+            eid = row.entity_id
+            if type(eid) is not str:
+                raise BadFeatureRowError(index, eid, f"entity_id must be a string, got {type(eid).__name__}")
+            if not eid or eid.isspace() or "\x00" in eid:
+                raise BadFeatureRowError(index, eid, "entity_id must be a non-empty string without NUL characters")
+            ts = row.event_ts
+            if type(ts) is not datetime or ts.tzinfo is None or ts.utcoffset() is None:
+                raise BadFeatureRowError(index, eid, f"event_ts must be a timezone-aware datetime, got {ts!r}")
+            features = row.features
+            if type(features) is not dict:
+                if not isinstance(features, Mapping):
+                    raise BadFeatureRowError(index, eid, f"features must be a mapping, got {type(features).__name__}")
+                features = dict(features)
+            values = list(features.values())
+            if (
+                not allowed.issuperset(map(type, values))
+                or not str_only.issuperset(map(type, features))
+                or "" in features
+            ):
+                _explain_bad_features(index, eid, features)
+            try:
+                encoded = encode(features)
+                key = eid.encode()
+            except UnicodeEncodeError as exc:
+                raise BadFeatureRowError(index, eid, f"not valid Unicode: {exc}") from None
+            # msgspec writes NaN/inf as null: more nulls than None values means a non-finite float (or the text
+            # "null" inside a string: the slow check tells them apart). NUL in a string cannot be stored in jsonb.
+            if encoded.count(b"null") != values.count(None) or b"\\u0000" in encoded:
+                _explain_bad_features(index, eid, features)
+            if eid in seen:
+                raise BadFeatureRowError(index, eid, f"entity_id repeats row #{seen[eid]} of the same batch")
+            seen[eid] = index
+            out.append((eid, encoded, ts))
+            hashes.append(from_bytes(md5(key).digest()[:8], "big"))  # shardctl.hashing.entity_hash, inlined
+        self.index += len(out)
+        return out, hashes
+
+
+def _explain_bad_features(index: int, eid: str, features: Mapping) -> None:
+    """Raise the precise error for a row the fast checks flagged; return if it is fine after all."""
+    for key, value in features.items():
+        if type(key) is not str or not key:
+            raise BadFeatureRowError(index, eid, f"feature names must be non-empty strings, got {key!r}")
+        kind = type(value)
+        if kind not in _ALLOWED_VALUE_TYPES:
             raise BadFeatureRowError(
-                index, getattr(row, "entity_id", None), f"expected FeatureRow, got {type(row).__name__}"
+                index, eid, f"feature {key!r} has type {kind.__name__}; allowed: float, int, str, bool, None"
             )
-        eid = row.entity_id
-        if type(eid) is not str:
-            raise BadFeatureRowError(index, eid, f"entity_id must be a string, got {type(eid).__name__}")
-        if not eid or eid.isspace() or "\x00" in eid:
-            raise BadFeatureRowError(index, eid, "entity_id must be a non-empty string without NUL characters")
-        ts = row.event_ts
-        if type(ts) is not datetime or ts.tzinfo is None or ts.utcoffset() is None:
-            raise BadFeatureRowError(index, eid, f"event_ts must be a timezone-aware datetime, got {ts!r}")
-        features = row.features
-        if not isinstance(features, Mapping):
-            raise BadFeatureRowError(index, eid, f"features must be a mapping, got {type(features).__name__}")
-        for key, value in features.items():
-            kind = type(value)
-            if kind not in allowed:
-                raise BadFeatureRowError(
-                    index, eid, f"feature {key!r} has type {kind.__name__}; allowed: float, int, str, bool, None"
-                )
-            if type(key) is not str or not key:
-                raise BadFeatureRowError(index, eid, f"feature names must be non-empty strings, got {key!r}")
-            if (kind is float and not math.isfinite(value)) or (kind is str and "\x00" in value):
-                raise BadFeatureRowError(index, eid, f"feature {key!r} has an unstorable value {value!r}")
-        if eid in seen:
-            raise BadFeatureRowError(index, eid, f"entity_id repeats row #{seen[eid]} of the same batch")
-        seen[eid] = index
-        out.append((eid, features, ts))
-        hashes.append(entity_hash(eid))
-    return out, hashes
-
-
-def route(hashes: list[int], total_shards: int) -> list[list[int]]:
-    """Row positions per shard index."""
-    groups: list[list[int]] = [[] for _ in range(total_shards)]
-    for position, h in enumerate(hashes):
-        groups[h % total_shards].append(position)
-    return groups
+        if (kind is float and not math.isfinite(value)) or (kind is str and "\x00" in value):
+            raise BadFeatureRowError(index, eid, f"feature {key!r} has an unstorable value {value!r}")
 
 
 class FeatureWriter:
@@ -196,6 +244,7 @@ class FeatureWriter:
             configure=_configure_connection,
         )
         self._executor: ThreadPoolExecutor | None = None
+        self._executor_size = 0
 
     @property
     def shard_map(self) -> ShardMap:
@@ -210,12 +259,15 @@ class FeatureWriter:
         """Upsert ``rows`` for ``feature_set``; see the module docstring for the guarantees."""
         started = time.perf_counter()
         validate_feature_set(feature_set)
-        prepared, hashes = validate_rows(rows)
+        validator = _Validator()
+        source = iter(rows)
+        prepared: list[tuple[str, bytes, datetime]] = []
+        hashes: list[int] = []
         shard_map = self.shard_map
         retries = 0
         while True:
             try:
-                report = self._write_routed(shard_map, feature_set, prepared, hashes)
+                report = self._write_routed(shard_map, feature_set, validator, source, prepared, hashes)
                 break
             except StaleShardMapError as exc:
                 refreshed = self._refresh()
@@ -227,88 +279,142 @@ class FeatureWriter:
         report.seconds = time.perf_counter() - started
         return report
 
-    def _write_routed(self, shard_map: ShardMap, feature_set: str, prepared, hashes) -> WriteReport:
-        groups = route(hashes, shard_map.total_shards)
-        report = WriteReport(feature_set, shard_map.epoch, {i: len(g) for i, g in enumerate(groups) if g})
-        busy = [i for i, g in enumerate(groups) if g]
-        if not busy:
-            return report
+    def _chunks(self, validator: _Validator, source: Iterator[FeatureRow], prepared: list, hashes: list):
+        """Already validated rows first (a retry), then the rest of ``source``, validated chunk by chunk."""
+        for start in range(0, len(prepared), _CHUNK_ROWS):
+            yield prepared[start : start + _CHUNK_ROWS], hashes[start : start + _CHUNK_ROWS]
+        while True:
+            chunk, chunk_hashes = validator.take(source, _CHUNK_ROWS)
+            if not chunk:
+                return
+            prepared.extend(chunk)
+            hashes.extend(chunk_hashes)
+            yield chunk, chunk_hashes
+
+    def _write_routed(self, shard_map: ShardMap, feature_set: str, validator, source, prepared, hashes) -> WriteReport:
+        """Validate and route chunk by chunk while each shard's worker streams its rows into its transaction;
+        commit on every shard only once all rows were valid and every shard merged."""
+        n = shard_map.total_shards
+        report = WriteReport(feature_set, shard_map.epoch, {})
         pools = self._pools.pools_for(shard_map)
+        if self._executor is None or self._executor_size < n:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+            self._executor_size = max(8, n)
+            self._executor = ThreadPoolExecutor(max_workers=self._executor_size, thread_name_prefix="tessera-writer")
         conns: dict[int, psycopg.Connection] = {}
+        queues: dict[int, queue.SimpleQueue] = {}
+        futures: dict[int, Future[_ShardResult]] = {}
         failures: dict[int, BaseException] = {}
+        bad_row: BadFeatureRowError | None = None
         try:
-            for i in busy:
+            try:
+                for chunk, chunk_hashes in self._chunks(validator, source, prepared, hashes):
+                    groups: list[list] = [[] for _ in range(n)]
+                    for row, h in zip(chunk, chunk_hashes, strict=True):
+                        groups[h % n].append(row)
+                    for i, group in enumerate(groups):
+                        if not group:
+                            continue
+                        if i not in queues:
+                            try:
+                                conns[i] = pools[i].getconn()
+                            except Exception as exc:  # PoolTimeout: the shard is unreachable
+                                failures[i] = ShardUnavailableError(i, shard_map.dsns[i], exc)
+                                break
+                            queues[i] = queue.SimpleQueue()
+                            args = (conns[i], i, shard_map.epoch, feature_set, queues[i])
+                            futures[i] = self._executor.submit(self._write_shard, *args)
+                        queues[i].put(group)
+                        report.rows_per_shard[i] = report.rows_per_shard.get(i, 0) + len(group)
+                    if failures or any(f.done() for f in futures.values()):
+                        break  # a shard failed already: stop validating, roll everything back below
+            except BadFeatureRowError as exc:
+                bad_row = exc
+            end = _END if bad_row is None and not failures else _ABORT
+            for q in queues.values():
+                q.put(end)
+            results: dict[int, _ShardResult] = {}
+            for i, future in futures.items():
                 try:
-                    conns[i] = pools[i].getconn()
-                except Exception as exc:  # PoolTimeout: the shard is unreachable
-                    failures[i] = ShardUnavailableError(i, shard_map.dsns[i], exc)
-            if not failures:
-                jobs = {i: (conns[i], i, shard_map.epoch, feature_set, [prepared[p] for p in groups[i]]) for i in busy}
-                results = self._run_parallel(jobs, shard_map, failures)
-            if failures:
+                    results[i] = future.result()
+                except _Aborted:
+                    pass
+                except Exception as exc:
+                    failures[i] = _classify(i, shard_map.dsns[i], exc)
+            if bad_row is not None or failures or len(results) < len(futures):
                 self._rollback_all(conns)
-                stale = [f for f in failures.values() if isinstance(f, StaleShardMapError)]
-                if stale:
-                    raise stale[0]
-                first = next(iter(failures.values()))
-                if len(failures) == 1 and isinstance(first, ShardUnavailableError | BadFeatureRowError):
-                    raise first
-                raise FeatureWriteError(
-                    "batch not written (rolled back on every shard): "
-                    + "; ".join(f"shard {i}: {exc}" for i, exc in sorted(failures.items())),
-                    failures,
-                )
+                if bad_row is not None:
+                    raise bad_row
+                self._raise_failures(failures)
+                raise FeatureWriteError("batch not written: a shard stopped early")  # pragma: no cover
             self._commit_all(conns, shard_map)
         finally:
             for i, conn in conns.items():
                 pools[i].putconn(conn)
-        for i in busy:
-            result = results[i]
+        for i, result in sorted(results.items()):
             report.inserted += result.inserted
             report.updated += result.updated
             report.unchanged += report.rows_per_shard[i] - result.inserted - result.updated
             if result.fast_path:
                 report.fast_path_shards.append(i)
+        report.rows_per_shard = dict(sorted(report.rows_per_shard.items()))
         return report
 
-    def _run_parallel(self, jobs, shard_map: ShardMap, failures: dict[int, BaseException]) -> dict[int, _ShardResult]:
-        if len(jobs) == 1:
-            ((i, args),) = jobs.items()
-            try:
-                return {i: self._write_shard(*args)}
-            except Exception as exc:
-                failures[i] = _classify(i, shard_map.dsns[i], exc)
-                return {}
-        if self._executor is None:
-            self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tessera-writer")
-        futures = {i: self._executor.submit(self._write_shard, *args) for i, args in jobs.items()}
-        results: dict[int, _ShardResult] = {}
-        for i, future in futures.items():
-            try:
-                results[i] = future.result()
-            except Exception as exc:
-                failures[i] = _classify(i, shard_map.dsns[i], exc)
-        return results
+    @staticmethod
+    def _raise_failures(failures: dict[int, BaseException]) -> None:
+        stale = [f for f in failures.values() if isinstance(f, StaleShardMapError)]
+        if stale:
+            raise stale[0]
+        if len(failures) == 1:
+            only = next(iter(failures.values()))
+            if isinstance(only, ShardUnavailableError):
+                raise only
+        raise FeatureWriteError(
+            "batch not written (rolled back on every shard): "
+            + "; ".join(f"shard {i}: {exc}" for i, exc in sorted(failures.items())),
+            failures,
+        )
 
-    def _write_shard(self, conn: psycopg.Connection, shard: int, epoch: int, feature_set: str, rows) -> _ShardResult:
-        """Phase one on one shard: everything but the commit (the caller commits once all shards got here)."""
+    def _write_shard(
+        self, conn: psycopg.Connection, shard: int, epoch: int, feature_set: str, chunks: queue.SimpleQueue
+    ) -> _ShardResult:
+        """Phase one on one shard, fed chunk by chunk: everything but the commit."""
+        received: list[tuple[str, bytes, datetime]] = []
+
+        def rows() -> Iterator[tuple[str, bytes, datetime]]:
+            yield from received  # rows already taken (the merge after a failed fast path)
+            while True:
+                chunk = chunks.get()
+                if chunk is _END:
+                    chunks.put(_END)  # a second pass (the merge) sees the end too
+                    return
+                if chunk is _ABORT:
+                    raise _Aborted()
+                received.extend(chunk)
+                yield from chunk
+
         check_fence(conn, shard, epoch)
-        if self.fresh_fast_path and not self._any_stored(conn, feature_set, rows):
+        received.extend(chunks.get())  # the worker starts with its first chunk already queued
+        if self.fresh_fast_path and not self._any_stored(conn, feature_set, received):
             try:
                 with conn.transaction(savepoint_name="tessera_fresh"):
-                    self._copy_into_table(conn, feature_set, rows)
-                return _ShardResult(len(rows), 0, True)
+                    self._copy_into_table(conn, feature_set, rows())
+                return _ShardResult(len(received), 0, True)
             except psycopg.errors.UniqueViolation:
                 pass  # some entities exist after all: merge instead (the savepoint undid the copy)
         conn.execute(_STAGE_DDL)
         with conn.cursor() as cur:
             with cur.copy("COPY tessera_stage (entity_id, features, event_ts) FROM STDIN (FORMAT BINARY)") as copy:
                 copy.set_types(["text", "jsonb", "timestamptz"])
-                for row in rows:
+                for row in rows():
                     copy.write_row(row)
-            inserted, updated = cur.execute(_MERGE_SQL, {"feature_set": feature_set}).fetchone()
+            inserted_before = cur.execute(_XACT_INSERTED_SQL).fetchone()[0]
+            cur.execute(_MERGE_SQL, {"feature_set": feature_set})
+            affected = cur.rowcount
+            inserted = cur.execute(_XACT_INSERTED_SQL).fetchone()[0] - inserted_before
         conn.execute("DROP TABLE tessera_stage")
-        return _ShardResult(inserted, updated, False)
+        return _ShardResult(inserted, affected - inserted, False)
 
     @staticmethod
     def _any_stored(conn: psycopg.Connection, feature_set: str, rows) -> bool:
@@ -364,9 +470,13 @@ class FeatureWriter:
         self.close()
 
 
+def _passthrough(encoded: bytes) -> bytes:
+    return encoded
+
+
 def _configure_connection(conn: psycopg.Connection) -> None:
-    """msgspec encodes feature dicts to JSON several times faster than the json module."""
-    set_json_dumps(msgspec.json.encode, conn)
+    """Features arrive already JSON-encoded (by ``validate_rows``): the jsonb dumper passes them through."""
+    set_json_dumps(_passthrough, conn)
 
 
 def _classify(shard: int, dsn: str, exc: BaseException) -> BaseException:
