@@ -13,6 +13,7 @@ from typing import Any
 import psycopg
 
 from shardctl.hashing import install_sql_functions
+from shardctl.registry import ModelRegistry
 from shardctl.settings import SETTINGS_FILE_NAME
 from shardctl.stack.binaries import (
     PostgresBinaries,
@@ -131,7 +132,9 @@ class Stack:
             server.ensure_database(DATABASE)
             with psycopg.connect(server.dsn()) as conn:
                 install_sql_functions(conn)
-        self.postgres_servers(state)[0].ensure_database(DAGSTER_DATABASE)
+        catalog = self.postgres_servers(state)[0]
+        catalog.ensure_database(DAGSTER_DATABASE)
+        ModelRegistry(catalog.dsn()).ensure_schema()
         redis_server = self.redis_server(state)
         state.redis_pid = redis_server.start()
         self._save_state(state)
