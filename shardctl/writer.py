@@ -33,7 +33,7 @@ import logging
 import math
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
@@ -64,6 +64,7 @@ _ALLOWED_VALUE_TYPES = frozenset({float, int, str, bool, type(None)})
 _MAX_FEATURE_SET = 63
 _PROBE_KEYS = 64
 _CHUNK_ROWS = 1000  # small chunks keep the shards fed while the next chunk is validated
+_MERGE_ROWS = 50_000  # a shard merges staged rows in sub-batches this size, overlapping the next validation
 _STR_ONLY = frozenset({str})
 _ENCODE = msgspec.json.encode
 
@@ -124,61 +125,98 @@ class _Aborted(Exception):
 
 
 class _ShardStream:
-    """One shard's open transaction while the batch streams in: the COPY, the rows sent, the merge."""
+    """One shard's open transaction while the batch streams in.
 
-    def __init__(self, shard: int, conn: psycopg.Connection, fast: bool):
+    Fast path: one COPY straight into the table, kept open for the whole batch. Merge path: rows collect
+    into sub-batches; each is copied into the staging table and merged on a pool thread while this thread
+    validates the next one, so the client's validation overlaps the server's merge.
+    """
+
+    def __init__(self, shard: int, conn: psycopg.Connection, fast: bool, executor: ThreadPoolExecutor, sub_batch: int):
         self.shard = shard
         self.conn = conn
         self.fast = fast
-        self.rows: list[tuple[str, bytes, datetime]] = []
+        self.rows: list[tuple[str, bytes, datetime]] = []  # fast path: kept to stage them if it fails
+        self._executor = executor
+        self._sub_batch = sub_batch
+        self._pending: list[tuple[str, bytes, datetime]] = []
+        self._merging: Future | None = None
+        self._staged = False
+        self._inserted = 0
+        self._updated = 0
         self._copying = contextlib.ExitStack()
-        self._copy = self._start_copy()
-
-    def _start_copy(self):
-        cursor = self._copying.enter_context(self.conn.cursor())
-        if self.fast:
-            copy = self._copying.enter_context(cursor.copy(_COPY_TABLE_SQL))
-            copy.set_types(["text", "text", "jsonb", "timestamptz"])
-        else:
-            copy = self._copying.enter_context(cursor.copy(_COPY_STAGE_SQL))
-            copy.set_types(["text", "jsonb", "timestamptz"])
-        return copy
+        if fast:
+            cursor = self._copying.enter_context(self.conn.cursor())
+            self._copy = self._copying.enter_context(cursor.copy(_COPY_TABLE_SQL))
+            self._copy.set_types(["text", "text", "jsonb", "timestamptz"])
 
     def send(self, rows: list[tuple[str, bytes, datetime]], feature_set: str) -> None:
-        self.rows.extend(rows)
-        write = self._copy.write_row
         if self.fast:
+            self.rows.extend(rows)
+            write = self._copy.write_row
             for eid, features, ts in rows:
                 write((eid, feature_set, features, ts))
-        else:
+            return
+        self._pending.extend(rows)
+        if len(self._pending) >= self._sub_batch:
+            self._wait_for_merge()
+            self._stage_pending()
+            self._merging = self._executor.submit(self._merge_staged, feature_set)
+
+    def _stage_pending(self) -> None:
+        rows, self._pending = self._pending, []
+        if not rows:
+            return
+        with self.conn.cursor() as cursor, cursor.copy(_COPY_STAGE_SQL) as copy:
+            copy.set_types(["text", "jsonb", "timestamptz"])
             for row in rows:
-                write(row)
+                copy.write_row(row)
+        self._staged = True
 
-    def abort(self) -> None:
-        with contextlib.suppress(Exception):
-            self._copying.__exit__(_Aborted, _Aborted(), None)
-
-    def finish_copy(self) -> None:
-        """End the COPY. A stored key met on the fast path rolls back to the savepoint and stages instead."""
-        try:
-            self._copying.close()
-        except psycopg.errors.UniqueViolation:
-            self.conn.execute("ROLLBACK TO SAVEPOINT tessera_fresh")
-            self.fast = False
-            self.conn.execute(_STAGE_DDL)
-            with self.conn.cursor() as cursor, cursor.copy(_COPY_STAGE_SQL) as copy:
-                copy.set_types(["text", "jsonb", "timestamptz"])
-                for row in self.rows:
-                    copy.write_row(row)
-
-    def merge(self, feature_set: str) -> _ShardResult:
+    def _merge_staged(self, feature_set: str) -> None:
         with self.conn.cursor() as cur:
             inserted_before = cur.execute(_XACT_INSERTED_SQL).fetchone()[0]
             cur.execute(_MERGE_SQL, {"feature_set": feature_set})
             affected = cur.rowcount
             inserted = cur.execute(_XACT_INSERTED_SQL).fetchone()[0] - inserted_before
+            cur.execute("TRUNCATE tessera_stage")
+        self._inserted += inserted
+        self._updated += affected - inserted
+        self._staged = False
+
+    def _wait_for_merge(self) -> None:
+        if self._merging is not None:
+            merging, self._merging = self._merging, None
+            merging.result()
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.fast:
+                self._copying.__exit__(_Aborted, _Aborted(), None)
+            else:
+                self._wait_for_merge()  # the connection must be idle before the rollback
+
+    def finish_copy(self) -> None:
+        """End the COPY. A stored key met on the fast path rolls back to the savepoint and stages instead."""
+        if self.fast:
+            try:
+                self._copying.close()
+                return
+            except psycopg.errors.UniqueViolation:
+                self.conn.execute("ROLLBACK TO SAVEPOINT tessera_fresh")
+                self.fast = False
+                self.conn.execute(_STAGE_DDL)
+                self._pending, self.rows = self.rows, []
+        self._wait_for_merge()
+        self._stage_pending()
+
+    def merge(self, feature_set: str) -> _ShardResult:
+        """The last sub-batch's merge (all shards run theirs in parallel), then the counts of all."""
+        self._wait_for_merge()
+        if self._staged:
+            self._merge_staged(feature_set)
         self.conn.execute("DROP TABLE tessera_stage")
-        return _ShardResult(inserted, affected - inserted, False)
+        return _ShardResult(self._inserted, self._updated, False)
 
 
 @dataclass
@@ -297,12 +335,14 @@ class FeatureWriter:
         fresh_fast_path: bool = True,
         temp_buffers: str = "128MB",
         chunk_rows: int = _CHUNK_ROWS,
+        merge_rows: int = _MERGE_ROWS,
     ):
-        if chunk_rows < 1:
-            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
+        if chunk_rows < 1 or merge_rows < 1:
+            raise ValueError(f"chunk_rows and merge_rows must be >= 1, got {chunk_rows}, {merge_rows}")
         self._maps = shard_maps
         self.fresh_fast_path = fresh_fast_path
         self.chunk_rows = chunk_rows
+        self.merge_rows = merge_rows
         self._pools = ShardPools(
             "tessera-writer",
             min_size=0,
@@ -439,7 +479,12 @@ class FeatureWriter:
             conn.execute("SAVEPOINT tessera_fresh")
         else:
             conn.execute(_STAGE_DDL)
-        return _ShardStream(shard, conn, fast)
+        return _ShardStream(shard, conn, fast, self._pool_executor(), self.merge_rows)
+
+    def _pool_executor(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tessera-writer")
+        return self._executor
 
     def _merge_all(
         self, streams: dict[int, _ShardStream], feature_set: str, shard_map: ShardMap, failures: dict
@@ -448,9 +493,7 @@ class FeatureWriter:
         results = {i: _ShardResult(len(s.rows), 0, True) for i, s in streams.items() if s.fast}
         pending = {i: s for i, s in streams.items() if not s.fast}
         if len(pending) > 1:
-            if self._executor is None:
-                self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tessera-writer")
-            futures = {i: self._executor.submit(s.merge, feature_set) for i, s in pending.items()}
+            futures = {i: self._pool_executor().submit(s.merge, feature_set) for i, s in pending.items()}
             outcomes = {}
             for i, future in futures.items():
                 try:
