@@ -8,7 +8,8 @@ The batch is all-or-nothing as far as Postgres can make it without two-phase com
    straight into the table under a savepoint). A bad row anywhere aborts every shard's COPY and rolls
    every shard back: nothing of the batch is ever committed anywhere. Validation completes before any
    commit, and overlapping it with the COPY keeps the writer near raw ``COPY`` speed.
-2. Each shard then runs one ``INSERT ... ON CONFLICT DO UPDATE`` merge, shards in parallel. No shard
+2. Staged rows are merged with ``INSERT ... ON CONFLICT DO UPDATE`` in sub-batches, on a pool thread
+   while the next rows are validated; the last sub-batch of every shard is merged in parallel. No shard
    commits until every shard has merged; if any fails, all roll back (``FeatureWriteError``).
 3. Then the shards commit. A commit failing after another shard committed (the shard died in that
    millisecond) raises ``PartialCommitError`` naming both sets; the batch is idempotent, so re-running it
