@@ -10,6 +10,7 @@ deployment sets environment variables instead.
 from __future__ import annotations
 
 import os
+from datetime import date
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -53,6 +54,16 @@ class ServingSettings(BaseModel):
     cache_ttl_seconds: int = 300
 
 
+class PipelineSettings(BaseModel):
+    """The Dagster pipeline's synthetic raw data: its seed, calendar and scale (tests use less, the demo more)."""
+
+    seed: int = 7
+    start_date: date = date(2026, 9, 1)
+    rows_per_day: int = Field(default=1000, ge=1)
+    entities: int = Field(default=2000, ge=1)
+    exact_profile_max_rows: int = Field(default=500_000, ge=0)
+
+
 class StackSettings(BaseModel):
     """Knobs of the local development stack (`shardctl stack`)."""
 
@@ -74,6 +85,10 @@ class TesseraSettings(BaseSettings):
     shards: list[ShardSettings] = Field(default_factory=list)
     redis_url: str | None = None
     h2o: H2OSettings = Field(default_factory=H2OSettings)
+    # Shared by orchestration (writes, trains, registers) and serving (reads, loads the promoted model).
+    model_name: str = "churn"
+    feature_set: str = "customer_activity_v1"
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
 
