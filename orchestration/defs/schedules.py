@@ -1,6 +1,8 @@
 """Jobs and schedules: every day, yesterday's raw partition and its features; then profile, key check,
 training and promotion over everything. Backfills of a date range use the daily job (UI or CLI)."""
 
+from datetime import timedelta
+
 import dagster as dg
 
 from orchestration.defs.features import customer_features
@@ -22,8 +24,13 @@ model_job = dg.define_asset_job(
     tags={"tessera/h2o": "train"},
 )
 
-# A partitioned job's schedule targets the last complete partition: at 01:00 UTC that is yesterday.
-daily_schedule = dg.build_schedule_from_partitioned_job(daily_partitions_job, hour_of_day=1, minute_of_hour=0)
+
+@dg.schedule(job=daily_partitions_job, cron_schedule="0 1 * * *", execution_timezone="UTC")
+def daily_partitions_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
+    """At 01:00 UTC, yesterday's partition (the last complete day); the run key makes a repeated tick a no-op."""
+    yesterday = (context.scheduled_execution_time.date() - timedelta(days=1)).isoformat()
+    return dg.RunRequest(run_key=yesterday, partition_key=yesterday)
+
 
 model_schedule = dg.ScheduleDefinition(
     name="daily_training",
@@ -33,4 +40,4 @@ model_schedule = dg.ScheduleDefinition(
     description="After the daily partitions landed: re-profile and retrain.",
 )
 
-defs = dg.Definitions(jobs=[daily_partitions_job, model_job], schedules=[daily_schedule, model_schedule])
+defs = dg.Definitions(jobs=[daily_partitions_job, model_job], schedules=[daily_partitions_schedule, model_schedule])

@@ -68,7 +68,7 @@ def churn_model(
                 "valid_rows": trained.valid_rows,
                 "ntrees": config.ntrees,
                 "max_depth": config.max_depth,
-                "dagster_run_id": context.run_id,
+                "dagster_run_id": context.run.run_id,
             },
         )
     if version.version != number:
