@@ -1,0 +1,84 @@
+"""Start and stop `dagster dev` (webserver + daemon + code server) as one process tree we own by PID.
+
+Used by the end-to-end test and the screenshot script. `dagster dev` runs in its own session; stopping it
+sends SIGTERM to its PID, then stops any descendant still alive by its own PID.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import requests
+
+from orchestration.instance import REPO_ROOT, WORKSPACE_YAML, prepare_home
+from shardctl.settings import TesseraSettings
+from shardctl.stack.process import free_port, pid_alive, stop_pid
+
+
+class DagsterDevError(RuntimeError):
+    """The webserver did not come up; the message carries the tail of its log."""
+
+
+@dataclass
+class DagsterDev:
+    pid: int
+    url: str
+    log_file: Path
+
+    def graphql(self, query: str, variables: dict | None = None, timeout: float = 30.0) -> dict:
+        response = requests.post(
+            f"{self.url}/graphql", json={"query": query, "variables": variables or {}}, timeout=timeout
+        )
+        response.raise_for_status()
+        body = response.json()
+        if body.get("errors"):
+            raise DagsterDevError(f"GraphQL errors: {body['errors']}")
+        return body["data"]
+
+    def descendants(self) -> list[int]:
+        try:
+            return [p.pid for p in psutil.Process(self.pid).children(recursive=True)]
+        except psutil.NoSuchProcess:
+            return []
+
+    def stop(self, timeout: float = 30.0) -> list[int]:
+        """Stop the tree; returns the PIDs still alive afterwards (empty when all stopped)."""
+        children = self.descendants()
+        stop_pid(self.pid, timeout=timeout)
+        for pid in children:
+            if pid_alive(pid):
+                stop_pid(pid, timeout=10)
+        return [pid for pid in [self.pid, *children] if pid_alive(pid)]
+
+
+def start_dagster_dev(settings: TesseraSettings, extra_env: dict[str, str] | None = None, timeout: float = 90.0):
+    """`dagster dev` on a free port against the stack's Postgres instance; returns once the UI answers."""
+    env = {**os.environ, **prepare_home(settings), **(extra_env or {})}
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
+    port = free_port()
+    log_file = Path(env["DAGSTER_HOME"]) / f"dagster-dev-{port}.log"
+    dagster = Path(sys.executable).parent / "dagster"
+    argv = [str(dagster), "dev", "-w", str(WORKSPACE_YAML), "-h", "127.0.0.1", "-p", str(port)]
+    with open(log_file, "ab") as out:
+        proc = subprocess.Popen(
+            argv, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    dev = DagsterDev(proc.pid, f"http://127.0.0.1:{port}", log_file)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and proc.poll() is None:
+        try:
+            data = dev.graphql("{ repositoriesOrError { __typename ... on RepositoryConnection { nodes { name } } } }")
+            if data["repositoriesOrError"].get("nodes"):
+                return dev
+        except (requests.RequestException, DagsterDevError, ValueError):
+            pass
+        time.sleep(0.5)
+    dev.stop()
+    tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-20:])
+    raise DagsterDevError(f"dagster dev did not answer on {dev.url} within {timeout:.0f} s:\n{tail}")
