@@ -50,11 +50,12 @@ def run(days: int, rows_per_day: int | None, entities: int | None, ntrees: int |
     rows = settings.pipeline.rows_per_day
     click.echo(f"materializing {days} daily partitions x {rows:,} rows ({days * rows:,} raw rows), then training")
     started = time.monotonic()
-    model_config = {"ops": {"churn_model": {"config": {"ntrees": ntrees}}}} if ntrees else None
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    model_config = {**quiet, **({"ops": {"churn_model": {"config": {"ntrees": ntrees}}}} if ntrees else {})}
     try:
         with dg.DagsterInstance.get() as instance:
             for i, day in enumerate(day_list, 1):
-                run_days(defs, [day], instance)
+                run_days(defs, [day], instance, quiet)
                 click.echo(f"  [{i}/{days}] {day} done ({time.monotonic() - started:.0f} s)")
             run_model(defs, instance, model_config)
     except GraphRunError as exc:

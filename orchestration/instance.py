@@ -12,7 +12,7 @@ from psycopg.conninfo import conninfo_to_dict
 from shardctl.settings import TesseraSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-INSTANCE_YAML = REPO_ROOT / "dagster.yaml"
+INSTANCE_YAML = Path(__file__).resolve().parent / "dagster.yaml"
 WORKSPACE_YAML = REPO_ROOT / "workspace.yaml"
 
 

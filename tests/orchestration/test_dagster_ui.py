@@ -3,12 +3,17 @@ and a partition backfill launched through GraphQL, as the UI launches them, both
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 import time
+from pathlib import Path
 
 import psycopg
 import pytest
 
 from orchestration.dagster_dev import DagsterDev, start_dagster_dev
+from orchestration.instance import REPO_ROOT, WORKSPACE_YAML, prepare_home
 
 LOCATION = {"repositoryLocationName": "tessera", "repositoryName": "__repository__"}
 
@@ -33,6 +38,12 @@ mutation($params: LaunchBackfillParams!) {
 BACKFILL_STATUS = """
 query($id: String!) {
   partitionBackfillOrError(backfillId: $id) { __typename ... on PartitionBackfill { status } }
+}"""
+PARTITION_RUNS = """
+query($day: String!) {
+  runsOrError(filter: {tags: [{key: "dagster/partition", value: $day}]}) {
+    ... on Runs { results { status tags { key value } } }
+  }
 }"""
 BACKFILL_RUNS = """
 query($id: String!) {
@@ -95,6 +106,33 @@ def test_run_and_backfill_launched_through_graphql_succeed_with_postgres_storage
     assert backfill["__typename"] == "LaunchBackfillSuccess", backfill
     backfill_id = backfill["backfillId"]
 
+    # The same kind of backfill from the command line (what an operator types), queued for the daemon.
+    env = {**os.environ, **prepare_home(settings), "PYTHONPATH": str(REPO_ROOT)}
+    dagster = Path(sys.executable).parent / "dagster"
+    cli = subprocess.run(
+        [
+            str(dagster),
+            "job",
+            "backfill",
+            "-w",
+            str(WORKSPACE_YAML),
+            "-j",
+            "daily_partitions",
+            "--noprompt",
+            "--from",
+            days[3].isoformat(),
+            "--to",
+            days[4].isoformat(),
+        ],
+        env=env,
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert cli.returncode == 0, cli.stdout + cli.stderr
+
     status = _wait(lambda: (s := _run_status(dev, run_id)) in ("SUCCESS", "FAILURE", "CANCELED") and s, 180, "run")
     assert status == "SUCCESS", dev.log_file.read_text()[-3000:]
     final = _wait(
@@ -112,12 +150,23 @@ def test_run_and_backfill_launched_through_graphql_succeed_with_postgres_storage
     assert partitions == [days[1].isoformat(), days[2].isoformat()]
     assert {r["status"] for r in runs} == {"SUCCESS"}
 
+    def cli_runs_done():
+        runs = [
+            r for d in days[3:5] for r in dev.graphql(PARTITION_RUNS, {"day": d.isoformat()})["runsOrError"]["results"]
+        ]
+        finished = [r for r in runs if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
+        return len(finished) >= 2 and finished
+
+    cli_runs = _wait(cli_runs_done, 240, "the CLI backfill's runs")
+    assert {r["status"] for r in cli_runs} == {"SUCCESS"}
+    assert all(any(t["key"] == "dagster/backfill" for t in r["tags"]) for r in cli_runs)
+
     # The runs were stored in the catalog's dagster database, and the data landed.
     with psycopg.connect(settings.dagster_dsn) as conn:
         stored = conn.execute("SELECT count(*) FROM runs WHERE status = 'SUCCESS'").fetchone()[0]
-    assert stored >= 3
+    assert stored >= 5
     with psycopg.connect(settings.catalog_dsn) as conn:
         landed = conn.execute(
-            "SELECT count(DISTINCT event_date) FROM raw_events WHERE event_date = ANY(%s)", (days[:3],)
+            "SELECT count(DISTINCT event_date) FROM raw_events WHERE event_date = ANY(%s)", (days[:5],)
         ).fetchone()[0]
-    assert landed == 3
+    assert landed == 5
