@@ -23,7 +23,7 @@ LOADED_SHARDS = load_settings().total_shards or load_settings().stack.shards
     partitions_def=daily_partitions,
     # Same-day lineage: partition D needs raw D; its 30-day window also reads the earlier days landed so far.
     deps=[raw_events, shard_key],
-    group_name="features",
+    group_name="pipeline",
     kinds={"postgres"},
     description="Features as of the day for every entity active that day, upserted on the entity's shard.",
 )

@@ -11,7 +11,7 @@ class ProfileConfig(dg.Config):
     method: str | None = None  # "exact" or "hll"; default: exact up to settings.pipeline.exact_profile_max_rows
 
 
-@dg.asset(deps=[raw_events], group_name="profile", kinds={"postgres"})
+@dg.asset(deps=[raw_events], group_name="pipeline", kinds={"postgres"})
 def raw_profile(config: ProfileConfig, tessera: TesseraResource) -> dg.MaterializeResult:
     """Distinct counts (exact, or merged HyperLogLog sketches for large data), null fractions, top values,
     and whether each candidate key keeps its entity attributes immutable."""

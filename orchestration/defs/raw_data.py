@@ -10,7 +10,7 @@ from orchestration.synthetic import generate_day
 
 @dg.asset(
     partitions_def=daily_partitions,
-    group_name="ingest",
+    group_name="pipeline",
     kinds={"postgres"},
     description="Synthetic customer transactions of one day (deterministic from the seed), replaced atomically.",
 )

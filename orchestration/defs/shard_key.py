@@ -16,7 +16,7 @@ class ShardKeyConfig(dg.Config):
     min_keys_per_shard: int = 50
 
 
-@dg.asset(deps=[raw_profile], group_name="profile", kinds={"postgres"})
+@dg.asset(deps=[raw_profile], group_name="pipeline", kinds={"postgres"})
 def shard_key(config: ShardKeyConfig, tessera: TesseraResource) -> dg.MaterializeResult:
     """Measure the configured key over all raw data and record the choice in the catalog."""
     dsn = tessera.dsn()

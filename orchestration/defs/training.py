@@ -21,7 +21,7 @@ class TrainConfig(dg.Config):
     seed: int = 42
 
 
-@dg.asset(deps=[customer_features, raw_events, shard_key], group_name="model", kinds={"h2o"})
+@dg.asset(deps=[customer_features, raw_events, shard_key], group_name="pipeline", kinds={"h2o"})
 def churn_model(
     context: dg.AssetExecutionContext, config: TrainConfig, tessera: TesseraResource, h2o_cluster: H2OResource
 ) -> dg.MaterializeResult:
@@ -88,7 +88,7 @@ def churn_model(
     )
 
 
-@dg.asset(deps=[churn_model], group_name="model", kinds={"postgres"})
+@dg.asset(deps=[churn_model], group_name="pipeline", kinds={"postgres"})
 def production_model(tessera: TesseraResource) -> dg.MaterializeResult:
     """Promote the newest version when it beats the production one on validation AUC."""
     settings = tessera.settings()
