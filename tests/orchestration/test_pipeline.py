@@ -222,7 +222,9 @@ def test_daily_schedule_tick_requests_yesterdays_partition(defs) -> None:
     schedule = defs.resolve_schedule_def("daily_partitions_schedule")
     tick = datetime(2026, 10, 5, 1, 0, tzinfo=UTC)
     with dg.DagsterInstance.ephemeral() as instance:
-        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=tick)
+        context = dg.build_schedule_context(
+            instance=instance, scheduled_execution_time=tick, repository_def=defs.get_repository_def()
+        )
         requests = schedule.evaluate_tick(context).run_requests
     assert [r.partition_key for r in requests] == ["2026-10-04"]
     assert schedule.cron_schedule == "0 1 * * *"
