@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 from datetime import datetime, timedelta
+from types import MappingProxyType
 
 import psycopg
 import pytest
@@ -80,6 +81,11 @@ BAD_ROWS = {
     "nan value": FeatureRow("bad", T0, {"x": math.nan}),
     "naive event_ts": FeatureRow("bad", datetime(2026, 1, 1), {"x": 1}),
     "features not a mapping": FeatureRow("bad", T0, [("x", 1)]),  # type: ignore[arg-type]
+    "infinite value": FeatureRow("bad", T0, {"x": 1.0, "y": -math.inf}),
+    "NUL in a value": FeatureRow("bad", T0, {"x": "a\x00b"}),
+    "empty feature name": FeatureRow("bad", T0, {"": 1}),
+    "non-string feature name": FeatureRow("bad", T0, {3: 1}),
+    "lone surrogate id": FeatureRow("bad\udc80", T0, {"x": 1}),
     "duplicate id": FeatureRow("e5", T0, {"x": 1}),
 }
 
@@ -100,9 +106,37 @@ def test_a_bad_row_is_named_and_leaves_every_shard_unchanged(
     assert shard_snapshot(feature_store.shard_map.dsns, feature_set) == before
 
 
+@pytest.mark.req("JTBD-03.writer")
+def test_values_that_look_suspicious_but_are_valid_are_stored_exactly(
+    feature_store: FeatureStore, feature_set: str
+) -> None:
+    odd = {"text_null": "null", "none": None, "zero": 0.0, "big": 1.5e12, "neg": -3, "flag": False, "uni": "ä€😀"}
+    feature_store.write(
+        feature_set, [FeatureRow("odd", T0, odd), FeatureRow("mapping", T0, MappingProxyType({"a": 1}))]
+    )
+    records = feature_store.get_features(["odd", "mapping"], feature_set).records
+    assert records["odd"].features == odd
+    assert records["mapping"].features == {"a": 1}
+
+
 def test_bad_feature_set_and_non_row_objects_give_clear_errors(feature_store: FeatureStore) -> None:
     with pytest.raises(ValueError, match="feature_set"):
         feature_store.write("", make_rows(1))
     with pytest.raises(BadFeatureRowError, match="expected FeatureRow"):
         feature_store.write("fs", [{"entity_id": "a"}])  # type: ignore[list-item]
     assert feature_store.write("fs_empty", []).rows == 0
+
+
+@pytest.mark.req("JTBD-03.writer")
+def test_a_bad_row_after_rows_already_streamed_to_the_shards_still_leaves_them_unchanged(
+    feature_store: FeatureStore, feature_set: str
+) -> None:
+    """Rows stream to the shards in chunks while later rows are validated: a late bad row aborts them all."""
+    feature_store.write(feature_set, make_rows(50))
+    before = shard_snapshot(feature_store.shard_map.dsns, feature_set)
+    batch = make_rows(50, seed=1, ts=T0 + timedelta(days=1)) + make_rows(12_000, prefix="late")
+    batch.append(FeatureRow("late-bad", T0, {"x": {"nested": 1}}))
+    with pytest.raises(BadFeatureRowError, match="#12050"):
+        feature_store.write(feature_set, batch)
+    assert shard_snapshot(feature_store.shard_map.dsns, feature_set) == before
+    assert feature_store.write(feature_set, batch[:-1]).rows == 12_050
