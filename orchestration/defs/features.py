@@ -42,6 +42,9 @@ def customer_features(context: dg.AssetExecutionContext, tessera: TesseraResourc
             "feature_set": settings.feature_set,
             "rows": len(rows),
             "shard_map_epoch": report.epoch,
+            "inserted": report.inserted,
+            "updated": report.updated,
+            "unchanged": report.unchanged,
             "rows_per_shard": dg.MetadataValue.md(table),
             **{f"shard_{i}_rows": n for i, n in per_shard.items()},
         }
