@@ -12,7 +12,7 @@ from datetime import UTC, datetime, timedelta
 
 import click
 
-from orchestration.instance import WORKSPACE_YAML, InstanceConfigError, apply_env, prepare_home
+from orchestration.instance import REPO_ROOT, InstanceConfigError, apply_env, prepare_home
 from shardctl.settings import load_settings
 
 
@@ -74,8 +74,9 @@ def dev(port: int) -> None:
     except InstanceConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     os.environ.update(env)
-    argv = ["dagster", "dev", "-w", str(WORKSPACE_YAML), "-h", "127.0.0.1", "-p", str(port)]
-    os.execvpe(os.path.join(os.path.dirname(sys.executable), "dagster"), argv, os.environ)
+    os.chdir(REPO_ROOT)  # `dg dev` finds the project (pyproject.toml [tool.dg]) from here
+    argv = ["dg", "dev", "--use-active-venv", "--host", "127.0.0.1", "--port", str(port)]
+    os.execvpe(os.path.join(os.path.dirname(sys.executable), "dg"), argv, os.environ)
 
 
 @main.command("env")

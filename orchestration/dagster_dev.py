@@ -1,12 +1,13 @@
-"""Start and stop `dagster dev` (webserver + daemon + code server) as one process tree we own by PID.
+"""Start and stop `dg dev` (webserver + daemon + code server) as one process tree we own by PID.
 
-Used by the end-to-end test and the screenshot script. `dagster dev` runs in its own session; stopping it
-sends SIGTERM to its PID, then stops any descendant still alive by its own PID.
+Used by the end-to-end test and the screenshot script. `dg dev` runs in its own session; stopping it
+sends SIGINT to its PID (as Ctrl-C would), then kills any descendant still alive by its own PID.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from orchestration.instance import REPO_ROOT, WORKSPACE_YAML, prepare_home
+from orchestration.instance import REPO_ROOT, prepare_home
 from shardctl.settings import TesseraSettings
 from shardctl.stack.process import free_port, pid_alive, stop_pid
 
@@ -50,21 +51,28 @@ class DagsterDev:
     def stop(self, timeout: float = 30.0) -> list[int]:
         """Stop the tree; returns the PIDs still alive afterwards (empty when all stopped)."""
         children = self.descendants()
-        stop_pid(self.pid, timeout=timeout)
+        # SIGINT is Ctrl-C: `dg dev` then shuts its webserver, daemon and code servers down (~10 s). A SIGTERM
+        # would end only the parent, and the children ignore SIGTERM: they would be orphaned.
+        stop_pid(self.pid, signal.SIGINT, timeout=timeout)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline and any(pid_alive(pid) for pid in children):
+            time.sleep(0.2)
         for pid in children:
             if pid_alive(pid):
-                stop_pid(pid, timeout=10)
+                stop_pid(pid, signal.SIGKILL, timeout=5)
         return [pid for pid in [self.pid, *children] if pid_alive(pid)]
 
 
 def start_dagster_dev(settings: TesseraSettings, extra_env: dict[str, str] | None = None, timeout: float = 90.0):
-    """`dagster dev` on a free port against the stack's Postgres instance; returns once the UI answers."""
+    """`dg dev` on a free port against the stack's Postgres instance; returns once the UI answers."""
     env = {**os.environ, **prepare_home(settings), **(extra_env or {})}
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO_ROOT), env.get("PYTHONPATH")]))
     port = free_port()
     log_file = Path(env["DAGSTER_HOME"]) / f"dagster-dev-{port}.log"
-    dagster = Path(sys.executable).parent / "dagster"
-    argv = [str(dagster), "dev", "-w", str(WORKSPACE_YAML), "-h", "127.0.0.1", "-p", str(port)]
+    # `dg dev` (the current CLI) loads the project's code location from pyproject.toml's [tool.dg] with
+    # this interpreter, and runs the same webserver + daemon as `dagster dev`.
+    dg = Path(sys.executable).parent / "dg"
+    argv = [str(dg), "dev", "--use-active-venv", "--no-check-yaml", "--host", "127.0.0.1", "--port", str(port)]
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(
             argv, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
@@ -81,4 +89,4 @@ def start_dagster_dev(settings: TesseraSettings, extra_env: dict[str, str] | Non
         time.sleep(0.5)
     dev.stop()
     tail = "\n".join(log_file.read_text(errors="replace").splitlines()[-20:])
-    raise DagsterDevError(f"dagster dev did not answer on {dev.url} within {timeout:.0f} s:\n{tail}")
+    raise DagsterDevError(f"dg dev did not answer on {dev.url} within {timeout:.0f} s:\n{tail}")

@@ -122,7 +122,7 @@ def test_run_and_backfill_launched_through_graphql_succeed_with_postgres_storage
             "--from",
             days[3].isoformat(),
             "--to",
-            days[4].isoformat(),
+            days[3].isoformat(),
         ],
         env=env,
         cwd=REPO_ROOT,
@@ -152,10 +152,10 @@ def test_run_and_backfill_launched_through_graphql_succeed_with_postgres_storage
 
     def cli_runs_done():
         runs = [
-            r for d in days[3:5] for r in dev.graphql(PARTITION_RUNS, {"day": d.isoformat()})["runsOrError"]["results"]
+            r for d in days[3:4] for r in dev.graphql(PARTITION_RUNS, {"day": d.isoformat()})["runsOrError"]["results"]
         ]
         finished = [r for r in runs if r["status"] in ("SUCCESS", "FAILURE", "CANCELED")]
-        return len(finished) >= 2 and finished
+        return len(finished) >= 1 and finished
 
     cli_runs = _wait(cli_runs_done, 240, "the CLI backfill's runs")
     assert {r["status"] for r in cli_runs} == {"SUCCESS"}
@@ -164,9 +164,9 @@ def test_run_and_backfill_launched_through_graphql_succeed_with_postgres_storage
     # The runs were stored in the catalog's dagster database, and the data landed.
     with psycopg.connect(settings.dagster_dsn) as conn:
         stored = conn.execute("SELECT count(*) FROM runs WHERE status = 'SUCCESS'").fetchone()[0]
-    assert stored >= 5
+    assert stored >= 4
     with psycopg.connect(settings.catalog_dsn) as conn:
         landed = conn.execute(
-            "SELECT count(DISTINCT event_date) FROM raw_events WHERE event_date = ANY(%s)", (days[:5],)
+            "SELECT count(DISTINCT event_date) FROM raw_events WHERE event_date = ANY(%s)", (days[:4],)
         ).fetchone()[0]
-    assert landed == 5
+    assert landed == 4
