@@ -8,14 +8,28 @@ from dataclasses import asdict
 from pathlib import Path
 
 import click
+import psycopg
 
+from shardctl.errors import describe_dsn
+from shardctl.schema import SchemaError
 from shardctl.settings import load_settings
+from shardctl.shardmap import ShardMapError, ShardMapStore
 from shardctl.stack.binaries import MissingBinaryError
 from shardctl.stack.manager import Stack, StackError
 from shardctl.stack.postgres import PostgresStartError
 from shardctl.stack.redis_server import RedisStartError
 
-EXPECTED_ERRORS = (StackError, MissingBinaryError, PostgresStartError, RedisStartError, ValueError, OSError)
+EXPECTED_ERRORS = (
+    StackError,
+    MissingBinaryError,
+    PostgresStartError,
+    RedisStartError,
+    ValueError,
+    OSError,
+    ShardMapError,
+    SchemaError,
+    psycopg.OperationalError,
+)
 
 
 class _Group(click.Group):
@@ -82,6 +96,42 @@ def stack_down(data_dir: str | None, purge: bool) -> None:
     if failed:
         raise click.ClickException(f"could not stop: {', '.join(failed)}")
     click.echo("stack stopped" + (" and purged" if purge else ""))
+
+
+@main.group(cls=_Group)
+def shards() -> None:
+    """The shard map in the catalog: epochs and shard DSNs."""
+
+
+def _catalog_dsn() -> str:
+    dsn = load_settings().catalog_dsn
+    if not dsn:
+        raise ShardMapError("no catalog DSN: set TESSERA_CATALOG_DSN or run `shardctl stack up`")
+    return dsn
+
+
+@shards.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def shards_show(as_json: bool) -> None:
+    """Print the current epoch and its shards (host:port/db, never passwords)."""
+    current = ShardMapStore(_catalog_dsn()).current()
+    listed = [{"index": i, "server": describe_dsn(dsn)} for i, dsn in enumerate(current.dsns)]
+    if as_json:
+        click.echo(json.dumps({"epoch": current.epoch, "shards": listed}, indent=2))
+        return
+    click.echo(f"epoch {current.epoch}, {current.total_shards} shards")
+    for row in listed:
+        click.echo(f"  shard {row['index']}: {row['server']}")
+
+
+@shards.command("prepare")
+def shards_prepare() -> None:
+    """Create what is missing (catalog tables, epoch 1 from the settings, schema on every shard); idempotent."""
+    from shardctl.store import prepare
+
+    settings = load_settings()
+    current = prepare(_catalog_dsn(), settings=settings)
+    click.echo(f"ready: epoch {current.epoch}, {current.total_shards} shards, schema applied")
 
 
 def _print_status(the_stack: Stack, as_json: bool) -> bool:

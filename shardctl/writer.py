@@ -63,7 +63,7 @@ FeatureValue = float | int | str | bool | None
 _ALLOWED_VALUE_TYPES = frozenset({float, int, str, bool, type(None)})
 _MAX_FEATURE_SET = 63
 _PROBE_KEYS = 64
-_CHUNK_ROWS = 5000
+_CHUNK_ROWS = 1000  # small chunks keep the shards fed while the next chunk is validated
 _STR_ONLY = frozenset({str})
 _ENCODE = msgspec.json.encode
 
@@ -296,9 +296,13 @@ class FeatureWriter:
         connect_timeout: int = 5,
         fresh_fast_path: bool = True,
         temp_buffers: str = "128MB",
+        chunk_rows: int = _CHUNK_ROWS,
     ):
+        if chunk_rows < 1:
+            raise ValueError(f"chunk_rows must be >= 1, got {chunk_rows}")
         self._maps = shard_maps
         self.fresh_fast_path = fresh_fast_path
+        self.chunk_rows = chunk_rows
         self._pools = ShardPools(
             "tessera-writer",
             min_size=0,
@@ -350,10 +354,11 @@ class FeatureWriter:
 
     def _chunks(self, validator: _Validator, source: Iterator[FeatureRow], prepared: list, hashes: list):
         """Already validated rows first (a retry), then the rest of ``source``, validated chunk by chunk."""
-        for start in range(0, len(prepared), _CHUNK_ROWS):
-            yield prepared[start : start + _CHUNK_ROWS], hashes[start : start + _CHUNK_ROWS]
+        size = self.chunk_rows
+        for start in range(0, len(prepared), size):
+            yield prepared[start : start + size], hashes[start : start + size]
         while True:
-            chunk, chunk_hashes = validator.take(source, _CHUNK_ROWS)
+            chunk, chunk_hashes = validator.take(source, size)
             if not chunk:
                 return
             prepared.extend(chunk)

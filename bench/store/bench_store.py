@@ -21,6 +21,7 @@ import argparse
 import json
 import os
 import random
+import signal
 import statistics
 import sys
 import tempfile
@@ -355,6 +356,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rows and --bloat-rows must be >= 1000, --rounds >= 1")
     only = set(args.only or ["writes", "updates", "reads", "bloat"])
 
+    # SIGTERM (e.g. a CI timeout) must still stop the benchmark's servers: turn it into SystemExit.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     root = Path(tempfile.mkdtemp(prefix="tessera-bench-"))
     stack = Stack(root)
     log(f"load average before: {os.getloadavg()}  (2-core machine shared with others)")
