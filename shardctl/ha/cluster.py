@@ -285,7 +285,12 @@ class HACluster:
 
     def wait_healthy(self, shard: int, timeout: float) -> None:
         expected = len(self.state.members[shard])
-        if not self._wait(shard, lambda: is_healthy(shard_members(shard, self.api_urls(shard)), expected), timeout):
+        synchronous = self.state.ha_settings.synchronous_mode
+
+        def healthy() -> bool:
+            return is_healthy(shard_members(shard, self.api_urls(shard)), expected, synchronous)
+
+        if not self._wait(shard, healthy, timeout):
             raise HAError(f"shard {shard}: members not all streaming after {timeout:.0f}s; see {self._log_hint(shard)}")
 
     def _wait(self, shard: int, check: Callable[[], bool], timeout: float) -> bool:

@@ -82,10 +82,12 @@ def leader(members: list[MemberStatus]) -> MemberStatus | None:
     return next((m for m in members if m.role == "leader" and m.state == "running"), None)
 
 
-def is_healthy(members: list[MemberStatus], expected: int) -> bool:
-    """One running leader and every other expected member streaming from it."""
+def is_healthy(members: list[MemberStatus], expected: int, synchronous: bool = False) -> bool:
+    """One running leader, every other expected member streaming from it and, in synchronous mode, one
+    of them named synchronous standby (only that one may be promoted without losing commits)."""
     streaming = [m for m in members if m.role != "leader" and m.state == "streaming"]
-    return leader(members) is not None and len(streaming) == expected - 1
+    has_sync = any(m.role == "sync_standby" for m in streaming)
+    return leader(members) is not None and len(streaming) == expected - 1 and (has_sync or not synchronous)
 
 
 def switchover(shard: int, api_urls: list[str], candidate: str | None = None) -> str:
