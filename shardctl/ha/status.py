@@ -92,7 +92,10 @@ def is_healthy(members: list[MemberStatus], expected: int, synchronous: bool = F
 
 def switchover(shard: int, api_urls: list[str], candidate: str | None = None) -> str:
     """A planned switchover of ``shard``'s primary (to ``candidate`` if given); returns Patroni's answer."""
-    current = leader(shard_members(shard, api_urls))
+    members = shard_members(shard, api_urls)
+    if candidate and candidate not in {m.name for m in members}:
+        raise HAError(f"shard {shard} has no member {candidate!r} (members: {', '.join(m.name for m in members)})")
+    current = leader(members)
     if current is None:
         raise HAError(f"shard {shard} has no running leader: nothing to switch over (a failover is under way?)")
     body: dict[str, Any] = {"leader": current.name}
