@@ -27,6 +27,7 @@ from shardctl.stack.postgres import DATABASE, PostgresServer, make_template
 from shardctl.stack.process import allocate_ports, pid_alive
 from shardctl.stack.redis_server import RedisServer
 from shardctl.stack.users import chown_tree, server_user, user_can_write
+from shardctl.store import prepare as prepare_feature_store
 
 STATE_FILE_NAME = "stack.json"
 CATALOG = "catalog"
@@ -165,6 +166,8 @@ class Stack:
         state.redis_pid = redis_server.start()
         self._save_state(state)
         self._write_settings(state)
+        servers = self.postgres_servers(state)
+        prepare_feature_store(servers[0].dsn(), [s.dsn() for s in servers[1:]])
         return state
 
     def _ha_up(self, state: StackState, cluster: HACluster) -> None:

@@ -1,0 +1,487 @@
+"""Bulk writes of feature rows: validate the whole batch, route by shard, binary COPY + one merge per shard.
+
+The batch is all-or-nothing as far as a single Postgres can make it without two-phase commit:
+
+1. Every row is validated before any shard is touched: a bad row raises ``BadFeatureRowError`` naming it.
+2. Shards are written in parallel, each in its own transaction: fence check (the write's shard-map epoch),
+   binary ``COPY`` into a temporary staging table, one ``INSERT ... ON CONFLICT DO UPDATE`` merge. No shard
+   commits until every shard has merged; if any fails, all roll back (``FeatureWriteError``), so nothing
+   of the batch is visible anywhere.
+3. Then the shards commit. A commit failing after another shard committed (the shard died in that
+   millisecond) raises ``PartialCommitError`` naming both sets; the batch is idempotent, so re-running it
+   completes it without changing the shards that already have it.
+
+Idempotent: the merge updates a row only when its features or event time differ
+(``IS DISTINCT FROM``), so re-writing a batch leaves no dead tuples and bumps no ``version``. A row with an
+older event time than the stored one is left alone (the newest event wins, whatever the write order).
+
+Fresh entities take a fast path: if a probe of the batch's keys finds none stored, the rows are copied
+straight into the table under a savepoint (no staging pass); a unique violation rolls back to the savepoint
+and the batch takes the merge path instead.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import itertools
+import logging
+import math
+import queue
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+
+import msgspec
+import psycopg
+from psycopg.types.json import set_json_dumps
+
+from shardctl.errors import BadFeatureRowError, FeatureWriteError, PartialCommitError, ShardUnavailableError
+from shardctl.pools import ShardPools
+from shardctl.schema import FEATURE_TABLE
+from shardctl.shardmap import ShardMap, ShardMapWatcher, StaleShardMapError, check_fence
+
+__all__ = [
+    "BadFeatureRowError",
+    "FeatureRow",
+    "FeatureWriteError",
+    "FeatureWriter",
+    "PartialCommitError",
+    "StaleShardMapError",
+    "WriteReport",
+]
+
+log = logging.getLogger(__name__)
+
+FeatureValue = float | int | str | bool | None
+_ALLOWED_VALUE_TYPES = frozenset({float, int, str, bool, type(None)})
+_MAX_FEATURE_SET = 63
+_PROBE_KEYS = 64
+_CHUNK_ROWS = 5000
+_END = object()  # queue sentinels between the validating thread and a shard's worker
+_ABORT = object()
+_STR_ONLY = frozenset({str})
+_ENCODE = msgspec.json.encode
+
+_MERGE_SQL = f"""
+INSERT INTO {FEATURE_TABLE} AS t (entity_id, feature_set, features, event_ts)
+SELECT s.entity_id, %(feature_set)s, s.features, s.event_ts FROM tessera_stage s
+ON CONFLICT (entity_id, feature_set) DO UPDATE
+   SET features = excluded.features,
+       event_ts = excluded.event_ts,
+       written_at = now(),
+       version = t.version + (t.features IS DISTINCT FROM excluded.features)::int
+ WHERE excluded.event_ts >= t.event_ts
+   AND (t.features, t.event_ts) IS DISTINCT FROM (excluded.features, excluded.event_ts)
+"""
+# Rows inserted so far by this transaction (Postgres' own per-transaction counter): read before and after the
+# merge, it splits the merge's row count into inserts and updates without a RETURNING pass over every row.
+_XACT_INSERTED_SQL = f"SELECT pg_stat_get_xact_tuples_inserted('{FEATURE_TABLE}'::regclass)"
+_PROBE_SQL = f"SELECT EXISTS (SELECT 1 FROM {FEATURE_TABLE} WHERE feature_set = %s AND entity_id = ANY(%s))"
+_STAGE_DDL = "CREATE TEMP TABLE tessera_stage (entity_id text, features jsonb, event_ts timestamptz) ON COMMIT DROP"
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureRow:
+    """One entity's feature values at ``event_ts`` (timezone-aware) for one feature set."""
+
+    entity_id: str
+    event_ts: datetime
+    features: Mapping[str, FeatureValue]
+
+
+@dataclass
+class WriteReport:
+    """What a batch did: rows routed to each shard, the epoch it was routed with, and the merge's counts."""
+
+    feature_set: str
+    epoch: int
+    rows_per_shard: dict[int, int]
+    inserted: int = 0
+    updated: int = 0
+    unchanged: int = 0
+    retries: int = 0
+    fast_path_shards: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def rows(self) -> int:
+        return sum(self.rows_per_shard.values())
+
+
+class _Aborted(Exception):
+    """A shard worker was told to give up (a bad row, or another shard failed): its transaction rolls back."""
+
+
+@dataclass
+class _ShardResult:
+    inserted: int
+    updated: int
+    fast_path: bool
+
+
+def validate_feature_set(feature_set: object) -> str:
+    if not isinstance(feature_set, str) or not feature_set or len(feature_set) > _MAX_FEATURE_SET:
+        raise ValueError(f"feature_set must be a non-empty string of at most {_MAX_FEATURE_SET} characters")
+    if not feature_set.isprintable():
+        raise ValueError(f"feature_set {feature_set!r} has non-printable characters")
+    return feature_set
+
+
+def validate_rows(rows: Iterable[FeatureRow]) -> tuple[list[tuple[str, bytes, datetime]], list[int]]:
+    """Check every row; returns the rows as COPY tuples (features already JSON-encoded) and their hashes.
+
+    Raises ``BadFeatureRowError`` for the first bad row (its position and entity id in the message).
+    """
+    return _Validator().take(iter(rows), None)
+
+
+class _Validator:
+    """Validates a batch chunk by chunk, remembering positions and ids across chunks (duplicates are bad).
+
+    The common case runs on C-level checks (type sets, msgspec encoding); a row that trips one of them goes
+    through ``_explain_bad_features``, which finds the exact problem or clears the row.
+    """
+
+    def __init__(self) -> None:
+        self.seen: dict[str, int] = {}
+        self.index = 0
+
+    def take(
+        self, rows: Iterator[FeatureRow], limit: int | None
+    ) -> tuple[list[tuple[str, bytes, datetime]], list[int]]:
+        """Validate up to ``limit`` more rows (all with None); returns their COPY tuples and hashes."""
+        out: list[tuple[str, bytes, datetime]] = []
+        hashes: list[int] = []
+        seen = self.seen
+        allowed, str_only, encode, md5, from_bytes = (
+            _ALLOWED_VALUE_TYPES,
+            _STR_ONLY,
+            _ENCODE,
+            hashlib.md5,
+            int.from_bytes,
+        )
+        for index, row in enumerate(itertools.islice(rows, limit), start=self.index):
+            if type(row) is not FeatureRow:
+                got = type(row).__name__
+                raise BadFeatureRowError(index, getattr(row, "entity_id", None), f"expected FeatureRow, got {got}")
+            eid = row.entity_id
+            if type(eid) is not str:
+                raise BadFeatureRowError(index, eid, f"entity_id must be a string, got {type(eid).__name__}")
+            if not eid or eid.isspace() or "\x00" in eid:
+                raise BadFeatureRowError(index, eid, "entity_id must be a non-empty string without NUL characters")
+            ts = row.event_ts
+            if type(ts) is not datetime or ts.tzinfo is None or ts.utcoffset() is None:
+                raise BadFeatureRowError(index, eid, f"event_ts must be a timezone-aware datetime, got {ts!r}")
+            features = row.features
+            if type(features) is not dict:
+                if not isinstance(features, Mapping):
+                    raise BadFeatureRowError(index, eid, f"features must be a mapping, got {type(features).__name__}")
+                features = dict(features)
+            values = list(features.values())
+            if (
+                not allowed.issuperset(map(type, values))
+                or not str_only.issuperset(map(type, features))
+                or "" in features
+            ):
+                _explain_bad_features(index, eid, features)
+            try:
+                encoded = encode(features)
+                key = eid.encode()
+            except UnicodeEncodeError as exc:
+                raise BadFeatureRowError(index, eid, f"not valid Unicode: {exc}") from None
+            # msgspec writes NaN/inf as null: more nulls than None values means a non-finite float (or the text
+            # "null" inside a string: the slow check tells them apart). NUL in a string cannot be stored in jsonb.
+            if encoded.count(b"null") != values.count(None) or b"\\u0000" in encoded:
+                _explain_bad_features(index, eid, features)
+            if eid in seen:
+                raise BadFeatureRowError(index, eid, f"entity_id repeats row #{seen[eid]} of the same batch")
+            seen[eid] = index
+            out.append((eid, encoded, ts))
+            hashes.append(from_bytes(md5(key).digest()[:8], "big"))  # shardctl.hashing.entity_hash, inlined
+        self.index += len(out)
+        return out, hashes
+
+
+def _explain_bad_features(index: int, eid: str, features: Mapping) -> None:
+    """Raise the precise error for a row the fast checks flagged; return if it is fine after all."""
+    for key, value in features.items():
+        if type(key) is not str or not key:
+            raise BadFeatureRowError(index, eid, f"feature names must be non-empty strings, got {key!r}")
+        kind = type(value)
+        if kind not in _ALLOWED_VALUE_TYPES:
+            raise BadFeatureRowError(
+                index, eid, f"feature {key!r} has type {kind.__name__}; allowed: float, int, str, bool, None"
+            )
+        if (kind is float and not math.isfinite(value)) or (kind is str and "\x00" in value):
+            raise BadFeatureRowError(index, eid, f"feature {key!r} has an unstorable value {value!r}")
+
+
+class FeatureWriter:
+    """Writes feature batches to the shards of the current shard map (a ``ShardMap`` or a watcher)."""
+
+    def __init__(
+        self,
+        shard_maps: ShardMap | ShardMapWatcher,
+        *,
+        pool_size: int = 2,
+        connect_timeout: int = 5,
+        fresh_fast_path: bool = True,
+        temp_buffers: str = "128MB",
+    ):
+        self._maps = shard_maps
+        self.fresh_fast_path = fresh_fast_path
+        self._pools = ShardPools(
+            "tessera-writer",
+            min_size=0,
+            max_size=pool_size,
+            connect_timeout=connect_timeout,
+            acquire_timeout=float(connect_timeout),
+            autocommit=False,
+            options=f"-c temp_buffers={temp_buffers}",
+            configure=_configure_connection,
+        )
+        self._executor: ThreadPoolExecutor | None = None
+        self._executor_size = 0
+
+    @property
+    def shard_map(self) -> ShardMap:
+        return self._maps.current if isinstance(self._maps, ShardMapWatcher) else self._maps
+
+    def _refresh(self) -> ShardMap | None:
+        if isinstance(self._maps, ShardMapWatcher):
+            return self._maps.refresh()
+        return None
+
+    def write(self, feature_set: str, rows: Iterable[FeatureRow]) -> WriteReport:
+        """Upsert ``rows`` for ``feature_set``; see the module docstring for the guarantees."""
+        started = time.perf_counter()
+        validate_feature_set(feature_set)
+        validator = _Validator()
+        source = iter(rows)
+        prepared: list[tuple[str, bytes, datetime]] = []
+        hashes: list[int] = []
+        shard_map = self.shard_map
+        retries = 0
+        while True:
+            try:
+                report = self._write_routed(shard_map, feature_set, validator, source, prepared, hashes)
+                break
+            except StaleShardMapError as exc:
+                refreshed = self._refresh()
+                if retries or refreshed is None or refreshed.epoch <= shard_map.epoch:
+                    raise
+                log.info("%s; retrying on epoch %s", exc, refreshed.epoch)
+                shard_map, retries = refreshed, retries + 1
+        report.retries = retries
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _chunks(self, validator: _Validator, source: Iterator[FeatureRow], prepared: list, hashes: list):
+        """Already validated rows first (a retry), then the rest of ``source``, validated chunk by chunk."""
+        for start in range(0, len(prepared), _CHUNK_ROWS):
+            yield prepared[start : start + _CHUNK_ROWS], hashes[start : start + _CHUNK_ROWS]
+        while True:
+            chunk, chunk_hashes = validator.take(source, _CHUNK_ROWS)
+            if not chunk:
+                return
+            prepared.extend(chunk)
+            hashes.extend(chunk_hashes)
+            yield chunk, chunk_hashes
+
+    def _write_routed(self, shard_map: ShardMap, feature_set: str, validator, source, prepared, hashes) -> WriteReport:
+        """Validate and route chunk by chunk while each shard's worker streams its rows into its transaction;
+        commit on every shard only once all rows were valid and every shard merged."""
+        n = shard_map.total_shards
+        report = WriteReport(feature_set, shard_map.epoch, {})
+        pools = self._pools.pools_for(shard_map)
+        if self._executor is None or self._executor_size < n:
+            if self._executor is not None:
+                self._executor.shutdown(wait=True)
+            self._executor_size = max(8, n)
+            self._executor = ThreadPoolExecutor(max_workers=self._executor_size, thread_name_prefix="tessera-writer")
+        conns: dict[int, psycopg.Connection] = {}
+        queues: dict[int, queue.SimpleQueue] = {}
+        futures: dict[int, Future[_ShardResult]] = {}
+        failures: dict[int, BaseException] = {}
+        bad_row: BadFeatureRowError | None = None
+        try:
+            try:
+                for chunk, chunk_hashes in self._chunks(validator, source, prepared, hashes):
+                    groups: list[list] = [[] for _ in range(n)]
+                    for row, h in zip(chunk, chunk_hashes, strict=True):
+                        groups[h % n].append(row)
+                    for i, group in enumerate(groups):
+                        if not group:
+                            continue
+                        if i not in queues:
+                            try:
+                                conns[i] = pools[i].getconn()
+                            except Exception as exc:  # PoolTimeout: the shard is unreachable
+                                failures[i] = ShardUnavailableError(i, shard_map.dsns[i], exc)
+                                break
+                            queues[i] = queue.SimpleQueue()
+                            args = (conns[i], i, shard_map.epoch, feature_set, queues[i])
+                            futures[i] = self._executor.submit(self._write_shard, *args)
+                        queues[i].put(group)
+                        report.rows_per_shard[i] = report.rows_per_shard.get(i, 0) + len(group)
+                    if failures or any(f.done() for f in futures.values()):
+                        break  # a shard failed already: stop validating, roll everything back below
+            except BadFeatureRowError as exc:
+                bad_row = exc
+            end = _END if bad_row is None and not failures else _ABORT
+            for q in queues.values():
+                q.put(end)
+            results: dict[int, _ShardResult] = {}
+            for i, future in futures.items():
+                try:
+                    results[i] = future.result()
+                except _Aborted:
+                    pass
+                except Exception as exc:
+                    failures[i] = _classify(i, shard_map.dsns[i], exc)
+            if bad_row is not None or failures or len(results) < len(futures):
+                self._rollback_all(conns)
+                if bad_row is not None:
+                    raise bad_row
+                self._raise_failures(failures)
+                raise FeatureWriteError("batch not written: a shard stopped early")  # pragma: no cover
+            self._commit_all(conns, shard_map)
+        finally:
+            for i, conn in conns.items():
+                pools[i].putconn(conn)
+        for i, result in sorted(results.items()):
+            report.inserted += result.inserted
+            report.updated += result.updated
+            report.unchanged += report.rows_per_shard[i] - result.inserted - result.updated
+            if result.fast_path:
+                report.fast_path_shards.append(i)
+        report.rows_per_shard = dict(sorted(report.rows_per_shard.items()))
+        return report
+
+    @staticmethod
+    def _raise_failures(failures: dict[int, BaseException]) -> None:
+        stale = [f for f in failures.values() if isinstance(f, StaleShardMapError)]
+        if stale:
+            raise stale[0]
+        if len(failures) == 1:
+            only = next(iter(failures.values()))
+            if isinstance(only, ShardUnavailableError):
+                raise only
+        raise FeatureWriteError(
+            "batch not written (rolled back on every shard): "
+            + "; ".join(f"shard {i}: {exc}" for i, exc in sorted(failures.items())),
+            failures,
+        )
+
+    def _write_shard(
+        self, conn: psycopg.Connection, shard: int, epoch: int, feature_set: str, chunks: queue.SimpleQueue
+    ) -> _ShardResult:
+        """Phase one on one shard, fed chunk by chunk: everything but the commit."""
+        received: list[tuple[str, bytes, datetime]] = []
+
+        def rows() -> Iterator[tuple[str, bytes, datetime]]:
+            yield from received  # rows already taken (the merge after a failed fast path)
+            while True:
+                chunk = chunks.get()
+                if chunk is _END:
+                    chunks.put(_END)  # a second pass (the merge) sees the end too
+                    return
+                if chunk is _ABORT:
+                    raise _Aborted()
+                received.extend(chunk)
+                yield from chunk
+
+        check_fence(conn, shard, epoch)
+        received.extend(chunks.get())  # the worker starts with its first chunk already queued
+        if self.fresh_fast_path and not self._any_stored(conn, feature_set, received):
+            try:
+                with conn.transaction(savepoint_name="tessera_fresh"):
+                    self._copy_into_table(conn, feature_set, rows())
+                return _ShardResult(len(received), 0, True)
+            except psycopg.errors.UniqueViolation:
+                pass  # some entities exist after all: merge instead (the savepoint undid the copy)
+        conn.execute(_STAGE_DDL)
+        with conn.cursor() as cur:
+            with cur.copy("COPY tessera_stage (entity_id, features, event_ts) FROM STDIN (FORMAT BINARY)") as copy:
+                copy.set_types(["text", "jsonb", "timestamptz"])
+                for row in rows():
+                    copy.write_row(row)
+            inserted_before = cur.execute(_XACT_INSERTED_SQL).fetchone()[0]
+            cur.execute(_MERGE_SQL, {"feature_set": feature_set})
+            affected = cur.rowcount
+            inserted = cur.execute(_XACT_INSERTED_SQL).fetchone()[0] - inserted_before
+        conn.execute("DROP TABLE tessera_stage")
+        return _ShardResult(inserted, affected - inserted, False)
+
+    @staticmethod
+    def _any_stored(conn: psycopg.Connection, feature_set: str, rows) -> bool:
+        step = max(1, len(rows) // _PROBE_KEYS)
+        sample = [rows[i][0] for i in range(0, len(rows), step)][:_PROBE_KEYS]
+        return bool(conn.execute(_PROBE_SQL, (feature_set, sample)).fetchone()[0])
+
+    @staticmethod
+    def _copy_into_table(conn: psycopg.Connection, feature_set: str, rows) -> None:
+        with conn.cursor() as cur:
+            sql = f"COPY {FEATURE_TABLE} (entity_id, feature_set, features, event_ts) FROM STDIN (FORMAT BINARY)"
+            with cur.copy(sql) as copy:
+                copy.set_types(["text", "text", "jsonb", "timestamptz"])
+                for eid, features, ts in rows:
+                    copy.write_row((eid, feature_set, features, ts))
+
+    @staticmethod
+    def _rollback_all(conns: dict[int, psycopg.Connection]) -> None:
+        for conn in conns.values():
+            # A dead connection has nothing to roll back: the server aborts its transaction.
+            with contextlib.suppress(psycopg.Error):
+                conn.rollback()
+
+    @staticmethod
+    def _commit_all(conns: dict[int, psycopg.Connection], shard_map: ShardMap) -> None:
+        committed: list[int] = []
+        failures: dict[int, BaseException] = {}
+        for i, conn in conns.items():
+            if failures:
+                conn.rollback()
+                failures[i] = FeatureWriteError("not committed: an earlier shard failed to commit")
+                continue
+            try:
+                conn.commit()
+                committed.append(i)
+            except psycopg.Error as exc:
+                failures[i] = ShardUnavailableError(i, shard_map.dsns[i], exc)
+        if failures and committed:
+            raise PartialCommitError(committed, failures)
+        if failures:
+            raise FeatureWriteError(f"batch not written: {'; '.join(map(str, failures.values()))}", failures)
+
+    def close(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+        self._pools.close()
+
+    def __enter__(self) -> FeatureWriter:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _passthrough(encoded: bytes) -> bytes:
+    return encoded
+
+
+def _configure_connection(conn: psycopg.Connection) -> None:
+    """Features arrive already JSON-encoded (by ``validate_rows``): the jsonb dumper passes them through."""
+    set_json_dumps(_passthrough, conn)
+
+
+def _classify(shard: int, dsn: str, exc: BaseException) -> BaseException:
+    if isinstance(exc, StaleShardMapError | ShardUnavailableError):
+        return exc
+    if isinstance(exc, psycopg.OperationalError):
+        return ShardUnavailableError(shard, dsn, exc)
+    return exc
