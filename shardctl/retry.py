@@ -44,6 +44,19 @@ def is_failover_error(exc: BaseException, conn: psycopg.Connection[Any] | None =
     return sqlstate in _FAILOVER_STATES or sqlstate.startswith("08")
 
 
+def failover_in(exc: BaseException) -> bool:
+    """True if ``exc`` (or a shard failure it carries, as the feature writer's errors do) is a failover."""
+    causes: list[BaseException] = [exc]
+    failures = getattr(exc, "failures", None)
+    if isinstance(failures, dict):
+        causes += list(failures.values())
+    for cause in list(causes):
+        inner = getattr(cause, "cause", None) or cause.__cause__
+        if isinstance(inner, BaseException):
+            causes.append(inner)
+    return any(is_failover_error(c) for c in causes)
+
+
 class PrimaryConnection:
     """One connection to a shard's current primary, replaced transparently after a failover."""
 

@@ -40,6 +40,7 @@ from psycopg.types.json import set_json_dumps
 
 from shardctl.errors import BadFeatureRowError, FeatureWriteError, PartialCommitError, ShardUnavailableError
 from shardctl.pools import ShardPools
+from shardctl.retry import failover_in
 from shardctl.schema import FEATURE_TABLE
 from shardctl.shardmap import ShardMap, ShardMapWatcher, StaleShardMapError, check_fence
 
@@ -230,8 +231,10 @@ class FeatureWriter:
         connect_timeout: int = 5,
         fresh_fast_path: bool = True,
         temp_buffers: str = "128MB",
+        failover_deadline: float = 30.0,
     ):
         self._maps = shard_maps
+        self.failover_deadline = failover_deadline
         self.fresh_fast_path = fresh_fast_path
         self._pools = ShardPools(
             "tessera-writer",
@@ -269,6 +272,15 @@ class FeatureWriter:
             try:
                 report = self._write_routed(shard_map, feature_set, validator, source, prepared, hashes)
                 break
+            except (ShardUnavailableError, FeatureWriteError) as exc:
+                # A shard's primary went away (failover, switchover): the batch is idempotent, so run it
+                # again on fresh connections (the multi-host DSN finds the new primary) until the deadline.
+                if not failover_in(exc) or time.perf_counter() - started > self.failover_deadline:
+                    raise
+                log.info("%s; retrying after a failover", exc)
+                self._pools.close()
+                time.sleep(0.2)
+                retries += 1
             except StaleShardMapError as exc:
                 refreshed = self._refresh()
                 if retries or refreshed is None or refreshed.epoch <= shard_map.epoch:

@@ -167,7 +167,7 @@ class Stack:
         self._save_state(state)
         self._write_settings(state)
         servers = self.postgres_servers(state)
-        prepare_feature_store(servers[0].dsn(), [s.dsn() for s in servers[1:]])
+        prepare_feature_store(servers[0].dsn(), [e["dsn"] for e in self._shard_entries(state, servers[1:])])
         return state
 
     def _ha_up(self, state: StackState, cluster: HACluster) -> None:
