@@ -199,7 +199,7 @@ def hard_kill_failover(cluster: HACluster, shard: int, timeout: float = 60.0, re
         members = wait_healthy(cluster, shard)
         result.old_leader_rejoined = any(m.name == old.name and m.state == "streaming" for m in members)
         result.new_timeline = _leader_of(members).timeline
-        result.rewind_used = "rewind" in _log_since(member.plan.log_file, log_size).lower()
+        result.rewind_used = "running pg_rewind" in _log_since(member.plan.log_file, log_size)
     return result
 
 

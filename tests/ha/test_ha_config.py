@@ -56,7 +56,7 @@ def test_member_config_names_its_ports_etcd_and_data_dir() -> None:
     assert config["bootstrap"]["dcs"]["ttl"] == HASettings().ttl
 
 
-@pytest.mark.req("JTBD-04.replica")
+@pytest.mark.req("JTBD-04.client-failover")
 def test_multi_host_dsn_names_every_member_and_asks_for_the_primary() -> None:
     dsn = multi_host_dsn([25001, 25003, 25005])
     parsed = conninfo_to_dict(dsn)
@@ -88,7 +88,7 @@ def test_patroni_keeps_the_configured_ttl_only_through_our_entry_point(tmp_path:
     assert entry.stdout.strip() == "8"
 
 
-@pytest.mark.req("JTBD-04.rpo0")
+@pytest.mark.req("JTBD-04.client-failover")
 def test_only_lost_connections_and_demoted_primaries_are_retried() -> None:
     assert is_failover_error(psycopg.OperationalError("connection refused"))
     assert is_failover_error(psycopg.errors.AdminShutdown())

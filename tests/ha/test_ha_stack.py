@@ -44,7 +44,7 @@ def test_each_shard_is_a_patroni_primary_with_a_streaming_replica_not_as_root(
     assert all(rows[n].healthy for n in ("etcd", "shard0-m0", "shard0-m1"))
 
 
-@pytest.mark.req("JTBD-04.replica")
+@pytest.mark.req("JTBD-04.client-failover")
 def test_settings_hold_a_multi_host_dsn_that_lands_on_the_primary(ha_stack: Stack, cluster: HACluster) -> None:
     os.environ["TESSERA_SETTINGS_FILE"] = str(ha_stack.settings_file)
     try:
@@ -72,7 +72,7 @@ def test_primary_commits_wait_for_a_synchronous_replica(cluster: HACluster) -> N
     assert commit == "on"
 
 
-@pytest.mark.req("JTBD-04.patroni-etcd")
+@pytest.mark.req("JTBD-04.ha-cli")
 def test_cli_status_json_and_switchover_then_clear_errors(ha_stack: Stack, cluster: HACluster, tmp_path: Path) -> None:
     data_dir = str(ha_stack.data_dir)
     status = _shardctl("ha", "status", "--json", "--data-dir", data_dir)

@@ -19,7 +19,7 @@ from shardctl.store import FeatureStore
 from shardctl.writer import FeatureRow
 
 
-@pytest.mark.req("JTBD-04.rpo0")
+@pytest.mark.req("JTBD-04.client-failover")
 def test_feature_writer_retries_through_a_failover_and_loses_no_acknowledged_row(
     ha_stack: Stack, cluster: HACluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
