@@ -101,6 +101,7 @@ class TesseraSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="TESSERA_", env_nested_delimiter="__", extra="ignore")
 
     data_dir: Path = DEFAULT_DATA_DIR
+    model_name: str = "churn"
     catalog_dsn: str | None = None
     dagster_dsn: str | None = None
     shards: list[ShardSettings] = Field(default_factory=list)

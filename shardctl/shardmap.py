@@ -19,6 +19,7 @@ from dataclasses import dataclass
 import psycopg
 
 from shardctl.hashing import shard_for
+from shardctl.notify import NotificationListener
 
 log = logging.getLogger(__name__)
 
@@ -223,27 +224,15 @@ def raise_fence(dsn: str, epoch: int, *, connect_timeout: int = 5) -> int:
 
 
 class ShardMapWatcher:
-    """Holds the current shard map and follows the catalog's NOTIFYs from a daemon thread.
+    """Holds the current shard map and follows the catalog's NOTIFYs (``shardctl/notify.py``'s listener
+    thread blocks in ``LISTEN``: no polling loop). Each notification, and each reconnection (a notification
+    may have been missed meanwhile), re-reads the map; listeners hear of every newer epoch."""
 
-    The thread blocks in ``LISTEN`` on a dedicated connection (it wakes only to notice ``stop``), re-reads
-    the map on each notification, and on reconnect re-reads it too so a notification missed while
-    disconnected is not lost.
-    """
-
-    def __init__(
-        self,
-        store: ShardMapStore,
-        on_change: Callable[[ShardMap], None] | None = None,
-        *,
-        wake_interval: float = 0.5,
-    ):
+    def __init__(self, store: ShardMapStore, on_change: Callable[[ShardMap], None] | None = None):
         self.store = store
         self._listeners: list[Callable[[ShardMap], None]] = [on_change] if on_change else []
-        self._wake_interval = wake_interval
         self._lock = threading.Lock()
-        self._stop = threading.Event()
-        self._listening = threading.Event()
-        self._thread: threading.Thread | None = None
+        self._listener: NotificationListener | None = None
         self._current = store.current()
 
     @property
@@ -251,18 +240,19 @@ class ShardMapWatcher:
         with self._lock:
             return self._current
 
-    def __call__(self) -> ShardMap:
-        """Watchers are shard-map providers for the reader and the writer."""
-        return self.current
-
     def add_listener(self, listener: Callable[[ShardMap], None]) -> None:
         self._listeners.append(listener)
 
     def refresh(self) -> ShardMap:
         """Re-read the catalog now (the writer calls this after a stale-epoch refusal)."""
-        latest = self.store.current()
-        self._update(latest)
+        self._update(self.store.current())
         return self.current
+
+    def _refresh_quietly(self, _payload: str = "") -> None:
+        try:
+            self.refresh()
+        except (psycopg.Error, ShardMapError) as exc:
+            log.warning("could not re-read the shard map (%s); keeping epoch %s", exc, self.current.epoch)
 
     def _update(self, latest: ShardMap) -> None:
         with self._lock:
@@ -277,39 +267,20 @@ class ShardMapWatcher:
                 log.exception("shard map listener failed")
 
     def start(self) -> ShardMapWatcher:
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="tessera-shardmap-watcher", daemon=True)
-            self._thread.start()
-            self._listening.wait(timeout=5)
+        if self._listener is None:
+            self._listener = NotificationListener(
+                self.store.catalog_dsn, NOTIFY_CHANNEL, self._refresh_quietly, on_reconnect=self._refresh_quietly
+            ).start()
+            self._refresh_quietly()  # an epoch published between reading the map and LISTEN taking effect
         return self
 
-    def stop(self, timeout: float = 5.0) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join(timeout)
-            self._thread = None
+    def stop(self) -> None:
+        if self._listener is not None:
+            self._listener.stop()
+            self._listener = None
 
     def __enter__(self) -> ShardMapWatcher:
         return self.start()
 
     def __exit__(self, *exc) -> None:
         self.stop()
-
-    def _run(self) -> None:
-        backoff = 0.2
-        while not self._stop.is_set():
-            try:
-                with self.store._connect(autocommit=True) as conn:
-                    conn.execute(f"LISTEN {NOTIFY_CHANNEL}")
-                    self._update(_read_current(conn) or self._current)
-                    self._listening.set()
-                    backoff = 0.2
-                    while not self._stop.is_set():
-                        # notifies() holds the connection's lock while it waits: read the map after it returns.
-                        if list(conn.notifies(timeout=self._wake_interval, stop_after=1)):
-                            self._update(_read_current(conn) or self._current)
-            except (psycopg.Error, ShardMapError) as exc:
-                self._listening.set()
-                log.warning("shard map watcher lost the catalog (%s); reconnecting", exc)
-                self._stop.wait(backoff)
-                backoff = min(backoff * 2, 5.0)

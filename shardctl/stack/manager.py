@@ -15,6 +15,7 @@ import psycopg
 from shardctl.ha.cluster import HACluster, HAState
 from shardctl.ha.status import HAError, leader, shard_members
 from shardctl.hashing import install_sql_functions
+from shardctl.registry import ModelRegistry
 from shardctl.settings import SETTINGS_FILE_NAME, HASettings
 from shardctl.stack.binaries import (
     PostgresBinaries,
@@ -158,7 +159,9 @@ class Stack:
             server.ensure_database(DATABASE)
             with psycopg.connect(server.dsn()) as conn:
                 install_sql_functions(conn)
-        self.postgres_servers(state)[0].ensure_database(DAGSTER_DATABASE)
+        catalog = self.postgres_servers(state)[0]
+        catalog.ensure_database(DAGSTER_DATABASE)
+        ModelRegistry(catalog.dsn()).ensure_schema()
         cluster = self.ha_cluster(state)
         if cluster is not None:
             self._ha_up(state, cluster)

@@ -1,0 +1,114 @@
+"""The Kubernetes manifests are valid against the Kubernetes schemas (offline) and fit together:
+the HPA scales the serving Deployment on CPU, every TESSERA_* variable is a real setting, kustomizations
+name files that exist, and the in-cluster dagster.yaml passes Dagster's own schema check."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from shardctl.settings import TesseraSettings
+
+ROOT = Path(__file__).resolve().parent.parent
+K8S = ROOT / "k8s"
+K8S_VERSION = "1.30"
+
+
+def _documents() -> list[tuple[Path, dict]]:
+    docs = []
+    for path in sorted(K8S.rglob("*.yaml")):
+        if path.name == "kustomization.yaml":
+            continue
+        docs += [(path, d) for d in yaml.safe_load_all(path.read_text()) if d]
+    return docs
+
+
+def _find(kind: str, name: str) -> dict:
+    matches = [d for _, d in _documents() if d["kind"] == kind and d["metadata"]["name"] == name]
+    assert len(matches) == 1, f"{kind}/{name}: {len(matches)} found"
+    return matches[0]
+
+
+@pytest.mark.req("PLAT.k8s")
+def test_every_manifest_validates_strictly_against_the_kubernetes_schema() -> None:
+    docs = _documents()
+    assert len(docs) >= 20
+    for path, doc in docs:
+        try:
+            kubernetes_validate.validate(doc, K8S_VERSION, strict=True)
+        except (kubernetes_validate.ValidationError, kubernetes_validate.SchemaNotFoundError) as exc:
+            pytest.fail(f"{path.relative_to(ROOT)} {doc.get('kind')}/{doc['metadata'].get('name')}: {exc}")
+
+
+@pytest.mark.req("PLAT.k8s")
+def test_a_typo_in_a_kind_is_caught() -> None:
+    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
+        kubernetes_validate.validate(
+            {"apiVersion": "apps/v1", "kind": "Deploymnet", "metadata": {"name": "x"}}, K8S_VERSION, strict=True
+        )
+
+
+@pytest.mark.req("PLAT.k8s")
+def test_kustomizations_name_files_that_exist() -> None:
+    for kustomization in K8S.rglob("kustomization.yaml"):
+        for resource in yaml.safe_load(kustomization.read_text())["resources"]:
+            target = kustomization.parent / resource
+            assert target.exists(), f"{kustomization.relative_to(ROOT)} names missing {resource}"
+
+
+@pytest.mark.req("JTBD-02.hpa")
+def test_hpa_scales_the_serving_deployment_on_cpu() -> None:
+    hpa = _find("HorizontalPodAutoscaler", "serving")
+    target = hpa["spec"]["scaleTargetRef"]
+    deployment = _find(target["kind"], target["name"])
+    assert hpa["spec"]["minReplicas"] >= 2
+    assert hpa["spec"]["maxReplicas"] > hpa["spec"]["minReplicas"]
+    assert [m["resource"]["name"] for m in hpa["spec"]["metrics"]] == ["cpu"]
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    # Utilization targets are relative to requests: without a CPU request the HPA cannot scale.
+    assert container["resources"]["requests"]["cpu"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"
+    assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
+
+
+@pytest.mark.req("PLAT.k8s")
+def test_config_map_variables_are_real_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    data = _find("ConfigMap", "tessera-config")["data"]
+    monkeypatch.setenv("TESSERA_SETTINGS_FILE", str(tmp_path / "absent.json"))
+    for key, value in data.items():
+        monkeypatch.setenv(key, value)
+    settings = TesseraSettings()
+    fields = set(TesseraSettings.model_fields)
+    for key in data:
+        assert key.removeprefix("TESSERA_").split("__")[0].lower() in fields, key
+    assert settings.total_shards == 2
+    assert all("target_session_attrs=read-write" in dsn for dsn in settings.shard_dsns())
+    assert settings.serving.port == 8000
+
+
+@pytest.mark.req("PLAT.k8s")
+def test_patroni_overlays_match_the_shard_map() -> None:
+    """Every shard in the config has a Patroni overlay whose pods are the hosts of its DSN."""
+    data = _find("ConfigMap", "tessera-config")["data"]
+    settings_shards = yaml.safe_load(data["TESSERA_SHARDS"])
+    for shard in settings_shards:
+        name = f"shard{shard['index']}"
+        overlay = yaml.safe_load((K8S / "postgres" / name / "kustomization.yaml").read_text())
+        assert overlay["namePrefix"] == f"{name}-"
+        assert f"host={name}-pg-0.{name}-pg,{name}-pg-1.{name}-pg " in shard["dsn"]
+
+
+@pytest.mark.req("PLAT.k8s")
+def test_in_cluster_dagster_instance_passes_dagsters_schema(tmp_path: Path, monkeypatch) -> None:
+    from dagster._core.instance.config import dagster_instance_config
+
+    data = _find("ConfigMap", "dagster-instance")["data"]
+    (tmp_path / "dagster.yaml").write_text(data["dagster.yaml"])
+    monkeypatch.setenv("DAGSTER_PG_URL", "postgresql+psycopg2://u:p@localhost/dagster")
+    config, _ = dagster_instance_config(str(tmp_path))
+    assert config["run_launcher"]["class"] == "K8sRunLauncher"
+    assert yaml.safe_load(data["workspace.yaml"])["load_from"][0]["grpc_server"]["port"] == 4000

@@ -1,0 +1,74 @@
+"""The model registry on the real catalog: versions, promotion rule, and promotion notifications."""
+
+from __future__ import annotations
+
+import queue
+import uuid
+
+import pytest
+
+from shardctl.notify import NotificationListener
+from shardctl.registry import PROMOTION_CHANNEL, ModelNotFoundError, ModelRegistry, is_better
+
+
+@pytest.fixture
+def registry(settings) -> ModelRegistry:
+    reg = ModelRegistry(settings.catalog_dsn)
+    reg.ensure_schema()
+    reg.ensure_schema()  # idempotent
+    return reg
+
+
+def _register(reg: ModelRegistry, name: str, auc: float):
+    return reg.register(
+        name,
+        algorithm="gbm",
+        feature_set="customer_v1",
+        features=["txn_count_7d", "amount_sum_30d"],
+        metrics={"auc": auc, "logloss": 0.4},
+        artifact_path=f"/models/{name}/{auc}.zip",
+        genmodel_jar="/models/h2o-genmodel.jar",
+    )
+
+
+@pytest.mark.req("PLAT.model-registry")
+def test_versions_are_numbered_and_promotion_follows_the_metric(registry: ModelRegistry) -> None:
+    name = f"churn-{uuid.uuid4().hex[:8]}"
+    assert registry.current(name) is None
+    v1 = _register(registry, name, 0.80)
+    v2 = _register(registry, name, 0.75)
+    v3 = _register(registry, name, 0.85)
+    assert [v1.version, v2.version, v3.version] == [1, 2, 3]
+    assert registry.promote_if_better(name, 1) is True
+    assert registry.promote_if_better(name, 2) is False  # worse: v1 stays
+    assert registry.current(name).version == 1
+    assert registry.promote_if_better(name, 3) is True
+    current = registry.current(name)
+    assert current.version == 3
+    assert current.key == f"{name}:3"
+    assert current.features == ["txn_count_7d", "amount_sum_30d"]
+    assert [v.version for v in registry.versions(name)] == [1, 2, 3]
+
+
+@pytest.mark.req("PLAT.model-registry")
+def test_unknown_version_is_a_clear_error(registry: ModelRegistry) -> None:
+    with pytest.raises(ModelNotFoundError, match="has no version 99"):
+        registry.promote("no-such-model", 99)
+
+
+@pytest.mark.req("PLAT.model-registry")
+def test_promotion_is_announced_to_listeners_within_a_second(registry: ModelRegistry, settings) -> None:
+    name = f"churn-{uuid.uuid4().hex[:8]}"
+    v1 = _register(registry, name, 0.9)
+    received: queue.Queue[str] = queue.Queue()
+    with NotificationListener(settings.catalog_dsn, PROMOTION_CHANNEL, received.put):
+        registry.promote(name, v1.version)
+        assert received.get(timeout=1.0) == f"{name}:1"
+
+
+def test_promotion_rule() -> None:
+    assert is_better({"auc": 0.7}, None)
+    assert is_better({"auc": 0.7}, {"auc": 0.6})
+    assert not is_better({"auc": 0.6}, {"auc": 0.6})
+    with pytest.raises(ValueError, match="no 'auc' metric"):
+        is_better({"logloss": 0.1}, {"auc": 0.6})
