@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from shardctl.ha.cluster import HACluster
 from shardctl.ha.etcd import EtcdStartError
 from shardctl.ha.status import HAError, shard_members, switchover
 from shardctl.settings import load_settings
@@ -107,7 +108,7 @@ def ha() -> None:
     """High availability of the shards: Patroni clusters with etcd (`shardctl stack up --ha`)."""
 
 
-def _ha_cluster(data_dir: str | None):
+def _ha_cluster(data_dir: str | None) -> HACluster:
     the_stack = _stack(data_dir)
     state = the_stack.load_state()
     if state is None:

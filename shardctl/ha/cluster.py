@@ -261,7 +261,6 @@ class HACluster:
         ha = self.state.ha_settings
         for member in self.all_members():
             member.write_config(ha, self.etcd.url, self.bin_dir)
-        chown_tree(Path(self.state.root), self.user)
         for shard in range(self.shard_count()):
             self.start_member(self.members(shard)[0])
         for shard in range(self.shard_count()):

@@ -147,6 +147,11 @@ class Stack:
             )
         if state is not None and (ha or replicas is not None) and state.ha is None:
             raise StackError(f"the stack in {self.data_dir} runs without HA; run `shardctl stack down --purge` first")
+        if state is not None and state.ha and replicas is not None and replicas != state.ha["replicas"]:
+            raise StackError(
+                f"the stack in {self.data_dir} runs {state.ha['replicas']} replicas per shard; "
+                f"run `shardctl stack down --purge` first to change that"
+            )
         if state is None:
             state = self._plan(shards or 2, base_port, ha or replicas is not None, replicas)
         self._save_state(state)
