@@ -32,7 +32,8 @@ from shardctl.stack.users import chown_tree
 
 @dataclass
 class HAState:
-    """The HA part of the stack's state file: ports, and the PIDs of etcd and every Patroni."""
+    """The HA part of the stack's state file: layout, ports and settings. PIDs live in pid files next to
+    each process's data (``etcd.pid``, ``patroni.pid``), so a restarted member is found by any process."""
 
     root: str
     replicas: int
@@ -62,6 +63,18 @@ def _read_pid(path: Path) -> int | None:
         return None
 
 
+def _our_process(pid: int | None, marker: Path) -> int | None:
+    """``pid`` if it is alive and its command line names ``marker`` (a PID reused by another process is
+    never signalled)."""
+    if not pid_alive(pid):
+        return None
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return None
+    return pid if str(marker).encode() in cmdline else None
+
+
 class PatroniMember:
     """One member: a Patroni process and the Postgres it runs.
 
@@ -87,14 +100,7 @@ class PatroniMember:
 
     def patroni_pid(self) -> int | None:
         """Patroni's PID if it is alive and still our Patroni (guards against a reused PID)."""
-        pid = self.pid
-        if not pid_alive(pid):
-            return None
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            return None
-        return pid if str(self.plan.config_file).encode() in cmdline else None
+        return _our_process(self.pid, self.plan.config_file)
 
     def postgres_pid(self) -> int | None:
         """The postmaster's PID from postmaster.pid, if it runs."""
@@ -209,7 +215,7 @@ class HACluster:
     def etcd(self) -> EtcdServer:
         s = self.state
         etcd_dir = Path(s.root) / "etcd"
-        pid = _read_pid(etcd_dir / "etcd.pid")
+        pid = _our_process(_read_pid(etcd_dir / "etcd.pid"), etcd_dir)
         return EtcdServer(s.etcd_client_port, s.etcd_peer_port, etcd_dir, s.etcd_binary, pid)
 
     def members(self, shard: int) -> list[PatroniMember]:
