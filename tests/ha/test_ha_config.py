@@ -96,3 +96,18 @@ def test_only_lost_connections_and_demoted_primaries_are_retried() -> None:
     assert not is_failover_error(psycopg.errors.UniqueViolation())
     assert not is_failover_error(psycopg.errors.UndefinedTable())
     assert not is_failover_error(ValueError("not a database error"))
+
+
+@pytest.mark.req("JTBD-04.replica")
+def test_plan_gives_every_member_of_every_shard_its_own_ports(tmp_path: Path) -> None:
+    from shardctl.ha.cluster import HACluster
+
+    ports = list(range(30000, 30000 + HACluster.ports_needed(shards=2, replicas=2)))
+    state = HACluster.plan(tmp_path, 2, HASettings(), ports, replicas=2)
+    assert state.replicas == 2
+    assert [len(members) for members in state.members] == [3, 3]
+    used = [state.etcd_client_port, state.etcd_peer_port] + [p for s in state.members for m in s for p in m]
+    assert sorted(used) == ports
+    cluster = HACluster(state, None, "/usr/lib/postgresql/15/bin")
+    assert [m.name for m in cluster.members(1)] == ["shard1-m0", "shard1-m1", "shard1-m2"]
+    assert conninfo_to_dict(cluster.shard_dsn(1))["port"] == ",".join(str(m[0]) for m in state.members[1])

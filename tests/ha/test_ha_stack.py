@@ -103,3 +103,14 @@ def test_cli_status_json_and_switchover_then_clear_errors(ha_stack: Stack, clust
     assert "no stack" in errors[2].stderr
     assert "runs 1 replicas per shard" in errors[3].stderr
     assert errors[4].returncode == 0, errors[4].stderr  # up again on a running HA stack is a no-op
+
+
+@pytest.mark.req("JTBD-04.ha-cli")
+def test_ha_commands_on_a_plain_stack_say_so_and_change_nothing(local_stack: Stack) -> None:
+    before = local_stack.pids()
+    for args in (("stack", "up", "--ha"), ("ha", "status"), ("ha", "switchover", "0")):
+        result = _shardctl(*args, "--data-dir", str(local_stack.data_dir))
+        assert result.returncode == 1, result
+        assert "runs without HA" in result.stderr
+        assert "Traceback" not in result.stderr
+    assert local_stack.pids() == before
