@@ -8,11 +8,15 @@ from dataclasses import asdict
 from pathlib import Path
 
 import click
+import psycopg
 
+from shardctl.errors import describe_dsn
 from shardctl.ha.cluster import HACluster
 from shardctl.ha.etcd import EtcdStartError
 from shardctl.ha.status import HAError, shard_members, switchover
+from shardctl.schema import SchemaError
 from shardctl.settings import load_settings
+from shardctl.shardmap import ShardMapError, ShardMapStore
 from shardctl.stack.binaries import MissingBinaryError
 from shardctl.stack.manager import Stack, StackError
 from shardctl.stack.postgres import PostgresStartError
@@ -27,6 +31,9 @@ EXPECTED_ERRORS = (
     HAError,
     ValueError,
     OSError,
+    ShardMapError,
+    SchemaError,
+    psycopg.OperationalError,
 )
 
 
@@ -155,6 +162,42 @@ def ha_switchover(data_dir: str | None, shard: int, candidate: str | None) -> No
     cluster = _ha_cluster(data_dir)
     cluster.check_shard(shard)
     click.echo(switchover(shard, cluster.api_urls(shard), candidate))
+
+
+@main.group(cls=_Group)
+def shards() -> None:
+    """The shard map in the catalog: epochs and shard DSNs."""
+
+
+def _catalog_dsn() -> str:
+    dsn = load_settings().catalog_dsn
+    if not dsn:
+        raise ShardMapError("no catalog DSN: set TESSERA_CATALOG_DSN or run `shardctl stack up`")
+    return dsn
+
+
+@shards.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def shards_show(as_json: bool) -> None:
+    """Print the current epoch and its shards (host:port/db, never passwords)."""
+    current = ShardMapStore(_catalog_dsn()).current()
+    listed = [{"index": i, "server": describe_dsn(dsn)} for i, dsn in enumerate(current.dsns)]
+    if as_json:
+        click.echo(json.dumps({"epoch": current.epoch, "shards": listed}, indent=2))
+        return
+    click.echo(f"epoch {current.epoch}, {current.total_shards} shards")
+    for row in listed:
+        click.echo(f"  shard {row['index']}: {row['server']}")
+
+
+@shards.command("prepare")
+def shards_prepare() -> None:
+    """Create what is missing (catalog tables, epoch 1 from the settings, schema on every shard); idempotent."""
+    from shardctl.store import prepare
+
+    settings = load_settings()
+    current = prepare(_catalog_dsn(), settings=settings)
+    click.echo(f"ready: epoch {current.epoch}, {current.total_shards} shards, schema applied")
 
 
 def _print_status(the_stack: Stack, as_json: bool) -> bool:

@@ -1,12 +1,15 @@
-"""Bulk writes of feature rows: validate the whole batch, route by shard, binary COPY + one merge per shard.
+"""Bulk writes of feature rows: validate, route by shard, binary COPY + one merge per shard.
 
-The batch is all-or-nothing as far as a single Postgres can make it without two-phase commit:
+The batch is all-or-nothing as far as Postgres can make it without two-phase commit:
 
-1. Every row is validated before any shard is touched: a bad row raises ``BadFeatureRowError`` naming it.
-2. Shards are written in parallel, each in its own transaction: fence check (the write's shard-map epoch),
-   binary ``COPY`` into a temporary staging table, one ``INSERT ... ON CONFLICT DO UPDATE`` merge. No shard
-   commits until every shard has merged; if any fails, all roll back (``FeatureWriteError``), so nothing
-   of the batch is visible anywhere.
+1. Rows are validated in chunks (a bad row raises ``BadFeatureRowError`` naming its position and id) and
+   each valid chunk is routed and streamed at once into every shard's open transaction: fence check (the
+   write's shard-map epoch), then binary ``COPY`` into a temporary staging table (or, for fresh entities,
+   straight into the table under a savepoint). A bad row anywhere aborts every shard's COPY and rolls
+   every shard back: nothing of the batch is ever committed anywhere. Validation completes before any
+   commit, and overlapping it with the COPY keeps the writer near raw ``COPY`` speed.
+2. Each shard then runs one ``INSERT ... ON CONFLICT DO UPDATE`` merge, shards in parallel. No shard
+   commits until every shard has merged; if any fails, all roll back (``FeatureWriteError``).
 3. Then the shards commit. A commit failing after another shard committed (the shard died in that
    millisecond) raises ``PartialCommitError`` naming both sets; the batch is idempotent, so re-running it
    completes it without changing the shards that already have it.
@@ -15,28 +18,29 @@ Idempotent: the merge updates a row only when its features or event time differ
 (``IS DISTINCT FROM``), so re-writing a batch leaves no dead tuples and bumps no ``version``. A row with an
 older event time than the stored one is left alone (the newest event wins, whatever the write order).
 
-Fresh entities take a fast path: if a probe of the batch's keys finds none stored, the rows are copied
-straight into the table under a savepoint (no staging pass); a unique violation rolls back to the savepoint
-and the batch takes the merge path instead.
+Fresh entities take a fast path: if a probe of the batch's first keys on a shard finds none stored, the
+rows are copied straight into the table under a savepoint (no staging pass); a unique violation rolls back
+to the savepoint and the rows are staged and merged instead.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
 import itertools
 import logging
 import math
-import queue
 import time
 from collections.abc import Iterable, Iterator, Mapping
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime
 
 import msgspec
 import psycopg
 from psycopg.types.json import set_json_dumps
+from psycopg_pool import PoolTimeout
 
 from shardctl.errors import BadFeatureRowError, FeatureWriteError, PartialCommitError, ShardUnavailableError
 from shardctl.pools import ShardPools
@@ -61,8 +65,6 @@ _ALLOWED_VALUE_TYPES = frozenset({float, int, str, bool, type(None)})
 _MAX_FEATURE_SET = 63
 _PROBE_KEYS = 64
 _CHUNK_ROWS = 5000
-_END = object()  # queue sentinels between the validating thread and a shard's worker
-_ABORT = object()
 _STR_ONLY = frozenset({str})
 _ENCODE = msgspec.json.encode
 
@@ -81,6 +83,8 @@ ON CONFLICT (entity_id, feature_set) DO UPDATE
 # merge, it splits the merge's row count into inserts and updates without a RETURNING pass over every row.
 _XACT_INSERTED_SQL = f"SELECT pg_stat_get_xact_tuples_inserted('{FEATURE_TABLE}'::regclass)"
 _PROBE_SQL = f"SELECT EXISTS (SELECT 1 FROM {FEATURE_TABLE} WHERE feature_set = %s AND entity_id = ANY(%s))"
+_COPY_TABLE_SQL = f"COPY {FEATURE_TABLE} (entity_id, feature_set, features, event_ts) FROM STDIN (FORMAT BINARY)"
+_COPY_STAGE_SQL = "COPY tessera_stage (entity_id, features, event_ts) FROM STDIN (FORMAT BINARY)"
 _STAGE_DDL = "CREATE TEMP TABLE tessera_stage (entity_id text, features jsonb, event_ts timestamptz) ON COMMIT DROP"
 
 
@@ -112,8 +116,70 @@ class WriteReport:
         return sum(self.rows_per_shard.values())
 
 
+class _StopStreaming(Exception):
+    """A shard failed while rows were streaming: stop, roll every shard back."""
+
+
 class _Aborted(Exception):
-    """A shard worker was told to give up (a bad row, or another shard failed): its transaction rolls back."""
+    """Passed to an open COPY to make it fail (Postgres then discards what it received)."""
+
+
+class _ShardStream:
+    """One shard's open transaction while the batch streams in: the COPY, the rows sent, the merge."""
+
+    def __init__(self, shard: int, conn: psycopg.Connection, fast: bool):
+        self.shard = shard
+        self.conn = conn
+        self.fast = fast
+        self.rows: list[tuple[str, bytes, datetime]] = []
+        self._copying = contextlib.ExitStack()
+        self._copy = self._start_copy()
+
+    def _start_copy(self):
+        cursor = self._copying.enter_context(self.conn.cursor())
+        if self.fast:
+            copy = self._copying.enter_context(cursor.copy(_COPY_TABLE_SQL))
+            copy.set_types(["text", "text", "jsonb", "timestamptz"])
+        else:
+            copy = self._copying.enter_context(cursor.copy(_COPY_STAGE_SQL))
+            copy.set_types(["text", "jsonb", "timestamptz"])
+        return copy
+
+    def send(self, rows: list[tuple[str, bytes, datetime]], feature_set: str) -> None:
+        self.rows.extend(rows)
+        write = self._copy.write_row
+        if self.fast:
+            for eid, features, ts in rows:
+                write((eid, feature_set, features, ts))
+        else:
+            for row in rows:
+                write(row)
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            self._copying.__exit__(_Aborted, _Aborted(), None)
+
+    def finish_copy(self) -> None:
+        """End the COPY. A stored key met on the fast path rolls back to the savepoint and stages instead."""
+        try:
+            self._copying.close()
+        except psycopg.errors.UniqueViolation:
+            self.conn.execute("ROLLBACK TO SAVEPOINT tessera_fresh")
+            self.fast = False
+            self.conn.execute(_STAGE_DDL)
+            with self.conn.cursor() as cursor, cursor.copy(_COPY_STAGE_SQL) as copy:
+                copy.set_types(["text", "jsonb", "timestamptz"])
+                for row in self.rows:
+                    copy.write_row(row)
+
+    def merge(self, feature_set: str) -> _ShardResult:
+        with self.conn.cursor() as cur:
+            inserted_before = cur.execute(_XACT_INSERTED_SQL).fetchone()[0]
+            cur.execute(_MERGE_SQL, {"feature_set": feature_set})
+            affected = cur.rowcount
+            inserted = cur.execute(_XACT_INSERTED_SQL).fetchone()[0] - inserted_before
+        self.conn.execute("DROP TABLE tessera_stage")
+        return _ShardResult(inserted, affected - inserted, False)
 
 
 @dataclass
@@ -247,7 +313,6 @@ class FeatureWriter:
             configure=_configure_connection,
         )
         self._executor: ThreadPoolExecutor | None = None
-        self._executor_size = 0
 
     @property
     def shard_map(self) -> ShardMap:
@@ -262,6 +327,10 @@ class FeatureWriter:
         """Upsert ``rows`` for ``feature_set``; see the module docstring for the guarantees."""
         started = time.perf_counter()
         validate_feature_set(feature_set)
+        with _cyclic_gc_paused():
+            return self._write(feature_set, rows, started)
+
+    def _write(self, feature_set: str, rows: Iterable[FeatureRow], started: float) -> WriteReport:
         validator = _Validator()
         source = iter(rows)
         prepared: list[tuple[str, bytes, datetime]] = []
@@ -304,21 +373,18 @@ class FeatureWriter:
             yield chunk, chunk_hashes
 
     def _write_routed(self, shard_map: ShardMap, feature_set: str, validator, source, prepared, hashes) -> WriteReport:
-        """Validate and route chunk by chunk while each shard's worker streams its rows into its transaction;
-        commit on every shard only once all rows were valid and every shard merged."""
+        """Validate and route chunk by chunk, streaming each chunk's rows into every shard's open COPY at once;
+        then merge on all shards in parallel, and commit only once all rows were valid and every shard merged.
+
+        One thread does all the Python work (validation, encoding, writing to the sockets) while the shards'
+        Postgres backends work in parallel: a second Python thread would only fight it for the GIL.
+        """
         n = shard_map.total_shards
         report = WriteReport(feature_set, shard_map.epoch, {})
         pools = self._pools.pools_for(shard_map)
-        if self._executor is None or self._executor_size < n:
-            if self._executor is not None:
-                self._executor.shutdown(wait=True)
-            self._executor_size = max(8, n)
-            self._executor = ThreadPoolExecutor(max_workers=self._executor_size, thread_name_prefix="tessera-writer")
+        streams: dict[int, _ShardStream] = {}
         conns: dict[int, psycopg.Connection] = {}
-        queues: dict[int, queue.SimpleQueue] = {}
-        futures: dict[int, Future[_ShardResult]] = {}
         failures: dict[int, BaseException] = {}
-        bad_row: BadFeatureRowError | None = None
         try:
             try:
                 for chunk, chunk_hashes in self._chunks(validator, source, prepared, hashes):
@@ -328,38 +394,34 @@ class FeatureWriter:
                     for i, group in enumerate(groups):
                         if not group:
                             continue
-                        if i not in queues:
-                            try:
-                                conns[i] = pools[i].getconn()
-                            except Exception as exc:  # PoolTimeout: the shard is unreachable
-                                failures[i] = ShardUnavailableError(i, shard_map.dsns[i], exc)
-                                break
-                            queues[i] = queue.SimpleQueue()
-                            args = (conns[i], i, shard_map.epoch, feature_set, queues[i])
-                            futures[i] = self._executor.submit(self._write_shard, *args)
-                        queues[i].put(group)
                         report.rows_per_shard[i] = report.rows_per_shard.get(i, 0) + len(group)
-                    if failures or any(f.done() for f in futures.values()):
-                        break  # a shard failed already: stop validating, roll everything back below
-            except BadFeatureRowError as exc:
-                bad_row = exc
-            end = _END if bad_row is None and not failures else _ABORT
-            for q in queues.values():
-                q.put(end)
-            results: dict[int, _ShardResult] = {}
-            for i, future in futures.items():
+                        try:
+                            stream = streams.get(i)
+                            if stream is None:
+                                conns[i] = pools[i].getconn()
+                                stream = streams[i] = self._open_stream(
+                                    conns[i], i, shard_map.epoch, feature_set, group
+                                )
+                            stream.send(group, feature_set)
+                        except Exception as exc:
+                            failures[i] = _classify(i, shard_map.dsns[i], exc)
+                            raise _StopStreaming() from None
+            except (BadFeatureRowError, _StopStreaming) as exc:
+                for stream in streams.values():
+                    stream.abort()
+                self._rollback_all(conns)
+                if isinstance(exc, BadFeatureRowError):
+                    raise
+                self._raise_failures(failures)
+            for i, stream in streams.items():
                 try:
-                    results[i] = future.result()
-                except _Aborted:
-                    pass
+                    stream.finish_copy()
                 except Exception as exc:
                     failures[i] = _classify(i, shard_map.dsns[i], exc)
-            if bad_row is not None or failures or len(results) < len(futures):
+            results = self._merge_all(streams, feature_set, shard_map, failures) if not failures else {}
+            if failures:
                 self._rollback_all(conns)
-                if bad_row is not None:
-                    raise bad_row
                 self._raise_failures(failures)
-                raise FeatureWriteError("batch not written: a shard stopped early")  # pragma: no cover
             self._commit_all(conns, shard_map)
         finally:
             for i, conn in conns.items():
@@ -372,6 +434,44 @@ class FeatureWriter:
                 report.fast_path_shards.append(i)
         report.rows_per_shard = dict(sorted(report.rows_per_shard.items()))
         return report
+
+    def _open_stream(
+        self, conn: psycopg.Connection, shard: int, epoch: int, feature_set: str, first_rows: list
+    ) -> _ShardStream:
+        """Open the shard's transaction: fence check, then a COPY into the table (no stored key among the
+        probed ones: fresh entities, under a savepoint) or into a temporary staging table."""
+        check_fence(conn, shard, epoch)
+        fast = self.fresh_fast_path and not self._any_stored(conn, feature_set, first_rows)
+        if fast:
+            conn.execute("SAVEPOINT tessera_fresh")
+        else:
+            conn.execute(_STAGE_DDL)
+        return _ShardStream(shard, conn, fast)
+
+    def _merge_all(
+        self, streams: dict[int, _ShardStream], feature_set: str, shard_map: ShardMap, failures: dict
+    ) -> dict[int, _ShardResult]:
+        """Merge on every shard that staged rows, in parallel (the work is in the Postgres backends)."""
+        results = {i: _ShardResult(len(s.rows), 0, True) for i, s in streams.items() if s.fast}
+        pending = {i: s for i, s in streams.items() if not s.fast}
+        if len(pending) > 1:
+            if self._executor is None:
+                self._executor = ThreadPoolExecutor(max_workers=8, thread_name_prefix="tessera-writer")
+            futures = {i: self._executor.submit(s.merge, feature_set) for i, s in pending.items()}
+            outcomes = {}
+            for i, future in futures.items():
+                try:
+                    outcomes[i] = future.result()
+                except Exception as exc:
+                    failures[i] = _classify(i, shard_map.dsns[i], exc)
+            results.update(outcomes)
+        else:
+            for i, stream in pending.items():
+                try:
+                    results[i] = stream.merge(feature_set)
+                except Exception as exc:
+                    failures[i] = _classify(i, shard_map.dsns[i], exc)
+        return results
 
     @staticmethod
     def _raise_failures(failures: dict[int, BaseException]) -> None:
@@ -388,60 +488,11 @@ class FeatureWriter:
             failures,
         )
 
-    def _write_shard(
-        self, conn: psycopg.Connection, shard: int, epoch: int, feature_set: str, chunks: queue.SimpleQueue
-    ) -> _ShardResult:
-        """Phase one on one shard, fed chunk by chunk: everything but the commit."""
-        received: list[tuple[str, bytes, datetime]] = []
-
-        def rows() -> Iterator[tuple[str, bytes, datetime]]:
-            yield from received  # rows already taken (the merge after a failed fast path)
-            while True:
-                chunk = chunks.get()
-                if chunk is _END:
-                    chunks.put(_END)  # a second pass (the merge) sees the end too
-                    return
-                if chunk is _ABORT:
-                    raise _Aborted()
-                received.extend(chunk)
-                yield from chunk
-
-        check_fence(conn, shard, epoch)
-        received.extend(chunks.get())  # the worker starts with its first chunk already queued
-        if self.fresh_fast_path and not self._any_stored(conn, feature_set, received):
-            try:
-                with conn.transaction(savepoint_name="tessera_fresh"):
-                    self._copy_into_table(conn, feature_set, rows())
-                return _ShardResult(len(received), 0, True)
-            except psycopg.errors.UniqueViolation:
-                pass  # some entities exist after all: merge instead (the savepoint undid the copy)
-        conn.execute(_STAGE_DDL)
-        with conn.cursor() as cur:
-            with cur.copy("COPY tessera_stage (entity_id, features, event_ts) FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(["text", "jsonb", "timestamptz"])
-                for row in rows():
-                    copy.write_row(row)
-            inserted_before = cur.execute(_XACT_INSERTED_SQL).fetchone()[0]
-            cur.execute(_MERGE_SQL, {"feature_set": feature_set})
-            affected = cur.rowcount
-            inserted = cur.execute(_XACT_INSERTED_SQL).fetchone()[0] - inserted_before
-        conn.execute("DROP TABLE tessera_stage")
-        return _ShardResult(inserted, affected - inserted, False)
-
     @staticmethod
     def _any_stored(conn: psycopg.Connection, feature_set: str, rows) -> bool:
         step = max(1, len(rows) // _PROBE_KEYS)
         sample = [rows[i][0] for i in range(0, len(rows), step)][:_PROBE_KEYS]
         return bool(conn.execute(_PROBE_SQL, (feature_set, sample)).fetchone()[0])
-
-    @staticmethod
-    def _copy_into_table(conn: psycopg.Connection, feature_set: str, rows) -> None:
-        with conn.cursor() as cur:
-            sql = f"COPY {FEATURE_TABLE} (entity_id, feature_set, features, event_ts) FROM STDIN (FORMAT BINARY)"
-            with cur.copy(sql) as copy:
-                copy.set_types(["text", "text", "jsonb", "timestamptz"])
-                for eid, features, ts in rows:
-                    copy.write_row((eid, feature_set, features, ts))
 
     @staticmethod
     def _rollback_all(conns: dict[int, psycopg.Connection]) -> None:
@@ -482,6 +533,20 @@ class FeatureWriter:
         self.close()
 
 
+@contextlib.contextmanager
+def _cyclic_gc_paused() -> Iterator[None]:
+    """Pause the cyclic garbage collector during a write. A batch allocates millions of small objects, and
+    each full collection walks every object alive (the caller's rows included): at 1M rows that is a
+    large share of the writer's time, for objects that hold no reference cycles."""
+    was_enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            gc.enable()
+
+
 def _passthrough(encoded: bytes) -> bytes:
     return encoded
 
@@ -494,6 +559,6 @@ def _configure_connection(conn: psycopg.Connection) -> None:
 def _classify(shard: int, dsn: str, exc: BaseException) -> BaseException:
     if isinstance(exc, StaleShardMapError | ShardUnavailableError):
         return exc
-    if isinstance(exc, psycopg.OperationalError):
+    if isinstance(exc, psycopg.OperationalError | PoolTimeout):
         return ShardUnavailableError(shard, dsn, exc)
     return exc
