@@ -16,6 +16,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 import psycopg
+from psycopg.conninfo import conninfo_to_dict
 
 T = TypeVar("T")
 
@@ -42,6 +43,14 @@ def is_failover_error(exc: BaseException, conn: psycopg.Connection[Any] | None =
     if sqlstate is None:
         return isinstance(exc, psycopg.OperationalError)  # no server answer at all: the connection failed
     return sqlstate in _FAILOVER_STATES or sqlstate.startswith("08")
+
+
+def is_multi_host(dsn: str) -> bool:
+    """True if ``dsn`` names several servers (an HA shard): only then can another primary take over."""
+    try:
+        return "," in (conninfo_to_dict(dsn).get("host") or "")
+    except psycopg.ProgrammingError:
+        return False
 
 
 def failover_in(exc: BaseException) -> bool:

@@ -44,7 +44,7 @@ from psycopg_pool import PoolTimeout
 
 from shardctl.errors import BadFeatureRowError, FeatureWriteError, PartialCommitError, ShardUnavailableError
 from shardctl.pools import ShardPools
-from shardctl.retry import failover_in
+from shardctl.retry import failover_in, is_multi_host
 from shardctl.schema import FEATURE_TABLE
 from shardctl.shardmap import ShardMap, ShardMapWatcher, StaleShardMapError, check_fence
 
@@ -344,7 +344,7 @@ class FeatureWriter:
             except (ShardUnavailableError, FeatureWriteError) as exc:
                 # A shard's primary went away (failover, switchover): the batch is idempotent, so run it
                 # again on fresh connections (the multi-host DSN finds the new primary) until the deadline.
-                if not failover_in(exc) or time.perf_counter() - started > self.failover_deadline:
+                if not _failover_retryable(exc, shard_map) or time.perf_counter() - started > self.failover_deadline:
                     raise
                 log.info("%s; retrying after a failover", exc)
                 self._pools.close()
@@ -554,6 +554,15 @@ def _passthrough(encoded: bytes) -> bytes:
 def _configure_connection(conn: psycopg.Connection) -> None:
     """Features arrive already JSON-encoded (by ``validate_rows``): the jsonb dumper passes them through."""
     set_json_dumps(_passthrough, conn)
+
+
+def _failover_retryable(exc: ShardUnavailableError | FeatureWriteError, shard_map: ShardMap) -> bool:
+    """A failover on an HA shard (multi-host DSN): worth re-running the batch. A single server that is
+    down stays down for now, so its error goes straight to the caller."""
+    shards = set(getattr(exc, "failures", None) or ())
+    if isinstance(exc, ShardUnavailableError):
+        shards.add(exc.shard)
+    return failover_in(exc) and any(is_multi_host(shard_map.dsns[i]) for i in shards if i < len(shard_map.dsns))
 
 
 def _classify(shard: int, dsn: str, exc: BaseException) -> BaseException:

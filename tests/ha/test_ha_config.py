@@ -15,7 +15,7 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import ValidationError
 
 from shardctl.ha.config import MemberPlan, dynamic_config, member_config, multi_host_dsn, render
-from shardctl.retry import is_failover_error
+from shardctl.retry import is_failover_error, is_multi_host
 from shardctl.settings import HASettings
 
 MEMBER = MemberPlan(shard=2, index=1, pg_port=25001, api_port=25002, root=Path("/tmp/x/shard2/m1"))
@@ -96,6 +96,9 @@ def test_only_lost_connections_and_demoted_primaries_are_retried() -> None:
     assert not is_failover_error(psycopg.errors.UniqueViolation())
     assert not is_failover_error(psycopg.errors.UndefinedTable())
     assert not is_failover_error(ValueError("not a database error"))
+    # Only an HA shard (several hosts) has another primary to wait for; a single server fails fast.
+    assert is_multi_host(multi_host_dsn([25001, 25003]))
+    assert not is_multi_host("host=127.0.0.1 port=25001 dbname=tessera")
 
 
 @pytest.mark.req("JTBD-04.replica")
