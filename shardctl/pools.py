@@ -1,0 +1,83 @@
+"""Small psycopg connection pools, one per shard, rebuilt when the shard map's epoch changes."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from shardctl.shardmap import ShardMap
+
+log = logging.getLogger(__name__)
+
+
+class ShardPools:
+    """One pool per shard of the current epoch. Pools open without waiting, so a dead shard does not block
+    the others: asking for its connection times out after ``acquire_timeout`` seconds."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        min_size: int = 1,
+        max_size: int = 4,
+        connect_timeout: int = 2,
+        acquire_timeout: float = 1.0,
+        autocommit: bool = True,
+        options: str = "",
+        configure: Callable[[psycopg.Connection], None] | None = None,
+    ):
+        self.name = name
+        self.min_size = min_size
+        self.max_size = max_size
+        self.connect_timeout = connect_timeout
+        self.acquire_timeout = acquire_timeout
+        self.autocommit = autocommit
+        self.options = options
+        self.configure = configure
+        self._lock = threading.Lock()
+        self._epoch: int | None = None
+        self._pools: list[ConnectionPool] = []
+
+    def pools_for(self, shard_map: ShardMap) -> list[ConnectionPool]:
+        with self._lock:
+            if self._epoch != shard_map.epoch:
+                old, self._pools = self._pools, [self._pool(i, dsn) for i, dsn in enumerate(shard_map.dsns)]
+                self._epoch = shard_map.epoch
+                for pool in old:
+                    # Connections in use close when they are returned.
+                    pool.close(timeout=0)
+            return self._pools
+
+    def _pool(self, index: int, dsn: str) -> ConnectionPool:
+        kwargs: dict[str, Any] = {"autocommit": self.autocommit, "connect_timeout": self.connect_timeout}
+        if self.options:
+            kwargs["options"] = self.options
+        pool = ConnectionPool(
+            dsn,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            kwargs=kwargs,
+            timeout=self.acquire_timeout,
+            reconnect_timeout=60,
+            name=f"{self.name}-shard{index}",
+            configure=self.configure,
+            open=False,
+        )
+        pool.open(wait=False)
+        return pool
+
+    @property
+    def epoch(self) -> int | None:
+        return self._epoch
+
+    def close(self) -> None:
+        with self._lock:
+            for pool in self._pools:
+                pool.close(timeout=1)
+            self._pools = []
+            self._epoch = None

@@ -1,0 +1,170 @@
+"""Batched feature reads: group the ids by shard, one query per shard, shards queried concurrently.
+
+A shard that cannot answer does not fail the read: its entities land in ``ReadResult.failed`` under a
+``ShardUnavailableError`` naming the shard (the service answers 503 for those), while every other shard's
+entities come back. Pools are small and connect with a short timeout, so a dead shard costs at most
+``acquire_timeout`` seconds, and they are rebuilt when the shard map's epoch changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import msgspec
+import psycopg
+from psycopg.types.json import set_json_loads
+
+from shardctl.errors import BadEntityIdError, ShardUnavailableError
+from shardctl.pools import ShardPools
+from shardctl.schema import FEATURE_TABLE
+from shardctl.shardmap import ShardMap, ShardMapWatcher
+from shardctl.writer import validate_feature_set
+
+__all__ = ["BadEntityIdError", "FeatureReader", "FeatureRecord", "ReadResult", "ShardUnavailableError"]
+
+_READ_SQL = (
+    f"SELECT entity_id, features, event_ts, written_at, version FROM {FEATURE_TABLE} "
+    "WHERE feature_set = %s AND entity_id = ANY(%s)"
+)
+MAX_IDS_PER_READ = 10_000
+
+
+@dataclass(frozen=True, slots=True)
+class FeatureRecord:
+    """One entity's stored features; ``version`` grows whenever the values change (serving cache keys use it)."""
+
+    entity_id: str
+    feature_set: str
+    features: dict[str, Any]
+    event_ts: datetime
+    written_at: datetime
+    version: int
+    shard: int
+
+
+@dataclass
+class ReadResult:
+    """Found records by entity id, ids stored nowhere, and the shards that failed (their ids are in neither)."""
+
+    records: dict[str, FeatureRecord] = field(default_factory=dict)
+    missing: set[str] = field(default_factory=set)
+    failed: dict[int, ShardUnavailableError] = field(default_factory=dict)
+    failed_ids: dict[int, list[str]] = field(default_factory=dict)
+    epoch: int = 0
+
+
+def _configure_connection(conn: psycopg.Connection) -> None:
+    set_json_loads(msgspec.json.decode, conn)
+
+
+class FeatureReader:
+    """Reads feature records through per-shard pools that follow the current shard map."""
+
+    def __init__(
+        self,
+        shard_maps: ShardMap | ShardMapWatcher,
+        *,
+        pool_min: int = 1,
+        pool_max: int = 4,
+        connect_timeout: int = 2,
+        acquire_timeout: float = 1.0,
+        statement_timeout_ms: int = 5000,
+        max_workers: int = 8,
+    ):
+        self._maps = shard_maps
+        self._pools = ShardPools(
+            "tessera-reader",
+            min_size=pool_min,
+            max_size=pool_max,
+            connect_timeout=connect_timeout,
+            acquire_timeout=acquire_timeout,
+            autocommit=True,
+            options=f"-c statement_timeout={int(statement_timeout_ms)}",
+            configure=_configure_connection,
+        )
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tessera-reader")
+
+    @property
+    def shard_map(self) -> ShardMap:
+        return self._maps.current if isinstance(self._maps, ShardMapWatcher) else self._maps
+
+    @property
+    def pools_epoch(self) -> int | None:
+        """The epoch the pools were built for (None before the first read)."""
+        return self._pools.epoch
+
+    def get_features(self, entity_ids: Iterable[str] | str, feature_set: str) -> ReadResult:
+        """Stored features of ``entity_ids`` (one id or many) for ``feature_set``."""
+        validate_feature_set(feature_set)
+        ids = _checked_ids([entity_ids] if isinstance(entity_ids, str) else entity_ids)
+        shard_map = self.shard_map
+        pools = self._pools.pools_for(shard_map)
+        groups: dict[int, list[str]] = {}
+        for eid in ids:
+            groups.setdefault(shard_map.shard_for(eid), []).append(eid)
+        result = ReadResult(epoch=shard_map.epoch)
+        shards = list(groups)
+        # The first shard runs on this thread: a single-shard read makes no thread hop.
+        futures = {
+            i: self._executor.submit(self._read_shard, pools[i], i, shard_map, feature_set, groups[i])
+            for i in shards[1:]
+        }
+        outcomes = {}
+        if shards:
+            outcomes[shards[0]] = self._try_read(pools[shards[0]], shards[0], shard_map, feature_set, groups[shards[0]])
+        for i, future in futures.items():
+            outcomes[i] = future.result()
+        for i, outcome in outcomes.items():
+            if isinstance(outcome, ShardUnavailableError):
+                result.failed[i] = outcome
+                result.failed_ids[i] = groups[i]
+                continue
+            for eid, features, event_ts, written_at, version in outcome:
+                result.records[eid] = FeatureRecord(eid, feature_set, features, event_ts, written_at, version, i)
+            result.missing.update(eid for eid in groups[i] if eid not in result.records)
+        return result
+
+    def _read_shard(self, pool, shard: int, shard_map: ShardMap, feature_set: str, ids: list[str]):
+        return self._try_read(pool, shard, shard_map, feature_set, ids)
+
+    @staticmethod
+    def _try_read(pool, shard: int, shard_map: ShardMap, feature_set: str, ids: list[str]):
+        # One retry covers a pooled connection that died with a restarted shard; a dead shard fails both.
+        for attempt in (1, 2):
+            try:
+                with pool.connection() as conn:
+                    return conn.execute(_READ_SQL, (feature_set, ids)).fetchall()
+            except psycopg.OperationalError as exc:
+                if attempt == 2:
+                    return ShardUnavailableError(shard, shard_map.dsns[shard], exc)
+            except Exception as exc:  # PoolTimeout: no connection within acquire_timeout
+                return ShardUnavailableError(shard, shard_map.dsns[shard], exc)
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True)
+        self._pools.close()
+
+    def __enter__(self) -> FeatureReader:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def _checked_ids(entity_ids: Iterable[object]) -> list[str]:
+    ids: list[str] = []
+    seen: set[str] = set()
+    for position, eid in enumerate(entity_ids):
+        if not isinstance(eid, str) or not eid or "\x00" in eid:
+            raise BadEntityIdError(f"entity id #{position} must be a non-empty string, got {eid!r}")
+        if eid not in seen:
+            seen.add(eid)
+            ids.append(eid)
+    if len(ids) > MAX_IDS_PER_READ:
+        raise BadEntityIdError(f"at most {MAX_IDS_PER_READ} entity ids per read, got {len(ids)}")
+    return ids

@@ -1,0 +1,73 @@
+"""``FeatureStore``: one object that owns the shard-map watcher, the writer and the reader.
+
+with FeatureStore.open(get_settings()) as store:
+    store.writer.write("customer_v1", rows)
+    store.reader.get_features(["c1", "c2"], "customer_v1")
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+from shardctl.reader import FeatureReader, ReadResult
+from shardctl.schema import apply_all
+from shardctl.shardmap import ShardMap, ShardMapStore, ShardMapWatcher
+from shardctl.writer import FeatureRow, FeatureWriter, WriteReport
+
+
+def prepare(catalog_dsn: str, shard_dsns: Sequence[str] | None = None, settings=None) -> ShardMap:
+    """Make a topology ready to use (idempotent): catalog tables, an epoch-1 map if none, schema on every shard."""
+    maps = ShardMapStore(catalog_dsn)
+    maps.ensure_schema()
+    current = maps.initialize_from_settings(settings) if settings is not None else maps.initialize(shard_dsns or ())
+    apply_all(current)
+    return current
+
+
+class FeatureStore:
+    """The feature store of one topology. Close it (or use ``with``) to stop the watcher and the pools."""
+
+    def __init__(self, maps: ShardMapStore, watcher: ShardMapWatcher, writer: FeatureWriter, reader: FeatureReader):
+        self.maps = maps
+        self.watcher = watcher
+        self.writer = writer
+        self.reader = reader
+
+    @classmethod
+    def open(cls, settings, *, prepare_topology: bool = True, **reader_options) -> FeatureStore:
+        """Open the store described by ``settings`` (a ``TesseraSettings``); with ``prepare_topology`` also
+        create whatever is missing (catalog tables, epoch 1, shard schema) first."""
+        if not settings.catalog_dsn:
+            raise ValueError("no catalog DSN in the settings: set TESSERA_CATALOG_DSN or run `shardctl stack up`")
+        if prepare_topology:
+            prepare(settings.catalog_dsn, settings=settings)
+        maps = ShardMapStore(settings.catalog_dsn)
+        watcher = maps.watch()
+        try:
+            writer = FeatureWriter(watcher)
+            reader = FeatureReader(watcher, **reader_options)
+        except Exception:
+            watcher.stop()
+            raise
+        return cls(maps, watcher, writer, reader)
+
+    @property
+    def shard_map(self) -> ShardMap:
+        return self.watcher.current
+
+    def write(self, feature_set: str, rows: Iterable[FeatureRow]) -> WriteReport:
+        return self.writer.write(feature_set, rows)
+
+    def get_features(self, entity_ids: Iterable[str] | str, feature_set: str) -> ReadResult:
+        return self.reader.get_features(entity_ids, feature_set)
+
+    def close(self) -> None:
+        self.watcher.stop()
+        self.writer.close()
+        self.reader.close()
+
+    def __enter__(self) -> FeatureStore:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,0 +1,166 @@
+"""Shard map epochs, the stale-write fence, and failures, on a private 2-shard stack.
+
+These tests publish epochs, raise fences, add constraints and stop a shard: things that would disturb the
+session stack other tests share, so this module starts (and stops) a small stack of its own.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import timedelta
+from pathlib import Path
+
+import psycopg
+import pytest
+
+from shardctl.errors import FeatureWriteError, ShardUnavailableError
+from shardctl.settings import TesseraSettings, load_settings
+from shardctl.shardmap import ShardMap, ShardMapError, ShardMapStore, ShardMapWatcher, StaleShardMapError
+from shardctl.stack.manager import Stack
+from shardctl.store import FeatureStore
+from shardctl.writer import FeatureWriter
+from tests.store.conftest import T0, make_rows, shard_snapshot
+
+
+@dataclass
+class OwnStack:
+    stack: Stack
+    settings: TesseraSettings
+
+
+@pytest.fixture(scope="module")
+def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnStack]:
+    root: Path = tmp_path_factory.mktemp("own_stack")
+    stack = Stack(root)
+    state = stack.up(shards=2, base_port=random.randrange(40000, 50000, 10))
+    servers = stack.postgres_servers(state)
+    settings = load_settings(
+        data_dir=root,
+        catalog_dsn=servers[0].dsn(),
+        shards=[{"index": i, "dsn": s.dsn()} for i, s in enumerate(servers[1:])],
+    )
+    try:
+        yield OwnStack(stack, settings)
+    finally:
+        failed = stack.down(purge=True)
+        assert not failed, f"servers left running: {failed}"
+
+
+@pytest.fixture
+def store(own_stack: OwnStack) -> Iterator[FeatureStore]:
+    with FeatureStore.open(own_stack.settings) as opened:
+        yield opened
+
+
+@pytest.mark.req("JTBD-03.shard-map")
+def test_stack_up_initializes_epoch_one_and_initializing_again_changes_nothing(own_stack: OwnStack) -> None:
+    maps = ShardMapStore(own_stack.settings.catalog_dsn)
+    current = maps.current()
+    assert current.dsns == tuple(own_stack.settings.shard_dsns())
+    assert maps.initialize_from_settings(own_stack.settings) == current
+    assert maps.current() == current
+    assert current.dsn_for("abc") == current.dsns[current.shard_for("abc")]
+
+
+def test_bad_shard_maps_are_refused() -> None:
+    with pytest.raises(ValueError, match="at least one shard"):
+        ShardMap(1, ())
+    with pytest.raises(ValueError, match="non-empty"):
+        ShardMap(1, ("",))
+    with pytest.raises(ShardMapError, match="catalog DSN"):
+        ShardMapStore("")
+
+
+@pytest.mark.req("JTBD-03.shard-map")
+def test_a_published_epoch_reaches_a_running_reader_within_one_second(own_stack: OwnStack, store: FeatureStore) -> None:
+    store.write("fs_epoch", make_rows(20))
+    before = store.get_features(["e1", "e2"], "fs_epoch")
+    assert store.reader.pools_epoch == before.epoch
+    published_at = time.monotonic()
+    published = store.maps.publish(store.shard_map.dsns, note="test: same topology, new epoch")
+    assert published.epoch == before.epoch + 1
+    while store.reader.shard_map.epoch != published.epoch and time.monotonic() - published_at < 1.0:
+        time.sleep(0.005)
+    assert store.reader.shard_map.epoch == published.epoch, "the reader did not learn the new epoch within 1 s"
+    after = store.get_features(["e1", "e2"], "fs_epoch")
+    assert after.epoch == published.epoch
+    assert store.reader.pools_epoch == published.epoch  # pools were rebuilt for the new epoch
+    assert set(after.records) == {"e1", "e2"}
+
+
+@pytest.mark.req("JTBD-03.shard-map")
+def test_a_write_routed_on_a_stale_epoch_is_refused_then_retried_on_the_new_map(own_stack: OwnStack) -> None:
+    maps = ShardMapStore(own_stack.settings.catalog_dsn)
+    follower = ShardMapWatcher(maps)  # never started: it knows only the epoch it read, until refreshed
+    frozen = maps.current()
+    with FeatureWriter(follower) as writer, FeatureWriter(frozen) as frozen_writer:
+        fenced = maps.publish(frozen.dsns, note="test: fence", fence_shards=True)
+        for dsn in frozen.dsns:
+            with psycopg.connect(dsn) as conn:
+                assert conn.execute("SELECT min_epoch FROM tessera_shard_fence").fetchone()[0] == fenced.epoch
+        before = shard_snapshot(frozen.dsns, "fs_stale")
+        with pytest.raises(StaleShardMapError, match=f"epoch {frozen.epoch}"):
+            frozen_writer.write("fs_stale", make_rows(30))  # a static map cannot refresh: refused, nothing written
+        assert shard_snapshot(frozen.dsns, "fs_stale") == before
+        report = writer.write("fs_stale", make_rows(30))
+    assert (report.retries, report.epoch, report.inserted) == (1, fenced.epoch, 30)
+    assert follower.current.epoch == fenced.epoch
+
+
+@pytest.mark.req("JTBD-03.writer")
+def test_a_shard_failing_mid_batch_rolls_back_every_shard_and_the_batch_reruns(
+    own_stack: OwnStack, store: FeatureStore
+) -> None:
+    store.write("fs_fail", make_rows(80))
+    before = shard_snapshot(store.shard_map.dsns, "fs_fail")
+    batch = make_rows(80, seed=5, ts=T0 + timedelta(hours=1)) + make_rows(20, prefix="n")
+    # A real failure on shard 1 only, after validation passed: a constraint this batch violates there.
+    with psycopg.connect(store.shard_map.dsns[1]) as conn:
+        conn.execute(
+            "ALTER TABLE entity_features ADD CONSTRAINT reject_test "
+            "CHECK (feature_set <> 'fs_fail' OR (features->>'visits')::int < 50) NOT VALID"
+        )
+    try:
+        with pytest.raises(FeatureWriteError, match=r"shard 1: .*reject_test"):
+            store.write("fs_fail", batch)
+        assert shard_snapshot(store.shard_map.dsns, "fs_fail") == before
+    finally:
+        with psycopg.connect(store.shard_map.dsns[1]) as conn:
+            conn.execute("ALTER TABLE entity_features DROP CONSTRAINT reject_test")
+    rerun = store.write("fs_fail", batch)
+    assert (rerun.inserted, rerun.updated) == (20, 80)
+    assert store.write("fs_fail", batch).unchanged == 100
+
+
+@pytest.mark.req("JTBD-03.reader")
+@pytest.mark.req("JTBD-03.writer")
+def test_a_stopped_shard_gives_a_typed_error_and_the_other_shard_still_answers(
+    own_stack: OwnStack, store: FeatureStore
+) -> None:
+    store.write("fs_down", make_rows(40))
+    ids = [f"e{i}" for i in range(40)]
+    shard_map = store.shard_map
+    on_zero = [i for i in ids if shard_map.shard_for(i) == 0]
+    state = own_stack.stack.load_state()
+    shard1 = own_stack.stack.postgres_servers(state)[2]
+    assert shard1.stop()
+    try:
+        result = store.get_features(ids, "fs_down")
+        assert set(result.failed) == {1}
+        assert isinstance(result.failed[1], ShardUnavailableError)
+        assert "shard 1" in str(result.failed[1])
+        assert set(result.records) == set(on_zero)
+        assert set(result.failed_ids[1]) == set(ids) - set(on_zero)
+        assert result.missing == set()
+        before = shard_snapshot(shard_map.dsns[:1], "fs_down")
+        with pytest.raises(ShardUnavailableError, match="shard 1"):
+            store.write("fs_down", make_rows(40, seed=1, ts=T0 + timedelta(days=1)))
+        assert shard_snapshot(shard_map.dsns[:1], "fs_down") == before
+    finally:
+        shard1.start()
+    healed = store.get_features(ids, "fs_down")
+    assert healed.failed == {}
+    assert set(healed.records) == set(ids)
