@@ -6,12 +6,12 @@ Errors are one line and a non-zero exit, never a traceback.
 from __future__ import annotations
 
 import os
-import sys
 import time
 from datetime import UTC, datetime, timedelta
 
 import click
 
+from orchestration.dagster_dev import dev_command
 from orchestration.instance import REPO_ROOT, InstanceConfigError, apply_env, prepare_home
 from shardctl.settings import load_settings
 
@@ -75,8 +75,8 @@ def dev(port: int) -> None:
         raise click.ClickException(str(exc)) from exc
     os.environ.update(env)
     os.chdir(REPO_ROOT)  # `dg dev` finds the project (pyproject.toml [tool.dg]) from here
-    argv = ["dg", "dev", "--use-active-venv", "--host", "127.0.0.1", "--port", str(port)]
-    os.execvpe(os.path.join(os.path.dirname(sys.executable), "dg"), argv, os.environ)
+    argv = dev_command("127.0.0.1", port)
+    os.execve(argv[0], argv, os.environ)
 
 
 @main.command("env")

@@ -17,7 +17,7 @@ from pathlib import Path
 import psutil
 import requests
 
-from orchestration.instance import REPO_ROOT, prepare_home
+from orchestration.instance import REPO_ROOT, WORKSPACE_YAML, prepare_home
 from shardctl.settings import TesseraSettings
 from shardctl.stack.process import free_port, pid_alive, stop_pid
 
@@ -63,6 +63,14 @@ class DagsterDev:
         return [pid for pid in [self.pid, *children] if pid_alive(pid)]
 
 
+def dev_command(host: str, port: int) -> list[str]:
+    """`dg dev` (the current CLI); `dagster dev -w workspace.yaml` where dagster-dg-cli is not installed."""
+    bin_dir = Path(sys.executable).parent
+    if (bin_dir / "dg").exists():
+        return [str(bin_dir / "dg"), "dev", "--use-active-venv", "--no-check-yaml", "--host", host, "--port", str(port)]
+    return [str(bin_dir / "dagster"), "dev", "-w", str(WORKSPACE_YAML), "--host", host, "--port", str(port)]
+
+
 def start_dagster_dev(settings: TesseraSettings, extra_env: dict[str, str] | None = None, timeout: float = 90.0):
     """`dg dev` on a free port against the stack's Postgres instance; returns once the UI answers."""
     env = {**os.environ, **prepare_home(settings), **(extra_env or {})}
@@ -71,8 +79,7 @@ def start_dagster_dev(settings: TesseraSettings, extra_env: dict[str, str] | Non
     log_file = Path(env["DAGSTER_HOME"]) / f"dagster-dev-{port}.log"
     # `dg dev` (the current CLI) loads the project's code location from pyproject.toml's [tool.dg] with
     # this interpreter, and runs the same webserver + daemon as `dagster dev`.
-    dg = Path(sys.executable).parent / "dg"
-    argv = [str(dg), "dev", "--use-active-venv", "--no-check-yaml", "--host", "127.0.0.1", "--port", str(port)]
+    argv = dev_command("127.0.0.1", port)
     with open(log_file, "ab") as out:
         proc = subprocess.Popen(
             argv, cwd=REPO_ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
