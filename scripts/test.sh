@@ -6,4 +6,5 @@ cd "$(dirname "$0")/.."
 bash scripts/bootstrap.sh
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
+.venv/bin/dg check defs  # the Dagster code location loads (orchestration/definitions.py)
 .venv/bin/python -m pytest "$@"

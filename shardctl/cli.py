@@ -11,6 +11,9 @@ import click
 import psycopg
 
 from shardctl.errors import describe_dsn
+from shardctl.ha.cluster import HACluster
+from shardctl.ha.etcd import EtcdStartError
+from shardctl.ha.status import HAError, shard_members, switchover
 from shardctl.schema import SchemaError
 from shardctl.settings import load_settings
 from shardctl.shardmap import ShardMapError, ShardMapStore
@@ -24,6 +27,8 @@ EXPECTED_ERRORS = (
     MissingBinaryError,
     PostgresStartError,
     RedisStartError,
+    EtcdStartError,
+    HAError,
     ValueError,
     OSError,
     ShardMapError,
@@ -55,7 +60,12 @@ def stack() -> None:
 def _stack(data_dir: str | None) -> Stack:
     settings = load_settings()
     root = Path(data_dir) if data_dir else settings.data_dir
-    return Stack(root, postgres_bin_dir=settings.stack.postgres_bin_dir, run_as_user=settings.stack.run_as_user)
+    return Stack(
+        root,
+        postgres_bin_dir=settings.stack.postgres_bin_dir,
+        run_as_user=settings.stack.run_as_user,
+        ha_settings=settings.ha,
+    )
 
 
 data_dir_option = click.option(
@@ -70,11 +80,13 @@ data_dir_option = click.option(
 @data_dir_option
 @click.option("--shards", type=click.IntRange(1, 64), default=None, help="Shard servers to run (default 2).")
 @click.option("--base-port", type=click.IntRange(1024, 65000), default=None, help="First port to try.")
-def stack_up(data_dir: str | None, shards: int | None, base_port: int | None) -> None:
+@click.option("--ha", is_flag=True, help="Each shard a Patroni cluster (primary + replicas) with etcd.")
+@click.option("--replicas", type=click.IntRange(1, 4), default=None, help="Replicas per shard in HA mode (default 1).")
+def stack_up(data_dir: str | None, shards: int | None, base_port: int | None, ha: bool, replicas: int | None) -> None:
     """Start every server that is not running (harmless when all are), then print their status."""
     settings = load_settings()
     the_stack = _stack(data_dir)
-    the_stack.up(shards=shards, base_port=base_port or settings.stack.base_port)
+    the_stack.up(shards=shards, base_port=base_port or settings.stack.base_port, ha=ha, replicas=replicas)
     _print_status(the_stack, as_json=False)
 
 
@@ -96,6 +108,60 @@ def stack_down(data_dir: str | None, purge: bool) -> None:
     if failed:
         raise click.ClickException(f"could not stop: {', '.join(failed)}")
     click.echo("stack stopped" + (" and purged" if purge else ""))
+
+
+@main.group(cls=_Group)
+def ha() -> None:
+    """High availability of the shards: Patroni clusters with etcd (`shardctl stack up --ha`)."""
+
+
+def _ha_cluster(data_dir: str | None) -> HACluster:
+    the_stack = _stack(data_dir)
+    state = the_stack.load_state()
+    if state is None:
+        raise StackError(f"no stack in {the_stack.data_dir}: run `shardctl stack up --ha`")
+    cluster = the_stack.ha_cluster(state)
+    if cluster is None:
+        raise StackError(f"the stack in {the_stack.data_dir} runs without HA: start one with `shardctl stack up --ha`")
+    return cluster
+
+
+@ha.command("status")
+@data_dir_option
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def ha_status(data_dir: str | None, as_json: bool) -> None:
+    """Members of each shard's cluster: role, state, timeline, lag. Exit 1 if a shard has no leader."""
+    cluster = _ha_cluster(data_dir)
+    rows, healthy = [], True
+    for shard in range(cluster.shard_count()):
+        try:
+            members = shard_members(shard, cluster.api_urls(shard))
+        except HAError as exc:
+            members, healthy = [], False
+            click.echo(f"shard {shard}: {exc}", err=True)
+        healthy = healthy and any(m.role == "leader" and m.state == "running" for m in members)
+        rows += members
+    if as_json:
+        click.echo(json.dumps([asdict(r) for r in rows], indent=2))
+    else:
+        click.echo(f"{'shard':>5} {'member':<12} {'role':<13} {'state':<10} {'port':>6} {'tl':>4} {'lag':>10}")
+        for r in rows:
+            lag = "-" if r.lag is None else str(r.lag)
+            click.echo(
+                f"{r.shard:>5} {r.name:<12} {r.role:<13} {r.state:<10} {r.port:>6} {r.timeline or '-':>4} {lag:>10}"
+            )
+    sys.exit(0 if healthy else 1)
+
+
+@ha.command("switchover")
+@data_dir_option
+@click.argument("shard", type=click.IntRange(0, None))
+@click.option("--candidate", default=None, help="Member to promote (default: Patroni picks a sync replica).")
+def ha_switchover(data_dir: str | None, shard: int, candidate: str | None) -> None:
+    """Planned switchover of SHARD's primary through Patroni's REST API."""
+    cluster = _ha_cluster(data_dir)
+    cluster.check_shard(shard)
+    click.echo(switchover(shard, cluster.api_urls(shard), candidate))
 
 
 @main.group(cls=_Group)

@@ -10,11 +10,12 @@ deployment sets environment variables instead.
 from __future__ import annotations
 
 import os
+from datetime import date
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     JsonConfigSettingsSource,
@@ -53,6 +54,16 @@ class ServingSettings(BaseModel):
     cache_ttl_seconds: int = 300
 
 
+class PipelineSettings(BaseModel):
+    """The Dagster pipeline's synthetic raw data: its seed, calendar and scale (tests use less, the demo more)."""
+
+    seed: int = 7
+    start_date: date = date(2026, 9, 1)
+    rows_per_day: int = Field(default=1000, ge=1)
+    entities: int = Field(default=2000, ge=1)
+    exact_profile_max_rows: int = Field(default=500_000, ge=0)
+
+
 class StackSettings(BaseModel):
     """Knobs of the local development stack (`shardctl stack`)."""
 
@@ -60,6 +71,39 @@ class StackSettings(BaseModel):
     base_port: int = Field(default=15432, ge=1024, le=65000)
     postgres_bin_dir: str | None = None
     run_as_user: str | None = None
+
+
+class HASettings(BaseModel):
+    """High availability of each shard (`shardctl stack up --ha`): Patroni with etcd, timings for fast failover.
+
+    Failover after a hard kill takes about ``ttl`` (the leader key must expire) plus one promotion. Patroni
+    must renew the key within ``ttl``: ``loop_wait + 2 * retry_timeout <= ttl`` (checked here). A short ttl
+    fails over fast but a primary whose Patroni stalls longer than ttl (CPU starvation) loses its lock: see
+    docs/architecture/process.md for the trade-offs.
+    """
+
+    replicas: int = Field(default=1, ge=1, le=4)
+    ttl: int = Field(default=8, ge=7, le=300)
+    loop_wait: int = Field(default=1, ge=1, le=60)
+    retry_timeout: int = Field(default=3, ge=3, le=120)  # Patroni floors it at 3
+    # Commits wait for one replica: no acknowledged write is lost on failover (RPO = 0).
+    synchronous_mode: bool = True
+    # Strict: writes block while no synchronous replica is left (never acked on one copy). Non-strict:
+    # Patroni drops to asynchronous so writes continue, at the risk of losing them with the primary.
+    synchronous_mode_strict: bool = False
+    use_pg_rewind: bool = True
+    # Keep a primary serving while etcd is unreachable if every member confirms it over the REST API.
+    failsafe_mode: bool = True
+    maximum_lag_on_failover: int = Field(default=1048576, ge=0)
+
+    @model_validator(mode="after")
+    def _renewal_fits_in_ttl(self) -> HASettings:
+        if self.loop_wait + 2 * self.retry_timeout > self.ttl:
+            raise ValueError(
+                f"ha timings need loop_wait + 2*retry_timeout <= ttl, got "
+                f"{self.loop_wait} + 2*{self.retry_timeout} > {self.ttl}"
+            )
+        return self
 
 
 class TesseraSettings(BaseSettings):
@@ -74,8 +118,13 @@ class TesseraSettings(BaseSettings):
     shards: list[ShardSettings] = Field(default_factory=list)
     redis_url: str | None = None
     h2o: H2OSettings = Field(default_factory=H2OSettings)
+    # Shared by orchestration (writes, trains, registers) and serving (reads, loads the promoted model).
+    model_name: str = "churn"
+    feature_set: str = "customer_activity_v1"
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
     serving: ServingSettings = Field(default_factory=ServingSettings)
     stack: StackSettings = Field(default_factory=StackSettings)
+    ha: HASettings = Field(default_factory=HASettings)
 
     @classmethod
     def settings_customise_sources(

@@ -45,6 +45,7 @@ from psycopg_pool import PoolTimeout
 
 from shardctl.errors import BadFeatureRowError, FeatureWriteError, PartialCommitError, ShardUnavailableError
 from shardctl.pools import ShardPools
+from shardctl.retry import failover_in, is_multi_host
 from shardctl.schema import FEATURE_TABLE
 from shardctl.shardmap import ShardMap, ShardMapWatcher, StaleShardMapError, check_fence
 
@@ -337,10 +338,12 @@ class FeatureWriter:
         temp_buffers: str = "128MB",
         chunk_rows: int = _CHUNK_ROWS,
         merge_rows: int = _MERGE_ROWS,
+        failover_deadline: float = 30.0,
     ):
         if chunk_rows < 1 or merge_rows < 1:
             raise ValueError(f"chunk_rows and merge_rows must be >= 1, got {chunk_rows}, {merge_rows}")
         self._maps = shard_maps
+        self.failover_deadline = failover_deadline
         self.fresh_fast_path = fresh_fast_path
         self.chunk_rows = chunk_rows
         self.merge_rows = merge_rows
@@ -383,6 +386,15 @@ class FeatureWriter:
             try:
                 report = self._write_routed(shard_map, feature_set, validator, source, prepared, hashes)
                 break
+            except (ShardUnavailableError, FeatureWriteError) as exc:
+                # A shard's primary went away (failover, switchover): the batch is idempotent, so run it
+                # again on fresh connections (the multi-host DSN finds the new primary) until the deadline.
+                if not _failover_retryable(exc, shard_map) or time.perf_counter() - started > self.failover_deadline:
+                    raise
+                log.info("%s; retrying after a failover", exc)
+                self._pools.close()
+                time.sleep(0.2)
+                retries += 1
             except StaleShardMapError as exc:
                 refreshed = self._refresh()
                 if retries or refreshed is None or refreshed.epoch <= shard_map.epoch:
@@ -591,6 +603,15 @@ def _passthrough(encoded: bytes) -> bytes:
 def _configure_connection(conn: psycopg.Connection) -> None:
     """Features arrive already JSON-encoded (by ``validate_rows``): the jsonb dumper passes them through."""
     set_json_dumps(_passthrough, conn)
+
+
+def _failover_retryable(exc: ShardUnavailableError | FeatureWriteError, shard_map: ShardMap) -> bool:
+    """A failover on an HA shard (multi-host DSN): worth re-running the batch. A single server that is
+    down stays down for now, so its error goes straight to the caller."""
+    shards = set(getattr(exc, "failures", None) or ())
+    if isinstance(exc, ShardUnavailableError):
+        shards.add(exc.shard)
+    return failover_in(exc) and any(is_multi_host(shard_map.dsns[i]) for i in shards if i < len(shard_map.dsns))
 
 
 def _classify(shard: int, dsn: str, exc: BaseException) -> BaseException:

@@ -12,9 +12,11 @@ from typing import Any
 
 import psycopg
 
+from shardctl.ha.cluster import HACluster, HAState
+from shardctl.ha.status import HAError, leader, shard_members
 from shardctl.hashing import install_sql_functions
 from shardctl.registry import ModelRegistry
-from shardctl.settings import SETTINGS_FILE_NAME
+from shardctl.settings import SETTINGS_FILE_NAME, HASettings
 from shardctl.stack.binaries import (
     PostgresBinaries,
     find_java_home,
@@ -61,15 +63,24 @@ class StackState:
     redis_binary: str = ""
     java_home: str | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    ha: dict[str, Any] | None = None  # HA mode: etcd + a Patroni cluster per shard (`HAState`)
 
 
 class Stack:
     """The local stack rooted at ``data_dir``."""
 
-    def __init__(self, data_dir: Path, *, postgres_bin_dir: str | None = None, run_as_user: str | None = None):
+    def __init__(
+        self,
+        data_dir: Path,
+        *,
+        postgres_bin_dir: str | None = None,
+        run_as_user: str | None = None,
+        ha_settings: HASettings | None = None,
+    ):
         self.data_dir = Path(data_dir).absolute()
         self.postgres_bin_dir = postgres_bin_dir
         self.run_as_user = run_as_user
+        self.ha_settings = ha_settings or HASettings()
 
     # -- persistence -----------------------------------------------------------------------------------
     @property
@@ -108,20 +119,41 @@ class Stack:
         ]
         return servers
 
+    def ha_cluster(self, state: StackState) -> HACluster | None:
+        """The HA shards (etcd + Patroni clusters), or None for a plain stack."""
+        if state.ha is None:
+            return None
+        return HACluster(HAState.from_dict(state.ha), state.user, state.postgres["bin_dir"])
+
+    def _shard_count(self, state: StackState) -> int:
+        return len(state.ha["members"]) if state.ha else len(state.shard_ports)
+
     def redis_server(self, state: StackState) -> RedisServer:
         return RedisServer(state.redis_port, self.data_dir / "redis", state.redis_binary, state.redis_pid)
 
     # -- commands --------------------------------------------------------------------------------------
-    def up(self, shards: int | None = None, base_port: int = 15432) -> StackState:
-        """Start whatever is not running; harmless when everything already is."""
+    def up(
+        self, shards: int | None = None, base_port: int = 15432, ha: bool = False, replicas: int | None = None
+    ) -> StackState:
+        """Start whatever is not running; harmless when everything already is.
+
+        With ``ha`` each shard is a Patroni cluster of a primary and ``replicas`` replicas, with etcd.
+        """
         state = self.load_state()
-        if state is not None and shards is not None and shards != len(state.shard_ports):
+        if state is not None and shards is not None and shards != self._shard_count(state):
             raise StackError(
-                f"the stack in {self.data_dir} already has {len(state.shard_ports)} shards; "
+                f"the stack in {self.data_dir} already has {self._shard_count(state)} shards; "
                 f"run `shardctl migrate` to change the shard count, or `shardctl stack down --purge` first"
             )
+        if state is not None and (ha or replicas is not None) and state.ha is None:
+            raise StackError(f"the stack in {self.data_dir} runs without HA; run `shardctl stack down --purge` first")
+        if state is not None and state.ha and replicas is not None and replicas != state.ha["replicas"]:
+            raise StackError(
+                f"the stack in {self.data_dir} runs {state.ha['replicas']} replicas per shard; "
+                f"run `shardctl stack down --purge` first to change that"
+            )
         if state is None:
-            state = self._plan(shards or 2, base_port)
+            state = self._plan(shards or 2, base_port, ha or replicas is not None, replicas)
         self._save_state(state)
         template = Path(state.pg_root) / "template"
         make_template(self._binaries(state), template, state.user)
@@ -135,24 +167,42 @@ class Stack:
         catalog = self.postgres_servers(state)[0]
         catalog.ensure_database(DAGSTER_DATABASE)
         ModelRegistry(catalog.dsn()).ensure_schema()
+        cluster = self.ha_cluster(state)
+        if cluster is not None:
+            self._ha_up(state, cluster)
         redis_server = self.redis_server(state)
         state.redis_pid = redis_server.start()
         self._save_state(state)
         self._write_settings(state)
         servers = self.postgres_servers(state)
-        prepare_feature_store(servers[0].dsn(), [s.dsn() for s in servers[1:]])
+        prepare_feature_store(servers[0].dsn(), [e["dsn"] for e in self._shard_entries(state, servers[1:])])
         return state
 
-    def _plan(self, shards: int, base_port: int) -> StackState:
+    def _ha_up(self, state: StackState, cluster: HACluster) -> None:
+        cluster.up()
+        for shard in range(cluster.shard_count()):
+            cluster.ensure_database(shard, DATABASE)
+            with psycopg.connect(cluster.shard_dsn(shard)) as conn:
+                install_sql_functions(conn)
+
+    def _plan(self, shards: int, base_port: int, ha: bool = False, replicas: int | None = None) -> StackState:
         user = server_user(self.run_as_user)
         binaries = find_postgres(self.postgres_bin_dir)
-        ports = allocate_ports(base_port, shards + 2)
+        plain_shards = 0 if ha else shards
+        ha_ports = HACluster.ports_needed(shards, replicas or self.ha_settings.replicas) if ha else 0
+        ports = allocate_ports(base_port, plain_shards + 2 + ha_ports)
+        pg_root = self._pg_root(user)
+        ha_state = (
+            HACluster.plan(pg_root / "ha", shards, self.ha_settings, ports[plain_shards + 2 :], replicas).to_dict()
+            if ha
+            else None
+        )
         try:
             java_home: str | None = str(find_java_home())
         except RuntimeError:
             java_home = None
         return StackState(
-            pg_root=str(self._pg_root(user)),
+            pg_root=str(pg_root),
             user=user,
             postgres={
                 "bin_dir": str(binaries.bin_dir),
@@ -160,10 +210,11 @@ class Stack:
                 "source": binaries.source,
             },
             catalog_port=ports[0],
-            shard_ports=ports[1 : shards + 1],
-            redis_port=ports[-1],
+            shard_ports=ports[1 : plain_shards + 1],
+            redis_port=ports[plain_shards + 1],
             redis_binary=find_redis_server(),
             java_home=java_home,
+            ha=ha_state,
         )
 
     def _pg_root(self, user: str | None) -> Path:
@@ -184,12 +235,46 @@ class Stack:
         settings = {
             "data_dir": str(self.data_dir),
             "catalog_dsn": servers[0].dsn(),
-            "shards": [{"index": i, "dsn": s.dsn()} for i, s in enumerate(servers[1:])],
+            "shards": self._shard_entries(state, servers[1:]),
             "redis_url": self.redis_server(state).url,
             "h2o": {"java_home": state.java_home},
             "dagster_dsn": servers[0].dsn(DAGSTER_DATABASE),
         }
         self.settings_file.write_text(json.dumps(settings, indent=2))
+
+    def _shard_entries(self, state: StackState, servers: list[PostgresServer]) -> list[dict[str, Any]]:
+        cluster = self.ha_cluster(state)
+        if cluster is None:
+            return [{"index": i, "dsn": s.dsn()} for i, s in enumerate(servers)]
+        # Multi-host DSNs: every client finds the current primary itself, no proxy in between.
+        return [{"index": i, "dsn": cluster.shard_dsn(i)} for i in range(cluster.shard_count())]
+
+    def _ha_status(self, cluster: HACluster) -> list[ServerStatus]:
+        etcd = cluster.etcd
+        alive = pid_alive(etcd.pid)
+        rows = [ServerStatus("etcd", "etcd", etcd.client_port, etcd.pid if alive else None, alive and etcd.healthy())]
+        for shard in range(cluster.shard_count()):
+            try:
+                reported = {m.name: m for m in shard_members(shard, cluster.api_urls(shard))}
+            except HAError:
+                reported = {}
+            current = leader(list(reported.values()))
+            for member in cluster.members(shard):
+                m = reported.get(member.name)
+                role = ("primary" if current and current.name == member.name else "replica") if m else "member"
+                running = m is not None and m.state in ("running", "streaming")
+                detail = f"patroni {m.role} {m.state} tl {m.timeline}" if m else "patroni not reporting"
+                rows.append(
+                    ServerStatus(
+                        member.name,
+                        role,
+                        member.plan.pg_port,
+                        member.patroni_pid(),
+                        running and member.patroni_pid() is not None,
+                        detail,
+                    )
+                )
+        return rows
 
     def status(self) -> list[ServerStatus]:
         state = self.load_state()
@@ -203,6 +288,9 @@ class Stack:
             rows.append(
                 ServerStatus(server.name, kind, server.port, pid, healthy, f"postgres {state.postgres['version']}")
             )
+        cluster = self.ha_cluster(state)
+        if cluster is not None:
+            rows += self._ha_status(cluster)
         redis_server = self.redis_server(state)
         alive = pid_alive(state.redis_pid)
         rows.append(
@@ -238,7 +326,11 @@ class Stack:
         state = self.load_state()
         if state is None:
             return []
-        failed = [s.name for s in self.postgres_servers(state) if not s.stop()]
+        failed = []
+        cluster = self.ha_cluster(state)
+        if cluster is not None:
+            failed += cluster.down()
+        failed += [s.name for s in self.postgres_servers(state) if not s.stop()]
         if not self.redis_server(state).stop():
             failed.append("redis")
         else:
@@ -255,6 +347,9 @@ class Stack:
         if state is None:
             return []
         pids = [p for s in self.postgres_servers(state) if (p := s.pid())]
+        cluster = self.ha_cluster(state)
+        if cluster is not None:
+            pids += cluster.pids()
         if pid_alive(state.redis_pid):
             pids.append(state.redis_pid)  # type: ignore[arg-type]
         return pids

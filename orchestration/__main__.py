@@ -1,0 +1,93 @@
+"""`python -m orchestration`: run the whole graph on the local stack, or start the Dagster UI for it.
+
+Errors are one line and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from datetime import UTC, datetime, timedelta
+
+import click
+
+from orchestration.dagster_dev import dev_command
+from orchestration.instance import REPO_ROOT, InstanceConfigError, apply_env, prepare_home
+from shardctl.settings import load_settings
+
+
+@click.group()
+def main() -> None:
+    """Tessera's Dagster pipeline."""
+
+
+@main.command("run")
+@click.option("--days", type=click.IntRange(1, 3650), default=10, show_default=True, help="Daily partitions.")
+@click.option("--rows-per-day", type=click.IntRange(1, 10_000_000), default=None, help="Raw rows per day.")
+@click.option("--entities", type=click.IntRange(1, 100_000_000), default=None, help="Customers in the population.")
+@click.option("--ntrees", type=click.IntRange(1, 1000), default=None, help="GBM trees (default: the job's).")
+def run(days: int, rows_per_day: int | None, entities: int | None, ntrees: int | None) -> None:
+    """Materialize DAYS daily partitions from the start date, then profile, train and promote; print a summary."""
+    if rows_per_day:
+        os.environ["TESSERA_PIPELINE__ROWS_PER_DAY"] = str(rows_per_day)
+    if entities:
+        os.environ["TESSERA_PIPELINE__ENTITIES"] = str(entities)
+    settings = load_settings()
+    try:
+        apply_env(prepare_home(settings))
+    except InstanceConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    import dagster as dg  # after DAGSTER_HOME is set
+
+    from orchestration.definitions import defs
+    from orchestration.run_graph import GraphRunError, run_days, run_model, summarize
+
+    start = settings.pipeline.start_date
+    today = datetime.now(UTC).date()
+    if start + timedelta(days=days) > today:
+        raise click.ClickException(f"{days} days from {start} reach past yesterday ({today - timedelta(days=1)})")
+    day_list = [start + timedelta(days=i) for i in range(days)]
+    rows = settings.pipeline.rows_per_day
+    click.echo(f"materializing {days} daily partitions x {rows:,} rows ({days * rows:,} raw rows), then training")
+    started = time.monotonic()
+    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+    model_config = {**quiet, **({"ops": {"churn_model": {"config": {"ntrees": ntrees}}}} if ntrees else {})}
+    try:
+        with dg.DagsterInstance.get() as instance:
+            for i, day in enumerate(day_list, 1):
+                run_days(defs, [day], instance, quiet)
+                click.echo(f"  [{i}/{days}] {day} done ({time.monotonic() - started:.0f} s)")
+            run_model(defs, instance, model_config)
+    except GraphRunError as exc:
+        raise click.ClickException(str(exc)) from exc
+    click.echo(f"\nSummary ({time.monotonic() - started:.0f} s):")
+    for line in summarize(load_settings()).lines():
+        click.echo(f"  {line}")
+
+
+@main.command("dev")
+@click.option("--port", type=click.IntRange(1024, 65535), default=3000, show_default=True)
+def dev(port: int) -> None:
+    """Start the Dagster webserver and daemon on the local stack (Postgres storage)."""
+    try:
+        env = prepare_home(load_settings())
+    except InstanceConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+    os.environ.update(env)
+    os.chdir(REPO_ROOT)  # `dg dev` finds the project (pyproject.toml [tool.dg]) from here
+    argv = dev_command("127.0.0.1", port)
+    os.execve(argv[0], argv, os.environ)
+
+
+@main.command("env")
+def env() -> None:
+    """Print the environment (DAGSTER_HOME, DAGSTER_PG_*) for running Dagster CLI commands by hand."""
+    try:
+        for key, value in prepare_home(load_settings()).items():
+            click.echo(f"export {key}={value}")
+    except InstanceConfigError as exc:
+        raise click.ClickException(str(exc)) from exc
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,58 @@
+"""Fixtures for the pipeline tests: small raw data, one real H2O JVM for the module, and the graph run once."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from orchestration.h2o_runtime import LocalH2O, start_local_h2o
+
+DAYS = 10
+ROWS_PER_DAY = 1000  # 10k raw rows
+ENTITIES = 1500
+SMALL_GBM = {"ops": {"churn_model": {"config": {"ntrees": 20, "max_depth": 4}}}}
+QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+@pytest.fixture(scope="session")
+def pipeline_env(local_stack) -> Iterator[dict[str, str]]:
+    """Small-scale pipeline settings for every Dagster process of the session (in-process or spawned)."""
+    env = {"TESSERA_PIPELINE__ROWS_PER_DAY": str(ROWS_PER_DAY), "TESSERA_PIPELINE__ENTITIES": str(ENTITIES)}
+    previous = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    yield env
+    for key, value in previous.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+
+
+@pytest.fixture(scope="session")
+def h2o_server(tmp_path_factory: pytest.TempPathFactory, pipeline_env) -> Iterator[LocalH2O]:
+    """One H2O JVM (1 GB, 2 threads) for the session, on a free port, stopped by PID at the end."""
+    server = start_local_h2o(Path(tmp_path_factory.mktemp("h2o")), max_mem="1G", nthreads=2)
+    os.environ["TESSERA_H2O__URL"] = server.url
+    try:
+        yield server
+    finally:
+        os.environ.pop("TESSERA_H2O__URL", None)
+        assert server.stop(), f"H2O pid {server.pid} did not stop"
+
+
+@pytest.fixture(scope="session")
+def defs(pipeline_env):
+    """The code location, imported once the stack's settings exist (it reads the shard count at load)."""
+    from orchestration.definitions import defs
+
+    return defs
+
+
+@pytest.fixture(scope="session")
+def days(settings):
+    start = settings.pipeline.start_date
+    return [start + timedelta(days=i) for i in range(DAYS)]

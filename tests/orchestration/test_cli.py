@@ -1,0 +1,25 @@
+"""`python -m orchestration`: bad input is a one-line message and exit 1, never a traceback."""
+
+from __future__ import annotations
+
+from click.testing import CliRunner
+
+from orchestration.__main__ import main
+
+
+def test_run_without_a_stack_says_how_to_start_one(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("TESSERA_DATA_DIR", str(tmp_path / "no-stack"))
+    monkeypatch.delenv("TESSERA_DAGSTER_DSN", raising=False)
+    result = CliRunner().invoke(main, ["run", "--days", "2"])
+    assert result.exit_code == 1
+    assert "run `shardctl stack up` first" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_run_past_yesterday_is_refused_before_anything_runs(settings) -> None:
+    result = CliRunner().invoke(main, ["run", "--days", "4000"])
+    assert result.exit_code != 0
+    assert "Traceback" not in result.output
+    result = CliRunner().invoke(main, ["run", "--days", "400"])
+    assert result.exit_code == 1
+    assert "reach past yesterday" in result.output
