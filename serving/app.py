@@ -86,7 +86,7 @@ class ModelInfo(msgspec.Struct):
     created_at: str
 
 
-class Health(msgspec.Struct):
+class Health(msgspec.Struct, omit_defaults=True):
     status: str
     model: str | None = None
     detail: str | None = None
@@ -262,7 +262,9 @@ def create_app(settings: TesseraSettings | None = None) -> Litestar:
             scoring_pool.shutdown(wait=True)
             io_pool.shutdown(wait=True)
 
-    prometheus = PrometheusConfig(app_name="tessera_serving", group_path=True, exclude=["/metrics"])
+    prometheus = PrometheusConfig(
+        app_name="tessera_serving", prefix="tessera_serving", group_path=True, exclude=["/metrics"]
+    )
     return Litestar(
         route_handlers=[predict, current_model, healthz, readyz, PrometheusController],
         lifespan=[lifespan],

@@ -142,3 +142,24 @@ def test_promotion_hot_swaps_with_no_failed_request(service, serving_stack, trai
     assert body["model"] == models[1].key
     for item in body["items"]:
         assert item["prediction"]["score"] == pytest.approx(trained.expected[1][item["entity_id"]], abs=1e-6)
+
+
+@pytest.mark.req("JTBD-02.metrics")
+def test_health_readiness_and_prometheus_metrics(service, models):
+    assert service.client.get("/healthz").json() == {"status": "ok"}
+    ready = service.client.get("/readyz").json()
+    assert ready["status"] == "ready"
+    assert ready["model"].startswith("churn:")
+    service.client.post("/v1/predictions", json={"entity_id": ALL_IDS[0]})
+    text = service.client.get("/metrics").text
+    for name in (
+        "tessera_serving_request_duration_seconds_bucket",
+        "tessera_cache_lookups_total",
+        "tessera_scoring_seconds_bucket",
+        "tessera_feature_read_seconds_bucket",
+        "tessera_scored_rows_total",
+        "tessera_redis_errors_total",
+        "tessera_model_version",
+    ):
+        assert name in text, name
+    assert service.metric("tessera_scoring_seconds_count") >= 1
