@@ -35,6 +35,21 @@ class CachedPrediction(msgspec.Struct, array_like=True):
 
 
 _decode = msgspec.msgpack.Decoder(CachedPrediction).decode
+
+# Both lookups of a request in one round trip: each entity's feature version, then the prediction stored under
+# that version. (The prediction keys are built in the script, so this assumes one Redis, not Redis Cluster.)
+_LOOKUP_LUA = """
+local out = {}
+for i, version_key in ipairs(KEYS) do
+  local v = redis.call('GET', version_key)
+  if v then
+    out[i] = {v, redis.call('GET', ARGV[1] .. ARGV[i + 1] .. ':' .. v)}
+  else
+    out[i] = false
+  end
+end
+return out
+"""
 _encode = msgspec.msgpack.Encoder().encode
 
 
@@ -48,10 +63,11 @@ class PredictionCache:
         backoff_seconds: float = 1.0,
     ):
         self._redis = (
-            aioredis.Redis.from_url(url, socket_timeout=0.2, socket_connect_timeout=0.2, retry_on_timeout=False)
+            aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.2, retry_on_timeout=False)
             if url
             else None
         )
+        self._lookup = self._redis.register_script(_LOOKUP_LUA) if self._redis is not None else None
         self.ttl = ttl_seconds
         self.version_ttl_ms = max(1, int(version_ttl_seconds * 1000))
         self._backoff = backoff_seconds
@@ -75,10 +91,22 @@ class PredictionCache:
             self._skip_until = time.monotonic() + self._backoff
             return default
 
-    async def feature_versions(self, feature_set: str, entities: Sequence[str]) -> list[int | None]:
+    async def lookup(
+        self, model_key: str, feature_set: str, entities: Sequence[str]
+    ) -> list[tuple[int | None, CachedPrediction | None]]:
+        """Per entity: its cached feature version (None if unknown) and the prediction for it (None if absent)."""
         keys = [self.version_key(feature_set, e) for e in entities]
-        raw = await self._call(lambda r: r.mget(keys), [None] * len(keys))
-        return [int(v) if v is not None else None for v in raw]
+        args = [f"pred:{model_key}:{feature_set}:", *entities]
+        raw = await self._call(lambda r: self._lookup(keys=keys, args=args), None)
+        if raw is None:
+            return [(None, None)] * len(entities)
+        out: list[tuple[int | None, CachedPrediction | None]] = []
+        for item in raw:
+            if not item:
+                out.append((None, None))
+            else:
+                out.append((int(item[0]), _decode(item[1]) if len(item) > 1 and item[1] else None))
+        return out
 
     async def get_predictions(self, keys: Sequence[str]) -> list[CachedPrediction | None]:
         if not keys:

@@ -53,10 +53,8 @@ class Predictor:
         ids = list(dict.fromkeys(entity_ids))
         outcomes: dict[str, Outcome] = {}
 
-        versions = await self.cache.feature_versions(feature_set, ids)
-        known = [(e, v) for e, v in zip(ids, versions, strict=True) if v is not None]
-        keys = [self.cache.prediction_key(model.key, feature_set, e, v) for e, v in known]
-        for (entity, _), hit in zip(known, await self.cache.get_predictions(keys), strict=True):
+        looked_up = await self.cache.lookup(model.key, feature_set, ids)
+        for entity, (_, hit) in zip(ids, looked_up, strict=True):
             if hit is not None:
                 outcomes[entity] = Outcome(entity, 200, hit, cached=True)
         metrics.CACHE_LOOKUPS.labels("hit").inc(len(outcomes))
