@@ -30,6 +30,56 @@ class Outcome:
     error: str | None = None
 
 
+class MissBatcher:
+    """Coalesces concurrent cache misses: while ``max_inflight`` computations run, new misses queue up and go
+    together in the next one (one shard read per shard and one scoring call for the whole group), so under
+    load the per-request thread hops and round trips are shared instead of multiplied."""
+
+    def __init__(self, compute, max_inflight: int = 2, max_batch: int = 256):
+        self._compute = compute
+        self._max_inflight = max_inflight
+        self._max_batch = max_batch
+        self._pending: list[tuple[LoadedModel, str, asyncio.Future]] = []
+        self._inflight = 0
+        self._tasks: set[asyncio.Task] = set()
+
+    async def submit(self, model: LoadedModel, entities: list[str]) -> dict[str, Outcome]:
+        loop = asyncio.get_running_loop()
+        futures = {e: loop.create_future() for e in entities}
+        self._pending.extend((model, e, f) for e, f in futures.items())
+        self._kick()
+        return {e: await f for e, f in futures.items()}
+
+    def _kick(self) -> None:
+        while self._pending and self._inflight < self._max_inflight:
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            self._inflight += 1
+            task = asyncio.get_running_loop().create_task(self._run(batch))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _run(self, batch: list[tuple[LoadedModel, str, asyncio.Future]]) -> None:
+        try:
+            by_model: dict[int, list[tuple[LoadedModel, str, asyncio.Future]]] = {}
+            for item in batch:
+                by_model.setdefault(id(item[0]), []).append(item)
+            for items in by_model.values():
+                try:
+                    out = await self._compute(items[0][0], [e for _, e, _ in items])
+                except Exception as exc:
+                    for _, _, fut in items:
+                        if not fut.done():
+                            fut.set_exception(exc)
+                    continue
+                for _, entity, fut in items:
+                    if not fut.done():
+                        fut.set_result(out[entity])
+        finally:
+            self._inflight -= 1
+            self._kick()
+
+
 class Predictor:
     def __init__(
         self,
@@ -45,6 +95,7 @@ class Predictor:
         self._scoring_pool = scoring_pool
         self._io_pool = io_pool
         self._flight = SingleFlight()
+        self._batcher = MissBatcher(self._compute, max_inflight=max(2, scoring_pool._max_workers))
 
     async def predict(self, entity_ids: Sequence[str]) -> tuple[LoadedModel, list[Outcome]]:
         """Outcomes in the order of ``entity_ids`` (duplicates answered once); raises ``NoModelError``."""
@@ -70,7 +121,7 @@ class Predictor:
         results: dict[str, Outcome] = {}
         if mine:
             try:
-                computed = await self._compute(model, [k[len(prefix) :] for k in mine])
+                computed = await self._batcher.submit(model, [k[len(prefix) :] for k in mine])
             except BaseException as exc:
                 self._flight.resolve({}, mine, exc)
                 raise
