@@ -214,7 +214,7 @@ def main() -> int:
             "/docs",
             {"BENCH_H2O_URL": h2o.connection().base_url, "BENCH_H2O_MODEL_ID": gbm.model_id},
         )
-        run("fastapi_h2o_rest", s, [miss], rates=[5, 10, 20, 40, 80])
+        run("fastapi_h2o_rest", s, [miss], rates=[1, 2, 5, 10, 20])
         h2o.cluster().shutdown()
         wait_until(lambda: not pid_alive(jvm_pid), 30)
         print("== calibration: trivial Litestar endpoint on Granian (1 worker)")
