@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import random
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -275,6 +276,7 @@ def main() -> int:
         failed = stack.down(purge=True)
         if failed:
             print(f"left running: {failed}", file=sys.stderr)
+        shutil.rmtree(tmp, ignore_errors=True)
     return 0
 
 
