@@ -252,7 +252,9 @@ def create_app(settings: TesseraSettings | None = None) -> Litestar:
         listener.start()
         app.state.settings = settings
         app.state.io_pool = io_pool
-        app.state.predictor = Predictor(holder, features, cache, scoring_pool, io_pool)
+        app.state.predictor = Predictor(
+            holder, features, cache, scoring_pool, io_pool, miss_concurrency=max(2, settings.serving.scoring_threads)
+        )
         try:
             yield
         finally:

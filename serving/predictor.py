@@ -88,6 +88,7 @@ class Predictor:
         cache: PredictionCache,
         scoring_pool: ThreadPoolExecutor,
         io_pool: ThreadPoolExecutor,
+        miss_concurrency: int = 2,
     ):
         self.holder = holder
         self.features = features
@@ -95,7 +96,7 @@ class Predictor:
         self._scoring_pool = scoring_pool
         self._io_pool = io_pool
         self._flight = SingleFlight()
-        self._batcher = MissBatcher(self._compute, max_inflight=max(2, scoring_pool._max_workers))
+        self._batcher = MissBatcher(self._compute, max_inflight=miss_concurrency)
 
     async def predict(self, entity_ids: Sequence[str]) -> tuple[LoadedModel, list[Outcome]]:
         """Outcomes in the order of ``entity_ids`` (duplicates answered once); raises ``NoModelError``."""
