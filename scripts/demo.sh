@@ -13,7 +13,53 @@ echo
     --rows-per-day "${TESSERA_DEMO_ROWS_PER_DAY:-34000}" \
     --entities "${TESSERA_DEMO_ENTITIES:-50000}"
 
-# --- serving: the prediction service's demo step goes here (serve one prediction from the promoted model) ---
+# Serving: start the prediction service, score one real entity, stop it by PID. Runs only when a model is
+# promoted (the pipeline, when present, trains and promotes one before this step).
+demo_entity="$(.venv/bin/python - <<'PY' 2>/dev/null || true
+import psycopg
+from shardctl.registry import ModelRegistry
+from shardctl.settings import load_settings
+
+s = load_settings()
+model = ModelRegistry(s.catalog_dsn).current(s.model_name) if s.catalog_dsn else None
+if model is not None:
+    for dsn in s.shard_dsns():
+        with psycopg.connect(dsn) as conn:
+            row = conn.execute(
+                "SELECT entity_id FROM entity_features WHERE feature_set = %s LIMIT 1", (model.feature_set,)
+            ).fetchone()
+        if row:
+            print(row[0])
+            break
+PY
+)"
+if [ -n "$demo_entity" ]; then
+    demo_port="$(.venv/bin/python -c 'from shardctl.stack.process import free_port; print(free_port())')"
+    .venv/bin/python -m serving --port "$demo_port" --workers 1 >/tmp/tessera-serving-demo.log 2>&1 &
+    serving_pid=$!
+    .venv/bin/python - "$demo_port" "$demo_entity" <<'PY' && served=0 || served=$?
+import sys, time, httpx
+
+port, entity = sys.argv[1], sys.argv[2]
+base = f"http://127.0.0.1:{port}"
+for _ in range(120):
+    try:
+        if httpx.get(f"{base}/readyz", timeout=1).status_code == 200:
+            break
+    except httpx.HTTPError:
+        pass
+    time.sleep(0.5)
+r = httpx.post(f"{base}/v1/predictions", json={"entity_id": entity}, timeout=10)
+print(f"prediction for {entity}: HTTP {r.status_code} {r.text}")
+sys.exit(0 if r.status_code == 200 else 1)
+PY
+    kill "$serving_pid" && wait "$serving_pid" || true
+    echo "Prediction service stopped (PID $serving_pid)."
+    [ "$served" = 0 ] || { echo "demo: the prediction request failed (log: /tmp/tessera-serving-demo.log)" >&2; exit 1; }
+else
+    echo "demo: no promoted model with features on the shards after the pipeline ran" >&2
+    exit 1
+fi
 
 echo
 echo "Stack is up (data in ${TESSERA_DATA_DIR:-.tessera}). Dagster UI: .venv/bin/python -m orchestration dev"

@@ -52,6 +52,11 @@ class ServingSettings(BaseModel):
     scoring_threads: int = 2
     max_batch: int = 100
     cache_ttl_seconds: int = 300
+    # Staleness bound of the prediction cache: how long an entity's feature version is trusted from Redis
+    # before the shard is read again (a feature write shows in answers within this many seconds).
+    feature_version_ttl_seconds: float = Field(default=2.0, gt=0, le=3600)
+    io_threads: int = Field(default=8, ge=1, le=64)
+    retry_after_seconds: int = Field(default=5, ge=1, le=3600)
 
 
 class PipelineSettings(BaseModel):

@@ -1,0 +1,96 @@
+"""The apps the serving benchmark compares Tessera with, same endpoint and body:
+
+- ``hello``: a trivial Litestar endpoint on Granian (no I/O, no scoring): the limit of this box and generator;
+- ``fastapi_inprocess``: FastAPI on uvicorn with the same in-process MOJO scoring and cache path as Tessera
+  (``serving.predictor.Predictor``): isolates the framework/server choice;
+- ``fastapi_h2o_rest``: FastAPI on uvicorn reading the same features, scoring through the H2O cluster's REST
+  API (``model.predict(frame)``): the naive stack the project started from.
+"""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI, HTTPException
+from litestar import Litestar, post
+from pydantic import BaseModel
+
+from serving.cache import PredictionCache
+from serving.features import FeatureSource
+from serving.predictor import Predictor
+from serving.scoring import ModelHolder
+from shardctl.registry import ModelRegistry
+from shardctl.settings import get_settings
+
+
+@post("/hello", status_code=200)
+async def _hello() -> dict[str, str]:
+    return {"hello": "world"}
+
+
+def hello_app() -> Litestar:
+    return Litestar([_hello], debug=False)
+
+
+class Body(BaseModel):
+    entity_id: str
+
+
+def fastapi_inprocess() -> FastAPI:
+    settings = get_settings()
+    state: dict = {}
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI):
+        holder = ModelHolder(ModelRegistry(settings.catalog_dsn), settings.model_name)
+        holder.refresh()
+        cache = PredictionCache(
+            settings.redis_url,
+            ttl_seconds=settings.serving.cache_ttl_seconds,
+            version_ttl_seconds=settings.serving.feature_version_ttl_seconds,
+        )
+        state["p"] = Predictor(
+            holder,
+            FeatureSource(settings),
+            cache,
+            ThreadPoolExecutor(settings.serving.scoring_threads),
+            ThreadPoolExecutor(settings.serving.io_threads),
+        )
+        yield
+
+    app = FastAPI(lifespan=lifespan)
+
+    @app.post("/v1/predictions")
+    async def predict(body: Body) -> dict:
+        model, (outcome,) = await state["p"].predict([body.entity_id])
+        if outcome.status != 200:
+            raise HTTPException(outcome.status, outcome.error)
+        return {"entity_id": body.entity_id, "score": outcome.prediction.score, "model": model.key}
+
+    return app
+
+
+def fastapi_h2o_rest() -> FastAPI:
+    import h2o
+    import pandas as pd
+
+    settings = get_settings()
+    features = FeatureSource(settings)
+    h2o.connect(url=os.environ["BENCH_H2O_URL"], verbose=False)
+    model = h2o.get_model(os.environ["BENCH_H2O_MODEL_ID"])
+    version = ModelRegistry(settings.catalog_dsn).current(settings.model_name)
+    app = FastAPI()
+
+    @app.post("/v1/predictions")
+    def predict(body: Body) -> dict:  # sync: FastAPI runs it on its thread pool
+        read = features.read([body.entity_id], version.feature_set)
+        record = read.records.get(body.entity_id)
+        if record is None:
+            raise HTTPException(404, "unknown entity")
+        frame = h2o.H2OFrame(pd.DataFrame([record.features]), column_types={"tier": "enum"})
+        p1 = model.predict(frame).as_data_frame(use_multi_thread=False).iloc[0, -1]
+        return {"entity_id": body.entity_id, "score": float(p1), "model": version.key}
+
+    return app

@@ -1,0 +1,58 @@
+"""``python -m serving``: the prediction service on Granian with ``serving.workers`` worker processes.
+
+Stop it with SIGTERM/SIGINT to this process' PID: Granian stops its workers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+
+from granian.constants import Interfaces, Loops
+from granian.server import Server
+
+from shardctl.settings import get_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    settings = get_settings()
+    parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
+    parser.add_argument("--host", default=settings.serving.host)
+    parser.add_argument("--port", type=int, default=settings.serving.port)
+    parser.add_argument("--workers", type=int, default=settings.serving.workers)
+    args = parser.parse_args(argv)
+    if not settings.catalog_dsn:
+        print("no catalog DSN: run `shardctl stack up` or set TESSERA_CATALOG_DSN", file=sys.stderr)
+        return 2
+    metrics_dir = None
+    if args.workers > 1 and "PROMETHEUS_MULTIPROC_DIR" not in os.environ:
+        metrics_dir = tempfile.mkdtemp(prefix="tessera-metrics-")
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = metrics_dir  # workers inherit it: /metrics sums them
+    try:
+        import uvloop  # noqa: F401
+
+        loop = Loops.uvloop
+    except ImportError:
+        loop = Loops.asyncio
+    try:
+        Server(
+            "serving.app:create_app",
+            address=args.host,
+            port=args.port,
+            interface=Interfaces.ASGI,
+            workers=args.workers,
+            loop=loop,
+            factory=True,
+            log_access=False,
+        ).serve()
+    finally:
+        if metrics_dir:
+            shutil.rmtree(metrics_dir, ignore_errors=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,169 @@
+"""Redis look-aside cache of predictions, and single-flight so concurrent misses compute once.
+
+Two kinds of keys:
+
+- ``fv:{feature_set}:{entity}`` -> the entity's feature version, kept ``feature_version_ttl_seconds``.
+  This TTL is the staleness bound: after a feature write, answers may use the old version for at most
+  that long; then the shard is read again and the new version gives a new prediction key.
+- ``pred:{model}:{feature_set}:{entity}:{feature version}`` -> the prediction, kept ``cache_ttl_seconds``.
+  A promotion changes ``model`` (effective as soon as the worker swapped, within about a second of the
+  NOTIFY), so a new model never answers from an old model's entries.
+
+Redis is optional at run time: any Redis error counts in ``tessera_redis_errors_total``, the request is
+answered uncached, and Redis is skipped for ``backoff_seconds`` so a dead server costs no timeouts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+
+from serving import metrics
+
+
+class CachedPrediction(msgspec.Struct, array_like=True):
+    score: float
+    label: str | None
+    feature_version: int
+    event_ts: str
+    written_at: str
+
+
+_decode = msgspec.msgpack.Decoder(CachedPrediction).decode
+
+# Both lookups of a request in one round trip: each entity's feature version, then the prediction stored under
+# that version. (The prediction keys are built in the script, so this assumes one Redis, not Redis Cluster.)
+_LOOKUP_LUA = """
+local out = {}
+for i, version_key in ipairs(KEYS) do
+  local v = redis.call('GET', version_key)
+  if v then
+    out[i] = {v, redis.call('GET', ARGV[1] .. ARGV[i + 1] .. ':' .. v)}
+  else
+    out[i] = false
+  end
+end
+return out
+"""
+_encode = msgspec.msgpack.Encoder().encode
+
+
+class PredictionCache:
+    def __init__(
+        self,
+        url: str | None,
+        *,
+        ttl_seconds: int,
+        version_ttl_seconds: float,
+        backoff_seconds: float = 1.0,
+    ):
+        self._redis = (
+            aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.2, retry_on_timeout=False)
+            if url
+            else None
+        )
+        self._lookup = self._redis.register_script(_LOOKUP_LUA) if self._redis is not None else None
+        self.ttl = ttl_seconds
+        self.version_ttl_ms = max(1, int(version_ttl_seconds * 1000))
+        self._backoff = backoff_seconds
+        self._skip_until = 0.0
+
+    @staticmethod
+    def version_key(feature_set: str, entity: str) -> str:
+        return f"fv:{feature_set}:{entity}"
+
+    @staticmethod
+    def prediction_key(model_key: str, feature_set: str, entity: str, feature_version: int) -> str:
+        return f"pred:{model_key}:{feature_set}:{entity}:{feature_version}"
+
+    async def _call(self, op: Callable[[aioredis.Redis], Awaitable[Any]], default: Any) -> Any:
+        if self._redis is None or time.monotonic() < self._skip_until:
+            return default
+        try:
+            return await op(self._redis)
+        except (TimeoutError, aioredis.RedisError, OSError):
+            metrics.REDIS_ERRORS.inc()
+            self._skip_until = time.monotonic() + self._backoff
+            return default
+
+    async def lookup(
+        self, model_key: str, feature_set: str, entities: Sequence[str]
+    ) -> list[tuple[int | None, CachedPrediction | None]]:
+        """Per entity: its cached feature version (None if unknown) and the prediction for it (None if absent)."""
+        keys = [self.version_key(feature_set, e) for e in entities]
+        args = [f"pred:{model_key}:{feature_set}:", *entities]
+        raw = await self._call(lambda r: self._lookup(keys=keys, args=args), None)
+        if raw is None:
+            return [(None, None)] * len(entities)
+        out: list[tuple[int | None, CachedPrediction | None]] = []
+        for item in raw:
+            if not item:
+                out.append((None, None))
+            else:
+                out.append((int(item[0]), _decode(item[1]) if len(item) > 1 and item[1] else None))
+        return out
+
+    async def get_predictions(self, keys: Sequence[str]) -> list[CachedPrediction | None]:
+        if not keys:
+            return []
+        raw = await self._call(lambda r: r.mget(keys), [None] * len(keys))
+        return [_decode(v) if v is not None else None for v in raw]
+
+    async def put(
+        self, feature_set: str, versions: dict[str, int], predictions: dict[str, CachedPrediction], model_key: str
+    ) -> None:
+        async def write(r: aioredis.Redis) -> None:
+            pipe = r.pipeline(transaction=False)
+            for entity, version in versions.items():
+                pipe.set(self.version_key(feature_set, entity), version, px=self.version_ttl_ms)
+            for entity, pred in predictions.items():
+                key = self.prediction_key(model_key, feature_set, entity, pred.feature_version)
+                pipe.set(key, _encode(pred), ex=self.ttl)
+            await pipe.execute()
+
+        if versions or predictions:
+            await self._call(write, None)
+
+    async def ping(self) -> bool:
+        return bool(await self._call(lambda r: r.ping(), False))
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+
+
+class SingleFlight:
+    """One computation per key among concurrent callers of this process (other workers compute their own)."""
+
+    def __init__(self) -> None:
+        self._inflight: dict[str, asyncio.Future] = {}
+
+    def claim(self, keys: Sequence[str]) -> tuple[list[str], dict[str, asyncio.Future]]:
+        """Split ``keys`` into those this caller must compute (it then calls ``resolve``) and futures to await."""
+        mine: list[str] = []
+        theirs: dict[str, asyncio.Future] = {}
+        loop = asyncio.get_running_loop()
+        for key in keys:
+            fut = self._inflight.get(key)
+            if fut is None:
+                self._inflight[key] = loop.create_future()
+                mine.append(key)
+            else:
+                theirs[key] = fut
+        return mine, theirs
+
+    def resolve(self, results: dict[str, Any], keys: Sequence[str], error: BaseException | None = None) -> None:
+        for key in keys:
+            fut = self._inflight.pop(key, None)
+            if fut is None or fut.done():
+                continue
+            if error is not None:
+                fut.set_exception(error)
+                fut.exception()  # mark retrieved: a follower may not exist
+            else:
+                fut.set_result(results.get(key))

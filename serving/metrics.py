@@ -1,0 +1,31 @@
+"""Prometheus metrics of the prediction service (request latency comes from Litestar's Prometheus middleware).
+
+With several Granian workers, ``python -m serving`` sets ``PROMETHEUS_MULTIPROC_DIR`` so ``/metrics`` sums
+every worker's figures.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+CACHE_LOOKUPS = Counter("tessera_cache_lookups_total", "Prediction cache lookups", ["result"])
+REDIS_ERRORS = Counter("tessera_redis_errors_total", "Redis calls that failed (answered uncached)")
+SCORED_ROWS = Counter("tessera_scored_rows_total", "Rows scored by the MOJO")
+SCORING_SECONDS = Histogram(
+    "tessera_scoring_seconds",
+    "Time to score one call's rows on the scoring pool",
+    buckets=(0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0),
+)
+FEATURE_READ_SECONDS = Histogram(
+    "tessera_feature_read_seconds",
+    "Time to read features from the shards",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 2.5),
+)
+SHARD_ERRORS = Counter("tessera_shard_errors_total", "Feature reads that failed on a shard", ["shard"])
+MODEL_VERSION = Gauge("tessera_model_version", "Version of the served model", multiprocess_mode="max")
+
+
+def cache_hit_ratio(hits: float, misses: float) -> float:
+    """Hits over lookups (0 when nothing was looked up): what a dashboard derives from the two counters."""
+    total = hits + misses
+    return hits / total if total else 0.0

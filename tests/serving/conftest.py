@@ -1,0 +1,236 @@
+"""Fixtures of the serving tests: their own 2-shard stack and Redis (tests stop a shard and kill Redis), one
+H2O JVM per session that trains two tiny GBMs and predicts every entity itself, and a real Granian server.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import httpx
+import pytest
+
+from shardctl.registry import ModelRegistry, ModelVersion
+from shardctl.settings import TesseraSettings
+from shardctl.stack.binaries import find_java_home, find_redis_server
+from shardctl.stack.manager import Stack
+from shardctl.stack.process import free_port, pid_alive, stop_pid, wait_until
+from shardctl.stack.redis_server import RedisServer
+from shardctl.store import FeatureStore
+from shardctl.writer import FeatureRow
+
+REPO = Path(__file__).resolve().parents[2]
+FEATURE_SET = "serving_test_v1"
+FEATURES = ["spend", "visits", "tier", "tenure"]
+N_ENTITIES = 120
+VERSION_TTL = 1.0  # the staleness bound the test server runs with
+T0 = datetime(2026, 1, 1, tzinfo=UTC)
+
+
+def entity_features(i: int, bump: float = 0.0) -> dict:
+    rng = random.Random(i)
+    return {
+        "spend": round(rng.uniform(0, 500) + bump, 3),
+        "visits": rng.randint(0, 40),
+        "tier": ("gold", "silver", "bronze")[rng.randrange(3)],
+        "tenure": rng.randint(1, 120),
+    }
+
+
+def entity_id(i: int) -> str:
+    return f"cust-{i:04d}"
+
+
+@dataclass
+class TrainedModels:
+    """Two MOJOs and H2O's own predictions (p1) for every entity's stored features and for a changed row."""
+
+    paths: list[tuple[str, str]]  # (mojo zip, genmodel jar) per model
+    expected: list[dict[str, float]]  # per model: entity id -> H2O predict p1
+    bumped: list[dict[str, float]]  # per model: entity id -> p1 after bump_features(i)
+
+
+BUMP = 400.0
+
+
+@pytest.fixture(scope="session")
+def serving_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, TesseraSettings]]:
+    root = tmp_path_factory.mktemp("serving_stack")
+    stack = Stack(root)
+    stack.up(shards=2, base_port=random.randrange(40000, 50000, 10))
+    try:
+        settings = TesseraSettings(**json.loads(stack.settings_file.read_text()))
+        yield stack, settings
+    finally:
+        failed = stack.down(purge=True)
+        assert not failed, f"servers left running: {failed}"
+
+
+@pytest.fixture(scope="session")
+def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis of our own: a test kills it mid-run."""
+    server = RedisServer(free_port(), tmp_path_factory.mktemp("serving_redis"), find_redis_server())
+    server.start()
+    try:
+        yield server
+    finally:
+        assert server.stop(), "redis did not stop"
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainedModels]:
+    """One H2O JVM for the session: train two GBMs, export MOJOs, predict every row, shut the JVM down."""
+    import h2o
+    import pandas as pd
+
+    os.environ["JAVA_HOME"] = str(find_java_home())
+    out = tmp_path_factory.mktemp("models")
+    h2o.init(port=free_port(), nthreads=1, max_mem_size="1G", verbose=False)
+    jvm_pid = h2o.connection().local_server._process.pid
+    try:
+        rows = [entity_features(i) for i in range(N_ENTITIES)]
+        frame = pd.DataFrame(rows)
+        frame["churn"] = [
+            "yes" if (r["spend"] < 200) ^ (random.Random(i * 7).random() < 0.15) else "no" for i, r in enumerate(rows)
+        ]
+        train = h2o.H2OFrame(frame, column_types={"tier": "enum", "churn": "enum"})
+        score_frame = h2o.H2OFrame(pd.DataFrame(rows), column_types={"tier": "enum"})
+        bumped_rows = [entity_features(i, BUMP) for i in range(N_ENTITIES)]
+        bumped_frame = h2o.H2OFrame(pd.DataFrame(bumped_rows), column_types={"tier": "enum"})
+        from h2o.estimators import H2OGradientBoostingEstimator
+
+        paths, expected, bumped = [], [], []
+        for n, (ntrees, depth) in enumerate(((10, 3), (30, 5))):
+            gbm = H2OGradientBoostingEstimator(ntrees=ntrees, max_depth=depth, min_rows=2, seed=42)
+            gbm.train(x=FEATURES, y="churn", training_frame=train)
+            target = out / f"m{n}"
+            target.mkdir()
+            mojo = gbm.download_mojo(str(target), get_genmodel_jar=True)
+            paths.append((mojo, str(target / "h2o-genmodel.jar")))
+            for source, sink in ((score_frame, expected), (bumped_frame, bumped)):
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # single-thread pandas conversion notice
+                    p1 = gbm.predict(source).as_data_frame(use_multi_thread=False)["yes"].tolist()
+                sink.append({entity_id(i): float(p) for i, p in enumerate(p1)})
+        yield TrainedModels(paths, expected, bumped)
+    finally:
+        h2o.cluster().shutdown()
+        assert wait_until(lambda: not pid_alive(jvm_pid), 30), f"H2O JVM {jvm_pid} still running"
+
+
+@pytest.fixture(scope="session")
+def models(serving_stack, trained: TrainedModels) -> list[ModelVersion]:
+    """Features of every entity written through the FeatureWriter; both models registered, the first promoted."""
+    _, settings = serving_stack
+    with FeatureStore.open(settings) as store:
+        store.write(FEATURE_SET, [FeatureRow(entity_id(i), T0, entity_features(i)) for i in range(N_ENTITIES)])
+    registry = ModelRegistry(settings.catalog_dsn)
+    versions = [
+        registry.register(
+            settings.model_name,
+            algorithm="gbm",
+            feature_set=FEATURE_SET,
+            features=FEATURES,
+            metrics={"auc": 0.5 + n / 10},
+            artifact_path=mojo,
+            genmodel_jar=jar,
+        )
+        for n, (mojo, jar) in enumerate(trained.paths)
+    ]
+    registry.promote(settings.model_name, versions[0].version)
+    return versions
+
+
+class Service:
+    """A running ``python -m serving`` subprocess."""
+
+    def __init__(self, env: dict[str, str], port: int, log: Path):
+        self.port = port
+        self.url = f"http://127.0.0.1:{port}"
+        self.log = log
+        with log.open("wb") as sink:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "serving"],
+                cwd=REPO,
+                env=env,
+                stdout=sink,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.client = httpx.Client(base_url=self.url, timeout=10)
+
+    def wait_ready(self, path: str = "/healthz", timeout: float = 60) -> None:
+        def answers() -> bool:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"service exited:\n{self.log.read_text()[-3000:]}")
+            try:
+                return self.client.get(path).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        assert wait_until(answers, timeout, 0.2), f"service not ready:\n{self.log.read_text()[-3000:]}"
+
+    def metric(self, name: str) -> float:
+        total = 0.0
+        for line in self.client.get("/metrics").text.splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                head, value = line.rsplit(" ", 1)
+                if head == name or head.startswith(name + "{"):
+                    total += float(value)
+        return total
+
+    def stop(self) -> None:
+        self.client.close()
+        assert stop_pid(self.proc.pid, timeout=20), f"service {self.proc.pid} did not stop"
+        self.proc.wait(timeout=5)
+
+
+def service_env(settings: TesseraSettings, redis_url: str, port: int, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
+    env.update(
+        PYTHONPATH=str(REPO),
+        TESSERA_SETTINGS_FILE=str(Path(settings.data_dir) / "settings.json"),
+        TESSERA_CATALOG_DSN=settings.catalog_dsn or "",
+        TESSERA_REDIS_URL=redis_url,
+        TESSERA_SERVING__PORT=str(port),
+        TESSERA_SERVING__WORKERS="1",
+        TESSERA_SERVING__MAX_BATCH="150",
+        TESSERA_SERVING__FEATURE_VERSION_TTL_SECONDS=str(VERSION_TTL),
+        TESSERA_SERVING__RETRY_AFTER_SECONDS="7",
+        JAVA_HOME=str(find_java_home()),
+    )
+    env.update(extra)
+    return env
+
+
+@pytest.fixture(scope="session")
+def service(serving_stack, own_redis, models, tmp_path_factory) -> Iterator[Service]:
+    _stack, settings = serving_stack
+    port = free_port()
+    svc = Service(service_env(settings, own_redis.url, port), port, tmp_path_factory.mktemp("svc") / "serving.log")
+    try:
+        svc.wait_ready("/readyz")
+        yield svc
+    finally:
+        svc.stop()
+
+
+def wait_for(predicate, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.1)
+    return False
+
+
+__all__ = ["BUMP", "FEATURE_SET", "T0", "VERSION_TTL", "Service", "entity_features", "entity_id", "timedelta"]
