@@ -9,13 +9,12 @@ from __future__ import annotations
 import json
 import shutil
 import signal
-import subprocess
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
 from shardctl.stack.binaries import MissingBinaryError
-from shardctl.stack.process import pid_alive, stop_pid, wait_until
+from shardctl.stack.process import log_tail, pid_alive, spawn_in_own_session, stop_pid, wait_until
 
 
 class EtcdStartError(RuntimeError):
@@ -76,14 +75,10 @@ class EtcdServer:
             "--election-timeout",
             "1000",
         ]
-        with open(self.log_file, "ab") as log:
-            proc = subprocess.Popen(
-                argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
-            )
-        self.pid = proc.pid
+        self.pid = spawn_in_own_session(argv, self.log_file)
         if not wait_until(self.healthy, timeout, interval=0.2):
             self.stop()
-            raise EtcdStartError(f"etcd on port {self.client_port} did not start:\n{self._log_tail()}")
+            raise EtcdStartError(f"etcd on port {self.client_port} did not start:\n{log_tail(self.log_file)}")
         return self.pid
 
     def healthy(self) -> bool:
@@ -100,9 +95,3 @@ class EtcdServer:
         if stopped:
             self.pid = None
         return stopped
-
-    def _log_tail(self) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-20:])
-        except OSError:
-            return "(no log)"

@@ -12,7 +12,7 @@ from pathlib import Path
 import psycopg
 
 from shardctl.stack.binaries import PostgresBinaries
-from shardctl.stack.process import pid_alive, stop_pid, wait_until
+from shardctl.stack.process import log_tail, pid_alive, stop_pid, wait_until
 from shardctl.stack.users import as_user, chown_tree
 
 SUPERUSER = "tessera"
@@ -125,10 +125,7 @@ class PostgresServer:
         return stop_pid(pid, signal.SIGINT, timeout)
 
     def log_tail(self, lines: int = 20) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
-        except OSError:
-            return "(no log)"
+        return log_tail(self.log_file, lines)
 
 
 def make_template(binaries: PostgresBinaries, path: Path, user: str | None) -> Path:

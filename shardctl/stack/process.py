@@ -6,8 +6,10 @@ import contextlib
 import os
 import signal
 import socket
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 
 def pid_alive(pid: int | None) -> bool:
@@ -95,3 +97,31 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def spawn_in_own_session(argv: list[str], log_file: Path | None = None) -> int:
+    """Start a server in the foreground of its own session, so the PID we keep is the server's own and it
+    outlives the command that started it; its output goes to ``log_file`` (or nowhere)."""
+    if log_file is None:
+        proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            start_new_session=True,
+            close_fds=True,
+        )
+        return proc.pid
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=log, stderr=log, start_new_session=True, close_fds=True
+        )
+    return proc.pid
+
+
+def log_tail(log_file: Path, lines: int = 20) -> str:
+    """The last lines of a server's log, for start-failure messages."""
+    try:
+        return "\n".join(log_file.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return "(no log)"

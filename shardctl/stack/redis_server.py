@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import signal
-import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
-from shardctl.stack.process import pid_alive, stop_pid, wait_until
+from shardctl.stack.process import log_tail, pid_alive, spawn_in_own_session, stop_pid, wait_until
 
 
 class RedisStartError(RuntimeError):
@@ -57,17 +56,10 @@ class RedisServer:
             "--maxmemory-policy",
             "allkeys-lru",
         ]
-        proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            start_new_session=True,
-        )
-        self.pid = proc.pid
+        self.pid = spawn_in_own_session(argv)  # it writes its own --logfile
         if not wait_until(self.answers, timeout):
             self.stop()
-            raise RedisStartError(f"redis on port {self.port} did not start:\n{self._log_tail()}")
+            raise RedisStartError(f"redis on port {self.port} did not start:\n{log_tail(self.log_file)}")
         return self.pid
 
     def answers(self) -> bool:
@@ -83,9 +75,3 @@ class RedisServer:
         if stopped:
             self.pid = None
         return stopped
-
-    def _log_tail(self) -> str:
-        try:
-            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-20:])
-        except OSError:
-            return "(no log)"
