@@ -30,23 +30,20 @@ fi
 "$VENV/bin/uv" pip sync --quiet --python "$VENV/bin/python" requirements.lock "$extras"
 "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" --no-deps -e .
 
-if ! command -v redis-server >/dev/null 2>&1; then
+# Servers without a PyPI wheel: Debian's package, installed only when the binary is missing.
+apt_updated=""
+ensure_debian_package() {  # BINARY PACKAGE
+    command -v "$1" >/dev/null 2>&1 && return 0
     if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "bootstrap: installing redis-server (Debian package)"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq redis-server >/dev/null
+        echo "bootstrap: installing $2 (Debian package)"
+        [ -n "$apt_updated" ] || { apt-get update -qq; apt_updated=1; }
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$2" >/dev/null
     else
-        echo "bootstrap: redis-server is missing; install it (e.g. 'sudo apt-get install redis-server')" >&2
+        echo "bootstrap: $1 is missing; install it (e.g. 'sudo apt-get install $2')" >&2
         exit 1
     fi
-fi
-# HA mode (`shardctl stack up --ha`): etcd for Patroni, from Debian's etcd-server package.
-if ! command -v etcd >/dev/null 2>&1; then
-    if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
-        echo "bootstrap: installing etcd-server (Debian package)"
-        apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq etcd-server >/dev/null
-    else
-        echo "bootstrap: etcd is missing; install it (e.g. 'sudo apt-get install etcd-server')" >&2
-        exit 1
-    fi
-fi
+}
+ensure_debian_package redis-server redis-server
+# HA mode (`shardctl stack up --ha`): etcd for Patroni.
+ensure_debian_package etcd etcd-server
 echo "bootstrap: ready ($("$VENV/bin/python" --version), $(grep -c '==' requirements.lock) locked packages)"
