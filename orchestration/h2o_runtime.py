@@ -7,7 +7,6 @@ session, its PID known, its logs under our data dir, and a SIGTERM to that PID s
 from __future__ import annotations
 
 import os
-import random
 import subprocess
 import time
 from dataclasses import dataclass
@@ -17,7 +16,7 @@ import h2o
 import requests
 
 from shardctl.stack.binaries import find_java_home
-from shardctl.stack.process import port_bindable, stop_pid
+from shardctl.stack.process import free_port, stop_pid
 
 H2O_JAR = Path(h2o.__file__).parent / "backend" / "bin" / "h2o.jar"
 
@@ -36,15 +35,6 @@ class LocalH2O:
         return stop_pid(self.pid, timeout=timeout)
 
 
-def _free_port_pair() -> int:
-    """H2O listens on ``port`` (REST) and ``port + 1`` (internal): both must be free."""
-    for _ in range(200):
-        port = random.randrange(40000, 60000, 2)
-        if port_bindable(port) and port_bindable(port + 1):
-            return port
-    raise H2OStartError("no free pair of ports for H2O in 40000-60000")
-
-
 def cluster_up(url: str) -> bool:
     try:
         return requests.get(f"{url}/3/Cloud", timeout=2).json().get("cloud_healthy", False)
@@ -59,7 +49,7 @@ def start_local_h2o(
     java = find_java_home(java_home) / "bin" / "java"
     log_dir = Path(log_dir)
     log_dir.mkdir(parents=True, exist_ok=True)
-    port = _free_port_pair()
+    port = free_port(block=2)  # REST on port, internal on port + 1
     argv = [
         str(java),
         f"-Xmx{max_mem}",

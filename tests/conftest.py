@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import random
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,12 +10,13 @@ import pytest
 
 from shardctl.settings import TesseraSettings, load_settings
 from shardctl.stack.manager import Stack
+from shardctl.stack.process import free_port
 
 
 def _random_base_port() -> int:
-    # Spread sessions (parallel runs, developers' stacks) over the range so they rarely collide;
-    # allocate_ports skips any port in use anyway.
-    return random.randrange(20000, 40000, 10)
+    # Spread sessions (parallel runs, developers' stacks) over the ports outside the ephemeral range, so
+    # neither another session nor an outgoing connection takes a port between allocation and bind.
+    return free_port(block=10)
 
 
 @pytest.fixture(scope="session")

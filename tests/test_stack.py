@@ -15,7 +15,7 @@ import redis
 
 from shardctl.settings import load_settings
 from shardctl.stack.manager import Stack
-from shardctl.stack.process import pid_alive, port_in_use
+from shardctl.stack.process import ephemeral_port_range, free_port, pid_alive, port_bindable, port_in_use
 from tests.conftest import _random_base_port
 
 
@@ -113,3 +113,14 @@ def test_cli_rejects_bad_input_with_a_message_not_a_traceback(local_stack: Stack
     assert "already has 2 shards" in other_count.stderr
     for result in (bad_count, other_count):
         assert "Traceback" not in result.stderr
+
+
+def test_free_port_blocks_sit_outside_the_ephemeral_range_and_are_bindable() -> None:
+    """Ports in the ephemeral range can be taken by any outgoing connection before a server binds them
+    (a CI run lost a shard that way); test stacks and servers take theirs from outside it."""
+    low, high = ephemeral_port_range()
+    for _ in range(50):
+        base = free_port(block=10)
+        block = range(base, base + 10)
+        assert all(port < low or port > high for port in block)
+        assert all(port_bindable(port) for port in block)

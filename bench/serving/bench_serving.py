@@ -57,7 +57,7 @@ def train(out: Path):
     import pandas as pd
     from h2o.estimators import H2OGradientBoostingEstimator
 
-    h2o.init(port=free_port(), nthreads=1, max_mem_size="1G", verbose=False)
+    h2o.init(port=free_port(block=2), nthreads=1, max_mem_size="1G", verbose=False)
     rows = [features_of(i) for i in range(5000)]
     frame = pd.DataFrame(rows)
     frame["churn"] = ["yes" if r["spend"] < 200 else "no" for r in rows]
@@ -132,7 +132,7 @@ def main() -> int:
     servers: list[Server] = []
     summary: dict = {"date": datetime.now(UTC).isoformat(), "workers": args.workers, "step_seconds": args.step_seconds}
     try:
-        stack.up(shards=2, base_port=random.randrange(50000, 60000, 10))
+        stack.up(shards=2, base_port=free_port(block=10))
         settings = TesseraSettings(**json.loads(stack.settings_file.read_text()))
         os.environ["JAVA_HOME"] = str(find_java_home())
         (tmp / "model").mkdir()

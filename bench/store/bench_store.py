@@ -40,6 +40,7 @@ from shardctl.reader import FeatureReader
 from shardctl.schema import FEATURE_TABLE, FENCE_DDL, apply_schema, feature_table_ddl
 from shardctl.shardmap import ShardMap
 from shardctl.stack.manager import Stack
+from shardctl.stack.process import free_port
 from shardctl.writer import FeatureRow, FeatureWriter
 
 FEATURE_SET = "bench_v1"
@@ -363,7 +364,7 @@ def main(argv: list[str] | None = None) -> int:
     log(f"load average before: {os.getloadavg()}  (2-core machine shared with others)")
     started = time.perf_counter()
     try:
-        state = stack.up(shards=4, base_port=random.randrange(50000, 60000, 10))
+        state = stack.up(shards=4, base_port=free_port(block=10))
         dsns = [s.dsn() for s in stack.postgres_servers(state)[1:]]
         log(f"stack: 4 shards, postgres {state.postgres['version']}")
         rows = make_rows(rows_n)

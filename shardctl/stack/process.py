@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -92,11 +93,27 @@ def allocate_ports(base: int, count: int, taken: set[int] | None = None) -> list
     return ports
 
 
-def free_port() -> int:
-    """An ephemeral port the kernel says is free now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+def ephemeral_port_range() -> tuple[int, int]:
+    """The kernel's range for outgoing connections' local ports (Linux default 32768-60999)."""
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def free_port(block: int = 1, low: int = 10000, high: int = 65000) -> int:
+    """The first of ``block`` consecutive ports that are free now, chosen at random outside the kernel's
+    ephemeral range: a port handed out by ``bind(0)`` or picked inside that range can be taken by any outgoing
+    connection (a client socket of another test) between our check and the server's own bind."""
+    eph_low, eph_high = ephemeral_port_range()
+    candidates = [port for port in range(low, high - block, block) if port + block - 1 < eph_low or port > eph_high]
+    rng = random.SystemRandom()
+    for _ in range(500):
+        port = rng.choice(candidates)
+        if all(port_bindable(p) for p in range(port, port + block)):
+            return port
+    raise RuntimeError(f"no {block} consecutive free ports in {low}-{high} outside {eph_low}-{eph_high}")
 
 
 def spawn_in_own_session(argv: list[str], log_file: Path | None = None) -> int:

@@ -66,7 +66,7 @@ BUMP = 400.0
 def serving_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, TesseraSettings]]:
     root = tmp_path_factory.mktemp("serving_stack")
     stack = Stack(root)
-    stack.up(shards=2, base_port=random.randrange(40000, 50000, 10))
+    stack.up(shards=2, base_port=free_port(block=10))
     try:
         settings = TesseraSettings(**json.loads(stack.settings_file.read_text()))
         yield stack, settings
@@ -94,7 +94,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainedModels]
 
     os.environ["JAVA_HOME"] = str(find_java_home())
     out = tmp_path_factory.mktemp("models")
-    h2o.init(port=free_port(), nthreads=1, max_mem_size="1G", verbose=False)
+    h2o.init(port=free_port(block=2), nthreads=1, max_mem_size="1G", verbose=False)
     jvm_pid = h2o.connection().local_server._process.pid
     try:
         rows = [entity_features(i) for i in range(N_ENTITIES)]

@@ -6,7 +6,6 @@ session stack other tests share, so this module starts (and stops) a small stack
 
 from __future__ import annotations
 
-import random
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -20,6 +19,7 @@ from shardctl.errors import FeatureWriteError, ShardUnavailableError
 from shardctl.settings import TesseraSettings, load_settings
 from shardctl.shardmap import ShardMap, ShardMapError, ShardMapStore, ShardMapWatcher, StaleShardMapError
 from shardctl.stack.manager import Stack
+from shardctl.stack.process import free_port
 from shardctl.store import FeatureStore
 from shardctl.writer import FeatureWriter
 from tests.store.conftest import T0, make_rows, shard_snapshot
@@ -35,7 +35,7 @@ class OwnStack:
 def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnStack]:
     root: Path = tmp_path_factory.mktemp("own_stack")
     stack = Stack(root)
-    state = stack.up(shards=2, base_port=random.randrange(40000, 50000, 10))
+    state = stack.up(shards=2, base_port=free_port(block=10))
     servers = stack.postgres_servers(state)
     settings = load_settings(
         data_dir=root,
