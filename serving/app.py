@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Annotated, Any
 
@@ -26,13 +25,9 @@ from litestar.exceptions import (
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
 
-from serving import metrics
-from serving.cache import PredictionCache
-from serving.features import FeatureSource
 from serving.predictor import Outcome, Predictor, age_seconds
-from serving.scoring import LoadedModel, ModelHolder, NoModelError
-from shardctl.notify import NotificationListener
-from shardctl.registry import PROMOTION_CHANNEL, ModelRegistry
+from serving.runtime import ServingRuntime
+from serving.scoring import LoadedModel, NoModelError
 from shardctl.settings import TesseraSettings, get_settings
 
 log = logging.getLogger(__name__)
@@ -229,40 +224,14 @@ def create_app(settings: TesseraSettings | None = None) -> Litestar:
 
     @asynccontextmanager
     async def lifespan(app: Litestar) -> AsyncIterator[None]:
-        if not settings.catalog_dsn:
-            raise RuntimeError("no catalog DSN: set TESSERA_CATALOG_DSN or run `shardctl stack up`")
-        scoring_pool = ThreadPoolExecutor(settings.serving.scoring_threads, thread_name_prefix="tessera-score")
-        io_pool = ThreadPoolExecutor(settings.serving.io_threads, thread_name_prefix="tessera-io")
-        holder = ModelHolder(ModelRegistry(settings.catalog_dsn), settings.model_name, settings.h2o.java_home)
-
-        def refresh(payload: str | None = None) -> None:
-            model = holder.refresh(payload)
-            if model is not None:
-                metrics.MODEL_VERSION.set(model.version.version)
-
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(io_pool, refresh)
-        listener = NotificationListener(settings.catalog_dsn, PROMOTION_CHANNEL, refresh, on_reconnect=refresh)
-        features = await loop.run_in_executor(io_pool, FeatureSource, settings)
-        cache = PredictionCache(
-            settings.redis_url,
-            ttl_seconds=settings.serving.cache_ttl_seconds,
-            version_ttl_seconds=settings.serving.feature_version_ttl_seconds,
-        )
-        listener.start()
+        runtime = await ServingRuntime.open(settings)
         app.state.settings = settings
-        app.state.io_pool = io_pool
-        app.state.predictor = Predictor(
-            holder, features, cache, scoring_pool, io_pool, miss_concurrency=max(2, settings.serving.scoring_threads)
-        )
+        app.state.io_pool = runtime.io_pool
+        app.state.predictor = runtime.predictor
         try:
             yield
         finally:
-            listener.stop()
-            await cache.close()
-            features.close()
-            scoring_pool.shutdown(wait=True)
-            io_pool.shutdown(wait=True)
+            await runtime.close()
 
     prometheus = PrometheusConfig(
         app_name="tessera_serving", prefix="tessera_serving", group_path=True, exclude=["/metrics"]

@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Awaitable, Callable, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 import msgspec
 import redis.asyncio as aioredis
@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from serving import metrics
 
 
-class CachedPrediction(msgspec.Struct, array_like=True):
+class CachedPrediction(msgspec.Struct, array_like=True, gc=False):
     score: float
     label: str | None
     feature_version: int
@@ -36,14 +36,27 @@ class CachedPrediction(msgspec.Struct, array_like=True):
 
 _decode = msgspec.msgpack.Decoder(CachedPrediction).decode
 
-# Both lookups of a request in one round trip: each entity's feature version, then the prediction stored under
-# that version. (The prediction keys are built in the script, so this assumes one Redis, not Redis Cluster.)
+
+class CacheLookup(NamedTuple):
+    """What Redis knows of one entity: the feature version (None: unknown), for how many more seconds that
+    version is trusted, and the prediction computed for it (None: none yet)."""
+
+    feature_version: int | None
+    trusted_for_seconds: float
+    prediction: CachedPrediction | None
+
+
+NOT_CACHED = CacheLookup(None, 0.0, None)
+
+# Both lookups of an entity in one round trip: its feature version with the milliseconds that version is still
+# trusted (PTTL), then the prediction stored under that version. (The prediction keys are built in the script,
+# so this assumes one Redis, not Redis Cluster.)
 _LOOKUP_LUA = """
 local out = {}
 for i, version_key in ipairs(KEYS) do
   local v = redis.call('GET', version_key)
   if v then
-    out[i] = {v, redis.call('GET', ARGV[1] .. ARGV[i + 1] .. ':' .. v)}
+    out[i] = {v, redis.call('PTTL', version_key), redis.call('GET', ARGV[1] .. ARGV[i + 1] .. ':' .. v)}
   else
     out[i] = false
   end
@@ -91,28 +104,22 @@ class PredictionCache:
             self._skip_until = time.monotonic() + self._backoff
             return default
 
-    async def lookup(
-        self, model_key: str, feature_set: str, entities: Sequence[str]
-    ) -> list[tuple[int | None, CachedPrediction | None]]:
-        """Per entity: its cached feature version (None if unknown) and the prediction for it (None if absent)."""
+    async def lookup(self, model_key: str, feature_set: str, entities: Sequence[str]) -> list[CacheLookup]:
+        """Per entity: its cached feature version (None if unknown or Redis is unavailable), how long that
+        version is still trusted, and the prediction for it (None if absent)."""
         keys = [self.version_key(feature_set, e) for e in entities]
         args = [f"pred:{model_key}:{feature_set}:", *entities]
         raw = await self._call(lambda r: self._lookup(keys=keys, args=args), None)
         if raw is None:
-            return [(None, None)] * len(entities)
-        out: list[tuple[int | None, CachedPrediction | None]] = []
+            return [NOT_CACHED] * len(entities)
+        out: list[CacheLookup] = []
         for item in raw:
             if not item:
-                out.append((None, None))
+                out.append(NOT_CACHED)
             else:
-                out.append((int(item[0]), _decode(item[1]) if len(item) > 1 and item[1] else None))
+                pred = _decode(item[2]) if len(item) > 2 and item[2] else None
+                out.append(CacheLookup(int(item[0]), max(0, int(item[1])) / 1000.0, pred))
         return out
-
-    async def get_predictions(self, keys: Sequence[str]) -> list[CachedPrediction | None]:
-        if not keys:
-            return []
-        raw = await self._call(lambda r: r.mget(keys), [None] * len(keys))
-        return [_decode(v) if v is not None else None for v in raw]
 
     async def put(
         self, feature_set: str, versions: dict[str, int], predictions: dict[str, CachedPrediction], model_key: str

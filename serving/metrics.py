@@ -8,7 +8,11 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-CACHE_LOOKUPS = Counter("tessera_cache_lookups_total", "Prediction cache lookups", ["result"])
+CACHE_LOOKUPS = Counter(
+    "tessera_cache_lookups_total",
+    "Prediction cache lookups: result hit|miss, tier memory|redis (none for a miss)",
+    ["result", "tier"],
+)
 REDIS_ERRORS = Counter("tessera_redis_errors_total", "Redis calls that failed (answered uncached)")
 SCORED_ROWS = Counter("tessera_scored_rows_total", "Rows scored by the MOJO")
 SCORING_SECONDS = Histogram(

@@ -1,22 +1,28 @@
 """One prediction path for single and batch requests: cache lookup, single-flight, shard read, scoring.
 
 Blocking work never runs on the event loop: feature reads (psycopg) run on the I/O pool, MOJO scoring on
-the bounded scoring pool (``serving.scoring_threads``).
+the bounded scoring pool (``serving.scoring_threads``). Hits come from the worker's memory first
+(``LocalPredictionCache``), then Redis.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
 from serving import metrics
-from serving.cache import CachedPrediction, PredictionCache, SingleFlight
+from serving.cache import CachedPrediction, CacheLookup, PredictionCache, SingleFlight
+from serving.coalesce import Coalescer
 from serving.features import FeatureSource
+from serving.local_cache import LocalPredictionCache
 from serving.scoring import LoadedModel, ModelHolder
+
+_LookupKey = tuple[str, str, str]  # (model key, feature set, entity)
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,57 +36,15 @@ class Outcome:
     error: str | None = None
 
 
-class MissBatcher:
-    """Coalesces concurrent cache misses: while ``max_inflight`` computations run, new misses queue up and go
-    together in the next one (one shard read per shard and one scoring call for the whole group), so under
-    load the per-request thread hops and round trips are shared instead of multiplied."""
-
-    def __init__(self, compute, max_inflight: int = 2, max_batch: int = 256):
-        self._compute = compute
-        self._max_inflight = max_inflight
-        self._max_batch = max_batch
-        self._pending: list[tuple[LoadedModel, str, asyncio.Future]] = []
-        self._inflight = 0
-        self._tasks: set[asyncio.Task] = set()
-
-    async def submit(self, model: LoadedModel, entities: list[str]) -> dict[str, Outcome]:
-        loop = asyncio.get_running_loop()
-        futures = {e: loop.create_future() for e in entities}
-        self._pending.extend((model, e, f) for e, f in futures.items())
-        self._kick()
-        return {e: await f for e, f in futures.items()}
-
-    def _kick(self) -> None:
-        while self._pending and self._inflight < self._max_inflight:
-            batch = self._pending[: self._max_batch]
-            del self._pending[: self._max_batch]
-            self._inflight += 1
-            task = asyncio.get_running_loop().create_task(self._run(batch))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
-
-    async def _run(self, batch: list[tuple[LoadedModel, str, asyncio.Future]]) -> None:
-        try:
-            by_model: dict[int, list[tuple[LoadedModel, str, asyncio.Future]]] = {}
-            for item in batch:
-                by_model.setdefault(id(item[0]), []).append(item)
-            for items in by_model.values():
-                try:
-                    out = await self._compute(items[0][0], [e for _, e, _ in items])
-                except Exception as exc:
-                    for _, _, fut in items:
-                        if not fut.done():
-                            fut.set_exception(exc)
-                    continue
-                for _, entity, fut in items:
-                    if not fut.done():
-                        fut.set_result(out[entity])
-        finally:
-            self._inflight -= 1
-            self._kick()
-
-
 class Predictor:
+    """Answers entities from, in order: this worker's memory, Redis, or a shard read plus scoring.
+
+    Redis lookups of concurrent requests are coalesced into one script call, and misses into one shard read
+    per shard and one scoring call (``Coalescer``), so the fixed cost of each round trip and thread hop is
+    shared by every request waiting for it; ``SingleFlight`` keeps one computation per key even across
+    batches.
+    """
+
     def __init__(
         self,
         holder: ModelHolder,
@@ -88,33 +52,69 @@ class Predictor:
         cache: PredictionCache,
         scoring_pool: ThreadPoolExecutor,
         io_pool: ThreadPoolExecutor,
+        *,
+        local: LocalPredictionCache | None = None,
+        version_ttl_seconds: float = 2.0,
         miss_concurrency: int = 2,
+        lookup_concurrency: int = 2,
     ):
         self.holder = holder
         self.features = features
         self.cache = cache
+        self.local = local if local is not None else LocalPredictionCache(0)
+        self._version_ttl = version_ttl_seconds
         self._scoring_pool = scoring_pool
         self._io_pool = io_pool
         self._flight = SingleFlight()
-        self._batcher = MissBatcher(self._compute, max_inflight=miss_concurrency)
+        self._writes: set[asyncio.Task[None]] = set()
+        self._lookups: Coalescer[_LookupKey, CacheLookup] = Coalescer(
+            self._lookup_batch, max_inflight=lookup_concurrency
+        )
+        self._misses: Coalescer[tuple[LoadedModel, str], Outcome] = Coalescer(
+            self._compute_batch, max_inflight=miss_concurrency, max_batch=256
+        )
 
     async def predict(self, entity_ids: Sequence[str]) -> tuple[LoadedModel, list[Outcome]]:
         """Outcomes in the order of ``entity_ids`` (duplicates answered once); raises ``NoModelError``."""
         model = self.holder.require()
+        key = model.key
         feature_set = model.version.feature_set
         ids = list(dict.fromkeys(entity_ids))
         outcomes: dict[str, Outcome] = {}
-
-        looked_up = await self.cache.lookup(model.key, feature_set, ids)
-        for entity, (_, hit) in zip(ids, looked_up, strict=True):
+        for entity in ids:
+            hit = self.local.get(key, feature_set, entity)
             if hit is not None:
                 outcomes[entity] = Outcome(entity, 200, hit, cached=True)
-        metrics.CACHE_LOOKUPS.labels("hit").inc(len(outcomes))
-        misses = [e for e in ids if e not in outcomes]
-        if misses:
-            metrics.CACHE_LOOKUPS.labels("miss").inc(len(misses))
-            outcomes.update(await self._compute_once(model, misses))
+        if outcomes:
+            metrics.CACHE_LOOKUPS.labels("hit", "memory").inc(len(outcomes))
+        remote = [e for e in ids if e not in outcomes]
+        if remote:
+            looked_up = await self._lookups.submit([(key, feature_set, e) for e in remote])
+            misses = []
+            for entity in remote:
+                found = looked_up[(key, feature_set, entity)]
+                if found.prediction is None:
+                    misses.append(entity)
+                    continue
+                outcomes[entity] = Outcome(entity, 200, found.prediction, cached=True)
+                self.local.put(key, feature_set, entity, found.prediction, found.trusted_for_seconds)
+            if len(remote) > len(misses):
+                metrics.CACHE_LOOKUPS.labels("hit", "redis").inc(len(remote) - len(misses))
+            if misses:
+                metrics.CACHE_LOOKUPS.labels("miss", "none").inc(len(misses))
+                outcomes.update(await self._compute_once(model, misses))
         return model, [outcomes[e] for e in ids]
+
+    async def _lookup_batch(self, keys: list[_LookupKey]) -> dict[_LookupKey, CacheLookup]:
+        groups: dict[tuple[str, str], list[str]] = {}
+        for model_key, feature_set, entity in keys:
+            groups.setdefault((model_key, feature_set), []).append(entity)
+        out: dict[_LookupKey, CacheLookup] = {}
+        for (model_key, feature_set), entities in groups.items():
+            found = await self.cache.lookup(model_key, feature_set, entities)
+            for entity, lookup in zip(entities, found, strict=True):
+                out[(model_key, feature_set, entity)] = lookup
+        return out
 
     async def _compute_once(self, model: LoadedModel, entities: list[str]) -> dict[str, Outcome]:
         prefix = f"{model.key}:{model.version.feature_set}:"
@@ -122,16 +122,26 @@ class Predictor:
         results: dict[str, Outcome] = {}
         if mine:
             try:
-                computed = await self._batcher.submit(model, [k[len(prefix) :] for k in mine])
+                computed = await self._misses.submit([(model, k[len(prefix) :]) for k in mine])
             except BaseException as exc:
                 self._flight.resolve({}, mine, exc)
                 raise
-            self._flight.resolve({prefix + e: o for e, o in computed.items()}, mine)
-            results.update(computed)
+            self._flight.resolve({prefix + e: o for (_, e), o in computed.items()}, mine)
+            results.update({e: o for (_, e), o in computed.items()})
         for key, fut in theirs.items():
             outcome: Outcome = await asyncio.shield(fut)
             results[key[len(prefix) :]] = outcome
         return results
+
+    async def _compute_batch(self, keys: list[tuple[LoadedModel, str]]) -> dict[tuple[LoadedModel, str], Outcome]:
+        by_model: dict[LoadedModel, list[str]] = {}
+        for model, entity in keys:
+            by_model.setdefault(model, []).append(entity)
+        out: dict[tuple[LoadedModel, str], Outcome] = {}
+        for model, entities in by_model.items():
+            computed = await self._compute(model, entities)
+            out.update({(model, e): o for e, o in computed.items()})
+        return out
 
     async def _compute(self, model: LoadedModel, entities: list[str]) -> dict[str, Outcome]:
         loop = asyncio.get_running_loop()
@@ -149,32 +159,33 @@ class Predictor:
         records = list(read.records.values())
         if not records:
             return out
-        # Another worker (or an expired version key) may already have this exact prediction.
-        keys = [self.cache.prediction_key(model.key, feature_set, r.entity_id, r.version) for r in records]
-        to_score = []
-        for record, hit in zip(records, await self.cache.get_predictions(keys), strict=True):
-            if hit is not None:
-                out[record.entity_id] = Outcome(record.entity_id, 200, hit, cached=True)
-            else:
-                to_score.append(record)
+        # Scoring a row (~20 us) costs less than asking Redis whether another worker already scored this
+        # version, so a miss always scores; the cache write then runs behind the response.
+        started = time.perf_counter()
+        scores = await loop.run_in_executor(self._scoring_pool, model.score, [r.features for r in records])
+        metrics.SCORING_SECONDS.observe(time.perf_counter() - started)
+        metrics.SCORED_ROWS.inc(len(records))
         fresh: dict[str, CachedPrediction] = {}
-        if to_score:
-            started = time.perf_counter()
-            scores = await loop.run_in_executor(self._scoring_pool, model.score, [r.features for r in to_score])
-            metrics.SCORING_SECONDS.observe(time.perf_counter() - started)
-            metrics.SCORED_ROWS.inc(len(to_score))
-            for record, scored in zip(to_score, scores, strict=True):
-                pred = CachedPrediction(
-                    scored.score,
-                    scored.label,
-                    record.version,
-                    record.event_ts.isoformat(),
-                    record.written_at.isoformat(),
-                )
-                fresh[record.entity_id] = pred
-                out[record.entity_id] = Outcome(record.entity_id, 200, pred)
-        await self.cache.put(feature_set, {r.entity_id: r.version for r in records}, fresh, model.key)
+        for record, scored in zip(records, scores, strict=True):
+            pred = CachedPrediction(
+                scored.score, scored.label, record.version, record.event_ts.isoformat(), record.written_at.isoformat()
+            )
+            fresh[record.entity_id] = pred
+            out[record.entity_id] = Outcome(record.entity_id, 200, pred)
+            self.local.put(model.key, feature_set, record.entity_id, pred, self._version_ttl)
+        self._write_behind(self.cache.put(feature_set, {r.entity_id: r.version for r in records}, fresh, model.key))
         return out
+
+    def _write_behind(self, write: Coroutine[Any, Any, None]) -> None:
+        """Run a cache write without holding up the answer (its errors are counted by the cache)."""
+        task = asyncio.get_running_loop().create_task(write)
+        self._writes.add(task)
+        task.add_done_callback(self._writes.discard)
+
+    async def drain(self) -> None:
+        """Wait for cache writes still running (at shutdown, and in tests that read Redis right after)."""
+        while self._writes:
+            await asyncio.gather(*self._writes, return_exceptions=True)
 
 
 def age_seconds(iso_ts: str) -> float:

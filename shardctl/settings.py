@@ -55,7 +55,12 @@ class ServingSettings(BaseModel):
     # Staleness bound of the prediction cache: how long an entity's feature version is trusted from Redis
     # before the shard is read again (a feature write shows in answers within this many seconds).
     feature_version_ttl_seconds: float = Field(default=2.0, gt=0, le=3600)
+    # Predictions each worker keeps in memory in front of Redis (0: off); an entry never outlives the
+    # staleness bound above, so this tier only saves round trips for hot entities.
+    local_cache_entries: int = Field(default=100_000, ge=0, le=10_000_000)
     io_threads: int = Field(default=8, ge=1, le=64)
+    # How long the event loop may hold the GIL while a scoring or I/O thread waits for it (see serving.runtime).
+    gil_switch_interval_ms: float = Field(default=0.5, gt=0, le=100)
     retry_after_seconds: int = Field(default=5, ge=1, le=3600)
 
 

@@ -10,17 +10,14 @@
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, HTTPException
 from litestar import Litestar, post
 from pydantic import BaseModel
 
-from serving.cache import PredictionCache
 from serving.features import FeatureSource
-from serving.predictor import Predictor
-from serving.scoring import ModelHolder
+from serving.runtime import ServingRuntime
 from shardctl.registry import ModelRegistry
 from shardctl.settings import get_settings
 
@@ -44,21 +41,12 @@ def fastapi_inprocess() -> FastAPI:
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        holder = ModelHolder(ModelRegistry(settings.catalog_dsn), settings.model_name)
-        holder.refresh()
-        cache = PredictionCache(
-            settings.redis_url,
-            ttl_seconds=settings.serving.cache_ttl_seconds,
-            version_ttl_seconds=settings.serving.feature_version_ttl_seconds,
-        )
-        state["p"] = Predictor(
-            holder,
-            FeatureSource(settings),
-            cache,
-            ThreadPoolExecutor(settings.serving.scoring_threads),
-            ThreadPoolExecutor(settings.serving.io_threads),
-        )
-        yield
+        runtime = await ServingRuntime.open(settings)
+        state["p"] = runtime.predictor
+        try:
+            yield
+        finally:
+            await runtime.close()
 
     app = FastAPI(lifespan=lifespan)
 

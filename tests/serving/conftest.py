@@ -57,9 +57,17 @@ class TrainedModels:
     paths: list[tuple[str, str]]  # (mojo zip, genmodel jar) per model
     expected: list[dict[str, float]]  # per model: entity id -> H2O predict p1
     bumped: list[dict[str, float]]  # per model: entity id -> p1 after bump_features(i)
+    odd: list[list[float]]  # per model: H2O predict p1 of ODD_ROWS (missing values, an unseen level)
 
 
 BUMP = 400.0
+
+# Rows a client may send that training never saw: H2O scores a missing value and an unseen level as NA.
+ODD_ROWS = [
+    {"spend": None, "visits": 3, "tier": "gold", "tenure": 12},
+    {"spend": 120.5, "visits": None, "tier": "platinum", "tenure": 40},
+    {"spend": 410.0, "visits": 7, "tier": None, "tenure": None},
+]
 
 
 @pytest.fixture(scope="session")
@@ -108,7 +116,11 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainedModels]
         bumped_frame = h2o.H2OFrame(pd.DataFrame(bumped_rows), column_types={"tier": "enum"})
         from h2o.estimators import H2OGradientBoostingEstimator
 
-        paths, expected, bumped = [], [], []
+        odd_frame = h2o.H2OFrame(
+            pd.DataFrame(ODD_ROWS),
+            column_types={"spend": "real", "visits": "real", "tier": "enum", "tenure": "real"},
+        )
+        paths, expected, bumped, odd = [], [], [], []
         for n, (ntrees, depth) in enumerate(((10, 3), (30, 5))):
             gbm = H2OGradientBoostingEstimator(ntrees=ntrees, max_depth=depth, min_rows=2, seed=42)
             gbm.train(x=FEATURES, y="churn", training_frame=train)
@@ -121,7 +133,10 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainedModels]
                     warnings.simplefilter("ignore")  # single-thread pandas conversion notice
                     p1 = gbm.predict(source).as_data_frame(use_multi_thread=False)["yes"].tolist()
                 sink.append({entity_id(i): float(p) for i, p in enumerate(p1)})
-        yield TrainedModels(paths, expected, bumped)
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # H2O warns about the unseen level it scores as NA
+                odd.append(gbm.predict(odd_frame).as_data_frame(use_multi_thread=False)["yes"].tolist())
+        yield TrainedModels(paths, expected, bumped, odd)
     finally:
         h2o.cluster().shutdown()
         assert wait_until(lambda: not pid_alive(jvm_pid), 30), f"H2O JVM {jvm_pid} still running"
@@ -179,12 +194,14 @@ class Service:
 
         assert wait_until(answers, timeout, 0.2), f"service not ready:\n{self.log.read_text()[-3000:]}"
 
-    def metric(self, name: str) -> float:
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples, over those carrying every given label value."""
+        wanted = [f'{key}="{value}"' for key, value in labels.items()]
         total = 0.0
         for line in self.client.get("/metrics").text.splitlines():
             if line.startswith(name) and not line.startswith("#"):
                 head, value = line.rsplit(" ", 1)
-                if head == name or head.startswith(name + "{"):
+                if (head == name or head.startswith(name + "{")) and all(w in head for w in wanted):
                     total += float(value)
         return total
 

@@ -1,0 +1,90 @@
+"""What one worker process opens at startup and closes at shutdown: pools, JVM model, feature reader, caches,
+and the promotion listener. Shared by the Litestar app and the benchmark's FastAPI variant of the same path."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+
+from serving import metrics
+from serving.cache import PredictionCache
+from serving.features import FeatureSource
+from serving.local_cache import LocalPredictionCache
+from serving.predictor import Predictor
+from serving.scoring import ModelHolder
+from shardctl.notify import NotificationListener
+from shardctl.registry import PROMOTION_CHANNEL, ModelRegistry
+from shardctl.settings import TesseraSettings
+
+
+def _settle_interpreter(switch_interval_ms: float) -> None:
+    """Tune the worker's interpreter for a latency-bound server, once its startup objects exist.
+
+    - ``gc.freeze()``: everything alive after startup (the JVM bridge, the app, the model, the pools) moves to
+      the permanent generation, so a full collection no longer walks it: measured 75-130 ms gen-2 pauses with
+      ~107k tracked objects, ~10 ms after the freeze (the cache's values are untracked msgspec structs).
+    - The GIL switch interval: scoring (JPype) and feature reads (psycopg) run on threads and release the GIL
+      at every Java or libpq call; each time, taking it back from a busy event loop waits up to one interval.
+      Measured: a 5-row scoring call beside a busy thread took 37 ms at the default 5 ms, 0.15 ms at 0.1 ms.
+    """
+    gc.collect()
+    gc.freeze()
+    sys.setswitchinterval(switch_interval_ms / 1000.0)
+
+
+@dataclass
+class ServingRuntime:
+    settings: TesseraSettings
+    predictor: Predictor
+    io_pool: ThreadPoolExecutor
+    scoring_pool: ThreadPoolExecutor
+    listener: NotificationListener
+
+    @classmethod
+    async def open(cls, settings: TesseraSettings) -> ServingRuntime:
+        """Load the promoted model (if any), open the shard pools and Redis, and follow promotions."""
+        if not settings.catalog_dsn:
+            raise RuntimeError("no catalog DSN: set TESSERA_CATALOG_DSN or run `shardctl stack up`")
+        serving = settings.serving
+        scoring_pool = ThreadPoolExecutor(serving.scoring_threads, thread_name_prefix="tessera-score")
+        io_pool = ThreadPoolExecutor(serving.io_threads, thread_name_prefix="tessera-io")
+        holder = ModelHolder(ModelRegistry(settings.catalog_dsn), settings.model_name, settings.h2o.java_home)
+
+        def refresh(payload: str | None = None) -> None:
+            model = holder.refresh(payload)
+            if model is not None:
+                metrics.MODEL_VERSION.set(model.version.version)
+
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(io_pool, refresh)
+        listener = NotificationListener(settings.catalog_dsn, PROMOTION_CHANNEL, refresh, on_reconnect=refresh)
+        features = await loop.run_in_executor(io_pool, FeatureSource, settings)
+        cache = PredictionCache(
+            settings.redis_url,
+            ttl_seconds=serving.cache_ttl_seconds,
+            version_ttl_seconds=serving.feature_version_ttl_seconds,
+        )
+        predictor = Predictor(
+            holder,
+            features,
+            cache,
+            scoring_pool,
+            io_pool,
+            local=LocalPredictionCache(serving.local_cache_entries),
+            version_ttl_seconds=serving.feature_version_ttl_seconds,
+            miss_concurrency=max(2, serving.scoring_threads),
+        )
+        listener.start()
+        _settle_interpreter(serving.gil_switch_interval_ms)
+        return cls(settings, predictor, io_pool, scoring_pool, listener)
+
+    async def close(self) -> None:
+        self.listener.stop()
+        await self.predictor.drain()
+        await self.predictor.cache.close()
+        self.predictor.features.close()
+        self.scoring_pool.shutdown(wait=True)
+        self.io_pool.shutdown(wait=True)
