@@ -1,8 +1,8 @@
 """One prediction path for single and batch requests: cache lookup, single-flight, shard read, scoring.
 
-Blocking work never runs on the event loop: feature reads (psycopg) run on the I/O pool, MOJO scoring on
-the bounded scoring pool (``serving.scoring_threads``). Hits come from the worker's memory first
-(``LocalPredictionCache``), then Redis.
+Blocking work never runs on the event loop: MOJO scoring runs on the bounded scoring pool
+(``serving.scoring_threads``); feature reads are async psycopg on the loop itself. Hits come from the
+worker's memory first (``LocalPredictionCache``), then Redis.
 """
 
 from __future__ import annotations
@@ -51,7 +51,6 @@ class Predictor:
         features: FeatureSource,
         cache: PredictionCache,
         scoring_pool: ThreadPoolExecutor,
-        io_pool: ThreadPoolExecutor,
         *,
         local: LocalPredictionCache | None = None,
         version_ttl_seconds: float = 2.0,
@@ -64,7 +63,6 @@ class Predictor:
         self.local = local if local is not None else LocalPredictionCache(0)
         self._version_ttl = version_ttl_seconds
         self._scoring_pool = scoring_pool
-        self._io_pool = io_pool
         self._flight = SingleFlight()
         self._writes: set[asyncio.Task[None]] = set()
         self._lookups: Coalescer[_LookupKey, CacheLookup] = Coalescer(
@@ -147,7 +145,7 @@ class Predictor:
         loop = asyncio.get_running_loop()
         feature_set = model.version.feature_set
         started = time.perf_counter()
-        read = await loop.run_in_executor(self._io_pool, self.features.read, entities, feature_set)
+        read = await self.features.aread(entities, feature_set)
         metrics.FEATURE_READ_SECONDS.observe(time.perf_counter() - started)
         out: dict[str, Outcome] = {}
         for shard in read.failed:

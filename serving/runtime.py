@@ -72,7 +72,6 @@ class ServingRuntime:
             features,
             cache,
             scoring_pool,
-            io_pool,
             local=LocalPredictionCache(serving.local_cache_entries),
             version_ttl_seconds=serving.feature_version_ttl_seconds,
             miss_concurrency=max(2, serving.scoring_threads),
@@ -85,6 +84,6 @@ class ServingRuntime:
         self.listener.stop()
         await self.predictor.drain()
         await self.predictor.cache.close()
-        self.predictor.features.close()
+        await self.predictor.features.aclose()
         self.scoring_pool.shutdown(wait=True)
         self.io_pool.shutdown(wait=True)

@@ -1,14 +1,16 @@
-"""Small psycopg connection pools, one per shard, rebuilt when the shard map's epoch changes."""
+"""Small psycopg connection pools, one per shard, rebuilt when the shard map's epoch changes (threads use
+``ShardPools``; an event loop uses ``AsyncShardPools``, so its reads need no thread hop)."""
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
-from psycopg_pool import ConnectionPool
+from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from shardctl.shardmap import ShardMap
 
@@ -53,10 +55,14 @@ class ShardPools:
                     pool.close(timeout=0)
             return self._pools
 
-    def _pool(self, index: int, dsn: str) -> ConnectionPool:
+    def _connection_kwargs(self) -> dict[str, Any]:
         kwargs: dict[str, Any] = {"autocommit": self.autocommit, "connect_timeout": self.connect_timeout}
         if self.options:
             kwargs["options"] = self.options
+        return kwargs
+
+    def _pool(self, index: int, dsn: str) -> ConnectionPool:
+        kwargs = self._connection_kwargs()
         pool = ConnectionPool(
             dsn,
             min_size=self.min_size,
@@ -80,4 +86,54 @@ class ShardPools:
             for pool in self._pools:
                 pool.close(timeout=1)
             self._pools = []
+            self._epoch = None
+
+
+class AsyncShardPools(ShardPools):
+    """``ShardPools`` for an event loop: the same sizes and timeouts, ``AsyncConnectionPool`` per shard."""
+
+    def __init__(
+        self,
+        name: str,
+        *,
+        configure: Callable[[psycopg.AsyncConnection], Awaitable[None]] | None = None,
+        **options: Any,
+    ):
+        super().__init__(name, **options)
+        self.configure_async = configure
+        self._async_lock = asyncio.Lock()
+        self._async_pools: list[AsyncConnectionPool] = []
+
+    async def pools_for_async(self, shard_map: ShardMap) -> list[AsyncConnectionPool]:
+        if self._epoch == shard_map.epoch:
+            return self._async_pools
+        async with self._async_lock:
+            if self._epoch != shard_map.epoch:
+                old = self._async_pools
+                pools = [self._async_pool(i, dsn) for i, dsn in enumerate(shard_map.dsns)]
+                for pool in pools:
+                    await pool.open(wait=False)
+                self._async_pools, self._epoch = pools, shard_map.epoch
+                for pool in old:
+                    await pool.close(timeout=0)
+            return self._async_pools
+
+    def _async_pool(self, index: int, dsn: str) -> AsyncConnectionPool:
+        return AsyncConnectionPool(
+            dsn,
+            min_size=self.min_size,
+            max_size=self.max_size,
+            kwargs=self._connection_kwargs(),
+            timeout=self.acquire_timeout,
+            reconnect_timeout=60,
+            name=f"{self.name}-shard{index}",
+            configure=self.configure_async,
+            open=False,
+        )
+
+    async def aclose(self) -> None:
+        async with self._async_lock:
+            for pool in self._async_pools:
+                await pool.close(timeout=1)
+            self._async_pools = []
             self._epoch = None

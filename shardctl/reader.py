@@ -26,7 +26,7 @@ from shardctl.writer import validate_feature_set
 
 __all__ = ["BadEntityIdError", "FeatureReader", "FeatureRecord", "ReadResult", "ShardUnavailableError"]
 
-_READ_SQL = (
+READ_SQL = (
     f"SELECT entity_id, features, event_ts, written_at, version FROM {FEATURE_TABLE} "
     "WHERE feature_set = %s AND entity_id = ANY(%s)"
 )
@@ -99,14 +99,8 @@ class FeatureReader:
 
     def get_features(self, entity_ids: Iterable[str] | str, feature_set: str) -> ReadResult:
         """Stored features of ``entity_ids`` (one id or many) for ``feature_set``."""
-        validate_feature_set(feature_set)
-        ids = _checked_ids([entity_ids] if isinstance(entity_ids, str) else entity_ids)
-        shard_map = self.shard_map
+        shard_map, groups = plan_read(self.shard_map, entity_ids, feature_set)
         pools = self._pools.pools_for(shard_map)
-        groups: dict[int, list[str]] = {}
-        for eid in ids:
-            groups.setdefault(shard_map.shard_for(eid), []).append(eid)
-        result = ReadResult(epoch=shard_map.epoch)
         shards = list(groups)
         # The first shard runs on this thread: a single-shard read makes no thread hop.
         futures = {
@@ -118,15 +112,7 @@ class FeatureReader:
             outcomes[shards[0]] = self._try_read(pools[shards[0]], shards[0], shard_map, feature_set, groups[shards[0]])
         for i, future in futures.items():
             outcomes[i] = future.result()
-        for i, outcome in outcomes.items():
-            if isinstance(outcome, ShardUnavailableError):
-                result.failed[i] = outcome
-                result.failed_ids[i] = groups[i]
-                continue
-            for eid, features, event_ts, written_at, version in outcome:
-                result.records[eid] = FeatureRecord(eid, feature_set, features, event_ts, written_at, version, i)
-            result.missing.update(eid for eid in groups[i] if eid not in result.records)
-        return result
+        return assemble_read(shard_map, feature_set, groups, outcomes)
 
     def _read_shard(self, pool, shard: int, shard_map: ShardMap, feature_set: str, ids: list[str]):
         return self._try_read(pool, shard, shard_map, feature_set, ids)
@@ -137,7 +123,7 @@ class FeatureReader:
         for attempt in (1, 2):
             try:
                 with pool.connection() as conn:
-                    return conn.execute(_READ_SQL, (feature_set, ids)).fetchall()
+                    return conn.execute(READ_SQL, (feature_set, ids)).fetchall()
             except psycopg.OperationalError as exc:
                 if attempt == 2:
                     return ShardUnavailableError(shard, shard_map.dsns[shard], exc)
@@ -154,6 +140,37 @@ class FeatureReader:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def plan_read(
+    shard_map: ShardMap, entity_ids: Iterable[str] | str, feature_set: str
+) -> tuple[ShardMap, dict[int, list[str]]]:
+    """Validate a read and group its ids by the shard ``shard_map`` routes them to (sync and async readers)."""
+    validate_feature_set(feature_set)
+    ids = _checked_ids([entity_ids] if isinstance(entity_ids, str) else entity_ids)
+    groups: dict[int, list[str]] = {}
+    for eid in ids:
+        groups.setdefault(shard_map.shard_for(eid), []).append(eid)
+    return shard_map, groups
+
+
+ShardOutcome = list[tuple[Any, ...]] | ShardUnavailableError
+
+
+def assemble_read(
+    shard_map: ShardMap, feature_set: str, groups: dict[int, list[str]], outcomes: dict[int, ShardOutcome]
+) -> ReadResult:
+    """One ``ReadResult`` from each shard's rows or error."""
+    result = ReadResult(epoch=shard_map.epoch)
+    for i, outcome in outcomes.items():
+        if isinstance(outcome, ShardUnavailableError):
+            result.failed[i] = outcome
+            result.failed_ids[i] = groups[i]
+            continue
+        for eid, features, event_ts, written_at, version in outcome:
+            result.records[eid] = FeatureRecord(eid, feature_set, features, event_ts, written_at, version, i)
+        result.missing.update(eid for eid in groups[i] if eid not in result.records)
+    return result
 
 
 def _checked_ids(entity_ids: Iterable[object]) -> list[str]:

@@ -56,8 +56,10 @@ class ServingSettings(BaseModel):
     # before the shard is read again (a feature write shows in answers within this many seconds).
     feature_version_ttl_seconds: float = Field(default=2.0, gt=0, le=3600)
     # Predictions each worker keeps in memory in front of Redis (0: off); an entry never outlives the
-    # staleness bound above, so this tier only saves round trips for hot entities.
-    local_cache_entries: int = Field(default=100_000, ge=0, le=10_000_000)
+    # staleness bound above, so this tier only saves round trips for hot entities. Kept small on purpose:
+    # the cache's entries are live objects the garbage collector walks, and at 100k entries its full
+    # collections stalled a worker for 30-100 ms (p99 at 1500 misses/s: 128 ms; with 10k: 37 ms).
+    local_cache_entries: int = Field(default=10_000, ge=0, le=10_000_000)
     io_threads: int = Field(default=8, ge=1, le=64)
     # How long the event loop may hold the GIL while a scoring or I/O thread waits for it (see serving.runtime).
     gil_switch_interval_ms: float = Field(default=0.5, gt=0, le=100)
