@@ -6,6 +6,7 @@ session stack other tests share, so this module starts (and stops) a small stack
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -15,11 +16,13 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from shardctl.errors import FeatureWriteError, ShardUnavailableError
+from shardctl.async_reader import AsyncFeatureReader
+from shardctl.errors import BadEntityIdError, FeatureWriteError, ShardUnavailableError
+from shardctl.reader import ReadResult
 from shardctl.settings import TesseraSettings, load_settings
 from shardctl.shardmap import ShardMap, ShardMapError, ShardMapStore, ShardMapWatcher, StaleShardMapError
 from shardctl.stack.manager import Stack
-from shardctl.stack.process import free_port
+from shardctl.stack.process import free_port, wait_until
 from shardctl.store import FeatureStore
 from shardctl.writer import FeatureWriter
 from tests.store.conftest import T0, make_rows, shard_snapshot
@@ -149,6 +152,10 @@ def test_a_stopped_shard_gives_a_typed_error_and_the_other_shard_still_answers(
     assert shard1.stop()
     try:
         result = store.get_features(ids, "fs_down")
+        from_loop = _read_on_a_loop(store, ids, "fs_down")
+        assert set(from_loop.failed) == {1}
+        assert "shard 1" in str(from_loop.failed[1])
+        assert from_loop.records == result.records
         assert set(result.failed) == {1}
         assert isinstance(result.failed[1], ShardUnavailableError)
         assert "shard 1" in str(result.failed[1])
@@ -161,6 +168,26 @@ def test_a_stopped_shard_gives_a_typed_error_and_the_other_shard_still_answers(
         assert shard_snapshot(shard_map.dsns[:1], "fs_down") == before
     finally:
         shard1.start()
+    # The pool reconnects with a back-off: the shard answers again within seconds of its restart.
+    assert wait_until(lambda: not store.get_features(ids, "fs_down").failed, 15)
     healed = store.get_features(ids, "fs_down")
     assert healed.failed == {}
     assert set(healed.records) == set(ids)
+    healed_from_loop = _read_on_a_loop(store, [*ids, "nobody"], "fs_down")
+    assert healed_from_loop.records == healed.records
+    assert healed_from_loop.missing == {"nobody"}
+    with pytest.raises(BadEntityIdError):
+        _read_on_a_loop(store, ["ok", ""], "fs_down")
+
+
+def _read_on_a_loop(store: FeatureStore, ids: list[str], feature_set: str) -> ReadResult:
+    """The async reader (what the service uses) over the same shard map, on a fresh event loop."""
+
+    async def read() -> ReadResult:
+        reader = AsyncFeatureReader(store.watcher, acquire_timeout=1.0, connect_timeout=1)
+        try:
+            return await reader.get_features(ids, feature_set)
+        finally:
+            await reader.close()
+
+    return asyncio.run(read())
