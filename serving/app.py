@@ -23,9 +23,10 @@ from litestar.exceptions import (
     ValidationException,
 )
 from litestar.openapi import OpenAPIConfig
-from litestar.plugins.prometheus import PrometheusConfig, PrometheusController
+from litestar.plugins.prometheus import PrometheusController
 
 from serving.predictor import Outcome, Predictor, age_seconds
+from serving.request_metrics import RequestMetrics
 from serving.runtime import ServingRuntime
 from serving.scoring import LoadedModel, NoModelError
 from shardctl.settings import TesseraSettings, get_settings
@@ -233,13 +234,10 @@ def create_app(settings: TesseraSettings | None = None) -> Litestar:
         finally:
             await runtime.close()
 
-    prometheus = PrometheusConfig(
-        app_name="tessera_serving", prefix="tessera_serving", group_path=True, exclude=["/metrics"]
-    )
     return Litestar(
         route_handlers=[predict, current_model, healthz, readyz, PrometheusController],
         lifespan=[lifespan],
-        middleware=[prometheus.middleware],
+        middleware=[RequestMetrics],
         exception_handlers={
             ValidationException: _unprocessable,
             HTTPException: _client_error,

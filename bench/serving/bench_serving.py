@@ -15,6 +15,7 @@ import json
 import os
 import random
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -101,7 +102,8 @@ def ramp(port: int, scenario: Scenario, step: float, counter: list[int], rates=R
             print(f"    (stopping: not enough unused entities for {rate} req/s)")
             break
         r = run_load("127.0.0.1", port, scenario, rate, step, start_index=counter[0])
-        counter[0] += int(rate * step) + 10
+        if scenario.kind == "miss":  # only misses consume never-seen entities
+            counter[0] += int(rate * step) + 10
         results.append(r)
         print(
             f"    {scenario.name:>22} offered {rate:>6} req/s: achieved {r.achieved:7.0f}  p50 {r.p50_ms:7.2f} ms  "
@@ -125,6 +127,8 @@ def main() -> int:
     parser.add_argument("--entities", type=int, default=200_000)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    # SIGTERM (a stopped run) unwinds through the finally below, so every server started here is stopped.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = Path(tempfile.mkdtemp(prefix="tessera-bench-serving-"))
     stack = Stack(tmp / "stack")
     h2o = None
@@ -163,7 +167,7 @@ def main() -> int:
         )
         rc = redis.Redis.from_url(settings.redis_url)
         step = args.step_seconds
-        counter = [0]
+        counter = [1000]  # entities 0..999 are the hit scenario's warm set: misses start past them
         n = args.entities
         miss = Scenario("0% hits", "miss", n_entities=n)
         hit = Scenario("100% hits", "hit", warm=1000)
@@ -263,6 +267,16 @@ def main() -> int:
             "/docs",
         )
         run("fastapi_inprocess", s, [hit, miss])
+        print("== where a request's CPU goes (each part alone, in a worker's own setup)")
+        costs = tmp / "costs.json"
+        subprocess.run(
+            [py, str(REPO / "bench" / "serving" / "cost_breakdown.py"), "--json", str(costs)],
+            env=env,
+            cwd=REPO,
+            check=True,
+            timeout=300,
+        )
+        summary["cost_breakdown"] = json.loads(costs.read_text())
         print_summary(summary)
         if args.json:
             args.json.write_text(json.dumps(summary, indent=2))

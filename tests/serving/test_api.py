@@ -187,3 +187,20 @@ def test_health_readiness_and_prometheus_metrics(service, models):
     ):
         assert name in text, name
     assert service.metric("tessera_scoring_seconds_count") >= 1
+
+
+@pytest.mark.req("JTBD-02.metrics")
+def test_request_metrics_count_each_answer_under_its_route_and_status(service, models):
+    def count(status: str) -> float:
+        return service.metric("tessera_serving_requests_total", path="/v1/predictions", status_code=status)
+
+    before = {status: count(status) for status in ("200", "404", "422")}
+    latency_before = service.metric("tessera_serving_request_duration_seconds_count", path="/v1/predictions")
+    assert service.client.post("/v1/predictions", json={"entity_id": ALL_IDS[1]}).status_code == 200
+    assert service.client.post("/v1/predictions", json={"entity_id": "nobody-here"}).status_code == 404
+    assert service.client.post("/v1/predictions", json={"entity_ids": []}).status_code == 422
+    assert service.client.post("/v1/predictions", content=b"{not json").status_code == 422
+    assert {status: count(status) - before[status] for status in before} == {"200": 1, "404": 1, "422": 2}
+    latency_after = service.metric("tessera_serving_request_duration_seconds_count", path="/v1/predictions")
+    assert latency_after == latency_before + 4
+    assert service.metric("tessera_serving_requests_total", path="/metrics") == 0  # scrapes are not counted
