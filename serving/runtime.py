@@ -26,8 +26,8 @@ def _settle_interpreter(switch_interval_ms: float) -> None:
     - ``gc.freeze()``: everything alive after startup (the JVM bridge, the app, the model, the pools) moves to
       the permanent generation, so a full collection no longer walks it: measured 75-130 ms gen-2 pauses with
       ~107k tracked objects, ~10 ms after the freeze (the cache's values are untracked msgspec structs).
-    - The GIL switch interval: scoring (JPype) and feature reads (psycopg) run on threads and release the GIL
-      at every Java or libpq call; each time, taking it back from a busy event loop waits up to one interval.
+    - The GIL switch interval: scoring (JPype) runs on the pool's threads and releases the GIL at every Java
+      call; each time, taking it back from a busy event loop waits up to one interval.
       Measured: a 5-row scoring call beside a busy thread took 37 ms at the default 5 ms, 0.15 ms at 0.1 ms.
     """
     gc.collect()
