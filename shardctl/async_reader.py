@@ -51,6 +51,11 @@ class AsyncFeatureReader:
     def shard_map(self) -> ShardMap:
         return self._maps.current if isinstance(self._maps, ShardMapWatcher) else self._maps
 
+    @property
+    def pools_epoch(self) -> int | None:
+        """The epoch the pools were built for (None before the first read)."""
+        return self._pools.epoch
+
     async def get_features(self, entity_ids: Iterable[str] | str, feature_set: str) -> ReadResult:
         shard_map, groups = plan_read(self.shard_map, entity_ids, feature_set)
         pools = await self._pools.pools_for_async(shard_map)

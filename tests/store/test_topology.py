@@ -80,18 +80,32 @@ def test_bad_shard_maps_are_refused() -> None:
 @pytest.mark.req("JTBD-03.shard-map")
 def test_a_published_epoch_reaches_a_running_reader_within_one_second(own_stack: OwnStack, store: FeatureStore) -> None:
     store.write("fs_epoch", make_rows(20))
-    before = store.get_features(["e1", "e2"], "fs_epoch")
-    assert store.reader.pools_epoch == before.epoch
-    published_at = time.monotonic()
-    published = store.maps.publish(store.shard_map.dsns, note="test: same topology, new epoch")
-    assert published.epoch == before.epoch + 1
-    while store.reader.shard_map.epoch != published.epoch and time.monotonic() - published_at < 1.0:
-        time.sleep(0.005)
-    assert store.reader.shard_map.epoch == published.epoch, "the reader did not learn the new epoch within 1 s"
-    after = store.get_features(["e1", "e2"], "fs_epoch")
-    assert after.epoch == published.epoch
-    assert store.reader.pools_epoch == published.epoch  # pools were rebuilt for the new epoch
-    assert set(after.records) == {"e1", "e2"}
+
+    def publish_and_wait(before_epoch: int) -> int:
+        published_at = time.monotonic()
+        published = store.maps.publish(store.shard_map.dsns, note="test: same topology, new epoch")
+        assert published.epoch == before_epoch + 1
+        while store.reader.shard_map.epoch != published.epoch and time.monotonic() - published_at < 1.0:
+            time.sleep(0.005)
+        assert store.reader.shard_map.epoch == published.epoch, "the reader did not learn the new epoch within 1 s"
+        return published.epoch
+
+    async def both_readers() -> None:
+        on_loop = AsyncFeatureReader(store.watcher)  # the service's reader follows the same watcher
+        try:
+            before = store.get_features(["e1", "e2"], "fs_epoch")
+            before_on_loop = await on_loop.get_features(["e1", "e2"], "fs_epoch")
+            assert store.reader.pools_epoch == on_loop.pools_epoch == before.epoch == before_on_loop.epoch
+            epoch = await asyncio.to_thread(publish_and_wait, before.epoch)
+            after = store.get_features(["e1", "e2"], "fs_epoch")
+            after_on_loop = await on_loop.get_features(["e1", "e2"], "fs_epoch")
+            assert after.epoch == after_on_loop.epoch == epoch
+            assert store.reader.pools_epoch == on_loop.pools_epoch == epoch  # pools were rebuilt for the new epoch
+            assert set(after.records) == set(after_on_loop.records) == {"e1", "e2"}
+        finally:
+            await on_loop.close()
+
+    asyncio.run(both_readers())
 
 
 @pytest.mark.req("JTBD-03.shard-map")
