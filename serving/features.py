@@ -19,8 +19,13 @@ class FeatureSource:
 
     def __init__(self, settings: TesseraSettings):
         # Serving never creates topology: it reads what orchestration and the stack prepared.
-        self._store = FeatureStore.open(settings, prepare_topology=False, acquire_timeout=1.0, connect_timeout=1)
-        self._async = AsyncFeatureReader(self._store.watcher, acquire_timeout=1.0, connect_timeout=1)
+        target = settings.serving.read_target
+        self._store = FeatureStore.open(
+            settings, prepare_topology=False, acquire_timeout=1.0, connect_timeout=1, target_session_attrs=target
+        )
+        self._async = AsyncFeatureReader(
+            self._store.watcher, acquire_timeout=1.0, connect_timeout=1, target_session_attrs=target
+        )
 
     def read(self, entity_ids: Sequence[str], feature_set: str) -> ReadResult:
         return self._store.get_features(list(entity_ids), feature_set)

@@ -34,6 +34,7 @@ class AsyncFeatureReader:
         connect_timeout: int = 2,
         acquire_timeout: float = 1.0,
         statement_timeout_ms: int = 5000,
+        target_session_attrs: str | None = None,
     ):
         self._maps = shard_maps
         self._pools = AsyncShardPools(
@@ -45,6 +46,7 @@ class AsyncFeatureReader:
             autocommit=True,
             options=f"-c statement_timeout={int(statement_timeout_ms)}",
             configure=_configure_connection,
+            target_session_attrs=target_session_attrs,
         )
 
     @property

@@ -10,6 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from shardctl.shardmap import ShardMap
@@ -32,8 +33,10 @@ class ShardPools:
         autocommit: bool = True,
         options: str = "",
         configure: Callable[[psycopg.Connection], None] | None = None,
+        target_session_attrs: str | None = None,
     ):
         self.name = name
+        self.target_session_attrs = target_session_attrs
         self.min_size = min_size
         self.max_size = max_size
         self.connect_timeout = connect_timeout
@@ -61,10 +64,17 @@ class ShardPools:
             kwargs["options"] = self.options
         return kwargs
 
+    def _dsn(self, dsn: str) -> str:
+        """The shard's DSN, with this pool's ``target_session_attrs`` when it sets one (e.g. reads that may go
+        to a standby: ``prefer-standby``; the shard map's multi-host DSNs ask for ``read-write``)."""
+        if self.target_session_attrs is None:
+            return dsn
+        return make_conninfo(dsn, target_session_attrs=self.target_session_attrs)
+
     def _pool(self, index: int, dsn: str) -> ConnectionPool:
         kwargs = self._connection_kwargs()
         pool = ConnectionPool(
-            dsn,
+            self._dsn(dsn),
             min_size=self.min_size,
             max_size=self.max_size,
             kwargs=kwargs,
@@ -120,7 +130,7 @@ class AsyncShardPools(ShardPools):
 
     def _async_pool(self, index: int, dsn: str) -> AsyncConnectionPool:
         return AsyncConnectionPool(
-            dsn,
+            self._dsn(dsn),
             min_size=self.min_size,
             max_size=self.max_size,
             kwargs=self._connection_kwargs(),

@@ -73,6 +73,7 @@ class FeatureReader:
         connect_timeout: int = 2,
         acquire_timeout: float = 1.0,
         statement_timeout_ms: int = 5000,
+        target_session_attrs: str | None = None,
         max_workers: int = 8,
     ):
         self._maps = shard_maps
@@ -85,6 +86,7 @@ class FeatureReader:
             autocommit=True,
             options=f"-c statement_timeout={int(statement_timeout_ms)}",
             configure=_configure_connection,
+            target_session_attrs=target_session_attrs,
         )
         self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tessera-reader")
 

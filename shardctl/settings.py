@@ -13,7 +13,7 @@ import os
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
@@ -61,6 +61,10 @@ class ServingSettings(BaseModel):
     # collections stalled a worker for 30-100 ms (p99 at 1500 misses/s: 128 ms; with 10k: 37 ms).
     local_cache_entries: int = Field(default=10_000, ge=0, le=10_000_000)
     io_threads: int = Field(default=8, ge=1, le=64)
+    # Where the service reads features on an HA shard: "prefer-standby" reads the synchronous replica (so a
+    # dead primary costs readers nothing: the replica keeps answering through the failover; a read right after
+    # a write may miss it for milliseconds, far inside the cache's staleness bound), "read-write" the primary.
+    read_target: Literal["prefer-standby", "read-write"] = "prefer-standby"
     # How long the event loop may hold the GIL while a scoring or I/O thread waits for it (see serving.runtime).
     gil_switch_interval_ms: float = Field(default=0.5, gt=0, le=100)
     retry_after_seconds: int = Field(default=5, ge=1, le=3600)
