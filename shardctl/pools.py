@@ -10,7 +10,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import make_conninfo
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from shardctl.shardmap import ShardMap
@@ -67,8 +67,8 @@ class ShardPools:
     def _dsn(self, dsn: str) -> str:
         """The shard's DSN, with this pool's ``target_session_attrs`` when it sets one (e.g. reads that may go
         to a standby: ``prefer-standby``; the shard map's multi-host DSNs ask for ``read-write``)."""
-        if self.target_session_attrs is None:
-            return dsn
+        if self.target_session_attrs is None or "," not in str(conninfo_to_dict(dsn).get("host", "")):
+            return dsn  # one host: nothing to choose (and no wasted standby-only attempt per connection)
         return make_conninfo(dsn, target_session_attrs=self.target_session_attrs)
 
     def _pool(self, index: int, dsn: str) -> ConnectionPool:

@@ -15,6 +15,7 @@ from psycopg.conninfo import conninfo_to_dict
 from pydantic import ValidationError
 
 from shardctl.ha.config import MemberPlan, dynamic_config, member_config, multi_host_dsn, render
+from shardctl.pools import ShardPools
 from shardctl.retry import is_failover_error, is_multi_host
 from shardctl.settings import HASettings
 
@@ -114,3 +115,13 @@ def test_plan_gives_every_member_of_every_shard_its_own_ports(tmp_path: Path) ->
     cluster = HACluster(state, None, "/usr/lib/postgresql/15/bin")
     assert [m.name for m in cluster.members(1)] == ["shard1-m0", "shard1-m1", "shard1-m2"]
     assert conninfo_to_dict(cluster.shard_dsn(1))["port"] == ",".join(str(m[0]) for m in state.members[1])
+
+
+@pytest.mark.req("JTBD-04.reads-through-failover")
+def test_a_read_target_applies_to_multi_host_dsns_only() -> None:
+    pools = ShardPools("t", target_session_attrs="prefer-standby")
+    multi = multi_host_dsn([5001, 5002])
+    assert conninfo_to_dict(pools._dsn(multi))["target_session_attrs"] == "prefer-standby"
+    single = "host=127.0.0.1 port=5001 dbname=tessera"
+    assert pools._dsn(single) == single
+    assert ShardPools("t")._dsn(multi) == multi
