@@ -91,8 +91,13 @@ class PredictionCache:
         return f"fv:{feature_set}:{entity}"
 
     @staticmethod
-    def prediction_key(model_key: str, feature_set: str, entity: str, feature_version: int) -> str:
-        return f"pred:{model_key}:{feature_set}:{entity}:{feature_version}"
+    def prediction_prefix(model_key: str, feature_set: str) -> str:
+        """Every prediction key starts so; the lookup script appends ``{entity}:{feature version}``."""
+        return f"pred:{model_key}:{feature_set}:"
+
+    @classmethod
+    def prediction_key(cls, model_key: str, feature_set: str, entity: str, feature_version: int) -> str:
+        return f"{cls.prediction_prefix(model_key, feature_set)}{entity}:{feature_version}"
 
     async def _call(self, op: Callable[[aioredis.Redis], Awaitable[Any]], default: Any) -> Any:
         if self._redis is None or time.monotonic() < self._skip_until:
@@ -108,7 +113,7 @@ class PredictionCache:
         """Per entity: its cached feature version (None if unknown or Redis is unavailable), how long that
         version is still trusted, and the prediction for it (None if absent)."""
         keys = [self.version_key(feature_set, e) for e in entities]
-        args = [f"pred:{model_key}:{feature_set}:", *entities]
+        args = [self.prediction_prefix(model_key, feature_set), *entities]
         raw = await self._call(lambda r: self._lookup(keys=keys, args=args), None)
         if raw is None:
             return [NOT_CACHED] * len(entities)
@@ -135,9 +140,6 @@ class PredictionCache:
 
         if versions or predictions:
             await self._call(write, None)
-
-    async def ping(self) -> bool:
-        return bool(await self._call(lambda r: r.ping(), False))
 
     async def close(self) -> None:
         if self._redis is not None:

@@ -39,6 +39,3 @@ class LocalPredictionCache:
         """Keep ``prediction`` for ``trusted_for`` seconds (nothing is kept for 0 or less)."""
         if self._entries is not None and trusted_for > 0:
             self._entries[(model_key, feature_set, entity)] = (prediction, trusted_for)
-
-    def __len__(self) -> int:
-        return len(self._entries) if self._entries is not None else 0

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the prediction service (request latency comes from Litestar's Prometheus middleware).
+"""Prometheus metrics of the prediction service (request count and latency: ``serving/request_metrics.py``).
 
 With several Granian workers, ``python -m serving`` sets ``PROMETHEUS_MULTIPROC_DIR`` so ``/metrics`` sums
 every worker's figures.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Iterable
+from typing import Any
 
 import msgspec
 import psycopg
@@ -13,50 +14,20 @@ from psycopg.types.json import set_json_loads
 
 from shardctl.errors import ShardUnavailableError
 from shardctl.pools import AsyncShardPools
-from shardctl.reader import READ_SQL, ReadResult, ShardOutcome, assemble_read, plan_read
-from shardctl.shardmap import ShardMap, ShardMapWatcher
+from shardctl.reader import READ_SQL, ReadResult, ShardOutcome, ShardReaderBase, assemble_read, plan_read
+from shardctl.shardmap import ShardMap
 
 
 async def _configure_connection(conn: psycopg.AsyncConnection) -> None:
     set_json_loads(msgspec.json.decode, conn)
 
 
-class AsyncFeatureReader:
+class AsyncFeatureReader(ShardReaderBase):
     """``await get_features(ids, feature_set)``: one query per shard, shards queried concurrently; a shard that
     cannot answer lands in ``ReadResult.failed`` (after at most ``acquire_timeout``) and the others return."""
 
-    def __init__(
-        self,
-        shard_maps: ShardMap | ShardMapWatcher,
-        *,
-        pool_min: int = 1,
-        pool_max: int = 4,
-        connect_timeout: int = 2,
-        acquire_timeout: float = 1.0,
-        statement_timeout_ms: int = 5000,
-        target_session_attrs: str | None = None,
-    ):
-        self._maps = shard_maps
-        self._pools = AsyncShardPools(
-            "tessera-async-reader",
-            min_size=pool_min,
-            max_size=pool_max,
-            connect_timeout=connect_timeout,
-            acquire_timeout=acquire_timeout,
-            autocommit=True,
-            options=f"-c statement_timeout={int(statement_timeout_ms)}",
-            configure=_configure_connection,
-            target_session_attrs=target_session_attrs,
-        )
-
-    @property
-    def shard_map(self) -> ShardMap:
-        return self._maps.current if isinstance(self._maps, ShardMapWatcher) else self._maps
-
-    @property
-    def pools_epoch(self) -> int | None:
-        """The epoch the pools were built for (None before the first read)."""
-        return self._pools.epoch
+    def _make_pools(self, **options: Any) -> AsyncShardPools:
+        return AsyncShardPools("tessera-async-reader", configure=_configure_connection, **options)
 
     async def get_features(self, entity_ids: Iterable[str] | str, feature_set: str) -> ReadResult:
         shard_map, groups = plan_read(self.shard_map, entity_ids, feature_set)

@@ -61,8 +61,9 @@ def _configure_connection(conn: psycopg.Connection) -> None:
     set_json_loads(msgspec.json.decode, conn)
 
 
-class FeatureReader:
-    """Reads feature records through per-shard pools that follow the current shard map."""
+class ShardReaderBase:
+    """What the sync and the async reader share: the shard map they follow and, per shard, a small read-only
+    pool (autocommit, statement timeout, msgspec JSON decoding) that is rebuilt on a new epoch."""
 
     def __init__(
         self,
@@ -74,21 +75,20 @@ class FeatureReader:
         acquire_timeout: float = 1.0,
         statement_timeout_ms: int = 5000,
         target_session_attrs: str | None = None,
-        max_workers: int = 8,
     ):
         self._maps = shard_maps
-        self._pools = ShardPools(
-            "tessera-reader",
+        self._pools = self._make_pools(
             min_size=pool_min,
             max_size=pool_max,
             connect_timeout=connect_timeout,
             acquire_timeout=acquire_timeout,
             autocommit=True,
             options=f"-c statement_timeout={int(statement_timeout_ms)}",
-            configure=_configure_connection,
             target_session_attrs=target_session_attrs,
         )
-        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tessera-reader")
+
+    def _make_pools(self, **options: Any) -> ShardPools:
+        raise NotImplementedError
 
     @property
     def shard_map(self) -> ShardMap:
@@ -98,6 +98,17 @@ class FeatureReader:
     def pools_epoch(self) -> int | None:
         """The epoch the pools were built for (None before the first read)."""
         return self._pools.epoch
+
+
+class FeatureReader(ShardReaderBase):
+    """Reads feature records through per-shard pools that follow the current shard map."""
+
+    def __init__(self, shard_maps: ShardMap | ShardMapWatcher, *, max_workers: int = 8, **pool_options: Any):
+        super().__init__(shard_maps, **pool_options)
+        self._executor = ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="tessera-reader")
+
+    def _make_pools(self, **options: Any) -> ShardPools:
+        return ShardPools("tessera-reader", configure=_configure_connection, **options)
 
     def get_features(self, entity_ids: Iterable[str] | str, feature_set: str) -> ReadResult:
         """Stored features of ``entity_ids`` (one id or many) for ``feature_set``."""
