@@ -89,15 +89,26 @@ class Predictor:
         if remote:
             looked_up = await self._lookups.submit([(key, feature_set, e) for e in remote])
             misses = []
+            late_memory_hits = 0
             for entity in remote:
                 found = looked_up[(key, feature_set, entity)]
-                if found.prediction is None:
-                    misses.append(entity)
+                if found.prediction is not None:
+                    outcomes[entity] = Outcome(entity, 200, found.prediction, cached=True)
+                    self.local.put(key, feature_set, entity, found.prediction, found.trusted_for_seconds)
                     continue
-                outcomes[entity] = Outcome(entity, 200, found.prediction, cached=True)
-                self.local.put(key, feature_set, entity, found.prediction, found.trusted_for_seconds)
-            if len(remote) > len(misses):
-                metrics.CACHE_LOOKUPS.labels("hit", "redis").inc(len(remote) - len(misses))
+                # A computation that finished while this lookup was in flight has left its answer in memory
+                # (its cache write runs behind it, and its single-flight is already resolved): use it, or this
+                # request would score the entity a second time.
+                hit = self.local.get(key, feature_set, entity)
+                if hit is not None:
+                    outcomes[entity] = Outcome(entity, 200, hit, cached=True)
+                    late_memory_hits += 1
+                else:
+                    misses.append(entity)
+            if late_memory_hits:
+                metrics.CACHE_LOOKUPS.labels("hit", "memory").inc(late_memory_hits)
+            if len(remote) > len(misses) + late_memory_hits:
+                metrics.CACHE_LOOKUPS.labels("hit", "redis").inc(len(remote) - len(misses) - late_memory_hits)
             if misses:
                 metrics.CACHE_LOOKUPS.labels("miss", "none").inc(len(misses))
                 outcomes.update(await self._compute_once(model, misses))
