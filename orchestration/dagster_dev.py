@@ -18,8 +18,8 @@ import psutil
 import requests
 
 from orchestration.instance import REPO_ROOT, WORKSPACE_YAML, prepare_home
+from shardctl.process import free_port, pid_alive, stop_pid
 from shardctl.settings import TesseraSettings
-from shardctl.stack.process import free_port, pid_alive, stop_pid
 
 
 class DagsterDevError(RuntimeError):

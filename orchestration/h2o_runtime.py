@@ -15,8 +15,8 @@ from pathlib import Path
 import h2o
 import requests
 
-from shardctl.stack.binaries import find_java_home
-from shardctl.stack.process import free_port, stop_pid
+from shardctl.java import find_java_home
+from shardctl.process import free_port, stop_pid
 
 H2O_JAR = Path(h2o.__file__).parent / "backend" / "bin" / "h2o.jar"
 

@@ -34,7 +34,7 @@ if model is not None:
 PY
 )"
 if [ -n "$demo_entity" ]; then
-    demo_port="$(.venv/bin/python -c 'from shardctl.stack.process import free_port; print(free_port())')"
+    demo_port="$(.venv/bin/python -c 'from shardctl.process import free_port; print(free_port())')"
     .venv/bin/python -m serving --port "$demo_port" --workers 1 >/tmp/tessera-serving-demo.log 2>&1 &
     serving_pid=$!
     .venv/bin/python - "$demo_port" "$demo_entity" <<'PY' && served=0 || served=$?

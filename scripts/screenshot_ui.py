@@ -25,8 +25,8 @@ from websockets.sync.client import connect
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from orchestration.dagster_dev import DagsterDevError, start_dagster_dev
+from shardctl.process import free_port, stop_pid
 from shardctl.settings import load_settings
-from shardctl.stack.process import free_port, stop_pid
 
 
 def _chromium() -> str:

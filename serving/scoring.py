@@ -18,8 +18,8 @@ from typing import Any
 
 import jpype
 
+from shardctl.java import find_java_home
 from shardctl.registry import ModelRegistry, ModelVersion
-from shardctl.stack.binaries import find_java_home
 
 log = logging.getLogger(__name__)
 

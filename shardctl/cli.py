@@ -14,6 +14,7 @@ from shardctl.errors import describe_dsn
 from shardctl.ha.cluster import HACluster
 from shardctl.ha.etcd import EtcdStartError
 from shardctl.ha.status import HAError, shard_members, switchover
+from shardctl.java import JavaUnavailableError
 from shardctl.schema import SchemaError
 from shardctl.settings import load_settings
 from shardctl.shardmap import ShardMapError, ShardMapStore
@@ -24,6 +25,7 @@ from shardctl.stack.redis_server import RedisStartError
 
 EXPECTED_ERRORS = (
     StackError,
+    JavaUnavailableError,
     MissingBinaryError,
     PostgresStartError,
     RedisStartError,
@@ -65,6 +67,7 @@ def _stack(data_dir: str | None) -> Stack:
         postgres_bin_dir=settings.stack.postgres_bin_dir,
         run_as_user=settings.stack.run_as_user,
         ha_settings=settings.ha,
+        java_home=settings.h2o.java_home,
     )
 
 

@@ -9,11 +9,12 @@ deployment sets environment variables instead.
 
 from __future__ import annotations
 
+import json
 import os
 from datetime import date
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
@@ -25,6 +26,51 @@ from pydantic_settings import (
 
 DEFAULT_DATA_DIR = Path(".tessera")
 SETTINGS_FILE_NAME = "settings.json"
+
+
+class _StackFileSection(PydanticBaseSettingsSource):
+    """One section (a top-level object) of the stack's settings file; nothing when the file or section is absent."""
+
+    def __init__(self, settings_cls: type[BaseSettings], section: str):
+        super().__init__(settings_cls)
+        self.section = section
+
+    def get_field_value(self, field: Any, field_name: str) -> tuple[Any, str, bool]:  # pragma: no cover - unused
+        return None, field_name, False
+
+    def __call__(self) -> dict[str, Any]:
+        path = settings_file_path()
+        try:
+            content = json.loads(path.read_text())
+        except FileNotFoundError:
+            return {}
+        value = content.get(self.section, {}) if isinstance(content, dict) else {}
+        return value if isinstance(value, dict) else {}
+
+
+class SectionSettings(BaseSettings):
+    """Base of one part's own settings: ``TESSERA_<SECTION>__<FIELD>`` variables, then the ``<section>`` object of
+    the stack's settings file, then the defaults. A part reads only its section, so it cannot come to depend on
+    another part's knobs. Subclasses set ``section`` and ``model_config``'s ``env_prefix`` (see ``section_config``).
+    """
+
+    section: ClassVar[str] = ""
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return (init_settings, env_settings, _StackFileSection(settings_cls, cls.section))
+
+
+def section_config(section: str) -> SettingsConfigDict:
+    """``model_config`` for a :class:`SectionSettings` subclass of ``section``."""
+    return SettingsConfigDict(env_prefix=f"TESSERA_{section.upper()}__", extra="ignore")
 
 
 class ShardSettings(BaseModel):

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from shardctl.process import free_port
 from shardctl.settings import TesseraSettings, load_settings
 from shardctl.stack.manager import Stack
-from shardctl.stack.process import free_port
 
 
 def _random_base_port() -> int:

@@ -13,9 +13,9 @@ import psycopg
 import pytest
 import redis
 
+from shardctl.process import ephemeral_port_range, free_port, pid_alive, port_bindable, port_in_use
 from shardctl.settings import load_settings
 from shardctl.stack.manager import Stack
-from shardctl.stack.process import ephemeral_port_range, free_port, pid_alive, port_bindable, port_in_use
 from tests.conftest import _random_base_port
 
 

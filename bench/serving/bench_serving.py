@@ -29,11 +29,11 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.serving.loadgen import LoadResult, Scenario, entity_name, run_load
+from shardctl.java import find_java_home
+from shardctl.process import free_port, pid_alive, stop_pid, wait_until
 from shardctl.registry import ModelRegistry
 from shardctl.settings import TesseraSettings
-from shardctl.stack.binaries import find_java_home
 from shardctl.stack.manager import Stack
-from shardctl.stack.process import free_port, pid_alive, stop_pid, wait_until
 from shardctl.store import FeatureStore
 from shardctl.writer import FeatureRow
 

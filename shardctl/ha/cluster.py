@@ -25,8 +25,8 @@ from shardctl.ha.config import MemberPlan, multi_host_dsn, render
 from shardctl.ha.etcd import EtcdServer, find_etcd
 from shardctl.ha.runtime import patroni_environment, patroni_python
 from shardctl.ha.status import HAError, MemberStatus, is_healthy, shard_members
+from shardctl.process import pid_alive, stop_pid
 from shardctl.settings import HASettings
-from shardctl.stack.process import pid_alive, stop_pid
 from shardctl.stack.users import chown_tree
 
 

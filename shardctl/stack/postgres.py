@@ -11,8 +11,8 @@ from pathlib import Path
 
 import psycopg
 
+from shardctl.process import log_tail, pid_alive, stop_pid, wait_until
 from shardctl.stack.binaries import PostgresBinaries
-from shardctl.stack.process import log_tail, pid_alive, stop_pid, wait_until
 from shardctl.stack.users import as_user, chown_tree
 
 SUPERUSER = "tessera"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import redis
 
-from shardctl.stack.process import log_tail, pid_alive, spawn_in_own_session, stop_pid, wait_until
+from shardctl.process import log_tail, pid_alive, spawn_in_own_session, stop_pid, wait_until
 
 
 class RedisStartError(RuntimeError):

@@ -9,8 +9,8 @@ import pytest
 
 from shardctl.ha.cluster import HACluster
 from shardctl.ha.drill import wait_healthy
+from shardctl.process import pid_alive
 from shardctl.stack.manager import Stack
-from shardctl.stack.process import pid_alive
 from tests.conftest import _random_base_port
 
 

@@ -22,7 +22,7 @@ from shardctl.ha.drill import (
     wait_healthy,
 )
 from shardctl.ha.status import leader, set_dynamic_config, shard_members
-from shardctl.stack.process import stop_pid
+from shardctl.process import stop_pid
 
 # The writer gives up (and the test fails) when no primary takes a write within this deadline: the
 # requirement's bound. Typical figures are measured by bench/failover, not asserted here.

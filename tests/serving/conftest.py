@@ -19,11 +19,12 @@ from pathlib import Path
 import httpx
 import pytest
 
+from shardctl.java import find_java_home
+from shardctl.process import free_port, pid_alive, stop_pid, wait_until
 from shardctl.registry import ModelRegistry, ModelVersion
 from shardctl.settings import TesseraSettings
-from shardctl.stack.binaries import find_java_home, find_redis_server
+from shardctl.stack.binaries import find_redis_server
 from shardctl.stack.manager import Stack
-from shardctl.stack.process import free_port, pid_alive, stop_pid, wait_until
 from shardctl.stack.redis_server import RedisServer
 from shardctl.store import FeatureStore
 from shardctl.writer import FeatureRow

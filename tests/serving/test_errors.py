@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from shardctl.stack.process import free_port
+from shardctl.process import free_port
 from tests.serving.conftest import Service, entity_id, service_env
 
 BAD_BODIES = [

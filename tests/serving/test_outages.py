@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from shardctl.stack.process import pid_alive
+from shardctl.process import pid_alive
 from shardctl.store import FeatureStore
 from tests.serving.conftest import N_ENTITIES, VERSION_TTL, entity_id
 

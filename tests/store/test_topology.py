@@ -18,11 +18,11 @@ import pytest
 
 from shardctl.async_reader import AsyncFeatureReader
 from shardctl.errors import BadEntityIdError, FeatureWriteError, ShardUnavailableError
+from shardctl.process import free_port, wait_until
 from shardctl.reader import ReadResult
 from shardctl.settings import TesseraSettings, load_settings
 from shardctl.shardmap import ShardMap, ShardMapError, ShardMapStore, ShardMapWatcher, StaleShardMapError
 from shardctl.stack.manager import Stack
-from shardctl.stack.process import free_port, wait_until
 from shardctl.store import FeatureStore
 from shardctl.writer import FeatureWriter
 from tests.store.conftest import T0, make_rows, shard_snapshot
