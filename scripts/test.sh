@@ -3,7 +3,7 @@
 # ports of their own and stop them by PID).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/bootstrap.sh
+bash scripts/bootstrap.sh --with-fallbacks  # the fallback servers too: a test runs the stack on them
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/dg check defs  # the Dagster code location loads (orchestration/definitions.py)

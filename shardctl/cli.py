@@ -68,6 +68,7 @@ def _stack(data_dir: str | None) -> Stack:
         run_as_user=settings.stack.run_as_user,
         ha_settings=settings.ha,
         java_home=settings.h2o.java_home,
+        default_shards=settings.stack.shards,
     )
 
 

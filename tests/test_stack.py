@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import pwd
 import subprocess
 import sys
 from pathlib import Path
@@ -49,8 +51,14 @@ def test_redis_answers(settings) -> None:
 
 @pytest.mark.req("PLAT.stack")
 def test_postgres_does_not_run_as_root(local_stack: Stack) -> None:
-    for pid in local_stack.pids()[:-1]:  # the last is Redis
-        assert psutil.Process(pid).uids().real != 0 or os.geteuid() != 0
+    """As root, every Postgres runs as the unprivileged server user; otherwise as ourselves."""
+    state = local_stack.load_state()
+    assert state is not None
+    expected_uid = pwd.getpwnam(state.user).pw_uid if os.geteuid() == 0 else os.geteuid()
+    assert (state.user is not None) == (os.geteuid() == 0)
+    postgres_pids = [p for s in local_stack.postgres_servers(state) if (p := s.pid())]
+    assert len(postgres_pids) == 3
+    assert {psutil.Process(pid).uids().real for pid in postgres_pids} == {expected_uid}
 
 
 @pytest.mark.req("PLAT.stack")
@@ -110,7 +118,7 @@ def test_cli_rejects_bad_input_with_a_message_not_a_traceback(local_stack: Stack
     assert "--shards" in bad_count.stderr
     other_count = _shardctl("stack", "up", "--shards", "3", "--data-dir", str(local_stack.data_dir))
     assert other_count.returncode == 1
-    assert "already has 2 shards" in other_count.stderr
+    assert "already has 2 shard servers" in other_count.stderr
     for result in (bad_count, other_count):
         assert "Traceback" not in result.stderr
 
@@ -124,3 +132,42 @@ def test_free_port_blocks_sit_outside_the_ephemeral_range_and_are_bindable() -> 
         block = range(base, base + 10)
         assert all(port < low or port > high for port in block)
         assert all(port_bindable(port) for port in block)
+
+
+FAKE_REDIS = """#!{python}
+# Fault injection: a redis-server that records the stack's running Postgres servers, then fails to start.
+import sys, psutil
+marks = {marks!r}
+pids = [p.pid for p in psutil.process_iter(["cmdline"]) if any(m in " ".join(p.info["cmdline"] or []) for m in marks)]
+open({record!r}, "w").write(" ".join(map(str, pids)))
+print("fake redis-server: refusing to start", file=sys.stderr)
+sys.exit(1)
+"""
+
+
+@pytest.mark.req("PLAT.stack-atomic")
+def test_a_failed_up_stops_every_server_it_started(tmp_path: Path) -> None:
+    """`up` is all-or-nothing: Redis fails after the catalog and both shards started; afterwards none runs,
+    the error names the failure, and the next `up` plans afresh."""
+    data_dir = tmp_path / "failing-stack"
+    digest = hashlib.sha1(str(data_dir.absolute()).encode()).hexdigest()[:12]
+    record = tmp_path / "running-when-redis-started"
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    fake = fake_bin / "redis-server"
+    marks = [f"{data_dir.absolute()}/", f"tessera-pg-{digest}/"]
+    fake.write_text(FAKE_REDIS.format(python=sys.executable, marks=marks, record=str(record)))
+    fake.chmod(0o755)
+    base = str(_random_base_port())
+    up = _shardctl(
+        "stack", "up", "--shards", "2", "--base-port", base, "--data-dir", str(data_dir),
+        env_extra={"PATH": f"{fake_bin}:{os.environ['PATH']}"},
+    )  # fmt: skip
+    assert up.returncode == 1
+    assert "redis" in up.stderr, up.stderr
+    assert "stopped every server it had started" in up.stderr, up.stderr
+    assert "Traceback" not in up.stderr
+    started = [int(pid) for pid in record.read_text().split()]
+    assert len(started) >= 3, "catalog and shard postmasters (and their workers) ran before Redis failed"
+    assert [pid for pid in started if pid_alive(pid)] == []
+    assert Stack(data_dir).load_state() is None

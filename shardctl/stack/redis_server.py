@@ -57,7 +57,9 @@ class RedisServer:
             "allkeys-lru",
         ]
         self.pid = spawn_in_own_session(argv)  # it writes its own --logfile
-        if not wait_until(self.answers, timeout):
+        # Stop waiting as soon as it answers or exits (a redis that cannot bind exits at once).
+        wait_until(lambda: self.answers() or not pid_alive(self.pid), timeout)
+        if not self.answers():
             self.stop()
             raise RedisStartError(f"redis on port {self.port} did not start:\n{log_tail(self.log_file)}")
         return self.pid
