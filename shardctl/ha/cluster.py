@@ -110,6 +110,12 @@ class PatroniMember:
             return None
         return pid if pid_alive(pid) else None
 
+    def forget_if_dead(self) -> None:
+        """Drop the PID file of a Patroni that is gone (killed, crashed), so that a new start is not taken for
+        one that exited at once, and its leftover log tail is not reported as the new start's."""
+        if self.pid is not None and self.patroni_pid() is None:
+            self.pid_file.unlink(missing_ok=True)
+
     def write_config(self, ha: HASettings, etcd_url: str, bin_dir: str) -> None:
         self.plan.root.mkdir(parents=True, exist_ok=True)
         self.plan.config_file.write_text(render(self.plan, ha, etcd_url, bin_dir))
@@ -266,6 +272,7 @@ class HACluster:
         self.start_etcd()
         ha = self.state.ha_settings
         for member in self.all_members():
+            member.forget_if_dead()
             member.write_config(ha, self.etcd.url, self.bin_dir)
         for shard in range(self.shard_count()):
             self.start_member(self.members(shard)[0])
