@@ -85,25 +85,35 @@ def test_a_hot_entity_is_answered_from_memory_within_the_bound_then_from_redis(s
 
 @pytest.mark.req("JTBD-02.cache")
 def test_concurrent_misses_score_once(service, serving_stack, trained, models):
-    """Stampede control: 24 concurrent requests for an uncached entity score it once."""
+    """Stampede control: 24 concurrent requests for an uncached entity score it once.
+
+    "Concurrent" means within the staleness bound: a request arriving after the cached answer has expired
+    reads the shard and scores again, by design. On a machine so loaded that the 24 answers spread over more
+    than the bound, the attempt proves nothing and is repeated with a new entity."""
     _, settings = serving_stack
-    entity = "stampede-1"
-    with FeatureStore.open(settings, prepare_topology=False) as store:
-        store.write(FEATURE_SET, [FeatureRow(entity, T0, entity_features(5))])
-    before = service.metric("tessera_scored_rows_total")
-    barrier = threading.Barrier(24)
+    for attempt in range(3):
+        entity = f"stampede-{attempt}"
+        with FeatureStore.open(settings, prepare_topology=False) as store:
+            store.write(FEATURE_SET, [FeatureRow(entity, T0, entity_features(5))])
+        before = service.metric("tessera_scored_rows_total")
+        barrier = threading.Barrier(24)
 
-    def call(_):
-        barrier.wait()
-        with httpx.Client(base_url=service.url, timeout=10) as client:
-            return client.post("/v1/predictions", json={"entity_id": entity})
+        def call(_: int, entity: str = entity, barrier: threading.Barrier = barrier) -> httpx.Response:
+            with httpx.Client(base_url=service.url, timeout=10) as client:
+                barrier.wait()
+                return client.post("/v1/predictions", json={"entity_id": entity})
 
-    with ThreadPoolExecutor(24) as pool:
-        responses = list(pool.map(call, range(24)))
-    assert {r.status_code for r in responses} == {200}
-    for r in responses:
-        assert r.json()["score"] == pytest.approx(trained.expected[0][entity_id(5)], abs=1e-6)
-    assert service.metric("tessera_scored_rows_total") - before == 1
+        started = time.monotonic()
+        with ThreadPoolExecutor(24) as pool:
+            responses = list(pool.map(call, range(24)))
+        elapsed = time.monotonic() - started
+        assert {r.status_code for r in responses} == {200}
+        for r in responses:
+            assert r.json()["score"] == pytest.approx(trained.expected[0][entity_id(5)], abs=1e-6)
+        if elapsed < VERSION_TTL:
+            assert service.metric("tessera_scored_rows_total") - before == 1
+            return
+    pytest.fail(f"24 requests never answered within the {VERSION_TTL} s staleness bound (machine overloaded)")
 
 
 @pytest.mark.req("JTBD-02.cache")
