@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 from pathlib import Path
 
@@ -94,3 +95,28 @@ def test_every_seed_deliverable_is_listed() -> None:
         "PLAT.backfills",
     }
     assert sorted(seed - set(requirements)) == []
+
+
+def _checklist_rows(markdown: str) -> list[tuple[str, list[str], str]]:
+    """(job, requirement IDs, met) for each row of the seed's checklist table."""
+    section = markdown.split("## The seed's checklist", 1)[1]
+    rows = []
+    for line in section.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 5 and cells[0].startswith("JTBD-"):
+            rows.append((cells[0], re.findall(r"`([A-Z]+[-\w]*\.[\w.-]+)`", cells[3]), cells[4]))
+    return rows
+
+
+@pytest.mark.req("JTBD-01.tracing")
+def test_the_seed_checklist_claims_no_more_than_its_rows_prove() -> None:
+    markdown = (ROOT / "docs" / "requirements.md").read_text()
+    requirements, _ = parse_requirements(markdown)
+    rows = _checklist_rows(markdown)
+    assert [job.split()[0] for job, _, _ in rows] == ["JTBD-01", "JTBD-02", "JTBD-03", "JTBD-04"]
+    for job, ids, met in rows:
+        assert ids, f"{job} names no requirement"
+        assert [i for i in ids if i not in requirements] == [], f"{job} names unknown requirements"
+        all_built = all(requirements[i].status == "built" for i in ids)
+        assert met.startswith("yes") == all_built, f"{job}: 'met' says {met!r} but built = {all_built}"
+        assert met.startswith(("yes", "no: ")), f"{job}: 'met' is 'yes' or 'no: <why>'"
