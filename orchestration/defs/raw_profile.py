@@ -1,30 +1,50 @@
-"""Cardinality profile of all raw data (JTBD-03 step 1): shown as a Markdown table, stored for later runs."""
+"""Cardinality profile of all raw data (JTBD-03 step 1): shown as tables in the UI, stored for later runs."""
+
+from typing import Literal
 
 import dagster as dg
+from pydantic import Field
 
-from orchestration import profiling
-from orchestration.defs.raw_data import raw_events
+from orchestration import cardinality
+from orchestration.defs.raw_events import raw_events
 from orchestration.resources import TesseraResource
+from orchestration.settings import PipelineSettings
 
 
 class ProfileConfig(dg.Config):
-    method: str | None = None  # "exact" or "hll"; default: exact up to settings.pipeline.exact_profile_max_rows
+    method: Literal["auto", "exact", "hll"] = Field(
+        default="auto",
+        description="exact (count DISTINCT), hll (merged sketches), or auto: exact up to "
+        "TESSERA_PIPELINE__EXACT_PROFILE_MAX_ROWS rows",
+    )
+
+
+def _table(rows: list[dict[str, object]], types: dict[str, str]) -> dg.TableMetadataValue:
+    schema = dg.TableSchema(columns=[dg.TableColumn(name, kind) for name, kind in types.items()])
+    return dg.MetadataValue.table([dg.TableRecord(r) for r in rows], schema=schema)
 
 
 @dg.asset(deps=[raw_events], group_name="pipeline", kinds={"postgres"})
 def raw_profile(config: ProfileConfig, tessera: TesseraResource) -> dg.MaterializeResult:
     """Distinct counts (exact, or merged HyperLogLog sketches for large data), null fractions, top values,
     and whether each candidate key keeps its entity attributes immutable."""
-    if config.method not in (None, "exact", "hll"):
-        raise dg.Failure(f"profile method must be 'exact' or 'hll', got {config.method!r}")
     dsn = tessera.dsn()
-    previous = profiling.previous_profile(dsn)
-    profile = profiling.profile_raw(dsn, tessera.settings().pipeline.exact_profile_max_rows, config.method)
-    profile_id = profiling.store_profile(dsn, profile)
+    previous = cardinality.previous_profile(dsn)
+    profile = cardinality.profile_raw(
+        dsn, PipelineSettings().exact_profile_max_rows, None if config.method == "auto" else config.method
+    )
+    profile_id = cardinality.store_profile(dsn, profile)
     entity = profile.column("entity_id")
     return dg.MaterializeResult(
         metadata={
-            "profile": dg.MetadataValue.md(profiling.markdown_table(profile)),
+            "profile": _table(
+                cardinality.column_rows(profile),
+                {"column": "string", "distinct": "int", "null_pct": "float", "top_values": "string"},
+            ),
+            "candidate_keys": _table(
+                cardinality.candidate_rows(profile),
+                {"candidate_key": "string", "distinct": "int", "immutable": "bool", "mutable_values": "int"},
+            ),
             "total_rows": profile.total_rows,
             "method": profile.method,
             "entity_id_distinct": int(entity.distinct),
@@ -32,6 +52,3 @@ def raw_profile(config: ProfileConfig, tessera: TesseraResource) -> dg.Materiali
             "previous_total_rows": previous["total_rows"] if previous else 0,
         }
     )
-
-
-defs = dg.Definitions(assets=[raw_profile])
