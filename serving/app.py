@@ -47,7 +47,8 @@ class ServingPlugin(InitPluginProtocol):
     # Providers: plain attribute reads, called without a thread hop (requests only arrive after startup). Each
     # handler asks for one: Litestar resolves two or more dependencies of a handler in an anyio task group.
     def runtime(self) -> ServingRuntime:
-        assert self._runtime is not None, "the runtime opens in the lifespan, before the first request"
+        if self._runtime is None:
+            raise RuntimeError("the worker's runtime opens in the lifespan, before the first request")
         return self._runtime
 
     def models(self) -> ModelHolder:

@@ -44,6 +44,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class ServingRuntime:
+    """One worker's open parts, from startup to shutdown; route handlers receive it (or its model holder) by
+    injection instead of reading application state."""
+
     settings: TesseraSettings
     serving: ServingSettings
     predictor: Predictor
