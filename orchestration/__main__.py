@@ -13,6 +13,7 @@ import click
 
 from orchestration.dagster_dev import dev_command
 from orchestration.instance import REPO_ROOT, InstanceConfigError, apply_env, prepare_home
+from orchestration.settings import PipelineSettings
 from shardctl.settings import load_settings
 
 
@@ -42,22 +43,24 @@ def run(days: int, rows_per_day: int | None, entities: int | None, ntrees: int |
     from orchestration.definitions import defs
     from orchestration.run_graph import GraphRunError, run_days, run_model, summarize
 
-    start = settings.pipeline.start_date
+    pipeline = PipelineSettings()
+    start = pipeline.start_date
     today = datetime.now(UTC).date()
     if start + timedelta(days=days) > today:
         raise click.ClickException(f"{days} days from {start} reach past yesterday ({today - timedelta(days=1)})")
     day_list = [start + timedelta(days=i) for i in range(days)]
-    rows = settings.pipeline.rows_per_day
+    rows = pipeline.rows_per_day
     click.echo(f"materializing {days} daily partitions x {rows:,} rows ({days * rows:,} raw rows), then training")
     started = time.monotonic()
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
     model_config = {**quiet, **({"ops": {"churn_model": {"config": {"ntrees": ntrees}}}} if ntrees else {})}
     try:
+        definitions = defs()
         with dg.DagsterInstance.get() as instance:
             for i, day in enumerate(day_list, 1):
-                run_days(defs, [day], instance, quiet)
+                run_days(definitions, [day], instance, quiet)
                 click.echo(f"  [{i}/{days}] {day} done ({time.monotonic() - started:.0f} s)")
-            run_model(defs, instance, model_config)
+            run_model(definitions, instance, model_config)
     except GraphRunError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"\nSummary ({time.monotonic() - started:.0f} s):")

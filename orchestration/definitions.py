@@ -1,25 +1,15 @@
-"""The code location: one ``Definitions`` merged from a module per concern in ``orchestration/defs/``.
+"""The code location: every module in ``orchestration/defs/`` is loaded (assets, checks, jobs, schedules, and
+the ``@dg.definitions`` functions such as the resources), so a new module there is picked up on its own.
 
-Load it with ``dagster dev -w workspace.yaml`` (or ``dagster definitions validate -w workspace.yaml``).
+Load it with ``dg dev`` / ``dg check defs`` (the project is in pyproject.toml's ``[tool.dg]``) or
+``dagster dev -w workspace.yaml``; in Python, ``defs()`` returns the ``Definitions``.
 """
 
-from __future__ import annotations
+from pathlib import Path
 
 import dagster as dg
 
-from orchestration.defs import features, migration, profiling, raw_data, schedules, shard_key, training
-from orchestration.resources import H2OResource, RedisResource, TesseraResource
 
-RESOURCES = {"tessera": TesseraResource(), "h2o_cluster": H2OResource(), "cache": RedisResource()}
-
-defs = dg.Definitions.merge(
-    raw_data.defs,
-    profiling.defs,
-    shard_key.defs,
-    features.defs,
-    training.defs,
-    schedules.defs,
-    migration.defs,
-    # Runs execute their steps in one process: on 2 cores a process per step costs more than it gains.
-    dg.Definitions(resources=RESOURCES, executor=dg.in_process_executor),
-)
+@dg.definitions
+def defs() -> dg.Definitions:
+    return dg.load_from_defs_folder(path_within_project=Path(__file__).parent)

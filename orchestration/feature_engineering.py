@@ -13,6 +13,7 @@ from datetime import date
 import psycopg
 from psycopg.rows import dict_row
 
+# The long window of the ``*_30d`` features (the SQL takes it as a parameter; the names say its length).
 WINDOW_DAYS = 30
 NUMERIC_FEATURES = (
     "txn_count_7d",
@@ -45,12 +46,12 @@ SELECT e.entity_id,
        count(DISTINCT e.category)                                            AS distinct_categories_30d,
        round(avg(e.is_refund::int), 4)::float8                               AS refund_rate_30d,
        round((count(*) FILTER (WHERE e.event_date > %(day)s - 7) / 7.0
-              / (count(*) / 30.0))::numeric, 4)::float8                      AS activity_trend,
+              / (count(*) / %(window)s::numeric))::numeric, 4)::float8       AS activity_trend,
        (%(day)s - min(e.signup_date))                                        AS tenure_days,
        min(e.segment)                                                        AS segment,
        min(e.country)                                                        AS country
 FROM raw_events e JOIN active USING (entity_id)
-WHERE e.event_date > %(day)s - 30 AND e.event_date <= %(day)s
+WHERE e.event_date > %(day)s - %(window)s::int AND e.event_date <= %(day)s
 GROUP BY e.entity_id
 ORDER BY e.entity_id
 """
@@ -64,7 +65,7 @@ FROM raw_events WHERE entity_id IS NOT NULL GROUP BY entity_id
 def features_as_of(catalog_dsn: str, day: date) -> list[dict]:
     """One dict per entity active on ``day``: entity_id, event_ts and the FEATURES."""
     with psycopg.connect(catalog_dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(FEATURES_AS_OF, {"day": day})
+        cur.execute(FEATURES_AS_OF, {"day": day, "window": WINDOW_DAYS})
         return cur.fetchall()
 
 

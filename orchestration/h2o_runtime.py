@@ -43,7 +43,7 @@ def cluster_up(url: str) -> bool:
 
 
 def start_local_h2o(
-    log_dir: Path, *, max_mem: str = "1G", nthreads: int = 2, java_home: str | None = None, timeout: float = 60.0
+    log_dir: Path, *, max_mem: str, nthreads: int = 2, java_home: str | None = None, timeout: float = 60.0
 ) -> LocalH2O:
     """Start a one-node cluster on loopback and wait until it answers."""
     java = find_java_home(java_home) / "bin" / "java"

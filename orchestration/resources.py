@@ -1,8 +1,9 @@
-"""Dagster resources: thin, configurable wrappers around shardctl (catalog, feature store), H2O and Redis.
+"""Dagster resources: configurable wrappers around shardctl (catalog, feature store, registry) and H2O.
 
-Every field defaults to ``None`` = "take it from ``TesseraSettings`` at run time", so the code location loads
-(and ``dagster definitions validate`` passes) without a running stack, and the same definitions run against
-the local stack, the tests' stack or a deployment's environment variables.
+Their fields are real config (the Launchpad shows them); ``defs/resources.py`` binds them from the environment
+(``dg.EnvVar``) or the part's settings when the code location loads. A field left ``None`` is resolved when a
+step runs, from ``TesseraSettings`` (the stack's file), so the code location loads and ``dg check defs`` passes
+without a running stack.
 """
 
 from __future__ import annotations
@@ -13,9 +14,10 @@ from pathlib import Path
 
 import dagster as dg
 import h2o
-import redis
+from pydantic import Field
 
 from orchestration import h2o_runtime
+from orchestration.settings import DEFAULT_H2O_MAX_MEM, H2OSettings
 from shardctl.registry import ModelRegistry
 from shardctl.settings import TesseraSettings, load_settings
 from shardctl.store import FeatureStore
@@ -24,7 +26,9 @@ from shardctl.store import FeatureStore
 class TesseraResource(dg.ConfigurableResource):
     """The catalog, the shard topology and the model registry, as the settings describe them."""
 
-    catalog_dsn: str | None = None
+    catalog_dsn: str | None = Field(
+        default=None, description="The catalog's libpq DSN; unset: TESSERA_CATALOG_DSN or the stack's settings.json."
+    )
 
     def settings(self) -> TesseraSettings:
         return load_settings()
@@ -56,25 +60,30 @@ class TesseraResource(dg.ConfigurableResource):
 class H2OResource(dg.ConfigurableResource):
     """An H2O cluster: the one at ``url``, or a local JVM started for the step and stopped by PID after it."""
 
-    url: str | None = None
-    max_mem: str = "1G"
-    nthreads: int = 2
-    java_home: str | None = None
+    url: str | None = Field(
+        default=None, description="An existing H2O cluster; unset: TESSERA_H2O__URL, else a local JVM."
+    )
+    max_mem: str = Field(
+        default=DEFAULT_H2O_MAX_MEM,
+        pattern=r"^\d+[mMgG]$",
+        description="Heap of a local JVM (java -Xmx).",
+    )
+    nthreads: int = Field(default=2, ge=1, le=256, description="Threads of a local JVM.")
+    java_home: str | None = Field(default=None, description="Java 8-17 home for a local JVM; unset: found.")
 
     @contextmanager
     def cluster(self, log: dg.DagsterLogManager | None = None) -> Iterator[str]:
         """Connect the h2o client for the duration of the block; yields the cluster URL."""
-        settings = load_settings()
-        url = self.url or settings.h2o.url
+        url = self.url or H2OSettings().url
         if url:
             h2o_runtime.connect(url)
             yield url
             return
         local = h2o_runtime.start_local_h2o(
-            Path(settings.data_dir) / "h2o",
+            Path(load_settings().data_dir) / "h2o",
             max_mem=self.max_mem,
             nthreads=self.nthreads,
-            java_home=self.java_home or settings.h2o.java_home,
+            java_home=self.java_home or H2OSettings().java_home,
         )
         if log:
             log.info(f"started H2O (pid {local.pid}) at {local.url}")
@@ -85,15 +94,3 @@ class H2OResource(dg.ConfigurableResource):
             h2o.connection().close()
             if not local.stop() and log:
                 log.warning(f"H2O pid {local.pid} did not stop")
-
-
-class RedisResource(dg.ConfigurableResource):
-    """The prediction cache's Redis, for pipeline steps that talk to the cache (connection from the settings)."""
-
-    url: str | None = None
-
-    def client(self) -> redis.Redis:
-        url = self.url or load_settings().redis_url
-        if not url:
-            raise dg.Failure("no Redis URL: run `shardctl stack up` or set TESSERA_REDIS_URL")
-        return redis.Redis.from_url(url, socket_timeout=2, socket_connect_timeout=2)

@@ -4,7 +4,7 @@ promotion; then summarize what landed where. The demo and the tests both use it.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import date, timedelta
+from datetime import date
 from typing import Any
 
 import dagster as dg
@@ -35,10 +35,6 @@ class Summary:
             out.append(f"model: version {self.model_version}, validation AUC {self.auc:.4f}")
         out.append(f"production model version: {self.production_version}")
         return out
-
-
-def days_ending(last: date, days: int) -> list[date]:
-    return [last - timedelta(days=days - 1 - i) for i in range(days)]
 
 
 def _failure(result: dg.ExecuteInProcessResult, what: str) -> GraphRunError:

@@ -14,15 +14,17 @@ import tempfile
 from granian.constants import Interfaces, Loops
 from granian.server import Server
 
+from serving.settings import ServingSettings
 from shardctl.settings import get_settings
 
 
 def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
+    serving = ServingSettings()
     parser = argparse.ArgumentParser(prog="python -m serving", description=__doc__)
-    parser.add_argument("--host", default=settings.serving.host)
-    parser.add_argument("--port", type=int, default=settings.serving.port)
-    parser.add_argument("--workers", type=int, default=settings.serving.workers)
+    parser.add_argument("--host", default=serving.host)
+    parser.add_argument("--port", type=int, default=serving.port)
+    parser.add_argument("--workers", type=int, default=serving.workers)
     args = parser.parse_args(argv)
     if not settings.catalog_dsn:
         print("no catalog DSN: run `shardctl stack up` or set TESSERA_CATALOG_DSN", file=sys.stderr)

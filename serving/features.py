@@ -1,4 +1,4 @@
-"""Feature lookups for serving: the shardctl readers (routing, per-shard pools, shard-map epochs).
+"""Feature lookups for serving through shardctl's read-only store (routing, per-shard pools, shard-map epochs).
 
 The service reads on its event loop (``aread``: psycopg async, no thread hop); ``read`` is the same lookup
 for synchronous callers (the benchmark's naive baseline).
@@ -8,31 +8,24 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shardctl.async_reader import AsyncFeatureReader
+from shardctl.read_store import FeatureReadStore
 from shardctl.reader import ReadResult
-from shardctl.settings import TesseraSettings
-from shardctl.store import FeatureStore
 
 
 class FeatureSource:
     """Reads entities' features; a dead shard costs at most the readers' acquire timeout (1 s)."""
 
-    def __init__(self, settings: TesseraSettings):
+    def __init__(self, catalog_dsn: str, read_target: str):
         # Serving never creates topology: it reads what orchestration and the stack prepared.
-        target = settings.serving.read_target
-        self._store = FeatureStore.open(
-            settings, prepare_topology=False, acquire_timeout=1.0, connect_timeout=1, target_session_attrs=target
-        )
-        self._async = AsyncFeatureReader(
-            self._store.watcher, acquire_timeout=1.0, connect_timeout=1, target_session_attrs=target
+        self._store = FeatureReadStore.open(
+            catalog_dsn, acquire_timeout=1.0, connect_timeout=1, target_session_attrs=read_target
         )
 
     def read(self, entity_ids: Sequence[str], feature_set: str) -> ReadResult:
-        return self._store.get_features(list(entity_ids), feature_set)
+        return self._store.sync_reader().get_features(list(entity_ids), feature_set)
 
     async def aread(self, entity_ids: Sequence[str], feature_set: str) -> ReadResult:
-        return await self._async.get_features(list(entity_ids), feature_set)
+        return await self._store.get_features(list(entity_ids), feature_set)
 
     async def aclose(self) -> None:
-        await self._async.close()
-        self._store.close()
+        await self._store.aclose()

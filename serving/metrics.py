@@ -27,9 +27,3 @@ FEATURE_READ_SECONDS = Histogram(
 )
 SHARD_ERRORS = Counter("tessera_shard_errors_total", "Feature reads that failed on a shard", ["shard"])
 MODEL_VERSION = Gauge("tessera_model_version", "Version of the served model", multiprocess_mode="max")
-
-
-def cache_hit_ratio(hits: float, misses: float) -> float:
-    """Hits over lookups (0 when nothing was looked up): what a dashboard derives from the two counters."""
-    total = hits + misses
-    return hits / total if total else 0.0

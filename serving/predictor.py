@@ -18,6 +18,7 @@ from typing import Any
 from serving import metrics
 from serving.cache import CachedPrediction, CacheLookup, PredictionCache, SingleFlight
 from serving.coalesce import Coalescer
+from serving.errors import PredictionError, ShardDownError, UnknownEntityError
 from serving.features import FeatureSource
 from serving.local_cache import LocalPredictionCache
 from serving.scoring import LoadedModel, ModelHolder
@@ -27,13 +28,12 @@ _LookupKey = tuple[str, str, str]  # (model key, feature set, entity)
 
 @dataclass(frozen=True, slots=True)
 class Outcome:
-    """One entity's answer: ``status`` 200 with a prediction, 404 unknown, or 503 (its shard is down)."""
+    """One entity's answer: a ``prediction``, or the ``error`` that kept it from one (unknown entity, shard down)."""
 
     entity_id: str
-    status: int
     prediction: CachedPrediction | None = None
     cached: bool = False
-    error: str | None = None
+    error: PredictionError | None = None
 
 
 class Predictor:
@@ -82,7 +82,7 @@ class Predictor:
         for entity in ids:
             hit = self.local.get(key, feature_set, entity)
             if hit is not None:
-                outcomes[entity] = Outcome(entity, 200, hit, cached=True)
+                outcomes[entity] = Outcome(entity, hit, cached=True)
         if outcomes:
             metrics.CACHE_LOOKUPS.labels("hit", "memory").inc(len(outcomes))
         remote = [e for e in ids if e not in outcomes]
@@ -93,7 +93,7 @@ class Predictor:
             for entity in remote:
                 found = looked_up[(key, feature_set, entity)]
                 if found.prediction is not None:
-                    outcomes[entity] = Outcome(entity, 200, found.prediction, cached=True)
+                    outcomes[entity] = Outcome(entity, found.prediction, cached=True)
                     self.local.put(key, feature_set, entity, found.prediction, found.trusted_for_seconds)
                     continue
                 # A computation that finished while this lookup was in flight has left its answer in memory
@@ -101,7 +101,7 @@ class Predictor:
                 # request would score the entity a second time.
                 hit = self.local.get(key, feature_set, entity)
                 if hit is not None:
-                    outcomes[entity] = Outcome(entity, 200, hit, cached=True)
+                    outcomes[entity] = Outcome(entity, hit, cached=True)
                     late_memory_hits += 1
                 else:
                     misses.append(entity)
@@ -162,9 +162,11 @@ class Predictor:
         for shard in read.failed:
             metrics.SHARD_ERRORS.labels(str(shard)).inc()
             for entity in read.failed_ids.get(shard, []):
-                out[entity] = Outcome(entity, 503, error=f"shard {shard} is unavailable; retry later")
+                out[entity] = Outcome(entity, error=ShardDownError(f"shard {shard} is unavailable; retry later"))
         for entity in read.missing:
-            out[entity] = Outcome(entity, 404, error=f"entity {entity!r} has no features in {feature_set!r}")
+            out[entity] = Outcome(
+                entity, error=UnknownEntityError(f"entity {entity!r} has no features in {feature_set!r}")
+            )
         records = list(read.records.values())
         if not records:
             return out
@@ -180,7 +182,7 @@ class Predictor:
                 scored.score, scored.label, record.version, record.event_ts.isoformat(), record.written_at.isoformat()
             )
             fresh[record.entity_id] = pred
-            out[record.entity_id] = Outcome(record.entity_id, 200, pred)
+            out[record.entity_id] = Outcome(record.entity_id, pred)
             self.local.put(model.key, feature_set, record.entity_id, pred, self._version_ttl)
         self._write_behind(self.cache.put(feature_set, {r.entity_id: r.version for r in records}, fresh, model.key))
         return out

@@ -5,9 +5,12 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import logging
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+
+import psycopg
 
 from serving import metrics
 from serving.cache import PredictionCache
@@ -15,6 +18,7 @@ from serving.features import FeatureSource
 from serving.local_cache import LocalPredictionCache
 from serving.predictor import Predictor
 from serving.scoring import ModelHolder
+from serving.settings import JavaSettings, ServingSettings
 from shardctl.notify import NotificationListener
 from shardctl.registry import PROMOTION_CHANNEL, ModelRegistry
 from shardctl.settings import TesseraSettings
@@ -35,23 +39,31 @@ def _settle_interpreter(switch_interval_ms: float) -> None:
     sys.setswitchinterval(switch_interval_ms / 1000.0)
 
 
+log = logging.getLogger(__name__)
+
+
 @dataclass
 class ServingRuntime:
+    """One worker's open parts, from startup to shutdown; route handlers receive it (or its model holder) by
+    injection instead of reading application state."""
+
     settings: TesseraSettings
+    serving: ServingSettings
     predictor: Predictor
     io_pool: ThreadPoolExecutor
     scoring_pool: ThreadPoolExecutor
     listener: NotificationListener
 
     @classmethod
-    async def open(cls, settings: TesseraSettings) -> ServingRuntime:
+    async def open(cls, settings: TesseraSettings, serving: ServingSettings | None = None) -> ServingRuntime:
         """Load the promoted model (if any), open the shard pools and Redis, and follow promotions."""
         if not settings.catalog_dsn:
             raise RuntimeError("no catalog DSN: set TESSERA_CATALOG_DSN or run `shardctl stack up`")
-        serving = settings.serving
+        serving = serving or ServingSettings()
+        catalog_dsn = settings.catalog_dsn
         scoring_pool = ThreadPoolExecutor(serving.scoring_threads, thread_name_prefix="tessera-score")
         io_pool = ThreadPoolExecutor(serving.io_threads, thread_name_prefix="tessera-io")
-        holder = ModelHolder(ModelRegistry(settings.catalog_dsn), settings.model_name, settings.h2o.java_home)
+        holder = ModelHolder(ModelRegistry(catalog_dsn), settings.model_name, JavaSettings().java_home)
 
         def refresh(payload: str | None = None) -> None:
             model = holder.refresh(payload)
@@ -60,8 +72,8 @@ class ServingRuntime:
 
         loop = asyncio.get_running_loop()
         await loop.run_in_executor(io_pool, refresh)
-        listener = NotificationListener(settings.catalog_dsn, PROMOTION_CHANNEL, refresh, on_reconnect=refresh)
-        features = await loop.run_in_executor(io_pool, FeatureSource, settings)
+        listener = NotificationListener(catalog_dsn, PROMOTION_CHANNEL, refresh, on_reconnect=refresh)
+        features = await loop.run_in_executor(io_pool, FeatureSource, catalog_dsn, serving.read_target)
         cache = PredictionCache(
             settings.redis_url,
             ttl_seconds=serving.cache_ttl_seconds,
@@ -78,7 +90,12 @@ class ServingRuntime:
         )
         listener.start()
         _settle_interpreter(serving.gil_switch_interval_ms)
-        return cls(settings, predictor, io_pool, scoring_pool, listener)
+        return cls(settings, serving, predictor, io_pool, scoring_pool, listener)
+
+    async def catalog_reachable(self) -> bool:
+        """Whether the catalog answers within a second (readiness), asked from the I/O pool."""
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.io_pool, _catalog_reachable, self.settings.catalog_dsn)
 
     async def close(self) -> None:
         self.listener.stop()
@@ -87,3 +104,13 @@ class ServingRuntime:
         await self.predictor.features.aclose()
         self.scoring_pool.shutdown(wait=True)
         self.io_pool.shutdown(wait=True)
+
+
+def _catalog_reachable(dsn: str | None) -> bool:
+    try:
+        with psycopg.connect(dsn or "", connect_timeout=1) as conn:
+            conn.execute("SELECT 1")
+        return True
+    except psycopg.Error as exc:
+        log.debug("catalog unreachable: %s", exc)
+        return False

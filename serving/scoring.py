@@ -18,16 +18,13 @@ from typing import Any
 
 import jpype
 
+from serving.errors import NoModelError
 from shardctl.java import find_java_home
 from shardctl.registry import ModelRegistry, ModelVersion
 
 log = logging.getLogger(__name__)
 
 _jvm_lock = threading.Lock()
-
-
-class NoModelError(RuntimeError):
-    """No model version is promoted for the served model name."""
 
 
 class ModelLoadError(RuntimeError):
@@ -138,6 +135,10 @@ class ModelHolder:
         self._java_home = java_home
         self._current: LoadedModel | None = None
         self._swap_lock = threading.Lock()
+
+    @property
+    def model_name(self) -> str:
+        return self._model_name
 
     @property
     def current(self) -> LoadedModel | None:

@@ -7,6 +7,7 @@ promoted version and hot-swaps when a promotion is announced on ``PROMOTION_CHAN
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -98,20 +99,50 @@ class ModelRegistry:
         genmodel_jar: str,
         details: dict[str, Any] | None = None,
     ) -> ModelVersion:
-        """Record a new version (the next integer for this model); returns it."""
+        """Record a new version (the next integer for this model) whose artifacts are already in place."""
+        return self.register_published(
+            model_name,
+            lambda _version: (artifact_path, genmodel_jar),
+            algorithm=algorithm,
+            feature_set=feature_set,
+            features=features,
+            metrics=metrics,
+            details=details,
+        )
+
+    def register_published(
+        self,
+        model_name: str,
+        publish: Callable[[int], tuple[str, str]],
+        *,
+        algorithm: str,
+        feature_set: str,
+        features: list[str],
+        metrics: dict[str, float],
+        details: dict[str, Any] | None = None,
+    ) -> ModelVersion:
+        """Record the next version of ``model_name``; ``publish(version)`` puts its artifacts where that number
+        says and returns (MOJO path, genmodel jar path). The one place versions are numbered: the number, the
+        artifacts' place and the row are decided under one lock, so concurrent trainers cannot swap them. If
+        ``publish`` raises, nothing is recorded."""
         with psycopg.connect(self.dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
-            # Serialize version numbering per model without a sequence per model.
+            # Serialize version numbering per model without a sequence per model (released at commit).
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"model_versions:{model_name}",))
+            cur.execute(
+                "SELECT coalesce(max(version), 0) + 1 AS next FROM model_versions WHERE model_name = %s", (model_name,)
+            )
+            version = int(cur.fetchone()["next"])  # type: ignore[index]
+            artifact_path, genmodel_jar = publish(version)
             cur.execute(
                 """
                 INSERT INTO model_versions (model_name, version, algorithm, feature_set, features, metrics,
                                             artifact_path, genmodel_jar, details)
-                SELECT %s, coalesce(max(version), 0) + 1, %s, %s, %s, %s, %s, %s, %s
-                FROM model_versions WHERE model_name = %s
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s)
                 RETURNING *
                 """,
                 (
                     model_name,
+                    version,
                     algorithm,
                     feature_set,
                     Jsonb(features),
@@ -119,7 +150,6 @@ class ModelRegistry:
                     artifact_path,
                     genmodel_jar,
                     Jsonb(details or {}),
-                    model_name,
                 ),
             )
             return ModelVersion(**cur.fetchone())  # type: ignore[arg-type]

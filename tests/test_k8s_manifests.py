@@ -4,12 +4,15 @@ name files that exist, and the in-cluster dagster.yaml passes Dagster's own sche
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import kubernetes_validate
 import pytest
 import yaml
 
+from orchestration.settings import H2OSettings, PipelineSettings
+from serving.settings import ServingSettings
 from shardctl.settings import TesseraSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -44,11 +47,14 @@ def test_every_manifest_validates_strictly_against_the_kubernetes_schema() -> No
 
 
 @pytest.mark.req("PLAT.k8s")
-def test_a_typo_in_a_kind_is_caught() -> None:
-    with pytest.raises(kubernetes_validate.SchemaNotFoundError):
-        kubernetes_validate.validate(
-            {"apiVersion": "apps/v1", "kind": "Deploymnet", "metadata": {"name": "x"}}, K8S_VERSION, strict=True
-        )
+def test_the_validation_rejects_our_serving_deployment_with_a_misspelt_field() -> None:
+    """The check above is strict enough to catch a typo in our manifests (an unknown field is an error)."""
+    deployment = copy.deepcopy(_find("Deployment", "serving"))
+    kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    container["readinesProbe"] = container.pop("readinessProbe")
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(deployment, K8S_VERSION, strict=True)
 
 
 @pytest.mark.req("PLAT.k8s")
@@ -82,12 +88,17 @@ def test_config_map_variables_are_real_settings(monkeypatch: pytest.MonkeyPatch,
     for key, value in data.items():
         monkeypatch.setenv(key, value)
     settings = TesseraSettings()
-    fields = set(TesseraSettings.model_fields)
+    sections = {cls.section: cls for cls in (ServingSettings, PipelineSettings, H2OSettings)}
     for key in data:
-        assert key.removeprefix("TESSERA_").split("__")[0].lower() in fields, key
+        name, _, field = key.removeprefix("TESSERA_").lower().partition("__")
+        if name in sections:
+            assert field in sections[name].model_fields, key
+        else:
+            assert name in TesseraSettings.model_fields, key
     assert settings.total_shards == 2
     assert all("target_session_attrs=read-write" in dsn for dsn in settings.shard_dsns())
-    assert settings.serving.port == 8000
+    assert ServingSettings().port == 8000
+    assert ServingSettings().host == "0.0.0.0"
 
 
 @pytest.mark.req("PLAT.k8s")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import queue
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
@@ -48,6 +49,45 @@ def test_versions_are_numbered_and_promotion_follows_the_metric(registry: ModelR
     assert current.key == f"{name}:3"
     assert current.features == ["txn_count_7d", "amount_sum_30d"]
     assert [v.version for v in registry.versions(name)] == [1, 2, 3]
+
+
+@pytest.mark.req("PLAT.model-registry")
+def test_concurrent_trainers_get_one_number_each_and_their_artifacts_sit_under_it(registry: ModelRegistry) -> None:
+    """The number, the artifacts' place and the row are decided together: 4 concurrent trainers, 4 versions,
+    each recorded with the paths its own publish step chose for that number."""
+    name = f"churn-{uuid.uuid4().hex[:8]}"
+    published: list[int] = []
+
+    def publish(version: int) -> tuple[str, str]:
+        published.append(version)
+        return f"/models/{name}/{version}/model.zip", f"/models/{name}/{version}/h2o-genmodel.jar"
+
+    def train(_: int):
+        return registry.register_published(
+            name, publish, algorithm="gbm", feature_set="customer_v1", features=["f"], metrics={"auc": 0.7}
+        )
+
+    with ThreadPoolExecutor(4) as pool:
+        versions = list(pool.map(train, range(4)))
+    assert sorted(v.version for v in versions) == sorted(published) == [1, 2, 3, 4]
+    for v in versions:
+        assert v.artifact_path == f"/models/{name}/{v.version}/model.zip"
+        assert v.genmodel_jar == f"/models/{name}/{v.version}/h2o-genmodel.jar"
+
+
+@pytest.mark.req("PLAT.model-registry")
+def test_a_failed_publish_records_nothing(registry: ModelRegistry) -> None:
+    name = f"churn-{uuid.uuid4().hex[:8]}"
+
+    def publish(version: int) -> tuple[str, str]:
+        raise OSError(f"disk full while publishing version {version}")
+
+    with pytest.raises(OSError, match="publishing version 1"):
+        registry.register_published(
+            name, publish, algorithm="gbm", feature_set="customer_v1", features=["f"], metrics={"auc": 0.7}
+        )
+    assert registry.versions(name) == []
+    assert _register(registry, name, 0.8).version == 1
 
 
 @pytest.mark.req("PLAT.model-registry")

@@ -17,7 +17,9 @@ from litestar import Litestar, post
 from pydantic import BaseModel
 
 from serving.features import FeatureSource
+from serving.http_errors import status_of
 from serving.runtime import ServingRuntime
+from serving.settings import ServingSettings
 from shardctl.registry import ModelRegistry
 from shardctl.settings import get_settings
 
@@ -53,8 +55,8 @@ def fastapi_inprocess() -> FastAPI:
     @app.post("/v1/predictions")
     async def predict(body: Body) -> dict:
         model, (outcome,) = await state["p"].predict([body.entity_id])
-        if outcome.status != 200:
-            raise HTTPException(outcome.status, outcome.error)
+        if outcome.error is not None:
+            raise HTTPException(status_of(outcome.error), outcome.error.message)
         return {"entity_id": body.entity_id, "score": outcome.prediction.score, "model": model.key}
 
     return app
@@ -65,7 +67,7 @@ def fastapi_h2o_rest() -> FastAPI:
     import pandas as pd
 
     settings = get_settings()
-    features = FeatureSource(settings)
+    features = FeatureSource(settings.catalog_dsn or "", ServingSettings().read_target)
     h2o.connect(url=os.environ["BENCH_H2O_URL"], verbose=False)
     model = h2o.get_model(os.environ["BENCH_H2O_MODEL_ID"])
     version = ModelRegistry(settings.catalog_dsn).current(settings.model_name)

@@ -2,6 +2,6 @@
 
 import dagster as dg
 
-from shardctl.settings import load_settings
+from orchestration.settings import PipelineSettings
 
-daily_partitions = dg.DailyPartitionsDefinition(start_date=load_settings().pipeline.start_date.isoformat())
+daily_partitions = dg.DailyPartitionsDefinition(start_date=PipelineSettings().start_date.isoformat())

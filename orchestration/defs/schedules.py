@@ -1,19 +1,19 @@
 """Jobs and schedules: every day, yesterday's raw partition and its features; then profile, key check,
 training and promotion over everything. Backfills of a date range use the daily job (UI or CLI)."""
 
-from datetime import timedelta
-
 import dagster as dg
 
-from orchestration.defs.features import customer_features
-from orchestration.defs.profiling import raw_profile
-from orchestration.defs.raw_data import raw_events
+from orchestration.defs.churn_model import churn_model, production_model
+from orchestration.defs.customer_features import customer_features
+from orchestration.defs.partitions import daily_partitions
+from orchestration.defs.raw_events import raw_events
+from orchestration.defs.raw_profile import raw_profile
 from orchestration.defs.shard_key import shard_key
-from orchestration.defs.training import churn_model, production_model
 
 daily_partitions_job = dg.define_asset_job(
     "daily_partitions",
     selection=dg.AssetSelection.assets(raw_events, customer_features),
+    partitions_def=daily_partitions,
     description="One day: land the raw events, then write that day's features to the shards (backfill this).",
 )
 
@@ -24,13 +24,11 @@ model_job = dg.define_asset_job(
     tags={"tessera/h2o": "train"},
 )
 
-
-@dg.schedule(job=daily_partitions_job, cron_schedule="0 1 * * *", execution_timezone="UTC")
-def daily_partitions_schedule(context: dg.ScheduleEvaluationContext) -> dg.RunRequest:
-    """At 01:00 UTC, yesterday's partition (the last complete day); the run key makes a repeated tick a no-op."""
-    yesterday = (context.scheduled_execution_time.date() - timedelta(days=1)).isoformat()
-    return dg.RunRequest(run_key=yesterday, partition_key=yesterday)
-
+# At 01:00 UTC, the last complete day's partition (yesterday); Dagster keys each tick's run by its partition,
+# so a repeated tick is a no-op.
+daily_partitions_schedule = dg.build_schedule_from_partitioned_job(
+    daily_partitions_job, hour_of_day=1, minute_of_hour=0
+)
 
 model_schedule = dg.ScheduleDefinition(
     name="daily_training",
@@ -39,5 +37,3 @@ model_schedule = dg.ScheduleDefinition(
     execution_timezone="UTC",
     description="After the daily partitions landed: re-profile and retrain.",
 )
-
-defs = dg.Definitions(jobs=[daily_partitions_job, model_job], schedules=[daily_partitions_schedule, model_schedule])

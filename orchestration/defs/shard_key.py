@@ -4,16 +4,17 @@ blocking asset check so features are never written under a bad key."""
 import dagster as dg
 import psycopg
 from psycopg.types.json import Jsonb
+from pydantic import Field
 
-from orchestration import profiling
-from orchestration.defs.profiling import raw_profile
+from orchestration import cardinality
+from orchestration.defs.raw_profile import raw_profile
 from orchestration.resources import TesseraResource
 from orchestration.synthetic import ENTITY_ATTRIBUTES
 
 
 class ShardKeyConfig(dg.Config):
-    column: str = "entity_id"
-    min_keys_per_shard: int = 50
+    column: str = Field(default="entity_id", pattern=r"^[a-z_][a-z0-9_]*$", description="A raw_events column.")
+    min_keys_per_shard: int = Field(default=50, ge=1, description="Distinct key values each shard needs at least.")
 
 
 @dg.asset(deps=[raw_profile], group_name="pipeline", kinds={"postgres"})
@@ -23,8 +24,8 @@ def shard_key(config: ShardKeyConfig, tessera: TesseraResource) -> dg.Materializ
     shards = tessera.settings().total_shards or tessera.settings().stack.shards
     try:
         with psycopg.connect(dsn) as conn:
-            distinct = profiling.distinct_count(conn, config.column)
-            mutable = profiling.mutable_key_values(conn, config.column)
+            distinct = cardinality.distinct_count(conn, config.column)
+            mutable = cardinality.mutable_key_values(conn, config.column)
             conn.execute(
                 """INSERT INTO shard_key_choices (key_column, attributes, distinct_values, mutable_entities,
                                                   total_shards, min_keys_per_shard)
@@ -54,12 +55,9 @@ def shard_key_is_valid(tessera: TesseraResource) -> dg.AssetCheckResult:
     if row is None:
         return dg.AssetCheckResult(passed=False, description="no shard key has been chosen yet")
     column, distinct, mutable, shards, min_keys = row
-    verdict = profiling.judge_shard_key(column, distinct, mutable, shards, min_keys)
+    verdict = cardinality.judge_shard_key(column, distinct, mutable, shards, min_keys)
     return dg.AssetCheckResult(
         passed=verdict.passed,
         description=verdict.message,
         metadata={"key_column": column, "distinct_values": distinct, "mutable_values": mutable},
     )
-
-
-defs = dg.Definitions(assets=[shard_key], asset_checks=[shard_key_is_valid])

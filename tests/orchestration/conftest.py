@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from orchestration.h2o_runtime import LocalH2O, start_local_h2o
+from orchestration.settings import PipelineSettings
 
 DAYS = 10
 ROWS_PER_DAY = 1000  # 10k raw rows
@@ -49,10 +50,10 @@ def defs(pipeline_env):
     """The code location, imported once the stack's settings exist (it reads the shard count at load)."""
     from orchestration.definitions import defs
 
-    return defs
+    return defs()
 
 
 @pytest.fixture(scope="session")
-def days(settings):
-    start = settings.pipeline.start_date
+def days(pipeline_env):
+    start = PipelineSettings().start_date
     return [start + timedelta(days=i) for i in range(DAYS)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
+
 from click.testing import CliRunner
 
 from orchestration.__main__ import main
@@ -16,10 +18,13 @@ def test_run_without_a_stack_says_how_to_start_one(tmp_path, monkeypatch) -> Non
     assert "Traceback" not in result.output
 
 
-def test_run_past_yesterday_is_refused_before_anything_runs(settings) -> None:
+def test_run_past_yesterday_is_refused_before_anything_runs(settings, monkeypatch) -> None:
     result = CliRunner().invoke(main, ["run", "--days", "4000"])
     assert result.exit_code != 0
     assert "Traceback" not in result.output
-    result = CliRunner().invoke(main, ["run", "--days", "400"])
+    # Relative to today, so the test means the same on any date: 6 days from 5 days ago include today.
+    start = datetime.now(UTC).date() - timedelta(days=5)
+    monkeypatch.setenv("TESSERA_PIPELINE__START_DATE", start.isoformat())
+    result = CliRunner().invoke(main, ["run", "--days", "6"])
     assert result.exit_code == 1
     assert "reach past yesterday" in result.output

@@ -10,8 +10,8 @@ import dagster as dg
 import psycopg
 import pytest
 
-from orchestration import profiling
-from orchestration.defs.features import shard_check_results
+from orchestration import cardinality
+from orchestration.defs.customer_features import shard_check_results
 from orchestration.feature_engineering import FEATURES
 from orchestration.resources import TesseraResource
 from orchestration.run_graph import run_days, run_model, summarize
@@ -63,6 +63,9 @@ def test_features_land_on_the_shard_shard_for_names_and_every_shard_check_passes
         assert all(c.passed for c in checks.values()), [c.description for c in checks.values()]
         meta = _mat(day_result, "customer_features")
         assert meta["shard_0_rows"].value + meta["shard_1_rows"].value == meta["rows"].value > 0
+        assert meta["dagster/row_count"].value == meta["rows"].value
+        per_shard = {r.data["shard"]: r.data["rows_written"] for r in meta["rows_per_shard"].records}
+        assert per_shard == {0: meta["shard_0_rows"].value, 1: meta["shard_1_rows"].value}
 
 
 @pytest.mark.req("PLAT.training")
@@ -89,16 +92,19 @@ def test_model_is_trained_from_all_shards_exported_registered_and_promoted(graph
 
 
 @pytest.mark.req("JTBD-03.profile")
-def test_profile_is_exact_for_small_data_stored_and_shown_as_markdown(graph, settings) -> None:
+def test_profile_is_exact_for_small_data_stored_and_shown_as_a_table(graph, settings) -> None:
     meta = _mat(graph["model"], "raw_profile")
     assert meta["method"].value == "exact"
     with psycopg.connect(settings.catalog_dsn) as conn:
         exact = conn.execute("SELECT count(DISTINCT entity_id), count(DISTINCT channel) FROM raw_events").fetchone()
         stored = conn.execute("SELECT profile FROM raw_profiles ORDER BY id DESC LIMIT 1").fetchone()[0]
     assert meta["entity_id_distinct"].value == exact[0]
-    table = meta["profile"].value
-    assert "| column | distinct | null % | top values |" in table
-    assert f"| `channel` | {exact[1]:,} |" in table
+    table = meta["profile"]
+    assert [c.name for c in table.schema.columns] == ["column", "distinct", "null_pct", "top_values"]
+    rows = {r.data["column"]: r.data for r in table.records}
+    assert rows["channel"]["distinct"] == exact[1]
+    keys = {r.data["candidate_key"]: r.data for r in meta["candidate_keys"].records}
+    assert keys["entity_id"]["immutable"] is True
     by_name = {c["name"]: c for c in stored["columns"]}
     assert by_name["entity_id"]["distinct"] == exact[0]
     assert {k["column"]: k["mutable_values"] for k in stored["candidates"]}["entity_id"] == 0
@@ -106,8 +112,8 @@ def test_profile_is_exact_for_small_data_stored_and_shown_as_markdown(graph, set
 
 @pytest.mark.req("JTBD-03.profile")
 def test_approximate_profile_from_merged_sketches_is_within_three_percent(graph, settings) -> None:
-    exact = profiling.profile_raw(settings.catalog_dsn, exact_max_rows=10**9)
-    approx = profiling.profile_raw(settings.catalog_dsn, exact_max_rows=0)
+    exact = cardinality.profile_raw(settings.catalog_dsn, exact_max_rows=10**9)
+    approx = cardinality.profile_raw(settings.catalog_dsn, exact_max_rows=0)
     assert approx.method == "hll"
     for column in ("entity_id", "event_id", "amount", "country"):
         e, a = exact.column(column).distinct, approx.column(column).distinct

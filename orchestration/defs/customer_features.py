@@ -7,7 +7,7 @@ import dagster as dg
 import psycopg
 
 from orchestration.defs.partitions import daily_partitions
-from orchestration.defs.raw_data import raw_events
+from orchestration.defs.raw_events import raw_events
 from orchestration.defs.shard_key import shard_key
 from orchestration.feature_engineering import FEATURES, features_as_of
 from orchestration.resources import TesseraResource
@@ -19,6 +19,10 @@ from shardctl.writer import FeatureRow
 LOADED_SHARDS = load_settings().total_shards or load_settings().stack.shards
 
 
+def _shard_check_name(shard: int) -> str:
+    return f"shard_{shard}_rows_and_placement"
+
+
 @dg.asset(
     partitions_def=daily_partitions,
     # Same-day lineage: partition D needs raw D; its 30-day window also reads the earlier days landed so far.
@@ -26,6 +30,14 @@ LOADED_SHARDS = load_settings().total_shards or load_settings().stack.shards
     group_name="pipeline",
     kinds={"postgres"},
     description="Features as of the day for every entity active that day, upserted on the entity's shard.",
+    check_specs=[
+        dg.AssetCheckSpec(
+            _shard_check_name(i),
+            asset="customer_features",
+            description=f"Shard {i} holds every active entity routed to it, and only those (tessera_shard_for in SQL).",
+        )
+        for i in range(LOADED_SHARDS)
+    ],
 )
 def customer_features(context: dg.AssetExecutionContext, tessera: TesseraResource) -> dg.MaterializeResult:
     day = context.partition_time_window.start.date()
@@ -33,27 +45,31 @@ def customer_features(context: dg.AssetExecutionContext, tessera: TesseraResourc
     computed = features_as_of(tessera.dsn(), day)
     rows = [FeatureRow(r["entity_id"], r["event_ts"], {f: r[f] for f in FEATURES}) for r in computed]
     with tessera.feature_store() as store:
-        report = store.write(settings.feature_set, rows)
         shards = store.shard_map.total_shards
+        if shards != LOADED_SHARDS:  # its checks would judge a topology that is gone
+            raise dg.Failure(
+                f"the topology has {shards} shards but the code location was loaded with {LOADED_SHARDS}: "
+                "reload the code location"
+            )
+        report = store.write(settings.feature_set, rows)
     per_shard = {i: report.rows_per_shard.get(i, 0) for i in range(shards)}
-    table = "\n".join(["| shard | rows written |", "|---:|---:|"] + [f"| {i} | {n:,} |" for i, n in per_shard.items()])
     return dg.MaterializeResult(
         metadata={
+            "dagster/row_count": len(rows),
             "feature_set": settings.feature_set,
             "rows": len(rows),
             "shard_map_epoch": report.epoch,
             "inserted": report.inserted,
             "updated": report.updated,
             "unchanged": report.unchanged,
-            "rows_per_shard": dg.MetadataValue.md(table),
+            "rows_per_shard": dg.MetadataValue.table(
+                [dg.TableRecord({"shard": i, "rows_written": n}) for i, n in per_shard.items()],
+                schema=dg.TableSchema(columns=[dg.TableColumn("shard", "int"), dg.TableColumn("rows_written", "int")]),
+            ),
             **{f"shard_{i}_rows": n for i, n in per_shard.items()},
-        }
+        },
+        check_results=shard_check_results(tessera, day),
     )
-
-
-def _partition_day(context: dg.AssetCheckExecutionContext) -> date | None:
-    key = context.op_execution_context.run.tags.get("dagster/partition")
-    return date.fromisoformat(key) if key else None
 
 
 def shard_check_results(tessera: TesseraResource, day: date | None) -> list[dg.AssetCheckResult]:
@@ -87,7 +103,7 @@ def shard_check_results(tessera: TesseraResource, day: date | None) -> list[dg.A
         )
         results.append(
             dg.AssetCheckResult(
-                check_name=f"shard_{i}_rows_and_placement",
+                check_name=_shard_check_name(i),
                 passed=passed,
                 description=description,
                 metadata={
@@ -99,26 +115,3 @@ def shard_check_results(tessera: TesseraResource, day: date | None) -> list[dg.A
             )
         )
     return results
-
-
-@dg.multi_asset_check(
-    specs=[
-        dg.AssetCheckSpec(
-            f"shard_{i}_rows_and_placement",
-            asset=customer_features,
-            description=f"Shard {i} holds every active entity routed to it, and only those (tessera_shard_for in SQL).",
-        )
-        for i in range(LOADED_SHARDS)
-    ]
-)
-def features_per_shard(context: dg.AssetCheckExecutionContext, tessera: TesseraResource):
-    results = shard_check_results(tessera, _partition_day(context))
-    if len(results) != LOADED_SHARDS:
-        raise dg.Failure(
-            f"the topology has {len(results)} shards but the code location was loaded with {LOADED_SHARDS}: "
-            "reload the code location"
-        )
-    yield from results
-
-
-defs = dg.Definitions(assets=[customer_features], asset_checks=[features_per_shard])

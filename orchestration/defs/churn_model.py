@@ -4,10 +4,11 @@ import uuid
 from pathlib import Path
 
 import dagster as dg
+from pydantic import Field
 
-from orchestration import training
-from orchestration.defs.features import customer_features
-from orchestration.defs.raw_data import raw_events
+from orchestration import gbm
+from orchestration.defs.customer_features import customer_features
+from orchestration.defs.raw_events import raw_events
 from orchestration.defs.shard_key import shard_key
 from orchestration.feature_engineering import FEATURES, labels
 from orchestration.resources import H2OResource, TesseraResource
@@ -15,9 +16,11 @@ from shardctl.export import export_feature_set
 
 
 class TrainConfig(dg.Config):
-    ntrees: int = 60
-    max_depth: int = 5
-    validation_fraction: float = 0.2
+    ntrees: int = Field(default=60, ge=1, le=1000, description="Trees of the GBM.")
+    max_depth: int = Field(default=5, ge=1, le=20, description="Depth of each tree.")
+    validation_fraction: float = Field(
+        default=0.2, gt=0, lt=1, description="Share of the newest signup cohorts that validates the model."
+    )
     seed: int = 42
 
 
@@ -31,48 +34,46 @@ def churn_model(
     with tessera.feature_store() as store:
         exported = list(export_feature_set(store.shard_map, settings.feature_set))
     try:
-        frame = training.training_frame(exported, labels(tessera.dsn()))
-    except training.TrainingDataError as exc:
+        frame = gbm.training_frame(exported, labels(tessera.dsn()))
+    except gbm.TrainingDataError as exc:
         raise dg.Failure(str(exc)) from exc
     models_dir = Path(settings.data_dir).absolute() / "models" / settings.model_name
     staging = models_dir / f"staging-{uuid.uuid4().hex[:12]}"
     with h2o_cluster.cluster(context.log):
         try:
-            trained = training.train_gbm(
+            trained = gbm.train_gbm(
                 frame,
                 ntrees=config.ntrees,
                 max_depth=config.max_depth,
                 validation_fraction=config.validation_fraction,
                 seed=config.seed,
             )
-        except training.TrainingDataError as exc:
+        except gbm.TrainingDataError as exc:
             raise dg.Failure(str(exc)) from exc
-        mojo, jar = training.export_mojo(trained.model, staging)
-    with training.registration_lock(tessera.dsn(), settings.model_name):
-        registry = tessera.registry()
-        existing = registry.versions(settings.model_name)
-        number = existing[-1].version + 1 if existing else 1
+        mojo, jar = gbm.export_mojo(trained.model, staging)
+
+    def publish(number: int) -> tuple[str, str]:
         final = models_dir / str(number)
-        training.publish_artifacts(staging, final)
-        version = registry.register(
-            settings.model_name,
-            algorithm="h2o-gbm",
-            feature_set=settings.feature_set,
-            features=list(FEATURES),
-            metrics=trained.metrics,
-            artifact_path=str(final / mojo.name),
-            genmodel_jar=str(final / jar.name),
-            details={
-                "cutoff_signup_date": trained.cutoff,
-                "train_rows": trained.train_rows,
-                "valid_rows": trained.valid_rows,
-                "ntrees": config.ntrees,
-                "max_depth": config.max_depth,
-                "dagster_run_id": context.run.run_id,
-            },
-        )
-    if version.version != number:
-        raise dg.Failure(f"registry numbered the model {version.version}, artifacts are in {final}")
+        gbm.publish_artifacts(staging, final)
+        return str(final / mojo.name), str(final / jar.name)
+
+    # The registry numbers the version and, under the same lock, publish() moves the artifacts to its folder.
+    version = tessera.registry().register_published(
+        settings.model_name,
+        publish,
+        algorithm="h2o-gbm",
+        feature_set=settings.feature_set,
+        features=list(FEATURES),
+        metrics=trained.metrics,
+        details={
+            "cutoff_signup_date": trained.cutoff,
+            "train_rows": trained.train_rows,
+            "valid_rows": trained.valid_rows,
+            "ntrees": config.ntrees,
+            "max_depth": config.max_depth,
+            "dagster_run_id": context.run.run_id,
+        },
+    )
     return dg.MaterializeResult(
         metadata={
             "model_version": version.version,
@@ -82,7 +83,7 @@ def churn_model(
             "train_rows": trained.train_rows,
             "validation_rows": trained.valid_rows,
             "split": f"signup_date < {trained.cutoff} trains, the rest validates",
-            "variable_importance": dg.MetadataValue.md(training.varimp_markdown(trained.varimp)),
+            "variable_importance": dg.MetadataValue.md(gbm.varimp_markdown(trained.varimp)),
             "artifact_path": dg.MetadataValue.path(version.artifact_path),
         }
     )
@@ -110,6 +111,3 @@ def production_model(tessera: TesseraResource) -> dg.MaterializeResult:
             "production_auc": current.metrics.get("auc", float("nan")) if current else float("nan"),
         }
     )
-
-
-defs = dg.Definitions(assets=[churn_model, production_model])

@@ -4,15 +4,14 @@ out-of-time split by signup cohort, metrics, variable importance, and the MOJO e
 from __future__ import annotations
 
 import shutil
-from collections.abc import Iterable, Iterator
-from contextlib import contextmanager
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
 import h2o
 import pandas as pd
-import psycopg
 from h2o.estimators import H2OGradientBoostingEstimator
+from h2o.exceptions import H2OValueError
 
 from orchestration.feature_engineering import CATEGORICAL_FEATURES, FEATURES
 from shardctl.export import ExportedRow
@@ -83,12 +82,24 @@ def export_mojo(model: H2OGradientBoostingEstimator, directory: Path) -> tuple[P
     directory.mkdir(parents=True, exist_ok=True)
     try:
         mojo = Path(model.download_mojo(path=str(directory), get_genmodel_jar=True))
-    except Exception as exc:  # 3.46.0.12+ refuses export in the open-source client
-        raise RuntimeError(
-            f"MOJO export failed with h2o {h2o.__version__} ({exc}); pin h2o==3.46.0.11, the last open-source "
+    except H2OValueError as exc:
+        if not is_secure_only_refusal(exc):
+            raise
+        raise MojoExportRefusedError(
+            f"h2o {h2o.__version__} refuses MOJO export ({exc}); pin h2o==3.46.0.11, the last open-source "
             "client that exports MOJOs"
         ) from exc
     return mojo, directory / "h2o-genmodel.jar"
+
+
+class MojoExportRefusedError(RuntimeError):
+    """The installed h2o client refuses MOJO export (a release that reserves it for H2O-3 Secure)."""
+
+
+def is_secure_only_refusal(exc: BaseException) -> bool:
+    """Whether ``exc`` is the client's "<operation> requires H2O-3 Secure" refusal (h2o 3.46.0.12 and later),
+    as opposed to any other export failure (disk full, cluster gone), which is reported as it is."""
+    return "requires H2O-3 Secure" in str(exc)
 
 
 def publish_artifacts(staging: Path, final: Path) -> None:
@@ -105,15 +116,3 @@ def varimp_markdown(varimp: list[tuple[str, float]], width: int = 30) -> str:
     for name, scaled in varimp:
         lines.append(f"| `{name}` | {scaled:.3f} | {'█' * max(1, round(scaled * width))} |")
     return "\n".join(lines)
-
-
-@contextmanager
-def registration_lock(catalog_dsn: str, model_name: str) -> Iterator[None]:
-    """Serialize "pick the next version's folder, register it" among trainers of one model, so the folder
-    ``<models>/<name>/<version>/`` and the registered version number always agree."""
-    with psycopg.connect(catalog_dsn, autocommit=True) as conn:
-        conn.execute("SELECT pg_advisory_lock(hashtext(%s))", (f"tessera-train:{model_name}",))
-        try:
-            yield
-        finally:
-            conn.execute("SELECT pg_advisory_unlock(hashtext(%s))", (f"tessera-train:{model_name}",))

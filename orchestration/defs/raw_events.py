@@ -5,6 +5,7 @@ import dagster as dg
 from orchestration import raw_store
 from orchestration.defs.partitions import daily_partitions
 from orchestration.resources import TesseraResource
+from orchestration.settings import PipelineSettings
 from orchestration.synthetic import generate_day
 
 
@@ -16,7 +17,7 @@ from orchestration.synthetic import generate_day
 )
 def raw_events(context: dg.AssetExecutionContext, tessera: TesseraResource) -> dg.MaterializeResult:
     day = context.partition_time_window.start.date()
-    pipeline = tessera.settings().pipeline
+    pipeline = PipelineSettings()
     frame = generate_day(
         day, start_date=pipeline.start_date, seed=pipeline.seed, rows=pipeline.rows_per_day, entities=pipeline.entities
     )
@@ -25,12 +26,10 @@ def raw_events(context: dg.AssetExecutionContext, tessera: TesseraResource) -> d
     rows = raw_store.replace_partition(dsn, day, frame)
     return dg.MaterializeResult(
         metadata={
+            "dagster/row_count": rows,
             "rows": rows,
             "entities": int(frame["entity_id"].nunique()),
             "amount_total": float(frame["amount"].sum()),
             "churned_share": float(frame.drop_duplicates("entity_id")["churned"].mean()),
         }
     )
-
-
-defs = dg.Definitions(assets=[raw_events])

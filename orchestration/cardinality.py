@@ -1,4 +1,5 @@
-"""Cardinality profile of the raw events and the shard-key rule: pure SQL and logic, no Dagster."""
+"""Cardinality profile of the raw events (exact or from merged HLL sketches) and the shard-key rule: pure SQL
+and logic, no Dagster (``defs/raw_profile.py`` and ``defs/shard_key.py`` call it)."""
 
 from __future__ import annotations
 
@@ -119,22 +120,30 @@ def previous_profile(dsn: str) -> dict | None:
     return row[0] if row else None
 
 
-def markdown_table(profile: Profile) -> str:
-    """The profile as the Markdown table the Dagster UI renders."""
-    lines = [
-        f"{profile.total_rows:,} rows, distinct counts {'exact' if profile.method == 'exact' else 'approximate (HLL)'}",
-        "",
-        "| column | distinct | null % | top values |",
-        "|---|---:|---:|---|",
+def column_rows(profile: Profile) -> list[dict[str, object]]:
+    """One row per column: distinct count, null percentage, top values (the UI shows them as a table)."""
+    return [
+        {
+            "column": c.name,
+            "distinct": int(c.distinct),
+            "null_pct": round(100 * c.null_fraction, 2),
+            "top_values": ", ".join(f"{v} ({n:,})" for v, n in c.top_values) or "(near-unique)",
+        }
+        for c in profile.columns
     ]
-    for c in profile.columns:
-        top = ", ".join(f"{v} ({n:,})" for v, n in c.top_values) or "(near-unique)"
-        lines.append(f"| `{c.name}` | {int(c.distinct):,} | {100 * c.null_fraction:.2f} | {top} |")
-    lines += ["", "| candidate key | distinct | immutable attributes |", "|---|---:|---|"]
-    for k in profile.candidates:
-        verdict = "yes" if k.immutable else f"no ({k.mutable_values:,} values change)"
-        lines.append(f"| `{k.column}` | {int(k.distinct):,} | {verdict} |")
-    return "\n".join(lines)
+
+
+def candidate_rows(profile: Profile) -> list[dict[str, object]]:
+    """One row per candidate shard key: distinct count, and how many of its values change their attributes."""
+    return [
+        {
+            "candidate_key": k.column,
+            "distinct": int(k.distinct),
+            "immutable": k.immutable,
+            "mutable_values": k.mutable_values,
+        }
+        for k in profile.candidates
+    ]
 
 
 @dataclass(frozen=True)

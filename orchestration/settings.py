@@ -1,0 +1,42 @@
+"""The pipeline's own settings: ``TESSERA_PIPELINE__*`` and ``TESSERA_H2O__*`` variables, then the ``pipeline``
+and ``h2o`` objects of the stack's settings file, then these defaults. What orchestration shares with the other
+parts (catalog, shards, model name, feature set, data dir, Dagster DSN) stays in
+``shardctl.settings.TesseraSettings``."""
+
+from __future__ import annotations
+
+from datetime import date
+from typing import ClassVar
+
+from pydantic import Field
+
+from shardctl.settings import SectionSettings, section_config
+
+# The heap of an H2O JVM the pipeline starts itself (this section's default, and so the H2O resource's). 1 GB
+# trains the pipeline's GBM; on a 2-core development box a bigger heap only takes memory from Postgres.
+DEFAULT_H2O_MAX_MEM = "1G"
+
+
+class PipelineSettings(SectionSettings):
+    """The Dagster pipeline's synthetic raw data: its seed, calendar and scale (tests use less, the demo more)."""
+
+    section: ClassVar[str] = "pipeline"
+    model_config = section_config(section)
+
+    seed: int = 7
+    start_date: date = date(2026, 9, 1)
+    rows_per_day: int = Field(default=1000, ge=1)
+    entities: int = Field(default=2000, ge=1)
+    exact_profile_max_rows: int = Field(default=500_000, ge=0)
+
+
+class H2OSettings(SectionSettings):
+    """How orchestration reaches H2O: an existing cluster URL, or a local JVM started on demand."""
+
+    section: ClassVar[str] = "h2o"
+    model_config = section_config(section)
+
+    url: str | None = None
+    nthreads: int = Field(default=2, ge=1, le=256)
+    max_mem: str = Field(default=DEFAULT_H2O_MAX_MEM, pattern=r"^\d+[mMgG]$")
+    java_home: str | None = None

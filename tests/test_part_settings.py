@@ -1,0 +1,63 @@
+"""Each part's own settings: its TESSERA_<SECTION>__* variables win over its section of the stack's file, which
+wins over the defaults; a part never reads another part's section."""
+
+from __future__ import annotations
+
+import json
+from datetime import date
+from pathlib import Path
+
+import pytest
+
+from orchestration.resources import H2OResource
+from orchestration.settings import H2OSettings, PipelineSettings
+from serving.settings import JavaSettings, ServingSettings
+
+
+@pytest.fixture
+def stack_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    path = tmp_path / "settings.json"
+    path.write_text(
+        json.dumps(
+            {
+                "catalog_dsn": "host=localhost port=1",
+                "serving": {"port": 8100, "max_batch": 50},
+                "pipeline": {"start_date": "2026-10-01"},
+                "h2o": {"java_home": "/opt/java17", "max_mem": "3G"},
+            }
+        )
+    )
+    monkeypatch.setenv("TESSERA_SETTINGS_FILE", str(path))
+    for name in ("TESSERA_SERVING__PORT", "TESSERA_SERVING__MAX_BATCH", "TESSERA_H2O__MAX_MEM", "TESSERA_H2O__URL"):
+        monkeypatch.delenv(name, raising=False)
+    return path
+
+
+@pytest.mark.req("PLAT.settings")
+def test_env_beats_the_stack_file_which_beats_the_defaults(stack_file: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TESSERA_SERVING__PORT", "9123")
+    serving = ServingSettings()
+    assert (serving.port, serving.max_batch, serving.workers) == (9123, 50, 1)
+    assert PipelineSettings().start_date == date(2026, 10, 1)
+    assert H2OSettings().max_mem == "3G"
+    monkeypatch.setenv("TESSERA_H2O__MAX_MEM", "512m")
+    assert H2OSettings().max_mem == "512m"
+
+
+@pytest.mark.req("PLAT.settings")
+def test_training_and_scoring_read_the_one_java_home_the_stack_records(stack_file: Path) -> None:
+    assert H2OSettings().java_home == JavaSettings().java_home == "/opt/java17"
+
+
+@pytest.mark.req("PLAT.settings")
+def test_the_h2o_heap_has_one_default(tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("TESSERA_SETTINGS_FILE", str(tmp_path / "absent.json"))
+    monkeypatch.delenv("TESSERA_H2O__MAX_MEM", raising=False)
+    assert H2OResource().max_mem == H2OSettings().max_mem == "1G"
+
+
+def test_a_bad_value_is_refused_by_its_section() -> None:
+    with pytest.raises(ValueError, match="read_target"):
+        ServingSettings(read_target="primary")
+    with pytest.raises(ValueError, match="max_mem"):
+        H2OSettings(max_mem="lots")
