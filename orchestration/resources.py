@@ -16,9 +16,9 @@ import h2o
 import redis
 
 from orchestration import h2o_runtime
-from shardctl.registry import ModelRegistry
 from shardctl.settings import TesseraSettings, load_settings
 from shardctl.store import FeatureStore
+from shardctl.store.registry import ModelRegistry
 
 
 class TesseraResource(dg.ConfigurableResource):

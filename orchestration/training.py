@@ -15,7 +15,7 @@ import psycopg
 from h2o.estimators import H2OGradientBoostingEstimator
 
 from orchestration.feature_engineering import CATEGORICAL_FEATURES, FEATURES
-from shardctl.export import ExportedRow
+from shardctl.store.export import ExportedRow
 
 LABEL = "churned"
 

@@ -8,10 +8,10 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shardctl.async_reader import AsyncFeatureReader
-from shardctl.reader import ReadResult
 from shardctl.settings import TesseraSettings
 from shardctl.store import FeatureStore
+from shardctl.store.async_reader import AsyncFeatureReader
+from shardctl.store.reader import ReadResult
 
 
 class FeatureSource:

@@ -15,9 +15,9 @@ from serving.features import FeatureSource
 from serving.local_cache import LocalPredictionCache
 from serving.predictor import Predictor
 from serving.scoring import ModelHolder
-from shardctl.notify import NotificationListener
-from shardctl.registry import PROMOTION_CHANNEL, ModelRegistry
 from shardctl.settings import TesseraSettings
+from shardctl.store.notify import NotificationListener
+from shardctl.store.registry import PROMOTION_CHANNEL, ModelRegistry
 
 
 def _settle_interpreter(switch_interval_ms: float) -> None:

@@ -19,7 +19,7 @@ from typing import Any
 import jpype
 
 from shardctl.java import find_java_home
-from shardctl.registry import ModelRegistry, ModelVersion
+from shardctl.store.registry import ModelRegistry, ModelVersion
 
 log = logging.getLogger(__name__)
 

@@ -10,18 +10,18 @@ from pathlib import Path
 import click
 import psycopg
 
-from shardctl.errors import describe_dsn
-from shardctl.ha.cluster import HACluster
-from shardctl.ha.etcd import EtcdStartError
-from shardctl.ha.status import HAError, shard_members, switchover
+from shardctl.control.ha import HAError, shard_members, switchover
 from shardctl.java import JavaUnavailableError
-from shardctl.schema import SchemaError
 from shardctl.settings import load_settings
-from shardctl.shardmap import ShardMapError, ShardMapStore
 from shardctl.stack.binaries import MissingBinaryError
+from shardctl.stack.ha.cluster import HACluster
+from shardctl.stack.ha.etcd import EtcdStartError
 from shardctl.stack.manager import Stack, StackError
 from shardctl.stack.postgres import PostgresStartError
 from shardctl.stack.redis_server import RedisStartError
+from shardctl.store.errors import describe_dsn
+from shardctl.store.schema import SchemaError
+from shardctl.store.shardmap import ShardMapError, ShardMapStore
 
 EXPECTED_ERRORS = (
     StackError,

@@ -7,8 +7,8 @@ import uuid
 
 import pytest
 
-from shardctl.notify import NotificationListener
-from shardctl.registry import PROMOTION_CHANNEL, ModelNotFoundError, ModelRegistry, is_better
+from shardctl.store.notify import NotificationListener
+from shardctl.store.registry import PROMOTION_CHANNEL, ModelNotFoundError, ModelRegistry, is_better
 
 
 @pytest.fixture

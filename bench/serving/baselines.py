@@ -18,8 +18,8 @@ from pydantic import BaseModel
 
 from serving.features import FeatureSource
 from serving.runtime import ServingRuntime
-from shardctl.registry import ModelRegistry
 from shardctl.settings import get_settings
+from shardctl.store.registry import ModelRegistry
 
 
 @post("/hello", status_code=200)

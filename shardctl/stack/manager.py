@@ -12,18 +12,18 @@ from typing import Any
 
 import psycopg
 
-from shardctl.ha.cluster import HACluster, HAState
-from shardctl.ha.status import HAError, leader, shard_members
-from shardctl.hashing import install_sql_functions
+from shardctl.control.ha import HAError, leader, shard_members
 from shardctl.java import JavaUnavailableError, check_runtime, find_java
 from shardctl.process import allocate_ports, pid_alive
-from shardctl.registry import ModelRegistry
 from shardctl.settings import SETTINGS_FILE_NAME, HASettings
 from shardctl.stack.binaries import PostgresBinaries, find_postgres, find_redis_server
+from shardctl.stack.ha.cluster import HACluster, HAState
 from shardctl.stack.postgres import DATABASE, PostgresServer, make_template
 from shardctl.stack.redis_server import RedisServer
 from shardctl.stack.users import chown_tree, server_user, user_can_write
 from shardctl.store import prepare as prepare_feature_store
+from shardctl.store.hashing import install_sql_functions
+from shardctl.store.registry import ModelRegistry
 
 STATE_FILE_NAME = "stack.json"
 CATALOG = "catalog"

@@ -14,10 +14,10 @@ import yaml
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import ValidationError
 
-from shardctl.ha.config import MemberPlan, dynamic_config, member_config, multi_host_dsn, render
-from shardctl.pools import ShardPools
-from shardctl.retry import is_failover_error, is_multi_host
 from shardctl.settings import HASettings
+from shardctl.stack.ha.config import MemberPlan, dynamic_config, member_config, multi_host_dsn, render
+from shardctl.store.pools import ShardPools
+from shardctl.store.retry import is_failover_error, is_multi_host
 
 MEMBER = MemberPlan(shard=2, index=1, pg_port=25001, api_port=25002, root=Path("/tmp/x/shard2/m1"))
 
@@ -36,7 +36,7 @@ def test_synchronous_mode_is_on_by_default_and_strict_is_a_switch() -> None:
 @pytest.mark.req("JTBD-04.failover-30s")
 def test_timings_are_fast_and_must_fit_patronis_rule() -> None:
     ha = HASettings()
-    assert ha.ttl < 20  # below Patroni's default floor: see shardctl/ha/patroni_entry.py
+    assert ha.ttl < 20  # below Patroni's default floor: see shardctl/stack/ha/patroni_entry.py
     assert ha.loop_wait + 2 * ha.retry_timeout <= ha.ttl
     with pytest.raises(ValidationError, match="loop_wait \\+ 2\\*retry_timeout <= ttl"):
         HASettings(ttl=8, loop_wait=3, retry_timeout=3)
@@ -75,7 +75,7 @@ def test_patroni_keeps_the_configured_ttl_only_through_our_entry_point(tmp_path:
         f"""
         import sys
         from patroni.config import Config
-        from shardctl.ha import patroni_entry
+        from shardctl.stack.ha import patroni_entry
         if sys.argv[1] == "entry":
             patroni_entry.lower_ttl_floor(patroni_entry.configured_ttl(__import__("pathlib").Path({str(config_file)!r})))
         conf = {{"ttl": 8, "loop_wait": 1, "retry_timeout": 3}}
@@ -104,7 +104,7 @@ def test_only_lost_connections_and_demoted_primaries_are_retried() -> None:
 
 @pytest.mark.req("JTBD-04.replica")
 def test_plan_gives_every_member_of_every_shard_its_own_ports(tmp_path: Path) -> None:
-    from shardctl.ha.cluster import HACluster
+    from shardctl.stack.ha.cluster import HACluster
 
     ports = list(range(30000, 30000 + HACluster.ports_needed(shards=2, replicas=2)))
     state = HACluster.plan(tmp_path, 2, HASettings(), ports, replicas=2)

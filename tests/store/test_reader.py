@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from shardctl.hashing import shard_for
-from shardctl.reader import BadEntityIdError
 from shardctl.store import FeatureStore
+from shardctl.store.hashing import shard_for
+from shardctl.store.reader import BadEntityIdError
 from tests.store.conftest import T0, make_rows
 
 

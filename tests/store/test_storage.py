@@ -14,12 +14,12 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from shardctl.hashing import install_sql_functions
-from shardctl.schema import FENCE_DDL, apply_schema, feature_table_ddl
 from shardctl.settings import TesseraSettings
-from shardctl.shardmap import ShardMap
 from shardctl.store import FeatureStore
-from shardctl.writer import FeatureWriter
+from shardctl.store.hashing import install_sql_functions
+from shardctl.store.schema import FENCE_DDL, apply_schema, feature_table_ddl
+from shardctl.store.shardmap import ShardMap
+from shardctl.store.writer import FeatureWriter
 from tests.store.conftest import T0, make_rows
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -7,7 +7,7 @@ failover under 10 s, so it accepts that trade-off explicitly: this entry point l
 ttl written in the member's own configuration and changes nothing else. Patroni's other rule,
 ``loop_wait + 2 * retry_timeout <= ttl``, still applies (and `HASettings` checks it first).
 
-Usage (what `shardctl/ha/cluster.py` runs): ``python -m shardctl.ha.patroni_entry patroni.yml``.
+Usage (what `shardctl/stack/ha/cluster.py` runs): ``python -m shardctl.stack.ha.patroni_entry patroni.yml``.
 """
 
 from __future__ import annotations

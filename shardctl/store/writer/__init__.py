@@ -43,11 +43,11 @@ import psycopg
 from psycopg.types.json import set_json_dumps
 from psycopg_pool import PoolTimeout
 
-from shardctl.errors import BadFeatureRowError, FeatureWriteError, PartialCommitError, ShardUnavailableError
-from shardctl.pools import ShardPools
-from shardctl.retry import failover_in, is_multi_host
-from shardctl.schema import FEATURE_TABLE
-from shardctl.shardmap import ShardMap, ShardMapWatcher, StaleShardMapError, check_fence
+from shardctl.store.errors import BadFeatureRowError, FeatureWriteError, PartialCommitError, ShardUnavailableError
+from shardctl.store.pools import ShardPools
+from shardctl.store.retry import failover_in, is_multi_host
+from shardctl.store.schema import FEATURE_TABLE
+from shardctl.store.shardmap import ShardMap, ShardMapWatcher, StaleShardMapError, check_fence
 
 __all__ = [
     "BadFeatureRowError",
@@ -306,7 +306,7 @@ class _Validator:
                 raise BadFeatureRowError(index, eid, f"entity_id repeats row #{seen[eid]} of the same batch")
             seen[eid] = index
             out.append((eid, encoded, ts))
-            hashes.append(from_bytes(md5(key).digest()[:8], "big"))  # shardctl.hashing.entity_hash, inlined
+            hashes.append(from_bytes(md5(key).digest()[:8], "big"))  # shardctl.store.hashing.entity_hash, inlined
         self.index += len(out)
         return out, hashes
 

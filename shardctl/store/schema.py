@@ -141,7 +141,7 @@ def apply_schema(dsn: str, *, connect_timeout: int = 5) -> list[int]:
     return applied_now
 
 
-def apply_all(shard_map) -> dict[int, list[int]]:  # shard_map: shardctl.shardmap.ShardMap
+def apply_all(shard_map) -> dict[int, list[int]]:  # shard_map: shardctl.store.shardmap.ShardMap
     """Apply the schema to every shard of the map; returns the versions applied now, by shard index."""
     return {index: apply_schema(dsn) for index, dsn in enumerate(shard_map.dsns)}
 

@@ -21,12 +21,12 @@ from typing import Any
 
 import psycopg
 
-from shardctl.ha.config import MemberPlan, multi_host_dsn, render
-from shardctl.ha.etcd import EtcdServer, find_etcd
-from shardctl.ha.runtime import patroni_environment, patroni_python
-from shardctl.ha.status import HAError, MemberStatus, is_healthy, shard_members
+from shardctl.control.ha import HAError, MemberStatus, is_healthy, shard_members
 from shardctl.process import pid_alive, stop_pid
 from shardctl.settings import HASettings
+from shardctl.stack.ha.config import MemberPlan, multi_host_dsn, render
+from shardctl.stack.ha.etcd import EtcdServer, find_etcd
+from shardctl.stack.ha.runtime import patroni_environment, patroni_python
 from shardctl.stack.users import chown_tree
 
 
@@ -125,7 +125,7 @@ class PatroniMember:
         leftover = self.postgres_pid()
         if leftover:
             stop_pid(leftover, signal.SIGINT, 30.0)
-        argv = [*patroni_python(self.user), "-m", "shardctl.ha.patroni_entry", str(self.plan.config_file)]
+        argv = [*patroni_python(self.user), "-m", "shardctl.stack.ha.patroni_entry", str(self.plan.config_file)]
         user_kwargs: dict[str, Any] = {}
         if self.user is not None:
             entry = pwd.getpwnam(self.user)

@@ -12,10 +12,10 @@ import msgspec
 import psycopg
 from psycopg.types.json import set_json_loads
 
-from shardctl.errors import ShardUnavailableError
-from shardctl.pools import AsyncShardPools
-from shardctl.reader import READ_SQL, ReadResult, ShardOutcome, ShardReaderBase, assemble_read, plan_read
-from shardctl.shardmap import ShardMap
+from shardctl.store.errors import ShardUnavailableError
+from shardctl.store.pools import AsyncShardPools
+from shardctl.store.reader import READ_SQL, ReadResult, ShardOutcome, ShardReaderBase, assemble_read, plan_read
+from shardctl.store.shardmap import ShardMap
 
 
 async def _configure_connection(conn: psycopg.AsyncConnection) -> None:

@@ -18,11 +18,11 @@ import msgspec
 import psycopg
 from psycopg.types.json import set_json_loads
 
-from shardctl.errors import BadEntityIdError, ShardUnavailableError
-from shardctl.pools import ShardPools
-from shardctl.schema import FEATURE_TABLE
-from shardctl.shardmap import ShardMap, ShardMapWatcher
-from shardctl.writer import validate_feature_set
+from shardctl.store.errors import BadEntityIdError, ShardUnavailableError
+from shardctl.store.pools import ShardPools
+from shardctl.store.schema import FEATURE_TABLE
+from shardctl.store.shardmap import ShardMap, ShardMapWatcher
+from shardctl.store.writer import validate_feature_set
 
 __all__ = ["BadEntityIdError", "FeatureReader", "FeatureRecord", "ReadResult", "ShardUnavailableError"]
 
