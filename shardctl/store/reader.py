@@ -22,7 +22,7 @@ from shardctl.store.errors import BadEntityIdError, ShardUnavailableError
 from shardctl.store.pools import ShardPools
 from shardctl.store.schema import FEATURE_TABLE
 from shardctl.store.shardmap import ShardMap, ShardMapWatcher
-from shardctl.store.writer import validate_feature_set
+from shardctl.store.validation import validate_feature_set
 
 __all__ = ["BadEntityIdError", "FeatureReader", "FeatureRecord", "ReadResult", "ShardUnavailableError"]
 
