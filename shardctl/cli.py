@@ -73,17 +73,19 @@ def stack() -> None:
 
 
 def _stack(data_dir: str | None) -> Stack:
-    from shardctl.settings import load_settings
+    from shardctl.settings import StoreSettings
+    from shardctl.stack.ha.settings import HASettings
     from shardctl.stack.manager import Stack
+    from shardctl.stack.settings import StackSettings
 
-    settings = load_settings()
-    root = Path(data_dir) if data_dir else settings.data_dir
+    knobs = StackSettings()
+    root = Path(data_dir) if data_dir else StoreSettings().data_dir
     return Stack(
         root,
-        postgres_bin_dir=settings.stack.postgres_bin_dir,
-        run_as_user=settings.stack.run_as_user,
-        ha_settings=settings.ha,
-        java_home=settings.h2o.java_home,
+        postgres_bin_dir=knobs.postgres_bin_dir,
+        run_as_user=knobs.run_as_user,
+        ha_settings=HASettings(),
+        java_home=knobs.java_home,
     )
 
 
@@ -103,11 +105,13 @@ data_dir_option = click.option(
 @click.option("--replicas", type=click.IntRange(1, 4), default=None, help="Replicas per shard in HA mode (default 1).")
 def stack_up(data_dir: str | None, shards: int | None, base_port: int | None, ha: bool, replicas: int | None) -> None:
     """Start every server that is not running (harmless when all are), then print their status."""
-    from shardctl.settings import load_settings
+    from shardctl.stack.settings import StackSettings
 
-    settings = load_settings()
     the_stack = _stack(data_dir)
-    the_stack.up(shards=shards, base_port=base_port or settings.stack.base_port, ha=ha, replicas=replicas)
+    knobs = StackSettings()
+    if shards is None and "shards" in knobs.model_fields_set:  # TESSERA_STACK__SHARDS, when set, as the default
+        shards = knobs.shards
+    the_stack.up(shards=shards, base_port=base_port or knobs.base_port, ha=ha, replicas=replicas)
     _print_status(the_stack, as_json=False)
 
 
@@ -197,10 +201,10 @@ def shards() -> None:
 
 
 def _catalog_dsn() -> str:
-    from shardctl.settings import load_settings
+    from shardctl.settings import StoreSettings
     from shardctl.store.shardmap import ShardMapError
 
-    dsn = load_settings().catalog_dsn
+    dsn = StoreSettings().catalog_dsn
     if not dsn:
         raise ShardMapError("no catalog DSN: set TESSERA_CATALOG_DSN or run `shardctl stack up`")
     return dsn
@@ -226,10 +230,10 @@ def shards_show(as_json: bool) -> None:
 @shards.command("prepare")
 def shards_prepare() -> None:
     """Create what is missing (catalog tables, epoch 1 from the settings, schema on every shard); idempotent."""
-    from shardctl.settings import load_settings
+    from shardctl.settings import StoreSettings
     from shardctl.store import prepare
 
-    settings = load_settings()
+    settings = StoreSettings()
     current = prepare(_catalog_dsn(), settings=settings)
     click.echo(f"ready: epoch {current.epoch}, {current.total_shards} shards, schema applied")
 

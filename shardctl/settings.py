@@ -1,10 +1,14 @@
-"""One typed settings object for every Tessera process.
+"""Settings: the store's shared fields (``StoreSettings``) and the base each part's own section builds on.
 
 Values come, in order of precedence, from ``TESSERA_*`` environment variables (nested fields use ``__``,
 e.g. ``TESSERA_SERVING__PORT``), then from the JSON file the local stack writes
 (``<data_dir>/settings.json``, or the path in ``TESSERA_SETTINGS_FILE``), then from the defaults below.
 So ``shardctl stack up`` is enough for every other command to find the stack with no flags, and a
 deployment sets environment variables instead.
+
+A part with knobs of its own declares a ``SectionSettings`` subclass next to its code (the local stack:
+``shardctl.stack.settings.StackSettings``; its Patroni clusters: ``shardctl.stack.ha.settings.HASettings``).
+docs/configuration.md lists every variable.
 """
 
 from __future__ import annotations
@@ -16,7 +20,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 from pydantic_settings import (
     BaseSettings,
     JsonConfigSettingsSource,
@@ -126,67 +130,21 @@ class PipelineSettings(BaseModel):
     exact_profile_max_rows: int = Field(default=500_000, ge=0)
 
 
-class StackSettings(BaseModel):
-    """Knobs of the local development stack (`shardctl stack`)."""
-
-    shards: int = Field(default=2, ge=1, le=64)
-    base_port: int = Field(default=15432, ge=1024, le=65000)
-    postgres_bin_dir: str | None = None
-    run_as_user: str | None = None
-
-
-class HASettings(BaseModel):
-    """High availability of each shard (`shardctl stack up --ha`): Patroni with etcd, timings for fast failover.
-
-    Failover after a hard kill takes about ``ttl`` (the leader key must expire) plus one promotion. Patroni
-    must renew the key within ``ttl``: ``loop_wait + 2 * retry_timeout <= ttl`` (checked here). A short ttl
-    fails over fast but a primary whose Patroni stalls longer than ttl (CPU starvation) loses its lock: see
-    docs/architecture/process.md for the trade-offs.
-    """
-
-    replicas: int = Field(default=1, ge=1, le=4)
-    ttl: int = Field(default=8, ge=7, le=300)
-    loop_wait: int = Field(default=1, ge=1, le=60)
-    retry_timeout: int = Field(default=3, ge=3, le=120)  # Patroni floors it at 3
-    # Commits wait for one replica: no acknowledged write is lost on failover (RPO = 0).
-    synchronous_mode: bool = True
-    # Strict: writes block while no synchronous replica is left (never acked on one copy). Non-strict:
-    # Patroni drops to asynchronous so writes continue, at the risk of losing them with the primary.
-    synchronous_mode_strict: bool = False
-    use_pg_rewind: bool = True
-    # Keep a primary serving while etcd is unreachable if every member confirms it over the REST API.
-    failsafe_mode: bool = True
-    maximum_lag_on_failover: int = Field(default=1048576, ge=0)
-
-    @model_validator(mode="after")
-    def _renewal_fits_in_ttl(self) -> HASettings:
-        if self.loop_wait + 2 * self.retry_timeout > self.ttl:
-            raise ValueError(
-                f"ha timings need loop_wait + 2*retry_timeout <= ttl, got "
-                f"{self.loop_wait} + 2*{self.retry_timeout} > {self.ttl}"
-            )
-        return self
-
-
-class TesseraSettings(BaseSettings):
-    """Everything a Tessera process needs to find its shards, cache, model runtime and data."""
+class StoreSettings(BaseSettings):
+    """What every part that uses the store shares: where the topology is, the data dir, and which model and
+    feature set the pipeline writes and serving reads. Top-level ``TESSERA_*`` variables (``TESSERA_SHARDS``
+    as JSON), then the top level of the stack's settings file."""
 
     model_config = SettingsConfigDict(env_prefix="TESSERA_", env_nested_delimiter="__", extra="ignore")
 
     data_dir: Path = DEFAULT_DATA_DIR
-    model_name: str = "churn"
     catalog_dsn: str | None = None
     dagster_dsn: str | None = None
     shards: list[ShardSettings] = Field(default_factory=list)
     redis_url: str | None = None
-    h2o: H2OSettings = Field(default_factory=H2OSettings)
     # Shared by orchestration (writes, trains, registers) and serving (reads, loads the promoted model).
     model_name: str = "churn"
     feature_set: str = "customer_activity_v1"
-    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
-    serving: ServingSettings = Field(default_factory=ServingSettings)
-    stack: StackSettings = Field(default_factory=StackSettings)
-    ha: HASettings = Field(default_factory=HASettings)
 
     @classmethod
     def settings_customise_sources(
@@ -213,6 +171,23 @@ class TesseraSettings(BaseSettings):
         if [s.index for s in ordered] != list(range(len(ordered))):
             raise ValueError(f"shard indices must be 0..N-1, got {[s.index for s in ordered]}")
         return [s.dsn for s in ordered]
+
+
+class _TransitionalStackSection(BaseModel):
+    """Only the default shard count orchestration falls back to with no topology (``defs/features.py``,
+    ``defs/shard_key.py``) until its own settings carry it. The stack's settings are
+    ``shardctl.stack.settings.StackSettings``."""
+
+    shards: int = Field(default=2, ge=1, le=64)
+
+
+class TesseraSettings(StoreSettings):
+    """The store's settings plus the serving, pipeline and H2O sections, which move to their parts."""
+
+    h2o: H2OSettings = Field(default_factory=H2OSettings)
+    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
+    serving: ServingSettings = Field(default_factory=ServingSettings)
+    stack: _TransitionalStackSection = Field(default_factory=_TransitionalStackSection)
 
 
 def settings_file_path() -> Path:

@@ -15,9 +15,10 @@ import psycopg
 from shardctl.control.ha import HAError, leader, shard_members
 from shardctl.java import JavaUnavailableError, check_runtime, find_java
 from shardctl.process import allocate_ports, pid_alive
-from shardctl.settings import SETTINGS_FILE_NAME, HASettings
+from shardctl.settings import SETTINGS_FILE_NAME
 from shardctl.stack.binaries import PostgresBinaries, find_postgres, find_redis_server
 from shardctl.stack.ha.cluster import HACluster, HAState
+from shardctl.stack.ha.settings import HASettings
 from shardctl.stack.postgres import DATABASE, PostgresServer, make_template
 from shardctl.stack.redis_server import RedisServer
 from shardctl.stack.users import chown_tree, server_user, user_can_write

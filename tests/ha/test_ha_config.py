@@ -14,8 +14,8 @@ import yaml
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import ValidationError
 
-from shardctl.settings import HASettings
 from shardctl.stack.ha.config import MemberPlan, dynamic_config, member_config, multi_host_dsn, render
+from shardctl.stack.ha.settings import HASettings
 from shardctl.store.pools import ShardPools
 from shardctl.store.retry import is_failover_error, is_multi_host
 

@@ -23,10 +23,10 @@ import psycopg
 
 from shardctl.control.ha import HAError, MemberStatus, is_healthy, shard_members
 from shardctl.process import pid_alive, stop_pid
-from shardctl.settings import HASettings
 from shardctl.stack.ha.config import MemberPlan, multi_host_dsn, render
 from shardctl.stack.ha.etcd import EtcdServer, find_etcd
 from shardctl.stack.ha.runtime import patroni_environment, patroni_python
+from shardctl.stack.ha.settings import HASettings
 from shardctl.stack.users import chown_tree
 
 
