@@ -125,3 +125,12 @@ def test_the_layer_check_catches_a_wrong_way_import(tmp_path: Path) -> None:
         "shardctl/store/writer.py imports shardctl.stack.ha.drill (layer rule: no shardctl.stack)",
         "serving/app.py imports shardctl.stack.binaries (layer rule: no shardctl.stack)",
     ]
+
+
+@pytest.mark.req("JTBD-01.view-development")
+def test_the_code_map_names_every_shardctl_module() -> None:
+    """The development view's map of ``shardctl/`` matches the tree: each module and folder is named there."""
+    text = (ROOT / "docs" / "architecture" / "development.md").read_text()
+    names = {p.name for p in (ROOT / "shardctl").rglob("*.py") if p.name != "__init__.py"}
+    names |= {f"{p.name}/" for p in (ROOT / "shardctl").rglob("*") if p.is_dir() and p.name != "__pycache__"}
+    assert sorted(n for n in names if n not in text) == []
