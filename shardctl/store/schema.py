@@ -146,12 +146,6 @@ def apply_all(shard_map) -> dict[int, list[int]]:  # shard_map: shardctl.store.s
     return {index: apply_schema(dsn) for index, dsn in enumerate(shard_map.dsns)}
 
 
-def schema_version(conn: psycopg.Connection) -> int:
-    """The newest migration recorded on the connected shard (0 if none)."""
-    row = conn.execute(f"SELECT coalesce(max(version), 0) FROM {MIGRATIONS_TABLE}").fetchone()
-    return int(row[0]) if row else 0
-
-
 def placement_query(total_shards: int, shard_index: int, table: str = FEATURE_TABLE) -> str:
     """Rows on this shard, and how many of them the routing function sends elsewhere (must be 0)."""
     if total_shards < 1 or not 0 <= shard_index < total_shards:

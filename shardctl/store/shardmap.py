@@ -242,9 +242,6 @@ class ShardMapWatcher:
         with self._lock:
             return self._current
 
-    def add_listener(self, listener: Callable[[ShardMap], None]) -> None:
-        self._listeners.append(listener)
-
     def refresh(self) -> ShardMap:
         """Re-read the catalog now (the writer calls this after a stale-epoch refusal)."""
         self._update(self.store.current())
