@@ -133,6 +133,10 @@ class FeatureReader(ShardReaderBase):
     @staticmethod
     def _try_read(pool, shard: int, shard_map: ShardMap, feature_set: str, ids: list[str]):
         # One retry covers a pooled connection that died with a restarted shard; a dead shard fails both.
+        # psycopg.OperationalError is what "shard unavailable" means: the connection failed or was lost, the
+        # server is shutting down (AdminShutdown), the statement was cancelled, or no pooled connection came in
+        # time (PoolTimeout, PoolClosed). Anything else (a bug, a missing table) reaches the caller as itself
+        # instead of becoming a 503.
         for attempt in (1, 2):
             try:
                 with pool.connection() as conn:
@@ -140,8 +144,6 @@ class FeatureReader(ShardReaderBase):
             except psycopg.OperationalError as exc:
                 if attempt == 2:
                     return ShardUnavailableError(shard, shard_map.dsns[shard], exc)
-            except Exception as exc:  # PoolTimeout: no connection within acquire_timeout
-                return ShardUnavailableError(shard, shard_map.dsns[shard], exc)
         raise AssertionError("unreachable")
 
     def close(self) -> None:
