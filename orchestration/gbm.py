@@ -14,7 +14,7 @@ from h2o.estimators import H2OGradientBoostingEstimator
 from h2o.exceptions import H2OValueError
 
 from orchestration.feature_engineering import CATEGORICAL_FEATURES, FEATURES
-from shardctl.export import ExportedRow
+from shardctl.store.export import ExportedRow
 
 LABEL = "churned"
 

@@ -18,9 +18,9 @@ from pydantic import Field
 
 from orchestration import h2o_runtime
 from orchestration.settings import DEFAULT_H2O_MAX_MEM, H2OSettings
-from shardctl.registry import ModelRegistry
 from shardctl.settings import TesseraSettings, load_settings
 from shardctl.store import FeatureStore
+from shardctl.store.registry import ModelRegistry
 
 
 class TesseraResource(dg.ConfigurableResource):

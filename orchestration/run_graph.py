@@ -10,9 +10,9 @@ from typing import Any
 import dagster as dg
 import psycopg
 
-from shardctl.registry import ModelRegistry
-from shardctl.schema import FEATURE_TABLE
 from shardctl.settings import TesseraSettings
+from shardctl.store.registry import ModelRegistry
+from shardctl.store.schema import FEATURE_TABLE
 
 
 class GraphRunError(RuntimeError):

@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from shardctl.java import JavaSettings
 from shardctl.settings import SectionSettings, section_config
 
 # The heap of an H2O JVM the pipeline starts itself (this section's default, and so the H2O resource's). 1 GB
@@ -30,7 +31,7 @@ class PipelineSettings(SectionSettings):
     exact_profile_max_rows: int = Field(default=500_000, ge=0)
 
 
-class H2OSettings(SectionSettings):
+class H2OSettings(JavaSettings):
     """How orchestration reaches H2O: an existing cluster URL, or a local JVM started on demand."""
 
     section: ClassVar[str] = "h2o"
@@ -39,4 +40,3 @@ class H2OSettings(SectionSettings):
     url: str | None = None
     nthreads: int = Field(default=2, ge=1, le=256)
     max_mem: str = Field(default=DEFAULT_H2O_MAX_MEM, pattern=r"^\d+[mMgG]$")
-    java_home: str | None = None

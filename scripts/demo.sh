@@ -17,7 +17,7 @@ echo
 # promoted (the pipeline, when present, trains and promotes one before this step).
 demo_entity="$(.venv/bin/python - <<'PY' 2>/dev/null || true
 import psycopg
-from shardctl.registry import ModelRegistry
+from shardctl.store.registry import ModelRegistry
 from shardctl.settings import load_settings
 
 s = load_settings()

@@ -8,8 +8,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from shardctl.read_store import FeatureReadStore
-from shardctl.reader import ReadResult
+from shardctl.store.read_store import FeatureReadStore
+from shardctl.store.reader import ReadResult
 
 
 class FeatureSource:

@@ -18,10 +18,11 @@ from serving.features import FeatureSource
 from serving.local_cache import LocalPredictionCache
 from serving.predictor import Predictor
 from serving.scoring import ModelHolder
-from serving.settings import JavaSettings, ServingSettings
-from shardctl.notify import NotificationListener
-from shardctl.registry import PROMOTION_CHANNEL, ModelRegistry
+from serving.settings import ServingSettings
+from shardctl.java import JavaSettings
 from shardctl.settings import TesseraSettings
+from shardctl.store.notify import NotificationListener
+from shardctl.store.registry import PROMOTION_CHANNEL, ModelRegistry
 
 
 def _settle_interpreter(switch_interval_ms: float) -> None:

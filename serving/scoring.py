@@ -20,7 +20,7 @@ import jpype
 
 from serving.errors import NoModelError
 from shardctl.java import find_java_home
-from shardctl.registry import ModelRegistry, ModelVersion
+from shardctl.store.registry import ModelRegistry, ModelVersion
 
 log = logging.getLogger(__name__)
 

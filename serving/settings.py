@@ -39,13 +39,3 @@ class ServingSettings(SectionSettings):
     # How long the event loop may hold the GIL while a scoring or I/O thread waits for it (see serving.runtime).
     gil_switch_interval_ms: float = Field(default=0.5, gt=0, le=100)
     retry_after_seconds: int = Field(default=5, ge=1, le=3600)
-
-
-class JavaSettings(SectionSettings):
-    """The Java home the MOJO scorer (JPype) starts, read from the ``h2o`` section like the trainer's: scoring
-    and training must run the same runtime, and the stack records the one it found there."""
-
-    section: ClassVar[str] = "h2o"
-    model_config = section_config(section)
-
-    java_home: str | None = None

@@ -1,5 +1,5 @@
 """Tessera's sharded feature store and its control plane."""
 
-from shardctl.hashing import entity_hash, shard_for
+from shardctl.store.hashing import entity_hash, shard_for
 
 __all__ = ["entity_hash", "shard_for"]

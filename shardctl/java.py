@@ -14,6 +14,20 @@ import subprocess
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import ClassVar
+
+from shardctl.settings import SectionSettings, section_config
+
+
+class JavaSettings(SectionSettings):
+    """The Java home for H2O (``TESSERA_H2O__JAVA_HOME``): training's JVM and serving's MOJO scorer must run the
+    same runtime, and the stack checks and records the one it uses in the settings file's ``h2o`` section."""
+
+    section: ClassVar[str] = "h2o"
+    model_config = section_config(section)
+
+    java_home: str | None = None
+
 
 # h2o 3.46.0.11's JVM exits at start with "Only Java versions 8-17 are supported" on anything newer.
 SUPPORTED_MAJORS = range(8, 18)

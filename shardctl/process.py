@@ -49,11 +49,20 @@ def stop_pid(pid: int, first_signal: int = signal.SIGTERM, timeout: float = 30.0
     return wait_until(lambda: (_reap(pid), not pid_alive(pid))[1], 10.0)
 
 
-def wait_until(predicate: Callable[[], bool], timeout: float, interval: float = 0.1) -> bool:
-    """Poll ``predicate`` until it is true or ``timeout`` seconds pass."""
+def wait_until(
+    predicate: Callable[[], bool],
+    timeout: float,
+    interval: float = 0.1,
+    expected: tuple[type[BaseException], ...] = (OSError,),
+) -> bool:
+    """Poll ``predicate`` until it is true or ``timeout`` seconds pass.
+
+    An exception of an ``expected`` type (default ``OSError``: a refused connection, a process already reaped)
+    counts as "not yet"; any other propagates at once, so a bug in the predicate is not mistaken for a timeout.
+    """
     deadline = time.monotonic() + timeout
     while True:
-        with contextlib.suppress(Exception):
+        with contextlib.suppress(*expected):
             if predicate():
                 return True
         if time.monotonic() >= deadline:

@@ -1,22 +1,25 @@
-"""One typed settings object for every Tessera process.
+"""Settings: the store's shared fields (``StoreSettings``) and the base each part's own section builds on.
 
 Values come, in order of precedence, from ``TESSERA_*`` environment variables (nested fields use ``__``,
 e.g. ``TESSERA_SERVING__PORT``), then from the JSON file the local stack writes
 (``<data_dir>/settings.json``, or the path in ``TESSERA_SETTINGS_FILE``), then from the defaults below.
 So ``shardctl stack up`` is enough for every other command to find the stack with no flags, and a
 deployment sets environment variables instead.
+
+A part with knobs of its own declares a ``SectionSettings`` subclass next to its code (the local stack:
+``shardctl.stack.settings.StackSettings``; its Patroni clusters: ``shardctl.stack.ha.settings.HASettings``).
+docs/configuration.md lists every variable.
 """
 
 from __future__ import annotations
 
 import json
 import os
-from datetime import date
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, Field
 from pydantic_settings import (
     BaseSettings,
     JsonConfigSettingsSource,
@@ -80,113 +83,21 @@ class ShardSettings(BaseModel):
     dsn: str
 
 
-class H2OSettings(BaseModel):
-    """How orchestration reaches H2O: an existing cluster URL, or a local JVM started on demand."""
-
-    url: str | None = None
-    nthreads: int = 2
-    max_mem: str = "2G"
-    java_home: str | None = None
-
-
-class ServingSettings(BaseModel):
-    """The prediction service's listener, process and thread counts, and request limits."""
-
-    host: str = "127.0.0.1"
-    port: int = 8000
-    workers: int = 1
-    scoring_threads: int = 2
-    max_batch: int = 100
-    cache_ttl_seconds: int = 300
-    # Staleness bound of the prediction cache: how long an entity's feature version is trusted from Redis
-    # before the shard is read again (a feature write shows in answers within this many seconds).
-    feature_version_ttl_seconds: float = Field(default=2.0, gt=0, le=3600)
-    # Predictions each worker keeps in memory in front of Redis (0: off); an entry never outlives the
-    # staleness bound above, so this tier only saves round trips for hot entities. Kept small on purpose:
-    # the cache's entries are live objects the garbage collector walks, and at 100k entries its full
-    # collections stalled a worker for 30-100 ms (p99 at 1500 misses/s: 128 ms; with 10k: 37 ms).
-    local_cache_entries: int = Field(default=10_000, ge=0, le=10_000_000)
-    io_threads: int = Field(default=8, ge=1, le=64)
-    # Where the service reads features on an HA shard: "prefer-standby" reads the synchronous replica (so a
-    # dead primary costs readers nothing: the replica keeps answering through the failover; a read right after
-    # a write may miss it for milliseconds, far inside the cache's staleness bound), "read-write" the primary.
-    read_target: Literal["prefer-standby", "read-write"] = "prefer-standby"
-    # How long the event loop may hold the GIL while a scoring or I/O thread waits for it (see serving.runtime).
-    gil_switch_interval_ms: float = Field(default=0.5, gt=0, le=100)
-    retry_after_seconds: int = Field(default=5, ge=1, le=3600)
-
-
-class PipelineSettings(BaseModel):
-    """The Dagster pipeline's synthetic raw data: its seed, calendar and scale (tests use less, the demo more)."""
-
-    seed: int = 7
-    start_date: date = date(2026, 9, 1)
-    rows_per_day: int = Field(default=1000, ge=1)
-    entities: int = Field(default=2000, ge=1)
-    exact_profile_max_rows: int = Field(default=500_000, ge=0)
-
-
-class StackSettings(BaseModel):
-    """Knobs of the local development stack (`shardctl stack`)."""
-
-    shards: int = Field(default=2, ge=1, le=64)
-    base_port: int = Field(default=15432, ge=1024, le=65000)
-    postgres_bin_dir: str | None = None
-    run_as_user: str | None = None
-
-
-class HASettings(BaseModel):
-    """High availability of each shard (`shardctl stack up --ha`): Patroni with etcd, timings for fast failover.
-
-    Failover after a hard kill takes about ``ttl`` (the leader key must expire) plus one promotion. Patroni
-    must renew the key within ``ttl``: ``loop_wait + 2 * retry_timeout <= ttl`` (checked here). A short ttl
-    fails over fast but a primary whose Patroni stalls longer than ttl (CPU starvation) loses its lock: see
-    docs/architecture/process.md for the trade-offs.
-    """
-
-    replicas: int = Field(default=1, ge=1, le=4)
-    ttl: int = Field(default=8, ge=7, le=300)
-    loop_wait: int = Field(default=1, ge=1, le=60)
-    retry_timeout: int = Field(default=3, ge=3, le=120)  # Patroni floors it at 3
-    # Commits wait for one replica: no acknowledged write is lost on failover (RPO = 0).
-    synchronous_mode: bool = True
-    # Strict: writes block while no synchronous replica is left (never acked on one copy). Non-strict:
-    # Patroni drops to asynchronous so writes continue, at the risk of losing them with the primary.
-    synchronous_mode_strict: bool = False
-    use_pg_rewind: bool = True
-    # Keep a primary serving while etcd is unreachable if every member confirms it over the REST API.
-    failsafe_mode: bool = True
-    maximum_lag_on_failover: int = Field(default=1048576, ge=0)
-
-    @model_validator(mode="after")
-    def _renewal_fits_in_ttl(self) -> HASettings:
-        if self.loop_wait + 2 * self.retry_timeout > self.ttl:
-            raise ValueError(
-                f"ha timings need loop_wait + 2*retry_timeout <= ttl, got "
-                f"{self.loop_wait} + 2*{self.retry_timeout} > {self.ttl}"
-            )
-        return self
-
-
-class TesseraSettings(BaseSettings):
-    """Everything a Tessera process needs to find its shards, cache, model runtime and data."""
+class StoreSettings(BaseSettings):
+    """What every part that uses the store shares: where the topology is, the data dir, and which model and
+    feature set the pipeline writes and serving reads. Top-level ``TESSERA_*`` variables (``TESSERA_SHARDS``
+    as JSON), then the top level of the stack's settings file."""
 
     model_config = SettingsConfigDict(env_prefix="TESSERA_", env_nested_delimiter="__", extra="ignore")
 
     data_dir: Path = DEFAULT_DATA_DIR
-    model_name: str = "churn"
     catalog_dsn: str | None = None
     dagster_dsn: str | None = None
     shards: list[ShardSettings] = Field(default_factory=list)
     redis_url: str | None = None
-    h2o: H2OSettings = Field(default_factory=H2OSettings)
     # Shared by orchestration (writes, trains, registers) and serving (reads, loads the promoted model).
     model_name: str = "churn"
     feature_set: str = "customer_activity_v1"
-    pipeline: PipelineSettings = Field(default_factory=PipelineSettings)
-    serving: ServingSettings = Field(default_factory=ServingSettings)
-    stack: StackSettings = Field(default_factory=StackSettings)
-    ha: HASettings = Field(default_factory=HASettings)
 
     @classmethod
     def settings_customise_sources(
@@ -213,6 +124,20 @@ class TesseraSettings(BaseSettings):
         if [s.index for s in ordered] != list(range(len(ordered))):
             raise ValueError(f"shard indices must be 0..N-1, got {[s.index for s in ordered]}")
         return [s.dsn for s in ordered]
+
+
+class _TransitionalStackSection(BaseModel):
+    """Only the default shard count orchestration falls back to with no topology (``defs/features.py``,
+    ``defs/shard_key.py``) until its own settings carry it. The stack's settings are
+    ``shardctl.stack.settings.StackSettings``."""
+
+    shards: int = Field(default=2, ge=1, le=64)
+
+
+class TesseraSettings(StoreSettings):
+    """The store's settings, as every part reads them (each part's own knobs are in its own section)."""
+
+    stack: _TransitionalStackSection = Field(default_factory=_TransitionalStackSection)
 
 
 def settings_file_path() -> Path:

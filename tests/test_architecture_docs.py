@@ -41,29 +41,96 @@ def test_scenarios_name_tests_that_exist() -> None:
     assert sorted(named - existing) == []
 
 
-def _imported_modules(path: Path) -> set[str]:
+# What each part of the tree must not import (a dotted prefix matches the module and everything under it).
+# Layers: base helpers (settings, process, java) < store < control < stack < cli; serving and orchestration
+# sit on the store (and the control plane) and never reach the local stack at run time.
+_NOT_ABOVE_STORE = ("shardctl.control", "shardctl.stack", "shardctl.cli", "serving", "orchestration")
+LAYER_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
+    ("shardctl/settings.py", ("shardctl.store", *_NOT_ABOVE_STORE)),
+    ("shardctl/process.py", ("shardctl.store", *_NOT_ABOVE_STORE)),
+    ("shardctl/java.py", ("shardctl.store", *_NOT_ABOVE_STORE)),
+    ("shardctl/__init__.py", _NOT_ABOVE_STORE),
+    ("shardctl/store", _NOT_ABOVE_STORE),
+    ("shardctl/control", ("shardctl.stack", "shardctl.cli", "serving", "orchestration")),
+    ("shardctl/stack", ("shardctl.cli", "serving", "orchestration")),
+    ("shardctl/cli.py", ("serving", "orchestration")),
+    ("serving", ("orchestration", "shardctl.stack", "shardctl.cli")),
+    ("orchestration", ("serving", "shardctl.stack", "shardctl.cli")),
+)
+
+
+def _module_name(root: Path, path: Path) -> str:
+    parts = list(path.relative_to(root).with_suffix("").parts)
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imported_names(root: Path, path: Path) -> set[str]:
+    """Every module a file imports, anywhere in it (function-local imports too), as absolute dotted names.
+
+    ``from a.b import c`` yields ``a.b.c`` (``c`` may be a submodule), relative imports are resolved.
+    """
     tree = ast.parse(path.read_text())
+    package = _module_name(root, path).split(".")
+    if path.name != "__init__.py":
+        package = package[:-1]
     names: set[str] = set()
     for node in ast.walk(tree):
         if isinstance(node, ast.Import):
-            names |= {a.name.split(".")[0] for a in node.names}
-        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
-            names.add(node.module.split(".")[0])
+            names |= {alias.name for alias in node.names}
+        elif isinstance(node, ast.ImportFrom):
+            base = node.module or ""
+            if node.level:
+                prefix = package[: len(package) - node.level + 1]
+                base = ".".join([*prefix, *([base] if base else [])])
+            names |= {f"{base}.{alias.name}" for alias in node.names}
     return names
+
+
+def layer_violations(root: Path) -> list[str]:
+    """Imports that go the wrong way through the layers of ``LAYER_RULES``, for the tree at ``root``."""
+    violations = []
+    for place, banned in LAYER_RULES:
+        target = root / place
+        paths = [target] if target.is_file() else sorted(target.rglob("*.py"))
+        for path in paths:
+            for name in sorted(imported_names(root, path)):
+                hits = [b for b in banned if name == b or name.startswith(b + ".")]
+                if hits:
+                    violations.append(f"{path.relative_to(root)} imports {name} (layer rule: no {hits[0]})")
+    return violations
 
 
 @pytest.mark.req("JTBD-01.view-development")
 def test_imports_flow_one_way() -> None:
-    """serving and orchestration use shardctl; shardctl uses neither; serving and orchestration are apart."""
-    forbidden = {
-        "shardctl": {"serving", "orchestration"},
-        "serving": {"orchestration"},
-        "orchestration": {"serving"},
-    }
-    violations = []
-    for package, banned in forbidden.items():
-        for path in (ROOT / package).rglob("*.py"):
-            bad = _imported_modules(path) & banned
-            if bad:
-                violations.append(f"{path.relative_to(ROOT)} imports {sorted(bad)}")
-    assert violations == []
+    """store < control < stack < cli inside shardctl; serving and orchestration use the store, never the stack,
+    and never each other; shardctl uses neither."""
+    assert layer_violations(ROOT) == []
+
+
+@pytest.mark.req("JTBD-01.view-development")
+def test_the_layer_check_catches_a_wrong_way_import(tmp_path: Path) -> None:
+    """A planted import against the layers (a function-local one, one through ``from shardctl import ...``
+    and a relative one) fails the check that guards the real tree."""
+    store = tmp_path / "shardctl" / "store"
+    store.mkdir(parents=True)
+    (store / "__init__.py").write_text("")
+    (store / "reader.py").write_text("def helper():\n    from shardctl.stack import manager\n    return manager\n")
+    (store / "writer.py").write_text("from shardctl import control\nfrom ..stack.ha import drill\n")
+    serving = tmp_path / "serving"
+    serving.mkdir()
+    (serving / "app.py").write_text("import shardctl.store.reader\nimport shardctl.stack.binaries\n")
+    assert layer_violations(tmp_path) == [
+        "shardctl/store/reader.py imports shardctl.stack.manager (layer rule: no shardctl.stack)",
+        "shardctl/store/writer.py imports shardctl.control (layer rule: no shardctl.control)",
+        "shardctl/store/writer.py imports shardctl.stack.ha.drill (layer rule: no shardctl.stack)",
+        "serving/app.py imports shardctl.stack.binaries (layer rule: no shardctl.stack)",
+    ]
+
+
+@pytest.mark.req("JTBD-01.view-development")
+def test_the_code_map_names_every_shardctl_module() -> None:
+    """The development view's map of ``shardctl/`` matches the tree: each module and folder is named there."""
+    text = (ROOT / "docs" / "architecture" / "development.md").read_text()
+    names = {p.name for p in (ROOT / "shardctl").rglob("*.py") if p.name != "__init__.py"}
+    names |= {f"{p.name}/" for p in (ROOT / "shardctl").rglob("*") if p.is_dir() and p.name != "__pycache__"}
+    assert sorted(n for n in names if n not in text) == []

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from shardctl.hashing import entity_hash, shard_for, to_signed64
+from shardctl.store.hashing import entity_hash, shard_for, to_signed64
 
 # Known test vectors: fixed forever. Changing the hash would move every entity to another shard.
 VECTORS = [
@@ -40,7 +40,7 @@ def test_known_vectors_match_md5_prefix() -> None:
 def test_hash_is_identical_in_a_fresh_interpreter_with_another_hash_seed() -> None:
     keys = [f"customer-{i}" for i in range(200)] + [v for v, _ in VECTORS]
     code = (
-        "import sys, json; from shardctl.hashing import entity_hash;"
+        "import sys, json; from shardctl.store.hashing import entity_hash;"
         "print(json.dumps([entity_hash(k) for k in json.loads(sys.stdin.read())]))"
     )
     import json

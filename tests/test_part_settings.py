@@ -11,7 +11,8 @@ import pytest
 
 from orchestration.resources import H2OResource
 from orchestration.settings import H2OSettings, PipelineSettings
-from serving.settings import JavaSettings, ServingSettings
+from serving.settings import ServingSettings
+from shardctl.java import JavaSettings
 
 
 @pytest.fixture

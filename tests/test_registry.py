@@ -8,8 +8,8 @@ from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
-from shardctl.notify import NotificationListener
-from shardctl.registry import PROMOTION_CHANNEL, ModelNotFoundError, ModelRegistry, is_better
+from shardctl.store.notify import NotificationListener
+from shardctl.store.registry import PROMOTION_CHANNEL, ModelNotFoundError, ModelRegistry, is_better
 
 
 @pytest.fixture

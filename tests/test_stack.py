@@ -15,6 +15,7 @@ import psycopg
 import pytest
 import redis
 
+from serving.settings import ServingSettings
 from shardctl.java import JavaUnavailableError, check_runtime
 from shardctl.process import ephemeral_port_range, free_port, pid_alive, port_bindable, port_in_use
 from shardctl.settings import load_settings
@@ -84,7 +85,7 @@ def test_settings_come_from_the_stack_file_and_env_overrides_it(settings, monkey
     monkeypatch.setenv("TESSERA_SERVING__PORT", "9123")
     overridden = load_settings()
     assert overridden.redis_url == "redis://example.invalid:1/0"
-    assert overridden.serving.port == 9123
+    assert ServingSettings().port == 9123
     assert overridden.catalog_dsn == settings.catalog_dsn
 
 

@@ -24,8 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from shardctl.ha.drill import DrillResult, hard_kill_failover, planned_switchover, wait_healthy
-from shardctl.settings import HASettings
+from shardctl.stack.ha.drill import DrillResult, hard_kill_failover, planned_switchover, wait_healthy
+from shardctl.stack.ha.settings import HASettings
 from shardctl.stack.manager import Stack
 
 

@@ -20,8 +20,8 @@ from serving.features import FeatureSource
 from serving.http_errors import status_of
 from serving.runtime import ServingRuntime
 from serving.settings import ServingSettings
-from shardctl.registry import ModelRegistry
 from shardctl.settings import get_settings
+from shardctl.store.registry import ModelRegistry
 
 
 @post("/hello", status_code=200)

@@ -31,11 +31,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from bench.serving.loadgen import LoadResult, Scenario, entity_name, run_load
 from shardctl.java import find_java_home
 from shardctl.process import free_port, pid_alive, stop_pid, wait_until
-from shardctl.registry import ModelRegistry
 from shardctl.settings import TesseraSettings
 from shardctl.stack.manager import Stack
 from shardctl.store import FeatureStore
-from shardctl.writer import FeatureRow
+from shardctl.store.registry import ModelRegistry
+from shardctl.store.writer import FeatureRow
 
 REPO = Path(__file__).resolve().parents[2]
 FEATURE_SET = "bench_serving_v1"

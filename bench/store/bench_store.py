@@ -35,13 +35,13 @@ import psycopg
 from psycopg.conninfo import make_conninfo
 from psycopg.types.json import set_json_dumps
 
-from shardctl.hashing import install_sql_functions
 from shardctl.process import free_port
-from shardctl.reader import FeatureReader
-from shardctl.schema import FEATURE_TABLE, FENCE_DDL, apply_schema, feature_table_ddl
-from shardctl.shardmap import ShardMap
 from shardctl.stack.manager import Stack
-from shardctl.writer import FeatureRow, FeatureWriter
+from shardctl.store.hashing import install_sql_functions
+from shardctl.store.reader import FeatureReader
+from shardctl.store.schema import FEATURE_TABLE, FENCE_DDL, apply_schema, feature_table_ddl
+from shardctl.store.shardmap import ShardMap
+from shardctl.store.writer import FeatureRow, FeatureWriter
 
 FEATURE_SET = "bench_v1"
 T0 = datetime(2026, 1, 1, tzinfo=UTC)

@@ -12,7 +12,7 @@ from orchestration.defs.raw_events import raw_events
 from orchestration.defs.shard_key import shard_key
 from orchestration.feature_engineering import FEATURES, labels
 from orchestration.resources import H2OResource, TesseraResource
-from shardctl.export import export_feature_set
+from shardctl.store.export import export_feature_set
 
 
 class TrainConfig(dg.Config):

@@ -11,9 +11,9 @@ from orchestration.defs.raw_events import raw_events
 from orchestration.defs.shard_key import shard_key
 from orchestration.feature_engineering import FEATURES, features_as_of
 from orchestration.resources import TesseraResource
-from shardctl.schema import FEATURE_TABLE, placement_query
 from shardctl.settings import load_settings
-from shardctl.writer import FeatureRow
+from shardctl.store.schema import FEATURE_TABLE, placement_query
+from shardctl.store.writer import FeatureRow
 
 # One check per shard of the topology the code location loads with (the stack's, else the default count).
 LOADED_SHARDS = load_settings().total_shards or load_settings().stack.shards

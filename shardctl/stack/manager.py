@@ -6,25 +6,26 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from shardctl.ha.cluster import HACluster, HAState
-from shardctl.ha.status import HAError, leader, shard_members
-from shardctl.hashing import install_sql_functions
+from shardctl.control.ha import HAError, leader, shard_members
 from shardctl.java import JavaUnavailableError, check_runtime, find_java
 from shardctl.process import allocate_ports, pid_alive
-from shardctl.registry import ModelRegistry
-from shardctl.settings import SETTINGS_FILE_NAME, HASettings
+from shardctl.settings import SETTINGS_FILE_NAME
 from shardctl.stack.binaries import PostgresBinaries, find_postgres, find_redis_server
+from shardctl.stack.ha.cluster import HACluster, HAState
+from shardctl.stack.ha.settings import HASettings
 from shardctl.stack.postgres import DATABASE, PostgresServer, make_template
 from shardctl.stack.redis_server import RedisServer
 from shardctl.stack.server_runtime import reachable_postgres
 from shardctl.stack.users import chown_tree, server_user, user_can_write
 from shardctl.store import prepare as prepare_feature_store
+from shardctl.store.hashing import install_sql_functions
+from shardctl.store.registry import ModelRegistry
 
 STATE_FILE_NAME = "stack.json"
 CATALOG = "catalog"
@@ -58,7 +59,6 @@ class StackState:
     redis_pid: int | None = None
     redis_binary: str = ""
     java_home: str | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
     ha: dict[str, Any] | None = None  # HA mode: etcd + a Patroni cluster per shard (`HAState`)
 
 
@@ -93,9 +93,11 @@ class Stack:
 
     def load_state(self) -> StackState | None:
         try:
-            return StackState(**json.loads(self.state_file.read_text()))
+            recorded = json.loads(self.state_file.read_text())
         except FileNotFoundError:
             return None
+        # Keys a newer or older version wrote and this one does not know are ignored, not an error.
+        return StackState(**{k: v for k, v in recorded.items() if k in StackState.__dataclass_fields__})
 
     def _save_state(self, state: StackState) -> None:
         self.data_dir.mkdir(parents=True, exist_ok=True)

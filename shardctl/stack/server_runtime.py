@@ -22,8 +22,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import shardctl
-from shardctl.ha import patroni_entry
 from shardctl.stack.binaries import MissingBinaryError, PostgresBinaries
+from shardctl.stack.ha import patroni_entry
 from shardctl.stack.users import as_user
 
 PROJECT_ROOT = Path(shardctl.__file__).resolve().parent.parent

@@ -7,9 +7,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from shardctl.ha.cluster import HACluster
-from shardctl.ha.drill import wait_healthy
 from shardctl.process import pid_alive
+from shardctl.stack.ha.cluster import HACluster
+from shardctl.stack.ha.drill import wait_healthy
 from shardctl.stack.manager import Stack
 from tests.conftest import _random_base_port
 

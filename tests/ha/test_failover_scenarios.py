@@ -11,8 +11,10 @@ import time
 import psycopg
 import pytest
 
-from shardctl.ha.cluster import HACluster
-from shardctl.ha.drill import (
+from shardctl.control.ha import leader, set_dynamic_config, shard_members
+from shardctl.process import stop_pid
+from shardctl.stack.ha.cluster import HACluster
+from shardctl.stack.ha.drill import (
     PROBE_TABLE,
     AckWriter,
     ensure_probe_table,
@@ -21,8 +23,6 @@ from shardctl.ha.drill import (
     rows_present,
     wait_healthy,
 )
-from shardctl.ha.status import leader, set_dynamic_config, shard_members
-from shardctl.process import stop_pid
 
 # The writer gives up (and the test fails) when no primary takes a write within this deadline: the
 # requirement's bound. Typical figures are measured by bench/failover, not asserted here.

@@ -3,6 +3,7 @@ pure logic, no servers."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import textwrap
@@ -14,10 +15,11 @@ import yaml
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import ValidationError
 
-from shardctl.ha.config import MemberPlan, dynamic_config, member_config, multi_host_dsn, render
-from shardctl.pools import ShardPools
-from shardctl.retry import is_failover_error, is_multi_host
-from shardctl.settings import HASettings
+from shardctl.stack.ha.config import MemberPlan, dynamic_config, member_config, multi_host_dsn, render
+from shardctl.stack.ha.settings import HASettings
+from shardctl.store.pools import ShardPools
+from shardctl.store.retry import is_failover_error, is_multi_host
+from shardctl.store.shardmap import ShardMap
 
 MEMBER = MemberPlan(shard=2, index=1, pg_port=25001, api_port=25002, root=Path("/tmp/x/shard2/m1"))
 
@@ -36,7 +38,7 @@ def test_synchronous_mode_is_on_by_default_and_strict_is_a_switch() -> None:
 @pytest.mark.req("JTBD-04.failover-30s")
 def test_timings_are_fast_and_must_fit_patronis_rule() -> None:
     ha = HASettings()
-    assert ha.ttl < 20  # below Patroni's default floor: see shardctl/ha/patroni_entry.py
+    assert ha.ttl < 20  # below Patroni's default floor: see shardctl/stack/ha/patroni_entry.py
     assert ha.loop_wait + 2 * ha.retry_timeout <= ha.ttl
     with pytest.raises(ValidationError, match="loop_wait \\+ 2\\*retry_timeout <= ttl"):
         HASettings(ttl=8, loop_wait=3, retry_timeout=3)
@@ -68,25 +70,34 @@ def test_multi_host_dsn_names_every_member_and_asks_for_the_primary() -> None:
 
 @pytest.mark.req("JTBD-04.failover-30s")
 def test_patroni_keeps_the_configured_ttl_only_through_our_entry_point(tmp_path: Path) -> None:
-    """Patroni itself raises a ttl of 8 to 20; the entry point lowers the floor to the configured ttl."""
+    """Patroni (pinned exactly in pyproject.toml) raises a ttl of 8 to 20 and has no setting to lower that
+    floor; through the entry point it keeps our ttl. Checked on Patroni's own path: a ``Config`` loaded from
+    the member YAML we render, then the cluster's dynamic configuration applied as Patroni does when it reads
+    the DCS. If a Patroni release drops the floor ("plain" stops printing 20) the hook can go; if it renames
+    what the hook patches, "entry" fails here (and the entry point refuses to start)."""
     config_file = tmp_path / "patroni.yml"
-    config_file.write_text(yaml.safe_dump({"bootstrap": {"dcs": {"ttl": 8}}}))
+    ha = HASettings()
+    config_file.write_text(render(MEMBER, ha, "http://127.0.0.1:24000", "/usr/lib/postgresql/15/bin"))
     probe = textwrap.dedent(
         f"""
-        import sys
+        import json, sys
+        from pathlib import Path
         from patroni.config import Config
-        from shardctl.ha import patroni_entry
+        from shardctl.stack.ha import patroni_entry
         if sys.argv[1] == "entry":
-            patroni_entry.lower_ttl_floor(patroni_entry.configured_ttl(__import__("pathlib").Path({str(config_file)!r})))
-        conf = {{"ttl": 8, "loop_wait": 1, "retry_timeout": 3}}
-        Config._validate_and_adjust_timeouts(object.__new__(Config), conf)
-        print(conf["ttl"])
+            patroni_entry.lower_ttl_floor(patroni_entry.configured_ttl(Path({str(config_file)!r})))
+        config = Config({str(config_file)!r})
+        config.set_dynamic_configuration(json.loads(sys.argv[2]))
+        print(config["ttl"], config["loop_wait"], config["retry_timeout"])
         """
     )
-    plain = subprocess.run([sys.executable, "-c", probe, "plain"], capture_output=True, text=True, check=True)
-    entry = subprocess.run([sys.executable, "-c", probe, "entry"], capture_output=True, text=True, check=True)
-    assert plain.stdout.strip() == "20"
-    assert entry.stdout.strip() == "8"
+    dynamic = json.dumps(dynamic_config(ha))
+    run = [sys.executable, "-c", probe]
+    plain = subprocess.run([*run, "plain", dynamic], capture_output=True, text=True, check=True)
+    entry = subprocess.run([*run, "entry", dynamic], capture_output=True, text=True, check=True)
+    assert ha.ttl < 20
+    assert plain.stdout.split() == ["20", str(ha.loop_wait), str(ha.retry_timeout)]
+    assert entry.stdout.split() == [str(ha.ttl), str(ha.loop_wait), str(ha.retry_timeout)]
 
 
 @pytest.mark.req("JTBD-04.client-failover")
@@ -104,7 +115,7 @@ def test_only_lost_connections_and_demoted_primaries_are_retried() -> None:
 
 @pytest.mark.req("JTBD-04.replica")
 def test_plan_gives_every_member_of_every_shard_its_own_ports(tmp_path: Path) -> None:
-    from shardctl.ha.cluster import HACluster
+    from shardctl.stack.ha.cluster import HACluster
 
     ports = list(range(30000, 30000 + HACluster.ports_needed(shards=2, replicas=2)))
     state = HACluster.plan(tmp_path, 2, HASettings(), ports, replicas=2)
@@ -117,11 +128,19 @@ def test_plan_gives_every_member_of_every_shard_its_own_ports(tmp_path: Path) ->
     assert conninfo_to_dict(cluster.shard_dsn(1))["port"] == ",".join(str(m[0]) for m in state.members[1])
 
 
+def _pool_dsns(pools: ShardPools, dsns: list[str]) -> list[str]:
+    """The DSNs the pools of a shard map connect with (pools of size 0: nothing connects)."""
+    try:
+        return [pool.conninfo for pool in pools.pools_for(ShardMap(1, tuple(dsns)))]
+    finally:
+        pools.close()
+
+
 @pytest.mark.req("JTBD-04.reads-through-failover")
 def test_a_read_target_applies_to_multi_host_dsns_only() -> None:
-    pools = ShardPools("t", target_session_attrs="prefer-standby")
     multi = multi_host_dsn([5001, 5002])
-    assert conninfo_to_dict(pools._dsn(multi))["target_session_attrs"] == "prefer-standby"
     single = "host=127.0.0.1 port=5001 dbname=tessera"
-    assert pools._dsn(single) == single
-    assert ShardPools("t")._dsn(multi) == multi
+    reading = _pool_dsns(ShardPools("t", min_size=0, target_session_attrs="prefer-standby"), [multi, single])
+    assert conninfo_to_dict(reading[0])["target_session_attrs"] == "prefer-standby"
+    assert reading[1] == single
+    assert _pool_dsns(ShardPools("t", min_size=0), [multi]) == [multi]

@@ -13,10 +13,10 @@ import psutil
 import psycopg
 import pytest
 
-from shardctl.ha.cluster import HACluster
-from shardctl.ha.drill import wait_healthy
-from shardctl.ha.status import leader, shard_members
+from shardctl.control.ha import leader, shard_members
 from shardctl.settings import load_settings
+from shardctl.stack.ha.cluster import HACluster
+from shardctl.stack.ha.drill import wait_healthy
 from shardctl.stack.manager import Stack
 
 

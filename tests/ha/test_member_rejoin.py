@@ -10,10 +10,10 @@ import sys
 
 import pytest
 
-from shardctl.ha.cluster import HACluster
-from shardctl.ha.drill import wait_healthy
-from shardctl.ha.status import leader, shard_members
+from shardctl.control.ha import leader, shard_members
 from shardctl.process import wait_until
+from shardctl.stack.ha.cluster import HACluster
+from shardctl.stack.ha.drill import wait_healthy
 from shardctl.stack.manager import Stack
 
 

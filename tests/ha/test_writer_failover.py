@@ -10,13 +10,13 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shardctl.ha.cluster import HACluster
-from shardctl.ha.drill import wait_healthy
-from shardctl.ha.status import leader, shard_members
+from shardctl.control.ha import leader, shard_members
 from shardctl.settings import load_settings
+from shardctl.stack.ha.cluster import HACluster
+from shardctl.stack.ha.drill import wait_healthy
 from shardctl.stack.manager import Stack
 from shardctl.store import FeatureStore
-from shardctl.writer import FeatureRow
+from shardctl.store.writer import FeatureRow
 
 
 @pytest.mark.req("JTBD-04.client-failover")

@@ -1,4 +1,4 @@
-"""`shardctl.export`: training's bulk read of a whole feature set from every shard."""
+"""`shardctl.store.export`: training's bulk read of a whole feature set from every shard."""
 
 from __future__ import annotations
 
@@ -7,11 +7,11 @@ from datetime import UTC, datetime
 
 import pytest
 
-from shardctl.errors import ShardUnavailableError
-from shardctl.export import export_feature_set
-from shardctl.shardmap import ShardMap
 from shardctl.store import FeatureStore
-from shardctl.writer import FeatureRow
+from shardctl.store.errors import ShardUnavailableError
+from shardctl.store.export import export_feature_set
+from shardctl.store.shardmap import ShardMap
+from shardctl.store.writer import FeatureRow
 
 
 @pytest.mark.req("PLAT.training")

@@ -15,9 +15,9 @@ from orchestration.defs.customer_features import shard_check_results
 from orchestration.feature_engineering import FEATURES
 from orchestration.resources import TesseraResource
 from orchestration.run_graph import run_days, run_model, summarize
-from shardctl.hashing import shard_for
-from shardctl.registry import ModelRegistry
-from shardctl.schema import FEATURE_TABLE
+from shardctl.store.hashing import shard_for
+from shardctl.store.registry import ModelRegistry
+from shardctl.store.schema import FEATURE_TABLE
 from tests.orchestration.conftest import DAYS, QUIET, ROWS_PER_DAY, SMALL_GBM
 
 

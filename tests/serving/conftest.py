@@ -21,13 +21,13 @@ import pytest
 
 from shardctl.java import find_java_home
 from shardctl.process import free_port, pid_alive, stop_pid, wait_until
-from shardctl.registry import ModelRegistry, ModelVersion
 from shardctl.settings import TesseraSettings
 from shardctl.stack.binaries import find_redis_server
 from shardctl.stack.manager import Stack
 from shardctl.stack.redis_server import RedisServer
 from shardctl.store import FeatureStore
-from shardctl.writer import FeatureRow
+from shardctl.store.registry import ModelRegistry, ModelVersion
+from shardctl.store.writer import FeatureRow
 
 REPO = Path(__file__).resolve().parents[2]
 FEATURE_SET = "serving_test_v1"

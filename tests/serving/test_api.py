@@ -9,9 +9,9 @@ from concurrent.futures import ThreadPoolExecutor
 import httpx
 import pytest
 
-from shardctl.registry import ModelRegistry
 from shardctl.store import FeatureStore
-from shardctl.writer import FeatureRow
+from shardctl.store.registry import ModelRegistry
+from shardctl.store.writer import FeatureRow
 from tests.serving.conftest import (
     BUMP,
     FEATURE_SET,

@@ -11,7 +11,7 @@ import pytest
 
 from shardctl.settings import TesseraSettings
 from shardctl.store import FeatureStore
-from shardctl.writer import FeatureRow
+from shardctl.store.writer import FeatureRow
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 

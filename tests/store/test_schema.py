@@ -8,8 +8,9 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from shardctl.hashing import install_sql_functions
-from shardctl.schema import (
+from shardctl.store import FeatureStore
+from shardctl.store.hashing import install_sql_functions
+from shardctl.store.schema import (
     MIGRATIONS,
     TUNED_STORAGE,
     SchemaError,
@@ -21,7 +22,6 @@ from shardctl.schema import (
     safe_identifier,
     validate_create_table,
 )
-from shardctl.store import FeatureStore
 
 
 @pytest.mark.req("JTBD-03.schema")

@@ -14,12 +14,12 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from shardctl.hashing import install_sql_functions
-from shardctl.schema import FENCE_DDL, apply_schema, feature_table_ddl
 from shardctl.settings import TesseraSettings
-from shardctl.shardmap import ShardMap
 from shardctl.store import FeatureStore
-from shardctl.writer import FeatureWriter
+from shardctl.store.hashing import install_sql_functions
+from shardctl.store.schema import FENCE_DDL, apply_schema, feature_table_ddl
+from shardctl.store.shardmap import ShardMap
+from shardctl.store.writer import FeatureWriter
 from tests.store.conftest import T0, make_rows
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -86,10 +86,10 @@ def test_full_table_rewrites_do_not_grow_the_tuned_table_or_its_index(scratch_da
     assert index_growth > 1.0
 
 
-@pytest.mark.req("JTBD-03.write-throughput")
-@pytest.mark.req("JTBD-03.bloat")
 def test_the_benchmark_runs_from_one_command_and_prints_figures_and_ratios(tmp_path: Path) -> None:
-    """A tiny run of bench/store/bench_store.py (the real figures are in docs/benchmarks.md)."""
+    """A tiny run of bench/store/bench_store.py still works end to end. A smoke test of the benchmark only: it
+    proves no throughput or bloat figure (the tests above prove the mechanisms; docs/benchmarks.md has the
+    figures)."""
     out = tmp_path / "figures.json"
     command = [
         sys.executable,

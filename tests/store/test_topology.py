@@ -16,15 +16,15 @@ from pathlib import Path
 import psycopg
 import pytest
 
-from shardctl.async_reader import AsyncFeatureReader
-from shardctl.errors import BadEntityIdError, FeatureWriteError, ShardUnavailableError
 from shardctl.process import free_port, wait_until
-from shardctl.reader import ReadResult
 from shardctl.settings import TesseraSettings, load_settings
-from shardctl.shardmap import ShardMap, ShardMapError, ShardMapStore, ShardMapWatcher, StaleShardMapError
 from shardctl.stack.manager import Stack
 from shardctl.store import FeatureStore
-from shardctl.writer import FeatureWriter
+from shardctl.store.async_reader import AsyncFeatureReader
+from shardctl.store.errors import BadEntityIdError, FeatureWriteError, ShardUnavailableError
+from shardctl.store.reader import ReadResult
+from shardctl.store.shardmap import ShardMap, ShardMapError, ShardMapStore, ShardMapWatcher, StaleShardMapError
+from shardctl.store.writer import FeatureWriter
 from tests.store.conftest import T0, make_rows, shard_snapshot
 
 

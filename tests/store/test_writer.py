@@ -9,10 +9,10 @@ from types import MappingProxyType
 import psycopg
 import pytest
 
-from shardctl.hashing import shard_for
-from shardctl.schema import placement_query
 from shardctl.store import FeatureStore
-from shardctl.writer import BadFeatureRowError, FeatureRow
+from shardctl.store.hashing import shard_for
+from shardctl.store.schema import placement_query
+from shardctl.store.writer import BadFeatureRowError, FeatureRow
 from tests.store.conftest import T0, make_rows, shard_snapshot
 
 

@@ -7,7 +7,7 @@ from datetime import timedelta
 import pytest
 
 from shardctl.store import FeatureStore
-from shardctl.writer import BadFeatureRowError, FeatureRow, FeatureWriter
+from shardctl.store.writer import BadFeatureRowError, FeatureRow, FeatureWriter
 from tests.store.conftest import T0, make_rows, shard_snapshot
 
 

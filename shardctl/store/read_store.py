@@ -11,9 +11,9 @@ from __future__ import annotations
 from collections.abc import Iterable
 from typing import Any
 
-from shardctl.async_reader import AsyncFeatureReader
-from shardctl.reader import FeatureReader, ReadResult
-from shardctl.shardmap import ShardMap, ShardMapStore, ShardMapWatcher
+from shardctl.store.async_reader import AsyncFeatureReader
+from shardctl.store.reader import FeatureReader, ReadResult
+from shardctl.store.shardmap import ShardMap, ShardMapStore, ShardMapWatcher
 
 
 class FeatureReadStore:

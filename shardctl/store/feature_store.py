@@ -9,10 +9,10 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from shardctl.reader import FeatureReader, ReadResult
-from shardctl.schema import apply_all
-from shardctl.shardmap import ShardMap, ShardMapStore, ShardMapWatcher
-from shardctl.writer import FeatureRow, FeatureWriter, WriteReport
+from shardctl.store.reader import FeatureReader, ReadResult
+from shardctl.store.schema import apply_all
+from shardctl.store.shardmap import ShardMap, ShardMapStore, ShardMapWatcher
+from shardctl.store.writer import FeatureRow, FeatureWriter, WriteReport
 
 
 def prepare(catalog_dsn: str, shard_dsns: Sequence[str] | None = None, settings=None) -> ShardMap:

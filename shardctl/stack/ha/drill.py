@@ -1,6 +1,6 @@
 """Failure drills on a shard's cluster under write load: hard kill of the primary, planned switchover.
 
-A writer thread commits numbered rows (idempotent inserts, through `shardctl.retry.PrimaryConnection`)
+A writer thread commits numbered rows (idempotent inserts, through `shardctl.store.retry.PrimaryConnection`)
 and records each acknowledged commit with its time and the server port that acknowledged it. After the
 event we measure the time from the event to the first write acknowledged by the new primary, the
 longest gap between acknowledgements, and which acknowledged rows the new primary lacks (must be none:
@@ -17,9 +17,9 @@ from dataclasses import dataclass, field
 
 import psycopg
 
-from shardctl.ha.cluster import HACluster
-from shardctl.ha.status import HAError, MemberStatus, is_healthy, leader, shard_members, switchover
-from shardctl.retry import PrimaryConnection
+from shardctl.control.ha import HAError, MemberStatus, is_healthy, leader, shard_members, switchover
+from shardctl.stack.ha.cluster import HACluster
+from shardctl.store.retry import PrimaryConnection
 
 PROBE_TABLE = "tessera_ha_probe"
 

@@ -12,10 +12,10 @@ import msgspec
 import psycopg
 from psycopg.types.json import set_json_loads
 
-from shardctl.errors import ShardUnavailableError
-from shardctl.pools import AsyncShardPools
-from shardctl.reader import READ_SQL, ReadResult, ShardOutcome, ShardReaderBase, assemble_read, plan_read
-from shardctl.shardmap import ShardMap
+from shardctl.store.errors import ShardUnavailableError
+from shardctl.store.pools import AsyncShardPools
+from shardctl.store.reader import READ_SQL, ReadResult, ShardOutcome, ShardReaderBase, assemble_read, plan_read
+from shardctl.store.shardmap import ShardMap
 
 
 async def _configure_connection(conn: psycopg.AsyncConnection) -> None:
@@ -38,7 +38,8 @@ class AsyncFeatureReader(ShardReaderBase):
 
     @staticmethod
     async def _try_read(pool, shard: int, shard_map: ShardMap, feature_set: str, ids: list[str]) -> ShardOutcome:
-        # As FeatureReader: one retry covers a pooled connection that died with a restarted shard.
+        # As FeatureReader: one retry covers a pooled connection that died with a restarted shard, and only
+        # psycopg.OperationalError (PoolTimeout included) means the shard is unavailable.
         for attempt in (1, 2):
             try:
                 async with pool.connection() as conn:
@@ -47,8 +48,6 @@ class AsyncFeatureReader(ShardReaderBase):
             except psycopg.OperationalError as exc:
                 if attempt == 2:
                     return ShardUnavailableError(shard, shard_map.dsns[shard], exc)
-            except Exception as exc:  # PoolTimeout: no connection within acquire_timeout
-                return ShardUnavailableError(shard, shard_map.dsns[shard], exc)
         raise AssertionError("unreachable")
 
     async def close(self) -> None:

@@ -13,7 +13,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
-from shardctl.shardmap import ShardMap
+from shardctl.store.shardmap import ShardMap
 
 log = logging.getLogger(__name__)
 

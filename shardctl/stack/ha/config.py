@@ -12,7 +12,7 @@ from typing import Any
 
 import yaml
 
-from shardctl.settings import HASettings
+from shardctl.stack.ha.settings import HASettings
 from shardctl.stack.postgres import SUPERUSER
 
 REPLICATION_USER = "replicator"

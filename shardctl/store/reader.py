@@ -18,11 +18,11 @@ import msgspec
 import psycopg
 from psycopg.types.json import set_json_loads
 
-from shardctl.errors import BadEntityIdError, ShardUnavailableError
-from shardctl.pools import ShardPools
-from shardctl.schema import FEATURE_TABLE
-from shardctl.shardmap import ShardMap, ShardMapWatcher
-from shardctl.writer import validate_feature_set
+from shardctl.store.errors import BadEntityIdError, ShardUnavailableError
+from shardctl.store.pools import ShardPools
+from shardctl.store.schema import FEATURE_TABLE
+from shardctl.store.shardmap import ShardMap, ShardMapWatcher
+from shardctl.store.validation import validate_feature_set
 
 __all__ = ["BadEntityIdError", "FeatureReader", "FeatureRecord", "ReadResult", "ShardUnavailableError"]
 
@@ -133,6 +133,10 @@ class FeatureReader(ShardReaderBase):
     @staticmethod
     def _try_read(pool, shard: int, shard_map: ShardMap, feature_set: str, ids: list[str]):
         # One retry covers a pooled connection that died with a restarted shard; a dead shard fails both.
+        # psycopg.OperationalError is what "shard unavailable" means: the connection failed or was lost, the
+        # server is shutting down (AdminShutdown), the statement was cancelled, or no pooled connection came in
+        # time (PoolTimeout, PoolClosed). Anything else (a bug, a missing table) reaches the caller as itself
+        # instead of becoming a 503.
         for attempt in (1, 2):
             try:
                 with pool.connection() as conn:
@@ -140,8 +144,6 @@ class FeatureReader(ShardReaderBase):
             except psycopg.OperationalError as exc:
                 if attempt == 2:
                     return ShardUnavailableError(shard, shard_map.dsns[shard], exc)
-            except Exception as exc:  # PoolTimeout: no connection within acquire_timeout
-                return ShardUnavailableError(shard, shard_map.dsns[shard], exc)
         raise AssertionError("unreachable")
 
     def close(self) -> None:

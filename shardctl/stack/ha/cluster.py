@@ -21,12 +21,12 @@ from typing import Any
 
 import psycopg
 
-from shardctl.ha.config import MemberPlan, multi_host_dsn, render
-from shardctl.ha.etcd import EtcdServer, find_etcd
-from shardctl.ha.runtime import patroni_command, patroni_environment
-from shardctl.ha.status import HAError, MemberStatus, is_healthy, shard_members
+from shardctl.control.ha import HAError, MemberStatus, is_healthy, shard_members
 from shardctl.process import pid_alive, stop_pid
-from shardctl.settings import HASettings
+from shardctl.stack.ha.config import MemberPlan, multi_host_dsn, render
+from shardctl.stack.ha.etcd import EtcdServer, find_etcd
+from shardctl.stack.ha.runtime import patroni_command, patroni_environment
+from shardctl.stack.ha.settings import HASettings
 from shardctl.stack.users import chown_tree
 
 

@@ -16,10 +16,10 @@ from datetime import datetime
 import psycopg
 from psycopg import sql
 
-from shardctl.errors import ShardUnavailableError
-from shardctl.schema import FEATURE_TABLE
-from shardctl.shardmap import ShardMap
-from shardctl.writer import validate_feature_set
+from shardctl.store.errors import ShardUnavailableError
+from shardctl.store.schema import FEATURE_TABLE
+from shardctl.store.shardmap import ShardMap
+from shardctl.store.validation import validate_feature_set
 
 _EXPORT_SQL = sql.SQL(
     "COPY (SELECT entity_id, event_ts, features::text FROM {table} WHERE feature_set = {feature_set} "

@@ -118,9 +118,3 @@ class PrimaryConnection:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def retry_on_failover(dsn: str, work: Callable[[psycopg.Connection[Any]], T], deadline: float = 30.0) -> T:
-    """Run idempotent ``work`` once on the shard's primary, riding out a failover (see `PrimaryConnection`)."""
-    with PrimaryConnection(dsn, deadline) as conn:
-        return conn.run(work)

@@ -3,7 +3,7 @@
 Readers and writers cache the current map. A new epoch is announced with ``NOTIFY`` on commit, and a
 ``ShardMapWatcher`` thread blocked in ``LISTEN`` picks it up (no polling loop), so a future online migration
 can switch traffic by publishing a map. Every write carries the epoch it routed with; each shard keeps a
-*fence* (``tessera_shard_fence.min_epoch``, see ``shardctl/schema.py``) that the writer reads ``FOR SHARE``
+*fence* (``tessera_shard_fence.min_epoch``, see ``shardctl/store/schema.py``) that the writer reads ``FOR SHARE``
 inside its own transaction, so a write routed on an older map than the fence raises ``StaleShardMapError``
 and is retried once on the refreshed map. Raising a fence waits for in-flight writes on that shard to commit,
 which is exactly the hook a migration needs before it copies a shard's rows away.
@@ -18,8 +18,8 @@ from dataclasses import dataclass
 
 import psycopg
 
-from shardctl.hashing import shard_for
-from shardctl.notify import NotificationListener
+from shardctl.store.hashing import shard_for
+from shardctl.store.notify import NotificationListener
 
 log = logging.getLogger(__name__)
 
@@ -219,12 +219,14 @@ def raise_fence(dsn: str, epoch: int, *, connect_timeout: int = 5) -> int:
             (epoch,),
         ).fetchone()
     if row is None:
-        raise ShardMapError(f"shard {dsn!r} has no fence row: apply the schema first (shardctl.schema.apply_schema)")
+        raise ShardMapError(
+            f"shard {dsn!r} has no fence row: apply the schema first (shardctl.store.schema.apply_schema)"
+        )
     return row[0]
 
 
 class ShardMapWatcher:
-    """Holds the current shard map and follows the catalog's NOTIFYs (``shardctl/notify.py``'s listener
+    """Holds the current shard map and follows the catalog's NOTIFYs (``shardctl/store/notify.py``'s listener
     thread blocks in ``LISTEN``: no polling loop). Each notification, and each reconnection (a notification
     may have been missed meanwhile), re-reads the map; listeners hear of every newer epoch."""
 
@@ -239,9 +241,6 @@ class ShardMapWatcher:
     def current(self) -> ShardMap:
         with self._lock:
             return self._current
-
-    def add_listener(self, listener: Callable[[ShardMap], None]) -> None:
-        self._listeners.append(listener)
 
     def refresh(self) -> ShardMap:
         """Re-read the catalog now (the writer calls this after a stale-epoch refusal)."""

@@ -7,7 +7,7 @@ failover under 10 s, so it accepts that trade-off explicitly: this entry point l
 ttl written in the member's own configuration and changes nothing else. Patroni's other rule,
 ``loop_wait + 2 * retry_timeout <= ttl``, still applies (and `HASettings` checks it first).
 
-Usage (what `shardctl/ha/cluster.py` runs): ``python -P patroni_entry.py patroni.yml``. It imports nothing of
+Usage (what `shardctl/stack/ha/cluster.py` runs): ``python -P patroni_entry.py patroni.yml``. It imports nothing of
 shardctl, so the server user can run a copy of this file (see `shardctl/stack/server_runtime.py`).
 """
 

@@ -141,15 +141,9 @@ def apply_schema(dsn: str, *, connect_timeout: int = 5) -> list[int]:
     return applied_now
 
 
-def apply_all(shard_map) -> dict[int, list[int]]:  # shard_map: shardctl.shardmap.ShardMap
+def apply_all(shard_map) -> dict[int, list[int]]:  # shard_map: shardctl.store.shardmap.ShardMap
     """Apply the schema to every shard of the map; returns the versions applied now, by shard index."""
     return {index: apply_schema(dsn) for index, dsn in enumerate(shard_map.dsns)}
-
-
-def schema_version(conn: psycopg.Connection) -> int:
-    """The newest migration recorded on the connected shard (0 if none)."""
-    row = conn.execute(f"SELECT coalesce(max(version), 0) FROM {MIGRATIONS_TABLE}").fetchone()
-    return int(row[0]) if row else 0
 
 
 def placement_query(total_shards: int, shard_index: int, table: str = FEATURE_TABLE) -> str:

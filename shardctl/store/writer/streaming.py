@@ -1,0 +1,173 @@
+"""One shard's side of a batch write: its open transaction, the fence check, and the COPY that streams rows
+into it (straight into the table for fresh entities, else into a staging table merged in sub-batches).
+
+Nothing here commits: ``shardctl.store.writer.commit`` decides, across all shards.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+
+import psycopg
+
+from shardctl.store.schema import FEATURE_TABLE
+from shardctl.store.shardmap import check_fence
+from shardctl.store.validation import CopyRow
+
+_PROBE_KEYS = 64
+_MERGE_SQL = f"""
+INSERT INTO {FEATURE_TABLE} AS t (entity_id, feature_set, features, event_ts)
+SELECT s.entity_id, %(feature_set)s, s.features, s.event_ts FROM tessera_stage s
+ON CONFLICT (entity_id, feature_set) DO UPDATE
+   SET features = excluded.features,
+       event_ts = excluded.event_ts,
+       written_at = now(),
+       version = t.version + (t.features IS DISTINCT FROM excluded.features)::int
+ WHERE excluded.event_ts >= t.event_ts
+   AND (t.features, t.event_ts) IS DISTINCT FROM (excluded.features, excluded.event_ts)
+"""
+# Rows inserted so far by this transaction (Postgres' own per-transaction counter): read before and after the
+# merge, it splits the merge's row count into inserts and updates without a RETURNING pass over every row.
+_XACT_INSERTED_SQL = f"SELECT pg_stat_get_xact_tuples_inserted('{FEATURE_TABLE}'::regclass)"
+_PROBE_SQL = f"SELECT EXISTS (SELECT 1 FROM {FEATURE_TABLE} WHERE feature_set = %s AND entity_id = ANY(%s))"
+_COPY_TABLE_SQL = f"COPY {FEATURE_TABLE} (entity_id, feature_set, features, event_ts) FROM STDIN (FORMAT BINARY)"
+_COPY_STAGE_SQL = "COPY tessera_stage (entity_id, features, event_ts) FROM STDIN (FORMAT BINARY)"
+_STAGE_DDL = "CREATE TEMP TABLE tessera_stage (entity_id text, features jsonb, event_ts timestamptz) ON COMMIT DROP"
+
+
+class _Aborted(Exception):
+    """Passed to an open COPY to make it fail (Postgres then discards what it received)."""
+
+
+class ShardStream:
+    """One shard's open transaction while the batch streams in.
+
+    Fast path: one COPY straight into the table, kept open for the whole batch. Merge path: rows collect
+    into sub-batches; each is copied into the staging table and merged on a pool thread while this thread
+    validates the next one, so the client's validation overlaps the server's merge.
+    """
+
+    def __init__(self, shard: int, conn: psycopg.Connection, fast: bool, executor: ThreadPoolExecutor, sub_batch: int):
+        self.shard = shard
+        self.conn = conn
+        self.fast = fast
+        self.rows: list[CopyRow] = []  # fast path: kept to stage them if it fails
+        self._executor = executor
+        self._sub_batch = sub_batch
+        self._pending: list[CopyRow] = []
+        self._merging: Future | None = None
+        self._staged = False
+        self._inserted = 0
+        self._updated = 0
+        self._copying = contextlib.ExitStack()
+        if fast:
+            cursor = self._copying.enter_context(self.conn.cursor())
+            self._copy = self._copying.enter_context(cursor.copy(_COPY_TABLE_SQL))
+            self._copy.set_types(["text", "text", "jsonb", "timestamptz"])
+
+    def send(self, rows: list[CopyRow], feature_set: str) -> None:
+        if self.fast:
+            self.rows.extend(rows)
+            write = self._copy.write_row
+            for eid, features, ts in rows:
+                write((eid, feature_set, features, ts))
+            return
+        self._pending.extend(rows)
+        if len(self._pending) >= self._sub_batch:
+            self._wait_for_merge()
+            self._stage_pending()
+            self._merging = self._executor.submit(self._merge_staged, feature_set)
+
+    def _stage_pending(self) -> None:
+        rows, self._pending = self._pending, []
+        if not rows:
+            return
+        with self.conn.cursor() as cursor, cursor.copy(_COPY_STAGE_SQL) as copy:
+            copy.set_types(["text", "jsonb", "timestamptz"])
+            for row in rows:
+                copy.write_row(row)
+        self._staged = True
+
+    def _merge_staged(self, feature_set: str) -> None:
+        with self.conn.cursor() as cur:
+            inserted_before = cur.execute(_XACT_INSERTED_SQL).fetchone()[0]
+            cur.execute(_MERGE_SQL, {"feature_set": feature_set})
+            affected = cur.rowcount
+            inserted = cur.execute(_XACT_INSERTED_SQL).fetchone()[0] - inserted_before
+            cur.execute("TRUNCATE tessera_stage")
+        self._inserted += inserted
+        self._updated += affected - inserted
+        self._staged = False
+
+    def _wait_for_merge(self) -> None:
+        if self._merging is not None:
+            merging, self._merging = self._merging, None
+            merging.result()
+
+    def abort(self) -> None:
+        with contextlib.suppress(Exception):
+            if self.fast:
+                self._copying.__exit__(_Aborted, _Aborted(), None)
+            else:
+                self._wait_for_merge()  # the connection must be idle before the rollback
+
+    def finish_copy(self) -> None:
+        """End the COPY. A stored key met on the fast path rolls back to the savepoint and stages instead."""
+        if self.fast:
+            try:
+                self._copying.close()
+                return
+            except psycopg.errors.UniqueViolation:
+                self.conn.execute("ROLLBACK TO SAVEPOINT tessera_fresh")
+                self.fast = False
+                self.conn.execute(_STAGE_DDL)
+                self._pending, self.rows = self.rows, []
+        self._wait_for_merge()
+        self._stage_pending()
+
+    def merge(self, feature_set: str) -> ShardResult:
+        """The last sub-batch's merge (all shards run theirs in parallel), then the counts of all."""
+        self._wait_for_merge()
+        if self._staged:
+            self._merge_staged(feature_set)
+        self.conn.execute("DROP TABLE tessera_stage")
+        return ShardResult(self._inserted, self._updated, False)
+
+
+@dataclass
+class ShardResult:
+    """One shard's merge counts; ``fast_path`` when its rows went straight into the table."""
+
+    inserted: int
+    updated: int
+    fast_path: bool
+
+
+def open_stream(
+    conn: psycopg.Connection,
+    shard: int,
+    epoch: int,
+    feature_set: str,
+    first_rows: list[CopyRow],
+    *,
+    fresh_fast_path: bool,
+    executor: ThreadPoolExecutor,
+    sub_batch: int,
+) -> ShardStream:
+    """Open the shard's transaction: fence check, then a COPY into the table (no stored key among the
+    probed ones: fresh entities, under a savepoint) or into a temporary staging table."""
+    check_fence(conn, shard, epoch)
+    fast = fresh_fast_path and not _any_stored(conn, feature_set, first_rows)
+    if fast:
+        conn.execute("SAVEPOINT tessera_fresh")
+    else:
+        conn.execute(_STAGE_DDL)
+    return ShardStream(shard, conn, fast, executor, sub_batch)
+
+
+def _any_stored(conn: psycopg.Connection, feature_set: str, rows: list[CopyRow]) -> bool:
+    step = max(1, len(rows) // _PROBE_KEYS)
+    sample = [rows[i][0] for i in range(0, len(rows), step)][:_PROBE_KEYS]
+    return bool(conn.execute(_PROBE_SQL, (feature_set, sample)).fetchone()[0])
