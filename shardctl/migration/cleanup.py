@@ -1,0 +1,69 @@
+"""Remove moved logical shards from their old server without leaving bloat behind.
+
+The layout is one flat table with ``logical_shard`` leading the primary key, so a moved shard's rows are
+one contiguous range of the index: ``DELETE`` by logical shard is an index range scan, and a plain
+``VACUUM`` right after (no exclusive lock, unlike ``VACUUM FULL``) turns the dead heap tuples and the
+emptied index pages into free space that later writes reuse, and truncates empty pages at the end of the
+table. Measured on PG 15 here (docs/architecture/resharding.md): 75k rows deleted in 0.13 s, vacuumed in
+0.10 s. Only run this after cutover, once every reader and writer follows the new epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import psycopg
+from psycopg import sql
+
+from shardctl.migration.table import SHARD_COLUMN, MovedTable
+
+
+@dataclass(frozen=True)
+class TableSize:
+    heap_bytes: int
+    index_bytes: int
+    dead_tuples: int
+
+    @property
+    def total_bytes(self) -> int:
+        return self.heap_bytes + self.index_bytes
+
+
+@dataclass(frozen=True)
+class CleanupReport:
+    deleted_rows: int
+    before: TableSize
+    after: TableSize
+
+
+def table_size(conn: psycopg.Connection, table: MovedTable) -> TableSize:
+    """Heap and index bytes, and dead tuples as the statistics see them (flushed first where PG has it)."""
+    if conn.info.server_version >= 150000:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+    row = conn.execute(
+        "SELECT pg_relation_size(c.oid), pg_indexes_size(c.oid), coalesce(s.n_dead_tup, 0) "
+        "FROM pg_class c LEFT JOIN pg_stat_user_tables s ON s.relid = c.oid WHERE c.oid = to_regclass(%s)",
+        (table.name,),
+    ).fetchone()
+    if row is None:
+        raise RuntimeError(f"table {table.name!r} is missing")
+    return TableSize(*row)
+
+
+def delete_moved_rows(
+    source_dsn: str, logical_shards: Iterable[int], *, table: MovedTable | None = None
+) -> CleanupReport:
+    """Delete the rows of ``logical_shards`` (one transaction per logical shard, so locks stay short and
+    a kill loses at most one shard's progress: re-running deletes what is left), then ``VACUUM`` the table."""
+    table = table or MovedTable()
+    deleted = 0
+    with psycopg.connect(source_dsn, autocommit=True, connect_timeout=5) as conn:
+        before = table_size(conn, table)
+        for shard in sorted(set(logical_shards)):
+            deleted += conn.execute(
+                sql.SQL("DELETE FROM {} WHERE {} = %s").format(table.ident, sql.Identifier(SHARD_COLUMN)), (shard,)
+            ).rowcount
+        conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(table.ident))
+        after = table_size(conn, table)
+    return CleanupReport(deleted, before, after)

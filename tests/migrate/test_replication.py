@@ -1,0 +1,136 @@
+"""Copy and catch-up of moving logical shards through a row-filtered publication, on real servers, while a
+writer inserts and updates rows of moving and staying logical shards; verification; teardown."""
+
+from __future__ import annotations
+
+import psycopg
+import pytest
+
+from shardctl.migration import replication
+from shardctl.migration.table import MovedTable
+from shardctl.migration.verify import verify
+from tests.migrate.conftest import ServerPair, Writer, link_suffix, load_rows, rows_of
+
+MOVING = tuple(range(1, 256, 4))  # a quarter of the logical shards
+STAYING = [s for s in range(256) if s not in MOVING]
+
+
+def make_link(servers: ServerPair, table: MovedTable, shards: tuple[int, ...] = MOVING) -> replication.Link:
+    return replication.Link(replication.link_name(link_suffix(), 0), servers.source, servers.target, shards, table)
+
+
+@pytest.mark.req("JTBD-03.migration-replication")
+def test_copy_and_catch_up_under_writes_then_verify_clean_and_teardown_leaves_nothing(
+    servers: ServerPair, moved_table: MovedTable
+) -> None:
+    load_rows(servers.source, moved_table, 20_000)
+    link = make_link(servers, moved_table)
+    writer = Writer(servers.source, moved_table, existing=20_000).start()
+    try:
+        replication.start(link)
+        replication.wait_synced(link, timeout=120)
+        state = replication.progress(link, count_rows=True)
+        assert state.synced
+        assert state.enabled
+        assert state.errors == 0
+        assert state.lag_bytes is not None
+        assert state.slot_wal_status in ("reserved", "extended")
+        writer.wait_acked(500)
+    finally:
+        writer.stop()
+    assert not writer.errors, writer.errors[:3]
+    assert len(writer.acked) >= 500, "the writer barely wrote: the test would prove nothing"
+    replication.wait_caught_up(link)
+
+    moving_expected = {k: v for k, v in writer.acked.items() if k[0] in MOVING}
+    assert moving_expected, "no write hit a moving logical shard"
+    assert len(moving_expected) < len(writer.acked), "no write hit a staying logical shard"
+    on_target = rows_of(servers.target, moved_table, list(MOVING))
+    assert rows_of(servers.source, moved_table, list(MOVING)) == on_target
+    for key, (values, version) in moving_expected.items():
+        assert on_target[key] == (values, version), f"acknowledged write of {key} not on the target"
+    assert rows_of(servers.target, moved_table, STAYING) == {}, "rows of staying logical shards were copied"
+
+    report = verify(servers.source, servers.target, MOVING, table=moved_table, catch_up=lambda: None)
+    assert report.clean, report.summary()
+    assert sum(s.target_rows for s in report.shards.values()) == len(on_target)
+
+    first = replication.teardown(link)
+    assert first.complete, first
+    assert any(d.startswith("subscription") for d in first.dropped), first
+    assert replication.leftovers(link) == {"slots": [], "publications": [], "subscriptions": []}
+    assert replication.teardown(link).dropped == [], "a second teardown found something to drop"
+
+
+@pytest.mark.req("JTBD-03.migration-verify")
+def test_verify_rechecks_rows_written_during_verification_and_reports_planted_differences(
+    servers: ServerPair, moved_table: MovedTable
+) -> None:
+    load_rows(servers.source, moved_table, 8_000)
+    link = make_link(servers, moved_table)
+    replication.start(link)
+    replication.wait_synced(link, timeout=120)
+    writer = Writer(servers.source, moved_table, existing=8_000, seed=1).start()
+    try:
+        during = verify(
+            servers.source, servers.target, MOVING, table=moved_table, catch_up=lambda: replication.wait_caught_up(link)
+        )
+    finally:
+        writer.stop()
+    assert during.clean, during.summary()
+
+    replication.wait_caught_up(link)
+    replication.teardown(link)  # from here on the target is on its own: plant one difference of each kind
+    victims = sorted(k for k in rows_of(servers.target, moved_table, list(MOVING)))[:3]
+    with psycopg.connect(servers.target, autocommit=True) as conn:
+        conn.execute(
+            f"DELETE FROM {moved_table.name} WHERE (logical_shard, entity_id, feature_set) = (%s, %s, %s)", victims[0]
+        )
+        conn.execute(
+            f"UPDATE {moved_table.name} SET features = features || '{{\"spend\": -1}}' "
+            "WHERE (logical_shard, entity_id, feature_set) = (%s, %s, %s)",
+            victims[1],
+        )
+        conn.execute(
+            f"INSERT INTO {moved_table.name} VALUES (%s, 'planted', 'fs1', '{{}}', now(), 1)", (victims[2][0],)
+        )
+    report = verify(servers.source, servers.target, MOVING, table=moved_table)
+    assert not report.clean
+    assert report.missing == [victims[0]]
+    assert report.different == [victims[1]]
+    assert report.extra == [(victims[2][0], "planted", "fs1")]
+    assert {s for s, summary in report.shards.items() if not summary.matched} == {v[0] for v in victims}
+
+
+@pytest.mark.req("JTBD-03.migration-replication")
+def test_teardown_after_a_partial_set_up_drops_what_exists_and_abort_purges_the_target(
+    servers: ServerPair, moved_table: MovedTable
+) -> None:
+    load_rows(servers.source, moved_table, 2_000)
+    link = make_link(servers, moved_table)
+    replication.ensure_publication(link)
+    replication.ensure_slot(link)  # killed here: no subscription yet
+    report = replication.teardown(link)
+    assert report.complete
+    assert sorted(report.dropped) == [f"publication {link.name}", f"slot {link.name}"]
+    assert replication.leftovers(link) == {"slots": [], "publications": [], "subscriptions": []}
+
+    replication.start(link)
+    replication.wait_synced(link, timeout=120)
+    assert rows_of(servers.target, moved_table, list(MOVING))
+    aborted = replication.teardown(link, purge_target=True)
+    assert aborted.complete, aborted
+    assert rows_of(servers.target, moved_table, list(MOVING)) == {}, "abort left copied rows on the target"
+    assert replication.leftovers(link) == {"slots": [], "publications": [], "subscriptions": []}
+
+
+@pytest.mark.req("JTBD-03.migration-replication")
+def test_a_publication_for_other_logical_shards_is_refused(servers: ServerPair, moved_table: MovedTable) -> None:
+    link = make_link(servers, moved_table)
+    replication.ensure_publication(link)
+    other = replication.Link(link.name, link.source_dsn, link.target_dsn, (0, 2), moved_table)
+    try:
+        with pytest.raises(replication.ReplicationError, match="covers logical shards"):
+            replication.ensure_publication(other)
+    finally:
+        replication.teardown(link)
