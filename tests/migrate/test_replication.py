@@ -9,6 +9,7 @@ import pytest
 from shardctl.migration import replication
 from shardctl.migration.table import MovedTable
 from shardctl.migration.verify import verify
+from shardctl.process import wait_until
 from tests.migrate.conftest import ServerPair, Writer, link_suffix, load_rows, rows_of
 
 MOVING = tuple(range(1, 256, 4))  # a quarter of the logical shards
@@ -134,3 +135,45 @@ def test_a_publication_for_other_logical_shards_is_refused(servers: ServerPair, 
             replication.ensure_publication(other)
     finally:
         replication.teardown(link)
+
+
+@pytest.mark.req("JTBD-03.migration-replication")
+def test_a_lost_slot_is_reported_and_a_fresh_copy_recovers(servers: ServerPair, moved_table: MovedTable) -> None:
+    """What a source failover before PG 17 does to a link: the new primary has no slot. The catch-up
+    barrier says so instead of waiting, and tearing down (purging the target) and starting again converges."""
+    load_rows(servers.source, moved_table, 4_000)
+    link = make_link(servers, moved_table)
+    replication.start(link)
+    replication.wait_synced(link, timeout=120)
+    with psycopg.connect(servers.source, autocommit=True) as conn:
+
+        def slot_dropped() -> bool:
+            conn.execute(
+                "SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots "
+                "WHERE slot_name = %s AND active_pid IS NOT NULL",
+                (link.name,),
+            )
+            conn.execute(
+                "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots "
+                "WHERE slot_name = %s AND active_pid IS NULL",
+                (link.name,),
+            )
+            return (
+                conn.execute("SELECT 1 FROM pg_replication_slots WHERE slot_name = %s", (link.name,)).fetchone() is None
+            )
+
+        assert wait_until(slot_dropped, 30)
+    writer = Writer(servers.source, moved_table, existing=4_000, seed=4).start().wait_acked(200)
+    with pytest.raises(replication.ReplicationError, match="is gone from the source"):
+        replication.wait_caught_up(link, timeout=5)
+    assert replication.progress(link).lag_bytes is None
+
+    assert replication.teardown(link, purge_target=True).complete
+    replication.start(link)
+    replication.wait_synced(link, timeout=120)
+    writer.wait_acked(len(writer.acked) + 200).stop()
+    assert not writer.errors, writer.errors[:3]
+    replication.wait_caught_up(link)
+    report = verify(servers.source, servers.target, MOVING, table=moved_table)
+    assert report.clean, report.summary()
+    assert replication.teardown(link).complete
