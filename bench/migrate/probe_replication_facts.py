@@ -156,6 +156,7 @@ def probe_slot_wal_retention(source: str, _target: str) -> str:
         conn.execute(
             "SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = 'probe_slot'"
         )
+        default = conn.execute("SHOW max_slot_wal_keep_size").fetchone()[0]
         conn.execute("ALTER SYSTEM SET max_slot_wal_keep_size = '64MB'")
         conn.execute("SELECT pg_reload_conf()")
         wait_until(lambda: conn.execute("SHOW max_slot_wal_keep_size").fetchone()[0] == "64MB", 10)
@@ -179,7 +180,7 @@ def probe_slot_wal_retention(source: str, _target: str) -> str:
         conn.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
         conn.execute("SELECT pg_reload_conf()")
     return (
-        f"max_slot_wal_keep_size=64MB, idle slot: wal_status {before[0]} at creation; after ~160 MB of WAL and "
+        f"default max_slot_wal_keep_size {default} (a slot holds WAL without limit); set to 64MB, idle slot: wal_status {before[0]} at creation; after ~160 MB of WAL and "
         f"checkpoints: wal_status {after[0]}, safe_wal_size {after[1]}, held {after[2]}"
     )
 
