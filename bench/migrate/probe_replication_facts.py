@@ -180,7 +180,8 @@ def probe_slot_wal_retention(source: str, _target: str) -> str:
         conn.execute("ALTER SYSTEM RESET max_slot_wal_keep_size")
         conn.execute("SELECT pg_reload_conf()")
     return (
-        f"default max_slot_wal_keep_size {default} (a slot holds WAL without limit); set to 64MB, idle slot: wal_status {before[0]} at creation; after ~160 MB of WAL and "
+        f"default max_slot_wal_keep_size {default} (a slot holds WAL without limit); set to 64MB, idle slot: "
+        f"wal_status {before[0]} at creation; after ~160 MB of WAL and "
         f"checkpoints: wal_status {after[0]}, safe_wal_size {after[1]}, held {after[2]}"
     )
 
