@@ -105,12 +105,28 @@ def ensure_publication(link: Link) -> bool:
 
 def ensure_slot(link: Link) -> bool:
     """On the source: the link's logical slot, created before the subscription so that a kill between the
-    two leaves a named slot that the next run adopts (or ``teardown`` drops). True if created now."""
+    two leaves a named slot that the next run adopts (or ``teardown`` drops). True if created now.
+
+    A slot missing while the subscription exists was lost (a failover before PG 17's failover slots, or
+    ``max_slot_wal_keep_size``): a new slot would start at the current WAL position and silently skip
+    every change made in between, so this refuses; the way on is ``teardown(purge_target=True)`` and a
+    fresh copy. On PG 17+ the slot is created with ``failover`` so standbys that sync slots keep it."""
     with _connect(link.source_dsn) as conn:
         if _slot(conn, link.name) is not None:
             return False
+        with _connect(link.target_dsn) as target:
+            if _subscription(target, link.name) is not None:
+                raise ReplicationError(
+                    f"link {link.name}: the source lost its slot while the subscription exists (failover?): "
+                    "changes may be missing; tear the link down with purge_target=True and copy again"
+                )
+        create = (
+            "SELECT pg_create_logical_replication_slot(%s, 'pgoutput', failover => true)"
+            if conn.info.server_version >= 170000
+            else "SELECT pg_create_logical_replication_slot(%s, 'pgoutput')"
+        )
         try:
-            conn.execute("SELECT pg_create_logical_replication_slot(%s, 'pgoutput')", (link.name,))
+            conn.execute(create, (link.name,))
         except psycopg.errors.DuplicateObject:
             return False  # a concurrent run made it: the same slot either way
     return True
@@ -292,8 +308,11 @@ def _wait(
             raise ReplicationError(f"link {link.name}: no subscription on the target: run start() first")
         if not state.enabled:
             raise ReplicationError(f"link {link.name}: the subscription was disabled after an error ({what})")
-        if state.lag_bytes is None:
-            raise ReplicationError(f"link {link.name}: the source has no slot {link.name} (failover?)")
+        if state.lag_bytes is None or state.slot_wal_status == "lost":
+            raise ReplicationError(
+                f"link {link.name}: the source's slot is gone or lost its WAL (failover, max_slot_wal_keep_size): "
+                "tear the link down with purge_target=True and copy again"
+            )
         if time.monotonic() > deadline:
             raise ReplicationError(f"link {link.name}: {what} not done in {timeout:.0f} s ({state.table_states})")
         time.sleep(0.2)

@@ -167,6 +167,8 @@ def test_a_lost_slot_is_reported_and_a_fresh_copy_recovers(servers: ServerPair, 
     with pytest.raises(replication.ReplicationError, match="is gone from the source"):
         replication.wait_caught_up(link, timeout=5)
     assert replication.progress(link).lag_bytes is None
+    with pytest.raises(replication.ReplicationError, match="lost its slot"):
+        replication.start(link)  # a resumed run must not paper over the gap with a new slot
 
     assert replication.teardown(link, purge_target=True).complete
     replication.start(link)
