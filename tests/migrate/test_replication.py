@@ -16,16 +16,25 @@ MOVING = tuple(range(1, 256, 4))  # a quarter of the logical shards
 STAYING = [s for s in range(256) if s not in MOVING]
 
 
-def make_link(servers: ServerPair, table: MovedTable, shards: tuple[int, ...] = MOVING) -> replication.Link:
-    return replication.Link(replication.link_name(link_suffix(), 0), servers.source, servers.target, shards, table)
+def make_link(servers: ServerPair, table: MovedTable, rows: int = 0) -> replication.Link:
+    """A link of the moving logical shards, after loading ``rows`` rows on the source."""
+    load_rows(servers.source, table, rows)
+    return replication.Link(replication.link_name(link_suffix(), 0), servers.source, servers.target, MOVING, table)
+
+
+def synced_link(servers: ServerPair, table: MovedTable, rows: int) -> replication.Link:
+    """A link whose initial copy of ``rows`` loaded rows is done."""
+    link = make_link(servers, table, rows)
+    replication.start(link)
+    replication.wait_synced(link, timeout=120)
+    return link
 
 
 @pytest.mark.req("JTBD-03.migration-replication")
 def test_copy_and_catch_up_under_writes_then_verify_clean_and_teardown_leaves_nothing(
     servers: ServerPair, moved_table: MovedTable
 ) -> None:
-    load_rows(servers.source, moved_table, 20_000)
-    link = make_link(servers, moved_table)
+    link = make_link(servers, moved_table, 20_000)
     writer = Writer(servers.source, moved_table, existing=20_000).start()
     try:
         replication.start(link)
@@ -67,10 +76,7 @@ def test_copy_and_catch_up_under_writes_then_verify_clean_and_teardown_leaves_no
 def test_verify_rechecks_rows_written_during_verification_and_reports_planted_differences(
     servers: ServerPair, moved_table: MovedTable
 ) -> None:
-    load_rows(servers.source, moved_table, 8_000)
-    link = make_link(servers, moved_table)
-    replication.start(link)
-    replication.wait_synced(link, timeout=120)
+    link = synced_link(servers, moved_table, 8_000)
     writer = Writer(servers.source, moved_table, existing=8_000, seed=1).start()
     try:
         during = verify(
@@ -107,8 +113,7 @@ def test_verify_rechecks_rows_written_during_verification_and_reports_planted_di
 def test_teardown_after_a_partial_set_up_drops_what_exists_and_abort_purges_the_target(
     servers: ServerPair, moved_table: MovedTable
 ) -> None:
-    load_rows(servers.source, moved_table, 2_000)
-    link = make_link(servers, moved_table)
+    link = make_link(servers, moved_table, 2_000)
     replication.ensure_publication(link)
     replication.ensure_slot(link)  # killed here: no subscription yet
     report = replication.teardown(link)
@@ -141,10 +146,7 @@ def test_a_publication_for_other_logical_shards_is_refused(servers: ServerPair, 
 def test_a_lost_slot_is_reported_and_a_fresh_copy_recovers(servers: ServerPair, moved_table: MovedTable) -> None:
     """What a source failover before PG 17 does to a link: the new primary has no slot. The catch-up
     barrier says so instead of waiting, and tearing down (purging the target) and starting again converges."""
-    load_rows(servers.source, moved_table, 4_000)
-    link = make_link(servers, moved_table)
-    replication.start(link)
-    replication.wait_synced(link, timeout=120)
+    link = synced_link(servers, moved_table, 4_000)
     with psycopg.connect(servers.source, autocommit=True) as conn:
 
         def slot_dropped() -> bool:
