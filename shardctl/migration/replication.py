@@ -199,6 +199,7 @@ class Progress:
     slot_wal_status: str | None  # reserved / extended / unreserved / lost
     last_message_age_s: float | None
     errors: int  # apply + sync errors counted by the target since the subscription was created
+    source_reachable: bool = True
     source_rows: dict[int, int] = field(default_factory=dict)
     target_rows: dict[int, int] = field(default_factory=dict)
 
@@ -240,7 +241,7 @@ def progress(link: Link, *, count_rows: bool = False) -> Progress:
             ).fetchone()
             errors = errors[0] if errors else 0
         target_rows = table_sql.count_rows(target, link.table, link.logical_shards) if count_rows else {}
-    lag, wal_status, source_rows = None, None, {}
+    lag, wal_status, source_rows, reachable = None, None, {}, True
     try:
         with _connect(link.source_dsn) as source:
             slot = _slot(source, link.name)
@@ -248,7 +249,7 @@ def progress(link: Link, *, count_rows: bool = False) -> Progress:
                 lag, wal_status = slot["lag_bytes"], slot["wal_status"]
             source_rows = table_sql.count_rows(source, link.table, link.logical_shards) if count_rows else {}
     except psycopg.OperationalError:
-        pass  # the source is down: no lag to report, and the caller sees the slot missing
+        reachable = False  # down or failing over: the caller waits, it does not conclude the slot is gone
     return Progress(
         exists=sub is not None,
         enabled=bool(sub and sub["enabled"]),
@@ -260,6 +261,7 @@ def progress(link: Link, *, count_rows: bool = False) -> Progress:
         errors=int(errors),
         source_rows=source_rows,
         target_rows=target_rows,
+        source_reachable=reachable,
     )
 
 
@@ -308,7 +310,7 @@ def _wait(
             raise ReplicationError(f"link {link.name}: no subscription on the target: run start() first")
         if not state.enabled:
             raise ReplicationError(f"link {link.name}: the subscription was disabled after an error ({what})")
-        if state.lag_bytes is None or state.slot_wal_status == "lost":
+        if state.source_reachable and (state.lag_bytes is None or state.slot_wal_status == "lost"):
             raise ReplicationError(
                 f"link {link.name}: the source's slot is gone or lost its WAL (failover, max_slot_wal_keep_size): "
                 "tear the link down with purge_target=True and copy again"
