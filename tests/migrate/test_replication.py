@@ -3,6 +3,8 @@ writer inserts and updates rows of moving and staying logical shards; verificati
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import psycopg
 import pytest
 
@@ -85,6 +87,32 @@ def test_verify_rechecks_rows_written_during_verification_and_reports_planted_di
     finally:
         writer.stop()
     assert during.clean, during.summary()
+
+    # Deterministically, a row changes between a source read and the target read: the barrier writes it.
+    changing = min(rows_of(servers.source, moved_table, list(MOVING)))
+
+    def changer(times: int) -> Callable[[], None]:
+        calls = iter(range(10**6))
+
+        def write_then_catch_up() -> None:
+            if next(calls) < times:
+                with psycopg.connect(servers.source, autocommit=True) as conn:
+                    conn.execute(
+                        f"UPDATE {moved_table.name} SET version = version + 1 "
+                        "WHERE (logical_shard, entity_id, feature_set) = (%s, %s, %s)",
+                        changing,
+                    )
+            replication.wait_caught_up(link)
+
+        return write_then_catch_up
+
+    settles = verify(servers.source, servers.target, MOVING, table=moved_table, catch_up=changer(2))
+    assert settles.clean, settles.summary()
+    assert settles.rechecked == 1, "the row changed during verification was not re-checked"
+    no_rounds = verify(servers.source, servers.target, MOVING, table=moved_table, catch_up=changer(2), rounds=0)
+    assert no_rounds.different == [changing], "without re-check rounds the changed row would be reported"
+    never = verify(servers.source, servers.target, MOVING, table=moved_table, catch_up=changer(10**6))
+    assert never.different == [changing], "a row that changes on every read must be reported, not skipped"
 
     replication.wait_caught_up(link)
     replication.teardown(link)  # from here on the target is on its own: plant one difference of each kind
