@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psycopg
 
-from bench.migrate.servers import default_bin_dirs, server_pair
+from bench.migrate.servers import add_common_options, run_per_version, server_pair
 from shardctl.hashing import shard_for
 from shardctl.migration import replication
 from shardctl.migration.cleanup import delete_moved_rows
@@ -120,15 +120,9 @@ def run(bin_dir: Path, rows: int) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, default=300_000)
-    parser.add_argument("--bin-dir", action="append", type=Path, help="PostgreSQL bin dir (repeatable)")
-    parser.add_argument("--json", type=Path, help="also write the results here")
+    add_common_options(parser)
     args = parser.parse_args(argv)
-    results = [run(bin_dir, args.rows) for bin_dir in args.bin_dir or default_bin_dirs()[:1]]
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text)
-    return 0
+    return run_per_version(args, lambda bin_dir: run(bin_dir, args.rows))
 
 
 if __name__ == "__main__":

@@ -16,7 +16,6 @@ At the end every acknowledged write is checked row by row on the server the fina
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import sys
@@ -27,7 +26,7 @@ from pathlib import Path
 
 import psycopg
 
-from bench.migrate.servers import default_bin_dirs, server_pair
+from bench.migrate.servers import add_common_options, run_per_version, server_pair
 from shardctl.hashing import shard_for
 from shardctl.migration import fence, replication
 from shardctl.migration.cleanup import delete_moved_rows
@@ -251,15 +250,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--rows", type=int, default=40_000)
     parser.add_argument("--cutovers", type=int, default=10)
     parser.add_argument("--rate", type=float, default=200.0, help="writes per second")
-    parser.add_argument("--bin-dir", action="append", type=Path, help="PostgreSQL bin dir (repeatable)")
-    parser.add_argument("--json", type=Path)
+    add_common_options(parser)
     args = parser.parse_args(argv)
-    results = [run(bin_dir, args.rows, args.cutovers, args.rate) for bin_dir in args.bin_dir or default_bin_dirs()[:1]]
-    text = json.dumps(results, indent=2)
-    print(text)
-    if args.json:
-        args.json.write_text(text)
-    return 0
+    return run_per_version(args, lambda bin_dir: run(bin_dir, args.rows, args.cutovers, args.rate))
 
 
 if __name__ == "__main__":

@@ -3,11 +3,13 @@ one initdb'd template in a temporary directory, stopped by their postmaster PIDs
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import json
 import shutil
 import subprocess
 import tempfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from shardctl.process import free_port
@@ -56,3 +58,19 @@ def server_pair(bin_dir: Path, extra_conf: str = "") -> Iterator[tuple[str, str,
         shutil.rmtree(root, ignore_errors=True)
         if not all(stopped):
             raise RuntimeError("a benchmark server did not stop")
+
+
+def add_common_options(parser: argparse.ArgumentParser) -> None:
+    """``--bin-dir`` (repeatable; default: the system's PostgreSQL) and ``--json``."""
+    parser.add_argument("--bin-dir", action="append", type=Path, help="PostgreSQL bin dir (repeatable)")
+    parser.add_argument("--json", type=Path, help="also write the results here")
+
+
+def run_per_version(args: argparse.Namespace, run: Callable[[Path], dict]) -> int:
+    """``run`` once per bin dir, the results printed (and written to ``--json``) as one JSON list."""
+    results = [run(bin_dir) for bin_dir in args.bin_dir or default_bin_dirs()[:1]]
+    text = json.dumps(results, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text)
+    return 0
