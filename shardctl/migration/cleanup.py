@@ -19,6 +19,10 @@ from psycopg import sql
 from shardctl.migration.table import SHARD_COLUMN, MovedTable
 
 
+class CleanupError(RuntimeError):
+    """Deleting now would do harm: a publication still carries the table's deletes to a target."""
+
+
 @dataclass(frozen=True)
 class TableSize:
     heap_bytes: int
@@ -66,6 +70,7 @@ def delete_moved_rows(
     table = table or MovedTable()
     deleted = 0
     with psycopg.connect(source_dsn, autocommit=True, connect_timeout=5) as conn:
+        _refuse_while_published(conn, table)
         before = table_size(conn, table)
         for shard in sorted(set(logical_shards)):
             deleted += conn.execute(
@@ -80,6 +85,22 @@ def delete_moved_rows(
             _rebuild_primary_key(conn, table)
         after = table_size(conn, table)
     return CleanupReport(deleted, before, after)
+
+
+def _refuse_while_published(conn: psycopg.Connection, table: MovedTable) -> None:
+    """A link still set up would replicate these DELETEs and empty the target's new rows: refuse."""
+    publications = [
+        r[0]
+        for r in conn.execute(
+            "SELECT pubname FROM pg_publication_tables WHERE schemaname = current_schema() AND tablename = %s",
+            (table.name,),
+        )
+    ]
+    if publications:
+        raise CleanupError(
+            f"table {table.name!r} is still published ({', '.join(publications)}): its deletes would reach the "
+            "target; tear the links down (replication.teardown) before cleaning up"
+        )
 
 
 def _rebuild_primary_key(conn: psycopg.Connection, table: MovedTable) -> None:

@@ -136,7 +136,9 @@ def prepare_target(link: Link) -> int:
     """On the target, before its subscription exists: remove rows of the moving logical shards left by an
     aborted earlier attempt, so the initial copy cannot hit a duplicate key. Returns the rows removed.
 
-    The target does not own these logical shards yet, so nothing it serves is touched."""
+    The target does not own these logical shards yet, so nothing it serves is touched. Only before
+    cutover: afterwards the target owns these rows, and the migration journal never runs the copy phase
+    again for a migration past ``cut_over``."""
     with _connect(link.target_dsn) as conn:
         check_layout(conn, link.table)
         if _subscription(conn, link.name) is not None:
@@ -177,7 +179,8 @@ def ensure_subscription(link: Link) -> bool:
 
 
 def start(link: Link) -> None:
-    """Every set-up step, in order; safe to call again at any time (that is how a migration resumes)."""
+    """Every set-up step, in order; safe to call again at any time before cutover (that is how a migration
+    resumes)."""
     ensure_publication(link)
     ensure_slot(link)
     prepare_target(link)

@@ -9,11 +9,12 @@ import psycopg
 import pytest
 
 from shardctl.hashing import shard_for
-from shardctl.migration.cleanup import delete_moved_rows, table_size
+from shardctl.migration import replication
+from shardctl.migration.cleanup import CleanupError, delete_moved_rows, table_size
 from shardctl.migration.estimate import estimate_moves
 from shardctl.migration.plan import initial_placement, plan_moves
 from shardctl.migration.table import MovedTable, count_rows
-from tests.migrate.conftest import T0, ServerPair, features, load_rows
+from tests.migrate.conftest import T0, ServerPair, features, link_suffix, load_rows
 
 MOVING = tuple(range(3, 256, 4))
 
@@ -69,6 +70,29 @@ def test_cleanup_leaves_no_dead_tuples_and_the_source_does_not_grow_after_later_
     finally:
         with psycopg.connect(servers.source, autocommit=True) as conn:
             conn.execute(f"DROP TABLE IF EXISTS {control.name}")
+
+
+@pytest.mark.req("JTBD-03.migration-cleanup")
+def test_cleanup_is_refused_while_a_link_still_publishes_the_table(
+    servers: ServerPair, moved_table: MovedTable
+) -> None:
+    """Deleting before teardown would replicate the deletes and empty the moved rows on the target."""
+    load_rows(servers.source, moved_table, 3_000)
+    link = replication.Link(
+        replication.link_name(link_suffix(), 0), servers.source, servers.target, MOVING, moved_table
+    )
+    replication.start(link)
+    replication.wait_synced(link, timeout=120)
+    try:
+        with pytest.raises(CleanupError, match="still published"):
+            delete_moved_rows(servers.source, MOVING, table=moved_table)
+        with psycopg.connect(servers.source) as conn:
+            assert count_rows(conn, moved_table, MOVING), "rows were deleted before the refusal"
+    finally:
+        assert replication.teardown(link).complete
+    assert delete_moved_rows(servers.source, MOVING, table=moved_table).deleted_rows > 0
+    with psycopg.connect(servers.target) as conn:
+        assert sum(count_rows(conn, moved_table, MOVING).values()) > 0, "cleanup after teardown touched the target"
 
 
 @pytest.mark.req("JTBD-03.migration-plan")
