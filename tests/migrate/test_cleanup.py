@@ -14,7 +14,7 @@ from shardctl.migration.cleanup import CleanupError, delete_moved_rows, table_si
 from shardctl.migration.estimate import estimate_moves
 from shardctl.migration.plan import initial_placement, plan_moves
 from shardctl.migration.table import MovedTable, count_rows
-from tests.migrate.conftest import T0, ServerPair, features, link_suffix, load_rows
+from tests.migrate.conftest import T0, ServerPair, features, load_rows, new_link
 
 MOVING = tuple(range(3, 256, 4))
 
@@ -77,10 +77,7 @@ def test_cleanup_is_refused_while_a_link_still_publishes_the_table(
     servers: ServerPair, moved_table: MovedTable
 ) -> None:
     """Deleting before teardown would replicate the deletes and empty the moved rows on the target."""
-    load_rows(servers.source, moved_table, 3_000)
-    link = replication.Link(
-        replication.link_name(link_suffix(), 0), servers.source, servers.target, MOVING, moved_table
-    )
+    link = new_link(servers, moved_table, MOVING, 3_000)
     replication.start(link)
     replication.wait_synced(link, timeout=120)
     try:

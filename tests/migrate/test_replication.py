@@ -12,16 +12,14 @@ from shardctl.migration import replication
 from shardctl.migration.table import MovedTable
 from shardctl.migration.verify import verify
 from shardctl.process import wait_until
-from tests.migrate.conftest import ServerPair, Writer, link_suffix, load_rows, rows_of
+from tests.migrate.conftest import ServerPair, Writer, new_link, rows_of
 
 MOVING = tuple(range(1, 256, 4))  # a quarter of the logical shards
 STAYING = [s for s in range(256) if s not in MOVING]
 
 
 def make_link(servers: ServerPair, table: MovedTable, rows: int = 0) -> replication.Link:
-    """A link of the moving logical shards, after loading ``rows`` rows on the source."""
-    load_rows(servers.source, table, rows)
-    return replication.Link(replication.link_name(link_suffix(), 0), servers.source, servers.target, MOVING, table)
+    return new_link(servers, table, MOVING, rows)
 
 
 def synced_link(servers: ServerPair, table: MovedTable, rows: int) -> replication.Link:

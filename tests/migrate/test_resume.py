@@ -17,7 +17,7 @@ from shardctl.migration import replication
 from shardctl.migration.table import MovedTable
 from shardctl.migration.verify import verify
 from shardctl.process import stop_pid, wait_until
-from tests.migrate.conftest import ServerPair, Writer, link_suffix, load_rows, rows_of
+from tests.migrate.conftest import ServerPair, Writer, new_link, rows_of
 
 ROOT = Path(__file__).resolve().parents[2]
 MOVING = tuple(range(0, 256, 2))  # half of the logical shards: a copy long enough to be killed in
@@ -83,10 +83,7 @@ def resume_and_verify(link: replication.Link, writer: Writer) -> None:
 
 @pytest.mark.req("JTBD-03.migration-replication")
 def test_kill_during_the_initial_copy_then_resume(servers: ServerPair, moved_table: MovedTable) -> None:
-    load_rows(servers.source, moved_table, 160_000)
-    link = replication.Link(
-        replication.link_name(link_suffix(), 0), servers.source, servers.target, MOVING, moved_table
-    )
+    link = new_link(servers, moved_table, MOVING, 160_000)
     writer = Writer(servers.source, moved_table, existing=160_000, seed=2).start()
     mover = spawn_mover(link)
     assert wait_until(lambda: copy_state(link) & {"d"}, 60, interval=0.02), "the copy never started"
@@ -99,10 +96,7 @@ def test_kill_during_the_initial_copy_then_resume(servers: ServerPair, moved_tab
 def test_kill_between_slot_and_subscription_then_resume_adopts_the_slot(
     servers: ServerPair, moved_table: MovedTable
 ) -> None:
-    load_rows(servers.source, moved_table, 5_000)
-    link = replication.Link(
-        replication.link_name(link_suffix(), 0), servers.source, servers.target, MOVING, moved_table
-    )
+    link = new_link(servers, moved_table, MOVING, 5_000)
     writer = Writer(servers.source, moved_table, existing=5_000, seed=3).start()
     kill(spawn_mover(link, "--stop-after", "slot"))
     assert replication.leftovers(link)["subscriptions"] == []
