@@ -7,7 +7,16 @@ from __future__ import annotations
 
 import dagster as dg
 
-from orchestration.defs import features, migration, profiling, raw_data, schedules, shard_key, training
+from orchestration.defs import (
+    features,
+    migration,
+    point_in_time,
+    profiling,
+    raw_data,
+    schedules,
+    shard_key,
+    training,
+)
 from orchestration.resources import H2OResource, RedisResource, TesseraResource
 
 RESOURCES = {"tessera": TesseraResource(), "h2o_cluster": H2OResource(), "cache": RedisResource()}
@@ -17,6 +26,7 @@ defs = dg.Definitions.merge(
     profiling.defs,
     shard_key.defs,
     features.defs,
+    point_in_time.defs,
     training.defs,
     schedules.defs,
     migration.defs,
