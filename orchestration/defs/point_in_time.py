@@ -34,7 +34,8 @@ def churn_labels(config: LabelConfig, tessera: TesseraResource) -> dg.Materializ
     table += [f"| {t:%Y-%m-%d %H:%M} UTC | {int(n):,} | {rate:.1%} |" for t, (n, rate) in per_date.iterrows()]
     return dg.MaterializeResult(
         metadata={
-            **dg.TableMetadataSet(row_count=len(frame), column_schema=training_sets.LABEL_SCHEMA),
+            "dagster/row_count": len(frame),
+            "dagster/column_schema": training_sets.LABEL_SCHEMA,
             "horizon_days": config.horizon_days,
             "as_of_dates": len(per_date),
             "churned_share": float(frame[labels.LABEL].mean()),
@@ -58,7 +59,8 @@ def churn_training_set(tessera: TesseraResource) -> dg.MaterializeResult:
     lag = (built.frame["as_of"] - built.frame["feature_ts"]).dt.total_seconds() / 86_400
     return dg.MaterializeResult(
         metadata={
-            **dg.TableMetadataSet(row_count=len(built.frame), column_schema=training_sets.TRAINING_SET_SCHEMA),
+            "dagster/row_count": len(built.frame),
+            "dagster/column_schema": training_sets.TRAINING_SET_SCHEMA,
             "features": len(built.features),
             "excluded_features": dg.MetadataValue.json(built.excluded),
             "max_feature_age_days": float(lag.max()),
