@@ -1,9 +1,11 @@
-"""Rolling per-entity features from the raw events, computed in SQL next to the data.
+"""Rolling per-entity features from the raw events, computed in SQL next to the data: one definition, used
+online and offline.
 
 A daily partition D writes the entities active on D, with features as of the end of D over the 30 days up to
 it: each day's write is the delta of entities whose features changed, and an entity's stored row is its
-latest state. The feature names and their order are the model's inputs (registered with the model, read
-back by serving).
+latest state. Historical retrieval (orchestration/point_in_time.py) runs the same query for any (entity, as-of
+time) pairs. The feature names and their order are the model's inputs (registered with the model, read back by
+serving). Labels live elsewhere (orchestration/labels.py): nothing here reads the ``churned`` column.
 """
 
 from __future__ import annotations
@@ -93,21 +95,8 @@ def end_of_day(day: date) -> datetime:
     return datetime.combine(day, time.max, tzinfo=UTC)
 
 
-LABELS = """
-SELECT entity_id, bool_or(churned) AS churned, min(signup_date) AS signup_date
-FROM raw_events WHERE entity_id IS NOT NULL GROUP BY entity_id
-"""
-
-
 def features_as_of(catalog_dsn: str, day: date) -> list[dict]:
     """One dict per entity active on ``day``: entity_id, as_of, event_ts and the FEATURES (the online path)."""
     with psycopg.connect(catalog_dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
         cur.execute(features_query(ACTIVE_ON_DAY), {"day": day, "as_of": end_of_day(day)})
-        return cur.fetchall()
-
-
-def labels(catalog_dsn: str) -> list[dict]:
-    """The label (did the customer churn) and signup date per entity, from the source system's data."""
-    with psycopg.connect(catalog_dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
-        cur.execute(LABELS)
         return cur.fetchall()
