@@ -58,7 +58,7 @@ def get_historical_features(catalog_dsn: str, entity_frame: pd.DataFrame) -> pd.
     if (computed[FEATURE_TS] > computed["as_of"]).any():  # the SQL cannot do this; the guard says why it matters
         raise LeakageError("a historical feature row was computed from an event after its as-of time")
     out = entity_frame.drop(columns=[c for c in (FEATURE_TS, *FEATURES) if c in entity_frame.columns])
-    out = out.assign(entity_id=pairs["entity_id"].to_numpy(), as_of=pairs["as_of"].to_numpy())
+    out = out.assign(entity_id=pairs["entity_id"].array, as_of=pairs["as_of"].array)
     return out.merge(computed, on=["entity_id", "as_of"], how="left")
 
 

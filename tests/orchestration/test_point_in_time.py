@@ -27,7 +27,7 @@ from orchestration.resources import TesseraResource
 from orchestration.skew import MISSING_ONLINE, sample_entities
 from shardctl.hashing import shard_for
 from shardctl.schema import FEATURE_TABLE
-from tests.orchestration.conftest import HORIZON_DAYS
+from tests.orchestration.conftest import HORIZON_DAYS, QUIET, SMALL_GBM
 
 SPEC = LabelSpec(horizon_days=HORIZON_DAYS, every_days=2, warmup_days=2)
 
@@ -199,7 +199,7 @@ def _skew_check(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
 
 
 @pytest.mark.req("PLAT.skew-check")
-def test_skew_check_passes_on_good_data_and_names_a_planted_mismatch(graph, settings) -> None:
+def test_skew_check_passes_on_good_data_and_names_a_planted_mismatch(graph, defs, settings) -> None:
     check = _skew_check(graph["model"])
     assert check.passed, check.description
     assert check.metadata["sampled_entities"].value == 200
@@ -229,6 +229,17 @@ def test_skew_check_passes_on_good_data_and_names_a_planted_mismatch(graph, sett
         assert report.mismatches == {changed: ["txn_count_7d"], lost: [MISSING_ONLINE]}
         assert f"{changed}: txn_count_7d" in report.description()
         assert lost in report.description()
+        run = defs.resolve_job_def("profile_and_train").execute_in_process(
+            instance=graph["instance"],
+            asset_selection=[dg.AssetKey("churn_training_set"), dg.AssetKey("churn_model")],
+            run_config={"ops": {"churn_model": SMALL_GBM["ops"]["churn_model"]}, **QUIET},
+            raise_on_error=False,
+        )
+        check = _skew_check(run)  # the asset check in a run: fails, names them, and blocks training
+        assert not check.passed
+        assert f"{changed}: txn_count_7d" in check.description
+        assert check.metadata["mismatched_entities"].value == 2
+        assert not [m for m in run.get_asset_materialization_events() if m.asset_key.path == ["churn_model"]]
     finally:
         for row in restore:
             for dsn in settings.shard_dsns():
