@@ -13,6 +13,7 @@ import click
 
 from orchestration.dagster_dev import dev_command
 from orchestration.instance import REPO_ROOT, InstanceConfigError, apply_env, prepare_home
+from orchestration.labels import LabelSpec, as_of_dates
 from orchestration.settings import PipelineSettings
 from shardctl.settings import load_settings
 
@@ -27,8 +28,17 @@ def main() -> None:
 @click.option("--rows-per-day", type=click.IntRange(1, 10_000_000), default=None, help="Raw rows per day.")
 @click.option("--entities", type=click.IntRange(1, 100_000_000), default=None, help="Customers in the population.")
 @click.option("--ntrees", type=click.IntRange(1, 1000), default=None, help="GBM trees (default: the job's).")
-def run(days: int, rows_per_day: int | None, entities: int | None, ntrees: int | None) -> None:
-    """Materialize DAYS daily partitions from the start date, then profile, train and promote; print a summary."""
+@click.option(
+    "--horizon-days",
+    type=click.IntRange(1, 90),
+    default=None,
+    help="Churn horizon, also the days between as-of dates and before the first (default: DAYS // 3, 1 to 7).",
+)
+def run(
+    days: int, rows_per_day: int | None, entities: int | None, ntrees: int | None, horizon_days: int | None
+) -> None:
+    """Materialize DAYS daily partitions from the start date, then label, build the point-in-time training set,
+    train and promote; print a summary with the out-of-time AUC."""
     if rows_per_day:
         os.environ["TESSERA_PIPELINE__ROWS_PER_DAY"] = str(rows_per_day)
     if entities:
@@ -49,11 +59,24 @@ def run(days: int, rows_per_day: int | None, entities: int | None, ntrees: int |
     if start + timedelta(days=days) > today:
         raise click.ClickException(f"{days} days from {start} reach past yesterday ({today - timedelta(days=1)})")
     day_list = [start + timedelta(days=i) for i in range(days)]
+    horizon = horizon_days or min(7, max(1, days // 3))
+    spec = LabelSpec(horizon_days=horizon, every_days=horizon, warmup_days=horizon)
+    if len(as_of_dates(day_list[0], day_list[-1], spec)) < 2:
+        raise click.ClickException(
+            f"{days} days are too few for an out-of-time split with a {horizon}-day horizon: "
+            f"need at least {3 * horizon} (two as-of dates, each with a horizon of data after it)"
+        )
     rows = pipeline.rows_per_day
-    click.echo(f"materializing {days} daily partitions x {rows:,} rows ({days * rows:,} raw rows), then training")
+    click.echo(
+        f"materializing {days} daily partitions x {rows:,} rows ({days * rows:,} raw rows), then labels "
+        f"(churn = no event within {horizon} days), the point-in-time training set and the model"
+    )
     started = time.monotonic()
     quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    model_config = {**quiet, **({"ops": {"churn_model": {"config": {"ntrees": ntrees}}}} if ntrees else {})}
+    ops: dict = {"churn_labels": {"config": {"horizon_days": horizon, "every_days": horizon, "warmup_days": horizon}}}
+    if ntrees:
+        ops["churn_model"] = {"config": {"ntrees": ntrees}}
+    model_config = {**quiet, "ops": ops}
     try:
         definitions = defs()
         with dg.DagsterInstance.get() as instance:

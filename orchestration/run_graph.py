@@ -26,13 +26,17 @@ class Summary:
     model_version: int | None
     auc: float | None
     production_version: int | None
+    latest_state_auc: float | None = None
     runs: list[str] = field(default_factory=list)
 
     def lines(self) -> list[str]:
         out = [f"raw events: {self.raw_rows:,} rows"]
         out += [f"features on shard {i}: {n:,} rows" for i, n in sorted(self.rows_per_shard.items())]
         if self.model_version is not None:
-            out.append(f"model: version {self.model_version}, validation AUC {self.auc:.4f}")
+            line = f"model: version {self.model_version}, out-of-time AUC {self.auc:.4f} (point-in-time training set)"
+            if self.latest_state_auc is not None:
+                line += f"; the old latest-state features would claim {self.latest_state_auc:.4f}"
+            out.append(line)
         out.append(f"production model version: {self.production_version}")
         return out
 
@@ -90,4 +94,5 @@ def summarize(settings: TesseraSettings) -> Summary:
         newest.version if newest else None,
         newest.metrics.get("auc") if newest else None,
         current.version if current else None,
+        newest.metrics.get("latest_state_auc") if newest else None,
     )

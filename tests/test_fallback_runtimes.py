@@ -33,7 +33,7 @@ def test_main_job_serves_a_prediction_on_the_fallback_postgres_and_java(tmp_path
         "TESSERA_H2O__JAVA_HOME": str(java_home),
         "TESSERA_STACK__BASE_PORT": str(free_port(block=10)),
         "TESSERA_STACK__SHARDS": "1",
-        "TESSERA_DEMO_DAYS": "2",
+        "TESSERA_DEMO_DAYS": "3",  # the fewest days with two as-of dates (1-day horizon): an out-of-time split
         "TESSERA_DEMO_ROWS_PER_DAY": "1500",
         "TESSERA_DEMO_ENTITIES": "600",
     }

@@ -1,89 +1,118 @@
-"""H2O training on the features of every shard, registration in the model registry, and promotion."""
+"""H2O training (a fixed GBM or AutoML) on the point-in-time training set, validated out of time, registration
+in the model registry, and promotion."""
 
 import uuid
 from pathlib import Path
+from typing import Literal
 
 import dagster as dg
 from pydantic import Field
 
-from orchestration import gbm
-from orchestration.defs.customer_features import customer_features
-from orchestration.defs.raw_events import raw_events
-from orchestration.defs.shard_key import shard_key
-from orchestration.feature_engineering import FEATURES, labels
+from orchestration import automl, labels, model_artifacts, out_of_time, training_sets
+from orchestration.defs.point_in_time import churn_training_set
+from orchestration.feature_engineering import FEATURES
 from orchestration.resources import H2OResource, TesseraResource
 from shardctl.store.export import export_feature_set
 
 
 class TrainConfig(dg.Config):
+    algorithm: Literal["gbm", "automl"] = Field(default="gbm", description="the fixed GBM, or an AutoML search")
     ntrees: int = Field(default=60, ge=1, le=1000, description="Trees of the GBM.")
     max_depth: int = Field(default=5, ge=1, le=20, description="Depth of each tree.")
-    validation_fraction: float = Field(
-        default=0.2, gt=0, lt=1, description="Share of the newest signup cohorts that validates the model."
+    automl_max_runtime_secs: int = Field(default=120, ge=5, le=86_400, description="AutoML's time budget")
+    automl_max_models: int | None = Field(default=None, ge=1, le=200)
+    validation_dates: int = Field(default=1, ge=1, le=52, description="newest as-of dates that validate")
+    compare_latest_state: bool = Field(
+        default=True, description="also train on the old latest-state features, to record how much they leak"
     )
     seed: int = 42
 
 
-@dg.asset(deps=[customer_features, raw_events, shard_key], group_name="pipeline", kinds={"h2o"})
+def _fit(config: TrainConfig, train, valid) -> out_of_time.Fitted:
+    if config.algorithm == "automl":
+        return automl.fit_automl(
+            train,
+            valid,
+            max_runtime_secs=config.automl_max_runtime_secs,
+            max_models=config.automl_max_models,
+            seed=config.seed,
+        )
+    return out_of_time.fit_gbm(train, valid, ntrees=config.ntrees, max_depth=config.max_depth, seed=config.seed)
+
+
+def _latest_state_auc(config: TrainConfig, tessera: TesseraResource, frame, horizon: int) -> float:
+    """The same labels and split with each entity's latest stored features (what training used before)."""
+    with tessera.feature_store() as store:
+        exported = list(export_feature_set(store.shard_map, tessera.settings().feature_set))
+    latest = out_of_time.latest_state_frame(exported, frame)
+    train, valid = out_of_time.split(latest, horizon, config.validation_dates)
+    fitted = out_of_time.fit_gbm(train, valid, ntrees=config.ntrees, max_depth=config.max_depth, seed=config.seed)
+    return fitted.metrics["auc"]
+
+
+@dg.asset(deps=[churn_training_set], group_name="pipeline", kinds={"h2o"})
 def churn_model(
     context: dg.AssetExecutionContext, config: TrainConfig, tessera: TesseraResource, h2o_cluster: H2OResource
 ) -> dg.MaterializeResult:
-    """A GBM on all stored features (read back from every shard), validated out of time; MOJO exported and
-    registered as the next version of the model."""
+    """A GBM (or an AutoML search) on the point-in-time training set, validated out of time (the newest as-of
+    dates; training labels end before them); MOJO exported and registered as the next version of the model."""
     settings = tessera.settings()
-    with tessera.feature_store() as store:
-        exported = list(export_feature_set(store.shard_map, settings.feature_set))
+    frame = training_sets.load(tessera.dsn())
+    horizon = labels.stored_horizon(tessera.dsn())
     try:
-        frame = gbm.training_frame(exported, labels(tessera.dsn()))
-    except gbm.TrainingDataError as exc:
+        train, valid = out_of_time.split(frame, horizon, config.validation_dates)
+    except out_of_time.TrainingDataError as exc:
         raise dg.Failure(str(exc)) from exc
+    split_text = (
+        f"out of time: validation as-of {valid['as_of'].min():%Y-%m-%d} and later; training as-of dates whose "
+        f"{horizon}-day label window ends by then"
+    )
     models_dir = Path(settings.data_dir).absolute() / "models" / settings.model_name
     staging = models_dir / f"staging-{uuid.uuid4().hex[:12]}"
     with h2o_cluster.cluster(context.log):
-        try:
-            trained = gbm.train_gbm(
-                frame,
-                ntrees=config.ntrees,
-                max_depth=config.max_depth,
-                validation_fraction=config.validation_fraction,
-                seed=config.seed,
-            )
-        except gbm.TrainingDataError as exc:
-            raise dg.Failure(str(exc)) from exc
-        mojo, jar = gbm.export_mojo(trained.model, staging)
+        trained = _fit(config, train, valid)
+        latest_auc = _latest_state_auc(config, tessera, frame, horizon) if config.compare_latest_state else None
+        mojo, jar = model_artifacts.export_mojo(trained.model, staging)
 
     def publish(number: int) -> tuple[str, str]:
         final = models_dir / str(number)
-        gbm.publish_artifacts(staging, final)
+        model_artifacts.publish_artifacts(staging, final)
         return str(final / mojo.name), str(final / jar.name)
 
     # The registry numbers the version and, under the same lock, publish() moves the artifacts to its folder.
     version = tessera.registry().register_published(
         settings.model_name,
         publish,
-        algorithm="h2o-gbm",
+        algorithm=trained.algorithm,
         feature_set=settings.feature_set,
         features=list(FEATURES),
-        metrics=trained.metrics,
+        metrics={**trained.metrics, **({"latest_state_auc": latest_auc} if latest_auc is not None else {})},
         details={
-            "cutoff_signup_date": trained.cutoff,
+            "training_set": "point in time (churn_training_set)",
+            "validation": split_text,
+            "horizon_days": horizon,
             "train_rows": trained.train_rows,
             "valid_rows": trained.valid_rows,
-            "ntrees": config.ntrees,
-            "max_depth": config.max_depth,
+            "config": config.model_dump(),
+            **trained.details,
             "dagster_run_id": context.run.run_id,
         },
     )
+    board = trained.leaderboard
     return dg.MaterializeResult(
         metadata={
             "model_version": version.version,
+            "algorithm": trained.algorithm,
             "auc": trained.metrics["auc"],
+            "out_of_time_auc": trained.metrics["auc"],
             "logloss": trained.metrics["logloss"],
             "train_auc": trained.metrics["train_auc"],
+            **({"latest_state_auc": latest_auc} if latest_auc is not None else {}),
             "train_rows": trained.train_rows,
             "validation_rows": trained.valid_rows,
-            "split": f"signup_date < {trained.cutoff} trains, the rest validates",
-            "variable_importance": dg.MetadataValue.md(gbm.varimp_markdown(trained.varimp)),
+            "split": split_text,
+            "variable_importance": dg.MetadataValue.md(model_artifacts.varimp_markdown(trained.varimp)),
+            **({} if board is None else {"leaderboard": automl.leaderboard_metadata(board)}),
             "artifact_path": dg.MetadataValue.path(version.artifact_path),
         }
     )

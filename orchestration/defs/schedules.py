@@ -6,6 +6,7 @@ import dagster as dg
 from orchestration.defs.churn_model import churn_model, production_model
 from orchestration.defs.customer_features import customer_features
 from orchestration.defs.partitions import daily_partitions
+from orchestration.defs.point_in_time import churn_labels, churn_training_set
 from orchestration.defs.raw_events import raw_events
 from orchestration.defs.raw_profile import raw_profile
 from orchestration.defs.shard_key import shard_key
@@ -19,8 +20,11 @@ daily_partitions_job = dg.define_asset_job(
 
 model_job = dg.define_asset_job(
     "profile_and_train",
-    selection=dg.AssetSelection.assets(raw_profile, shard_key, churn_model, production_model),
-    description="Profile all raw data, check the shard key, train, register and promote.",
+    selection=dg.AssetSelection.assets(
+        raw_profile, shard_key, churn_labels, churn_training_set, churn_model, production_model
+    ),
+    description="Profile all raw data, check the shard key, label, build the point-in-time training set (skew "
+    "check), train, register and promote.",
     tags={"tessera/h2o": "train"},
 )
 

@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from datetime import timedelta
 from pathlib import Path
 
+import dagster as dg
 import pytest
 
 from orchestration.h2o_runtime import LocalH2O, start_local_h2o
@@ -15,7 +16,13 @@ from orchestration.settings import PipelineSettings
 DAYS = 10
 ROWS_PER_DAY = 1000  # 10k raw rows
 ENTITIES = 1500
-SMALL_GBM = {"ops": {"churn_model": {"config": {"ntrees": 20, "max_depth": 4}}}}
+HORIZON_DAYS = 2  # 10 days give as-of dates on days 2, 4, 6, 8 (1-based); the last validates
+SMALL_GBM = {
+    "ops": {
+        "churn_labels": {"config": {"horizon_days": HORIZON_DAYS, "every_days": 2, "warmup_days": 2}},
+        "churn_model": {"config": {"ntrees": 20, "max_depth": 4}},
+    }
+}
 QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
 
 
@@ -57,3 +64,14 @@ def defs(pipeline_env):
 def days(pipeline_env):
     start = PipelineSettings().start_date
     return [start + timedelta(days=i) for i in range(DAYS)]
+
+
+@pytest.fixture(scope="session")
+def graph(defs, days, settings, h2o_server):
+    """Materialize every day's partitions and then the model job, once for the session."""
+    from orchestration.run_graph import run_days, run_model, summarize
+
+    instance = dg.DagsterInstance.ephemeral()
+    daily = run_days(defs, days, instance, QUIET)
+    model = run_model(defs, instance, {**SMALL_GBM, **QUIET})
+    return {"instance": instance, "daily": daily, "model": model, "summary": summarize(settings)}

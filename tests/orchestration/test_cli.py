@@ -28,3 +28,10 @@ def test_run_past_yesterday_is_refused_before_anything_runs(settings, monkeypatc
     result = CliRunner().invoke(main, ["run", "--days", "6"])
     assert result.exit_code == 1
     assert "reach past yesterday" in result.output
+
+
+def test_run_with_too_few_days_for_an_out_of_time_split_says_so_before_anything_runs(settings) -> None:
+    result = CliRunner().invoke(main, ["run", "--days", "2"])
+    assert result.exit_code == 1
+    assert "2 days are too few for an out-of-time split with a 1-day horizon: need at least 3" in result.output
+    assert "materializing" not in result.output

@@ -14,24 +14,15 @@ from orchestration import cardinality
 from orchestration.defs.customer_features import shard_check_results
 from orchestration.feature_engineering import FEATURES
 from orchestration.resources import TesseraResource
-from orchestration.run_graph import run_days, run_model, summarize
+from orchestration.run_graph import run_days
 from shardctl.store.hashing import shard_for
 from shardctl.store.registry import ModelRegistry
 from shardctl.store.schema import FEATURE_TABLE
-from tests.orchestration.conftest import DAYS, QUIET, ROWS_PER_DAY, SMALL_GBM
+from tests.orchestration.conftest import DAYS, QUIET, ROWS_PER_DAY
 
 
 def _checks(result: dg.ExecuteInProcessResult) -> dict[str, dg.AssetCheckEvaluation]:
     return {e.check_name: e for e in result.get_asset_check_evaluations()}
-
-
-@pytest.fixture(scope="module")
-def graph(defs, days, settings, h2o_server):
-    """Materialize every day's partitions and then the model job, once for the module."""
-    instance = dg.DagsterInstance.ephemeral()
-    daily = run_days(defs, days, instance, QUIET)
-    model = run_model(defs, instance, {**SMALL_GBM, **QUIET})
-    return {"instance": instance, "daily": daily, "model": model, "summary": summarize(settings)}
 
 
 def _mat(result: dg.ExecuteInProcessResult, asset: str) -> dict:
@@ -69,9 +60,15 @@ def test_features_land_on_the_shard_shard_for_names_and_every_shard_check_passes
 
 
 @pytest.mark.req("PLAT.training")
-def test_model_is_trained_from_all_shards_exported_registered_and_promoted(graph, settings) -> None:
+def test_model_is_trained_on_the_point_in_time_set_validated_out_of_time_registered_and_promoted(
+    graph, settings
+) -> None:
     meta = _mat(graph["model"], "churn_model")
     assert 0.5 < meta["auc"].value <= 1.0
+    assert meta["out_of_time_auc"].value == meta["auc"].value
+    assert 0.5 < meta["latest_state_auc"].value <= 1.0  # the old set's figure, recorded beside it
+    assert meta["algorithm"].value == "h2o-gbm"
+    assert "out of time" in meta["split"].value
     assert meta["logloss"].value > 0
     assert "| `" in meta["variable_importance"].value  # the Markdown bar chart
     registry = ModelRegistry(settings.catalog_dsn)
@@ -84,8 +81,14 @@ def test_model_is_trained_from_all_shards_exported_registered_and_promoted(graph
     assert zipfile.is_zipfile(artifact)
     assert "model.ini" in zipfile.ZipFile(artifact).namelist()
     assert zipfile.is_zipfile(version.genmodel_jar)
-    train_rows, valid_rows = meta["train_rows"].value, meta["validation_rows"].value
-    assert train_rows + valid_rows == sum(graph["summary"].rows_per_shard.values())  # read back from all shards
+    with psycopg.connect(settings.catalog_dsn) as conn:
+        per_date = conn.execute("SELECT as_of, count(*) FROM churn_training_set GROUP BY 1 ORDER BY 1").fetchall()
+    assert len(per_date) == 4  # as-of days 2, 4, 6, 8: the last validates; the others' 2-day labels end by it
+    assert meta["validation_rows"].value == per_date[-1][1]
+    assert meta["train_rows"].value == sum(n for _, n in per_date[:-1])
+    assert version.metrics["latest_state_auc"] == pytest.approx(meta["latest_state_auc"].value)
+    assert graph["summary"].auc == pytest.approx(meta["auc"].value)
+    assert "out-of-time AUC" in "\n".join(graph["summary"].lines())
     assert registry.current(settings.model_name).version == version.version
     promotion = _mat(graph["model"], "production_model")
     assert promotion["promoted"].value is True

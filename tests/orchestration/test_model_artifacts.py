@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from h2o.exceptions import H2OValueError
 
-from orchestration.gbm import MojoExportRefusedError, export_mojo, is_secure_only_refusal
+from orchestration.model_artifacts import MojoExportRefusedError, export_mojo, is_secure_only_refusal
 
 # The refusal h2o 3.46.0.12+ raises (h2o-py's enterprise gate): "<operation> requires H2O-3 Secure. Contact <email>".
 REFUSAL = "download_mojo requires H2O-3 Secure. Contact sales@h2o.ai"
