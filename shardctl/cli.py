@@ -13,7 +13,7 @@ import psycopg
 from shardctl.errors import describe_dsn
 from shardctl.ha.cluster import HACluster
 from shardctl.ha.etcd import EtcdStartError
-from shardctl.ha.status import HAError, shard_members, switchover
+from shardctl.ha.status import HAError, switchover
 from shardctl.java import JavaUnavailableError
 from shardctl.schema import SchemaError
 from shardctl.settings import load_settings
@@ -134,27 +134,61 @@ def _ha_cluster(data_dir: str | None) -> HACluster:
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def ha_status(data_dir: str | None, as_json: bool) -> None:
-    """Members of each shard's cluster: role, state, timeline, lag. Exit 1 if a shard has no leader."""
+    """Each shard's state (healthy, degraded, down), what commits do now, and its members' role, state,
+    timeline and lag. Exit 1 unless every shard is healthy (a primary without its sync replica is degraded)."""
+    from shardctl.ha.health import HEALTHY, shard_health, to_json
+
     cluster = _ha_cluster(data_dir)
-    rows, healthy = [], True
-    for shard in range(cluster.shard_count()):
-        try:
-            members = shard_members(shard, cluster.api_urls(shard))
-        except HAError as exc:
-            members, healthy = [], False
-            click.echo(f"shard {shard}: {exc}", err=True)
-        healthy = healthy and any(m.role == "leader" and m.state == "running" for m in members)
-        rows += members
+    shards = [shard_health(cluster, shard) for shard in range(cluster.shard_count())]
     if as_json:
-        click.echo(json.dumps([asdict(r) for r in rows], indent=2))
+        click.echo(to_json(shards))
     else:
+        for s in shards:
+            why = f" ({s.reason})" if s.reason else ""
+            click.echo(f"shard {s.shard}: {s.state}{why}; commits: {s.commits}")
         click.echo(f"{'shard':>5} {'member':<12} {'role':<13} {'state':<10} {'port':>6} {'tl':>4} {'lag':>10}")
-        for r in rows:
+        for r in [m for s in shards for m in s.members]:
             lag = "-" if r.lag is None else str(r.lag)
             click.echo(
                 f"{r.shard:>5} {r.name:<12} {r.role:<13} {r.state:<10} {r.port:>6} {r.timeline or '-':>4} {lag:>10}"
             )
-    sys.exit(0 if healthy else 1)
+    sys.exit(0 if all(s.state == HEALTHY for s in shards) else 1)
+
+
+force_option = click.option("--force", is_flag=True, help="Do not ask for confirmation.")
+
+
+@ha.command("restart")
+@data_dir_option
+@click.argument("member")
+@force_option
+def ha_restart(data_dir: str | None, member: str, force: bool) -> None:
+    """Bring MEMBER (e.g. shard0-m1) back: restart its Postgres through Patroni, or start a dead, hung or
+    half-started member again; waits until it runs (a replica streams)."""
+    from shardctl.ha.heal import restart
+
+    cluster = _ha_cluster(data_dir)
+    cluster.member(member)
+    if not force:
+        click.confirm(f"Restart {member}?", abort=True)
+    result = restart(cluster, member)
+    click.echo(f"{result.member}: {result.action}; {result.role} {result.state} after {result.seconds:.1f}s")
+
+
+@ha.command("reinit")
+@data_dir_option
+@click.argument("member")
+@force_option
+def ha_reinit(data_dir: str | None, member: str, force: bool) -> None:
+    """Clone replica MEMBER again from its shard's primary (its data directory is replaced)."""
+    from shardctl.ha.heal import reinit
+
+    cluster = _ha_cluster(data_dir)
+    cluster.member(member)
+    if not force:
+        click.confirm(f"Replace {member}'s data with a fresh clone of its primary?", abort=True)
+    result = reinit(cluster, member)
+    click.echo(f"{result.member}: {result.action}; {result.role} {result.state} after {result.seconds:.1f}s")
 
 
 @ha.command("switchover")

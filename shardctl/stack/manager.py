@@ -74,7 +74,9 @@ class Stack:
         ha_settings: HASettings | None = None,
         java_home: str | None = None,
         default_shards: int = 2,
+        ha_proxied: bool = False,
     ):
+        self.ha_proxied = ha_proxied  # members talk through fault-injection proxies (nemesis runs only)
         self.data_dir = Path(data_dir).absolute()
         self.java_home = java_home
         self.default_shards = default_shards
@@ -231,11 +233,14 @@ class Stack:
         user = server_user(self.run_as_user)
         binaries = reachable_postgres(find_postgres(self.postgres_bin_dir), user)
         plain_shards = 0 if ha else shards
-        ha_ports = HACluster.ports_needed(shards, replicas or self.ha_settings.replicas) if ha else 0
+        ha_replicas = replicas or self.ha_settings.replicas
+        ha_ports = HACluster.ports_needed(shards, ha_replicas, self.ha_proxied) if ha else 0
         ports = allocate_ports(base_port, plain_shards + 2 + ha_ports)
         pg_root = self._pg_root(user)
         ha_state = (
-            HACluster.plan(pg_root / "ha", shards, self.ha_settings, ports[plain_shards + 2 :], replicas).to_dict()
+            HACluster.plan(
+                pg_root / "ha", shards, self.ha_settings, ports[plain_shards + 2 :], replicas, self.ha_proxied
+            ).to_dict()
             if ha
             else None
         )
