@@ -124,7 +124,9 @@ class PatroniMember:
         """Make a dead member startable whatever state it was killed in: stop the Postgres, pg_basebackup or
         pg_rewind its Patroni left (even stopped ones), drop a stale postmaster.pid, and remove a clone that
         did not finish (no pg_control: no database in it) so Patroni clones again."""
-        leftovers.clear(self.plan.data_dir, [self.pid, leftovers.postmaster_pid(self.plan.data_dir)])
+        # The recorded Patroni's session holds its orphans, unless that PID now belongs to someone else.
+        session = self.pid if self.patroni_pid() or not pid_alive(self.pid) else None
+        leftovers.clear(self.plan.data_dir, [session])
         leftovers.remove_stale_pid_file(self.plan.data_dir)
         if leftovers.interrupted_clone(self.plan.data_dir):
             leftovers.remove_data_dir(self.plan.data_dir)

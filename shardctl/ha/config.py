@@ -110,7 +110,8 @@ def member_config(member: MemberPlan, ha: HASettings, etcd_url: str, bin_dir: st
             "listen": f"127.0.0.1:{member.api_port}",
             "connect_address": f"127.0.0.1:{member.api_connect_port or member.api_port}",
         },
-        "etcd3": {"hosts": [etcd_host], "protocol": "http"},
+        # Through a proxy, Patroni must not discover etcd's own address and go around it.
+        "etcd3": {"hosts": [etcd_host], "protocol": "http", **({"use_proxies": True} if member.etcd_port else {})},
         "bootstrap": {
             "dcs": dynamic_config(ha),
             "initdb": [{"encoding": "UTF8"}, {"locale": "C"}, "no-sync"],

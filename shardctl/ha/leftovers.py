@@ -70,13 +70,28 @@ def postmaster_pid(data_dir: Path) -> int | None:
         return None
 
 
+def _parents() -> dict[int, int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            fields = _stat_fields(int(entry.name))
+            if fields and fields[0] != "Z":
+                parents[int(entry.name)] = int(fields[1])
+    return parents
+
+
 def member_processes(data_dir: Path, recorded: list[int | None]) -> list[int]:
-    """The processes that belong to one member: the sessions of its recorded Patroni and postmaster PIDs,
-    and whatever names its data directory. Our own process is never among them."""
-    naming = processes_naming(data_dir)
-    # A postmaster runs in a session of its own (Patroni's launcher calls setsid), its backends with it.
-    sessions = {pid for pid in recorded if pid} | {int(f[3]) for f in map(_stat_fields, naming) if f}
-    pids = set(session_processes(sessions)) | set(naming)
+    """The processes that belong to one member: the session of its recorded Patroni (pg_basebackup and
+    pg_rewind run there), whatever names its data directory (the postmaster), and their descendants
+    (backends, walsenders: each calls setsid, so sessions do not find them). Never our own process."""
+    sessions = {pid for pid in recorded if pid}
+    pids = set(session_processes(sessions)) | set(processes_naming(data_dir))
+    parents = _parents()
+    grown = True
+    while grown:
+        children = {pid for pid, parent in parents.items() if parent in pids} - pids
+        pids |= children
+        grown = bool(children)
     pids.discard(os.getpid())
     return sorted(pids)
 

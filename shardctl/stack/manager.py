@@ -170,6 +170,15 @@ class Stack:
             raise
         return state
 
+    def plan(self, shards: int, base_port: int, ha: bool = False, replicas: int | None = None) -> StackState:
+        """Lay out a new stack and save it without starting anything; a later `up` starts it. Fault-injection
+        runs use the gap to start the proxies their members will talk through."""
+        if self.load_state() is not None:
+            raise StackError(f"a stack is already laid out in {self.data_dir}")
+        state = self._plan(shards, base_port, ha, replicas)
+        self._save_state(state)
+        return state
+
     def _bring_up(self, state: StackState) -> None:
         self._save_state(state)
         template = Path(state.pg_root) / "template"
