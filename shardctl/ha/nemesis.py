@@ -180,9 +180,8 @@ class Nemesis:
         acked = [op for op in ops if op.outcome == OK]
         after = [op for op in acked if op.invoked >= t0]
         result.first_write_s = after[0].completed - t0 if after else None
-        times = [op.completed for op in acked if op.completed <= t0][-1:] + [
-            op.completed for op in acked if t0 < op.completed <= healed
-        ]
+        before = [op.completed for op in acked if op.completed <= t0][-1:] or [t0]
+        times = before + [op.completed for op in acked if t0 < op.completed <= healed]
         if len(times) > 1:
             result.write_gap_s = max(b - a for a, b in itertools.pairwise(times))
         present = rows_present(self.cluster.shard_dsn(SHARD), writer.run_id)
@@ -203,6 +202,8 @@ class Nemesis:
         ensure_probe_table(dsn)
         results = []
         self.writer = HistoryWriter(dsn).start()
+        if not wait_until(lambda: len(self.writer.acked()) >= 20, 30):  # type: ignore[union-attr]
+            raise HAError(f"the writer got no acknowledged writes: {self.writer.ops[-1:]}")
         try:
             for i, kind in enumerate(self.plan(rounds)):
                 r = self.round(kind)
