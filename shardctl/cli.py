@@ -158,6 +158,18 @@ def ha_status(data_dir: str | None, as_json: bool) -> None:
 force_option = click.option("--force", is_flag=True, help="Do not ask for confirmation.")
 
 
+def _heal_member(data_dir: str | None, member: str, force: bool, question: str, action: str) -> None:
+    """Confirm (unless --force), run `shardctl.ha.heal.<action>` on MEMBER, print how it came back."""
+    from shardctl.ha import heal
+
+    cluster = _ha_cluster(data_dir)
+    cluster.member(member)  # an unknown member fails here, before any question
+    if not force:
+        click.confirm(question, abort=True)
+    result = getattr(heal, action)(cluster, member)
+    click.echo(f"{result.member}: {result.action}; {result.role} {result.state} after {result.seconds:.1f}s")
+
+
 @ha.command("restart")
 @data_dir_option
 @click.argument("member")
@@ -165,14 +177,7 @@ force_option = click.option("--force", is_flag=True, help="Do not ask for confir
 def ha_restart(data_dir: str | None, member: str, force: bool) -> None:
     """Bring MEMBER (e.g. shard0-m1) back: restart its Postgres through Patroni, or start a dead, hung or
     half-started member again; waits until it runs (a replica streams)."""
-    from shardctl.ha.heal import restart
-
-    cluster = _ha_cluster(data_dir)
-    cluster.member(member)
-    if not force:
-        click.confirm(f"Restart {member}?", abort=True)
-    result = restart(cluster, member)
-    click.echo(f"{result.member}: {result.action}; {result.role} {result.state} after {result.seconds:.1f}s")
+    _heal_member(data_dir, member, force, f"Restart {member}?", "restart")
 
 
 @ha.command("reinit")
@@ -181,14 +186,7 @@ def ha_restart(data_dir: str | None, member: str, force: bool) -> None:
 @force_option
 def ha_reinit(data_dir: str | None, member: str, force: bool) -> None:
     """Clone replica MEMBER again from its shard's primary (its data directory is replaced)."""
-    from shardctl.ha.heal import reinit
-
-    cluster = _ha_cluster(data_dir)
-    cluster.member(member)
-    if not force:
-        click.confirm(f"Replace {member}'s data with a fresh clone of its primary?", abort=True)
-    result = reinit(cluster, member)
-    click.echo(f"{result.member}: {result.action}; {result.role} {result.state} after {result.seconds:.1f}s")
+    _heal_member(data_dir, member, force, f"Replace {member}'s data with a fresh clone of its primary?", "reinit")
 
 
 @ha.command("switchover")
