@@ -79,3 +79,5 @@ def test_nemesis_short_form_loses_no_acknowledged_write_and_heals_every_member(p
         if r.kind == "kill-replica":
             assert r.degraded_seen, r
         assert r.first_write_s is not None, r
+        # Healed by the round's own command (`stack up` or `ha restart`), without falling back to `ha reinit`.
+        assert len(r.heals) == 1, r
