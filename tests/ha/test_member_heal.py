@@ -9,13 +9,16 @@ import os
 import signal
 import subprocess
 import sys
+import threading
+import time
 
 import pytest
 
+from shardctl.ha import leftovers
 from shardctl.ha.cluster import HACluster, PatroniMember
-from shardctl.ha.drill import wait_healthy
+from shardctl.ha.drill import AckWriter, ensure_probe_table, wait_healthy
 from shardctl.ha.health import DEGRADED, DOWN, HEALTHY, sync_standby_gauges, verdict
-from shardctl.ha.status import MemberStatus, shard_members
+from shardctl.ha.status import MemberStatus, leader, shard_members
 from shardctl.process import pid_alive, wait_until
 from shardctl.stack.manager import Stack
 
@@ -160,3 +163,42 @@ def test_reinit_clones_a_replica_again_and_refuses_the_primary(ha_stack: Stack, 
     _one_line_error(_shardctl(ha_stack, "ha", "reinit", primary, "--force"), "is the primary", "switchover")
     _one_line_error(_shardctl(ha_stack, "ha", "restart", "shard9-m9", "--force"), "no member")
     assert _primary(cluster) == primary
+
+
+def _freeze_pg_rewind(member: PatroniMember, caught: list[int], timeout: float = 60.0) -> None:
+    """SIGSTOP the member's pg_rewind as soon as it appears (it runs for well under a second)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for pid in leftovers.processes_naming(member.plan.data_dir):
+            if b"pg_rewind" in leftovers._cmdline(pid):
+                os.kill(pid, signal.SIGSTOP)
+                caught.append(pid)
+                return
+        time.sleep(0.005)
+
+
+@pytest.mark.req("JTBD-04.heal")
+def test_restart_brings_back_an_old_primary_killed_mid_rewind(ha_stack: Stack, cluster: HACluster) -> None:
+    """The old primary's Patroni dies while its pg_rewind runs; the pg_rewind is left behind, stopped, holding
+    the data directory. `ha restart` clears it and the member rejoins as sync standby."""
+    dsn = cluster.shard_dsn(0)
+    ensure_probe_table(dsn)
+    writer = AckWriter(dsn).start()  # commits in flight at the kill leave WAL the new timeline lacks
+    old = cluster.member(_primary(cluster))
+    old.kill()
+    moved = wait_until(lambda: (new := leader(shard_members(0, cluster.api_urls(0)))) and new.name != old.name, 60)
+    writer.stop()
+    assert moved, "no failover"
+    caught: list[int] = []
+    watcher = threading.Thread(target=_freeze_pg_rewind, args=(old, caught))
+    watcher.start()
+    cluster.start_member(old)  # Patroni rewinds the old primary onto the new timeline
+    watcher.join()
+    assert caught, "pg_rewind never ran"
+    patroni = old.patroni_pid()
+    assert patroni is not None
+    os.kill(patroni, signal.SIGKILL)
+    result = _shardctl(ha_stack, "ha", "restart", old.name, "--force")
+    assert result.returncode == 0, result.stderr
+    _assert_sync_standby(cluster, old.name)
+    assert not pid_alive(caught[0]), "the stopped pg_rewind was left behind"
