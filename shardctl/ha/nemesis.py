@@ -133,8 +133,10 @@ class Nemesis:
         if kind == "pause-primary":
             stopped = faults.pause_member(cluster.member(primary))
             self.fault_at = time.monotonic()
-            time.sleep(self.ttl + 4)
-            faults.resume(stopped)
+            try:
+                time.sleep(self.ttl + 4)
+            finally:  # never leave a stopped process behind, even when interrupted
+                faults.resume(stopped)
             return primary, ["stack", "up"]
         if kind == "partition-primary":
             names = faults.partition(self.proxies, cluster, SHARD, primary)

@@ -194,11 +194,17 @@ def test_restart_brings_back_an_old_primary_killed_mid_rewind(ha_stack: Stack, c
     watcher.start()
     cluster.start_member(old)  # Patroni rewinds the old primary onto the new timeline
     watcher.join()
-    assert caught, "pg_rewind never ran"
-    patroni = old.patroni_pid()
-    assert patroni is not None
-    os.kill(patroni, signal.SIGKILL)
-    result = _shardctl(ha_stack, "ha", "restart", old.name, "--force")
-    assert result.returncode == 0, result.stderr
-    _assert_sync_standby(cluster, old.name)
-    assert not pid_alive(caught[0]), "the stopped pg_rewind was left behind"
+    try:
+        assert caught, "pg_rewind never ran"
+        patroni = old.patroni_pid()
+        assert patroni is not None
+        os.kill(patroni, signal.SIGKILL)
+        result = _shardctl(ha_stack, "ha", "restart", old.name, "--force")
+        assert result.returncode == 0, result.stderr
+        _assert_sync_standby(cluster, old.name)
+        assert not pid_alive(caught[0]), "the stopped pg_rewind was left behind"
+    finally:
+        for pid in caught:  # never leave a stopped process behind, even when the test fails
+            if pid_alive(pid):
+                os.kill(pid, signal.SIGCONT)
+                os.kill(pid, signal.SIGKILL)
