@@ -158,29 +158,59 @@ def _ha_cluster(data_dir: str | None) -> HACluster:
 @data_dir_option
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def ha_status(data_dir: str | None, as_json: bool) -> None:
-    """Members of each shard's cluster: role, state, timeline, lag. Exit 1 if a shard has no leader."""
-    from shardctl.control.ha import HAError, shard_members
+    """Each shard's state (healthy, degraded, down), what commits do now, and its members' role, state,
+    timeline and lag. Exit 1 unless every shard is healthy (a primary without its sync replica is degraded)."""
+    from shardctl.stack.ha.health import HEALTHY, shard_health, to_json
 
     cluster = _ha_cluster(data_dir)
-    rows, healthy = [], True
-    for shard in range(cluster.shard_count()):
-        try:
-            members = shard_members(shard, cluster.api_urls(shard))
-        except HAError as exc:
-            members, healthy = [], False
-            click.echo(f"shard {shard}: {exc}", err=True)
-        healthy = healthy and any(m.role == "leader" and m.state == "running" for m in members)
-        rows += members
+    shards = [shard_health(cluster, shard) for shard in range(cluster.shard_count())]
     if as_json:
-        click.echo(json.dumps([asdict(r) for r in rows], indent=2))
+        click.echo(to_json(shards))
     else:
+        for s in shards:
+            why = f" ({s.reason})" if s.reason else ""
+            click.echo(f"shard {s.shard}: {s.state}{why}; commits: {s.commits}")
         click.echo(f"{'shard':>5} {'member':<12} {'role':<13} {'state':<10} {'port':>6} {'tl':>4} {'lag':>10}")
-        for r in rows:
+        for r in [m for s in shards for m in s.members]:
             lag = "-" if r.lag is None else str(r.lag)
             click.echo(
                 f"{r.shard:>5} {r.name:<12} {r.role:<13} {r.state:<10} {r.port:>6} {r.timeline or '-':>4} {lag:>10}"
             )
-    sys.exit(0 if healthy else 1)
+    sys.exit(0 if all(s.state == HEALTHY for s in shards) else 1)
+
+
+force_option = click.option("--force", is_flag=True, help="Do not ask for confirmation.")
+
+
+def _heal_member(data_dir: str | None, member: str, force: bool, question: str, action: str) -> None:
+    """Confirm (unless --force), run `shardctl.stack.ha.heal.<action>` on MEMBER, print how it came back."""
+    from shardctl.stack.ha import heal
+
+    cluster = _ha_cluster(data_dir)
+    cluster.member(member)  # an unknown member fails here, before any question
+    if not force:
+        click.confirm(question, abort=True)
+    result = getattr(heal, action)(cluster, member)
+    click.echo(f"{result.member}: {result.action}; {result.role} {result.state} after {result.seconds:.1f}s")
+
+
+@ha.command("restart")
+@data_dir_option
+@click.argument("member")
+@force_option
+def ha_restart(data_dir: str | None, member: str, force: bool) -> None:
+    """Bring MEMBER (e.g. shard0-m1) back: restart its Postgres through Patroni, or start a dead, hung or
+    half-started member again; waits until it runs (a replica streams)."""
+    _heal_member(data_dir, member, force, f"Restart {member}?", "restart")
+
+
+@ha.command("reinit")
+@data_dir_option
+@click.argument("member")
+@force_option
+def ha_reinit(data_dir: str | None, member: str, force: bool) -> None:
+    """Clone replica MEMBER again from its shard's primary (its data directory is replaced)."""
+    _heal_member(data_dir, member, force, f"Replace {member}'s data with a fresh clone of its primary?", "reinit")
 
 
 @ha.command("switchover")

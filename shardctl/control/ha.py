@@ -118,3 +118,15 @@ def set_dynamic_config(api_urls: list[str], patch: dict[str, Any]) -> dict[str, 
             return json.loads(text)
         raise HAError(f"config change refused: {text.strip()}")
     raise HAError("no Patroni member answers")
+
+
+def cluster_config(api_urls: list[str]) -> dict[str, Any]:
+    """The cluster-wide configuration (``GET /config``) from the first member that answers."""
+    for url in api_urls:
+        try:
+            status, text = _request("GET", f"{url}/config", timeout=3.0)
+        except OSError:
+            continue
+        if status == 200:
+            return json.loads(text)
+    raise HAError("no Patroni member answers")

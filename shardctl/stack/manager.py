@@ -74,7 +74,9 @@ class Stack:
         ha_settings: HASettings | None = None,
         java_home: str | None = None,
         default_shards: int = 2,
+        ha_proxied: bool = False,
     ):
+        self.ha_proxied = ha_proxied  # members talk through fault-injection proxies (nemesis runs only)
         self.data_dir = Path(data_dir).absolute()
         self.java_home = java_home
         self.default_shards = default_shards
@@ -170,6 +172,15 @@ class Stack:
             raise
         return state
 
+    def plan(self, shards: int, base_port: int, ha: bool = False, replicas: int | None = None) -> StackState:
+        """Lay out a new stack and save it without starting anything; a later `up` starts it. Fault-injection
+        runs use the gap to start the proxies their members will talk through."""
+        if self.load_state() is not None:
+            raise StackError(f"a stack is already laid out in {self.data_dir}")
+        state = self._plan(shards, base_port, ha, replicas)
+        self._save_state(state)
+        return state
+
     def _bring_up(self, state: StackState) -> None:
         self._save_state(state)
         template = Path(state.pg_root) / "template"
@@ -233,11 +244,14 @@ class Stack:
         user = server_user(self.run_as_user)
         binaries = reachable_postgres(find_postgres(self.postgres_bin_dir), user)
         plain_shards = 0 if ha else shards
-        ha_ports = HACluster.ports_needed(shards, replicas or self.ha_settings.replicas) if ha else 0
+        ha_replicas = replicas or self.ha_settings.replicas
+        ha_ports = HACluster.ports_needed(shards, ha_replicas, self.ha_proxied) if ha else 0
         ports = allocate_ports(base_port, plain_shards + 2 + ha_ports)
         pg_root = self._pg_root(user)
         ha_state = (
-            HACluster.plan(pg_root / "ha", shards, self.ha_settings, ports[plain_shards + 2 :], replicas).to_dict()
+            HACluster.plan(
+                pg_root / "ha", shards, self.ha_settings, ports[plain_shards + 2 :], replicas, self.ha_proxied
+            ).to_dict()
             if ha
             else None
         )

@@ -77,7 +77,9 @@ def test_cli_status_json_and_switchover_then_clear_errors(ha_stack: Stack, clust
     data_dir = str(ha_stack.data_dir)
     status = _shardctl("ha", "status", "--json", "--data-dir", data_dir)
     assert status.returncode == 0, status.stderr
-    rows = json.loads(status.stdout)
+    (shard,) = json.loads(status.stdout)["shards"]
+    assert shard["state"] == "healthy"
+    rows = shard["members"]
     assert {r["role"] for r in rows} == {"leader", "sync_standby"}
     assert all(r["timeline"] >= 1 for r in rows)
     old = next(r["name"] for r in rows if r["role"] == "leader")

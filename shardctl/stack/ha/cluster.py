@@ -23,6 +23,7 @@ import psycopg
 
 from shardctl.control.ha import HAError, MemberStatus, is_healthy, shard_members
 from shardctl.process import pid_alive, stop_pid
+from shardctl.stack.ha import leftovers
 from shardctl.stack.ha.config import MemberPlan, multi_host_dsn, render
 from shardctl.stack.ha.etcd import EtcdServer, find_etcd
 from shardctl.stack.ha.runtime import patroni_command, patroni_environment
@@ -43,6 +44,9 @@ class HAState:
     members: list[list[list[int]]]
     etcd_binary: str = ""
     settings: dict[str, Any] = field(default_factory=dict)
+    # Fault-injection runs only: per shard, per member [pg, api, etcd] proxy ports (see MemberPlan); empty
+    # in every normal stack.
+    proxies: list[list[list[int]]] = field(default_factory=list)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HAState:
@@ -116,6 +120,17 @@ class PatroniMember:
         if self.pid is not None and self.patroni_pid() is None:
             self.pid_file.unlink(missing_ok=True)
 
+    def clear_leftovers(self) -> None:
+        """Make a dead member startable whatever state it was killed in: stop the Postgres, pg_basebackup or
+        pg_rewind its Patroni left (even stopped ones), drop a stale postmaster.pid, and remove a clone that
+        did not finish (no pg_control: no database in it) so Patroni clones again."""
+        # The recorded Patroni's session holds its orphans, unless that PID now belongs to someone else.
+        session = self.pid if self.patroni_pid() or not pid_alive(self.pid) else None
+        leftovers.clear(self.plan.data_dir, [session])
+        leftovers.remove_stale_pid_file(self.plan.data_dir)
+        if leftovers.interrupted_clone(self.plan.data_dir):
+            leftovers.remove_data_dir(self.plan.data_dir)
+
     def write_config(self, ha: HASettings, etcd_url: str, bin_dir: str) -> None:
         self.plan.root.mkdir(parents=True, exist_ok=True)
         self.plan.config_file.write_text(render(self.plan, ha, etcd_url, bin_dir))
@@ -127,10 +142,7 @@ class PatroniMember:
         running = self.patroni_pid()
         if running:
             return running
-        # Postgres left running by a killed Patroni: stop it so the new Patroni starts from a clean state.
-        leftover = self.postgres_pid()
-        if leftover:
-            stop_pid(leftover, signal.SIGINT, 30.0)
+        self.clear_leftovers()
         argv = [*patroni_command(self.user), str(self.plan.config_file)]
         user_kwargs: dict[str, Any] = {}
         if self.user is not None:
@@ -194,11 +206,21 @@ class HACluster:
         self.bin_dir = bin_dir
 
     @classmethod
-    def plan(cls, root: Path, shards: int, ha: HASettings, ports: list[int], replicas: int | None = None) -> HAState:
-        """A new layout: ``ports`` holds 2 for etcd, then 2 per member (Postgres, REST API)."""
+    def plan(
+        cls,
+        root: Path,
+        shards: int,
+        ha: HASettings,
+        ports: list[int],
+        replicas: int | None = None,
+        proxied: bool = False,
+    ) -> HAState:
+        """A new layout: ``ports`` holds 2 for etcd, then 2 per member (Postgres, REST API), then with
+        ``proxied`` 3 per member for the fault-injection proxies."""
         per_shard = (replicas if replicas is not None else ha.replicas) + 1
         it = iter(ports[2:])
         members = [[[next(it), next(it)] for _ in range(per_shard)] for _ in range(shards)]
+        proxies = [[[next(it), next(it), next(it)] for _ in range(per_shard)] for _ in range(shards)] if proxied else []
         settings = ha.model_dump()
         if replicas is not None:
             settings["replicas"] = replicas
@@ -210,11 +232,12 @@ class HACluster:
             members=members,
             etcd_binary=find_etcd(),
             settings=settings,
+            proxies=proxies,
         )
 
     @staticmethod
-    def ports_needed(shards: int, replicas: int) -> int:
-        return 2 + 2 * shards * (replicas + 1)
+    def ports_needed(shards: int, replicas: int, proxied: bool = False) -> int:
+        return 2 + (5 if proxied else 2) * shards * (replicas + 1)
 
     # -- parts ---------------------------------------------------------------------------------------
     @property
@@ -228,7 +251,8 @@ class HACluster:
         root = Path(self.state.root)
         result = []
         for i, (pg_port, api_port) in enumerate(self.state.members[shard]):
-            plan = MemberPlan(shard, i, pg_port, api_port, root / f"shard{shard}" / f"m{i}")
+            via = self.state.proxies[shard][i] if self.state.proxies else [None, None, None]
+            plan = MemberPlan(shard, i, pg_port, api_port, root / f"shard{shard}" / f"m{i}", *via)
             result.append(PatroniMember(plan, self.user))
         return result
 

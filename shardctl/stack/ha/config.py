@@ -46,6 +46,12 @@ class MemberPlan:
     pg_port: int
     api_port: int
     root: Path  # holds data/, patroni.yml, patroni.log
+    # Fault-injection runs (the nemesis) route traffic between members and to etcd through proxies they can
+    # cut: the ports the other members reach this one's Postgres and REST API on, and the port it reaches
+    # etcd on. None: the real ports (every normal stack).
+    pg_connect_port: int | None = None
+    api_connect_port: int | None = None
+    etcd_port: int | None = None
 
     @property
     def name(self) -> str:
@@ -94,6 +100,7 @@ def dynamic_config(ha: HASettings) -> dict[str, Any]:
 
 def member_config(member: MemberPlan, ha: HASettings, etcd_url: str, bin_dir: str) -> dict[str, Any]:
     """The whole Patroni configuration of one member."""
+    etcd_host = f"127.0.0.1:{member.etcd_port}" if member.etcd_port else etcd_url.removeprefix("http://")
     return {
         "scope": member.scope,
         "namespace": "/tessera/",
@@ -101,16 +108,17 @@ def member_config(member: MemberPlan, ha: HASettings, etcd_url: str, bin_dir: st
         "log": {"level": "INFO", "dir": str(member.root), "file_num": 2, "file_size": 20_000_000},
         "restapi": {
             "listen": f"127.0.0.1:{member.api_port}",
-            "connect_address": f"127.0.0.1:{member.api_port}",
+            "connect_address": f"127.0.0.1:{member.api_connect_port or member.api_port}",
         },
-        "etcd3": {"hosts": [etcd_url.removeprefix("http://")], "protocol": "http"},
+        # Through a proxy, Patroni must not discover etcd's own address and go around it.
+        "etcd3": {"hosts": [etcd_host], "protocol": "http", **({"use_proxies": True} if member.etcd_port else {})},
         "bootstrap": {
             "dcs": dynamic_config(ha),
             "initdb": [{"encoding": "UTF8"}, {"locale": "C"}, "no-sync"],
         },
         "postgresql": {
             "listen": f"127.0.0.1:{member.pg_port}",
-            "connect_address": f"127.0.0.1:{member.pg_port}",
+            "connect_address": f"127.0.0.1:{member.pg_connect_port or member.pg_port}",
             "data_dir": str(member.data_dir),
             "bin_dir": bin_dir,
             "pgpass": str(member.root / "pgpass"),
@@ -121,6 +129,9 @@ def member_config(member: MemberPlan, ha: HASettings, etcd_url: str, bin_dir: st
                 "rewind": {"username": SUPERUSER},
             },
             "parameters": {"unix_socket_directories": str(member.root)},
+            # A clone (a new replica, `ha reinit`) asks the primary for an immediate checkpoint instead of
+            # waiting out a spread one: seen here, 110 s instead of ~2 s.
+            "basebackup": [{"checkpoint": "fast"}],
             # A replica that cannot rewind is re-cloned rather than left broken.
             "remove_data_directory_on_rewind_failure": True,
             "remove_data_directory_on_diverged_timelines": True,
