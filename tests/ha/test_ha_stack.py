@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import pwd
 import subprocess
 import sys
 from pathlib import Path
@@ -35,10 +36,13 @@ def test_each_shard_is_a_patroni_primary_with_a_streaming_replica_not_as_root(
     assert sorted(m.role for m in members) == ["leader", "sync_standby"]
     assert all(m.state in ("running", "streaming") for m in members)
     assert cluster.etcd.healthy()
+    # As root, Patroni and Postgres run as the unprivileged server user; otherwise as ourselves.
+    expected_uid = pwd.getpwnam(cluster.user).pw_uid if cluster.user is not None else os.geteuid()
+    assert (cluster.user is not None) == (os.geteuid() == 0)
     for member in cluster.members(0):
         for pid in (member.patroni_pid(), member.postgres_pid()):
             assert pid is not None
-            assert psutil.Process(pid).uids().real != 0 or os.geteuid() != 0
+            assert psutil.Process(pid).uids().real == expected_uid
     rows = {r.name: r for r in ha_stack.status()}
     assert {"etcd", "shard0-m0", "shard0-m1"} <= set(rows)
     assert all(rows[n].healthy for n in ("etcd", "shard0-m0", "shard0-m1"))
