@@ -142,7 +142,8 @@ def reachable_postgres(binaries: PostgresBinaries, user: str | None) -> Postgres
     install = binaries.bin_dir.parent
     base = install.parent.parent
     vendored = [base / f"{install.parent.name}.libs"]
-    root = RUNTIME_ROOT / f"postgres-{_key(str(install), binaries.version)}"
+    # Keyed by what the installation is, not where: every clone of the project shares one copy of a wheel's server.
+    root = RUNTIME_ROOT / f"postgres-{_key(binaries.version, _file_digest(Path(binaries.tool('postgres'))))}"
     with _locked_dir(root):
         if not (root / "ready").exists():
             shutil.rmtree(root, ignore_errors=True)
@@ -153,6 +154,11 @@ def reachable_postgres(binaries: PostgresBinaries, user: str | None) -> Postgres
     if not user_can_run(user, [copied.tool("postgres"), "--version"]):
         raise MissingBinaryError(f"user {user} cannot run PostgreSQL from {binaries.bin_dir} nor from {copied.bin_dir}")
     return copied
+
+
+def _file_digest(path: Path) -> str:
+    with path.open("rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
 
 
 def _run(argv: list[str]) -> None:
