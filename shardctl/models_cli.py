@@ -104,22 +104,29 @@ def _promotion_json(p: Promotion) -> dict[str, Any]:
     }
 
 
-def _describe_change(p: Promotion) -> str:
+def _change_facts(p: Promotion) -> str:
+    """What a promotion record says beyond its version: what it replaced and the figures it rests on."""
     replaced = f"replaces version {p.replaces}" if p.replaces is not None else "nothing served before"
     figures = ""
     if p.metric is not None and p.candidate_score is not None:
         figures = f"; {p.metric} {p.candidate_score:.4f}"
         if p.serving_score is not None:
             figures += f" vs {p.serving_score:.4f}"
-    forced = " (forced)" if p.forced else ""
-    return f"{p.model_name} version {p.version} serves now{forced}: {p.action}, {replaced}{figures}"
+    forced = ", forced" if p.forced else ""
+    note = f" ({p.note})" if p.note else ""
+    return f"{p.action}{forced}, {replaced}{figures}{note}"
+
+
+def _describe_change(p: Promotion) -> str:
+    return f"{p.model_name} version {p.version} serves now: {_change_facts(p)}"
 
 
 @models.command("list")
 @json_option
 @click.pass_context
 def models_list(ctx: click.Context, as_json: bool) -> None:
-    """Every version with its out-of-time metrics, which one serves, and when each was last promoted."""
+    """Every version with its out-of-time metrics, which one serves, and when each last became the serving one
+    (by a promotion or a rollback)."""
     registry, name = _open(ctx)
     versions = registry.versions(name)
     current = registry.current(name)
@@ -177,7 +184,8 @@ def models_show(ctx: click.Context, version: int, as_json: bool) -> None:
     for e in evaluations:
         click.echo(f"  compared     {e.evaluated_at:%Y-%m-%d %H:%M:%S}: {e.describe()}")
     for p in changes:
-        click.echo(f"  {p.action:<12} {p.promoted_at:%Y-%m-%d %H:%M:%S}: {_describe_change(p)}")
+        role = "served from" if p.version == version else "replaced"
+        click.echo(f"  {role:<12} {p.promoted_at:%Y-%m-%d %H:%M:%S}: version {p.version}, {_change_facts(p)}")
 
 
 @models.command("promote")
@@ -205,6 +213,7 @@ def models_promote(
         PromotionConflictError,
         PromotionError,
         PromotionRefusedError,
+        conflict_message,
         manual_promotion_evidence,
     )
 
@@ -213,10 +222,7 @@ def models_promote(
     current = registry.current(name)
     serving = current.version if current else None
     if replaces is not None and (replaces or None) != serving:
-        raise PromotionConflictError(
-            f"{name} serves version {serving if serving is not None else 'none'}, not {replaces or 'none'}: "
-            "nothing was changed"
-        )
+        raise PromotionConflictError(conflict_message(name, serving, replaces or None))
     if serving == version:
         raise PromotionError(f"version {version} of {name} already serves")
     evidence = None

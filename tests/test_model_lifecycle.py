@@ -85,7 +85,7 @@ def test_a_promotion_is_a_compare_and_set_recorded_with_both_figures(registry: M
     evaluation = _evaluate(registry, name, 2, 1, 0.74, 0.71)
     second = registry.promote(name, 2, replaces=1, evaluation=evaluation)
     assert (second.replaces, second.metric, second.candidate_score, second.serving_score) == (1, "auc", 0.74, 0.71)
-    with pytest.raises(PromotionConflictError, match="is version 2, not 1"):
+    with pytest.raises(PromotionConflictError, match="serves version 2, not version 1"):
         registry.promote(name, 3, replaces=1)  # names a version that no longer serves
     with pytest.raises(PromotionError, match="already serves"):
         registry.promote(name, 2, replaces=2)
@@ -245,11 +245,11 @@ def test_models_cli_bad_input_is_one_line_and_a_non_zero_exit(
     fails("nothing to roll back", "rollback")
     fails("has no version 99", "show", "99")
     fails("has no version 99", "promote", "99")
-    fails("serves version none, not 3", "promote", "1", "--replaces", "3")
+    fails("serves nothing, not version 3", "promote", "1", "--replaces", "3")
     assert _cli(settings, "--model", name, "promote", "1").exit_code == 0
     fails("nothing to roll back to", "rollback")
     fails("never compared with version 1", "promote", "3")
-    fails("serves version 1, not none", "promote", "2", "--replaces", "0")
+    fails("serves version 1, not nothing", "promote", "2", "--replaces", "0")
     fails("artifacts are missing", "promote", "4")
     fails("already serves", "promote", "1")
     fails("is not a valid integer", "promote", "zero")
@@ -258,5 +258,5 @@ def test_models_cli_bad_input_is_one_line_and_a_non_zero_exit(
     assert registry.current(name).version == 1  # none of it changed anything
     forced = _cli(settings, "--model", name, "promote", "3", "--force", "--note", "hotfix")
     assert forced.exit_code == 0, forced.output
-    assert "(forced)" in forced.output
+    assert "promote, forced, replaces version 1" in forced.output
     assert registry.promotions(name)[-1].note == "hotfix"

@@ -81,6 +81,17 @@ class Promotion:
     note: str
 
 
+def conflict_message(model_name: str, serving: int | None, expected: int | None) -> str:
+    """What a lost compare-and-set says: which version serves, which one the promotion expected."""
+
+    def named(version: int | None) -> str:
+        return "nothing" if version is None else f"version {version}"
+
+    return (
+        f"{model_name} serves {named(serving)}, not {named(expected)}: the serving version changed; nothing was changed"
+    )
+
+
 def beats(metric: str, candidate: float, serving: float | None, margin: float = 0.0) -> bool:
     """Whether ``candidate`` improves on ``serving`` by more than ``margin`` (in the metric's better direction).
     Nothing serving: the candidate wins. A margin of 0 still asks for a strict improvement, so a model never

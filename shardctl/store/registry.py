@@ -25,6 +25,7 @@ from shardctl.store.promotion import (
     Promotion,
     PromotionConflictError,
     PromotionError,
+    conflict_message,
     rollback_target,
 )
 
@@ -244,11 +245,7 @@ class ModelRegistry:
             row = cur.fetchone()
             serving = row["version"] if row else None
             if replaces is not UNCHECKED and serving != replaces:
-                raise PromotionConflictError(
-                    f"{model_name} {alias} is version {serving if serving is not None else 'none'}, not "
-                    f"{replaces if replaces is not None else 'none'}: the serving version changed meanwhile; "
-                    "nothing was changed"
-                )
+                raise PromotionConflictError(conflict_message(model_name, serving, replaces))  # type: ignore[arg-type]
             if serving == version:
                 raise PromotionError(f"version {version} of {model_name} already serves as {alias}")
             cur.execute(
