@@ -46,7 +46,9 @@ def models(ctx: click.Context, model_name: str | None) -> None:
     ctx.obj = {"model_name": model_name}
 
 
-def _open(ctx: click.Context) -> tuple[ModelRegistry, str]:
+def _open(ctx: click.Context, *, writes: bool = False) -> tuple[ModelRegistry, str]:
+    """The registry and the model name; a command that writes first creates the lifecycle tables a catalog made
+    before them lacks (reads never run DDL: a read-only role can list)."""
     from shardctl.settings import StoreSettings
     from shardctl.store.registry import ModelRegistry
 
@@ -54,7 +56,8 @@ def _open(ctx: click.Context) -> tuple[ModelRegistry, str]:
     if not settings.catalog_dsn:
         raise click.ClickException("no catalog DSN: set TESSERA_CATALOG_DSN or run `shardctl stack up`")
     registry = ModelRegistry(settings.catalog_dsn)
-    registry.ensure_schema()
+    if writes:
+        registry.ensure_schema()
     return registry, ctx.obj["model_name"] or settings.model_name
 
 
@@ -217,7 +220,7 @@ def models_promote(
         manual_promotion_evidence,
     )
 
-    registry, name = _open(ctx)
+    registry, name = _open(ctx, writes=True)
     candidate = registry.get(name, version)
     current = registry.current(name)
     serving = current.version if current else None
@@ -240,6 +243,6 @@ def models_promote(
 @click.pass_context
 def models_rollback(ctx: click.Context, as_json: bool) -> None:
     """Serve the previously promoted version again (each rollback goes one promotion further back)."""
-    registry, name = _open(ctx)
+    registry, name = _open(ctx, writes=True)
     record = registry.rollback(name)
     click.echo(json.dumps(_promotion_json(record), indent=2) if as_json else _describe_change(record))

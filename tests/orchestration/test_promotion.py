@@ -56,6 +56,7 @@ def test_the_first_model_is_promoted_with_its_out_of_time_figure(graph, settings
     version = registry.get(settings.model_name, first.version)
     # Its MOJO re-scored on its out-of-time rows gives the figure training reported for them.
     assert first.candidate_score == pytest.approx(version.metrics["auc"], abs=1e-6)
+    assert "nothing serving" in "\n".join(graph["summary"].lines())  # the demo's summary says what was checked
 
 
 @pytest.mark.req("PLAT.model-promotion")
