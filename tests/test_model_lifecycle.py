@@ -11,6 +11,8 @@ from pathlib import Path
 
 import pytest
 from click.testing import CliRunner
+from hypothesis import given
+from hypothesis import strategies as st
 
 from shardctl.cli import main
 from shardctl.store.promotion import (
@@ -179,6 +181,29 @@ def test_promotion_rules() -> None:
     with pytest.raises(PromotionRefusedError, match="does not beat"):
         manual_promotion_evidence(5, 4, [_evaluation(5, 4, True), _evaluation(5, 4, False)])
     assert manual_promotion_evidence(5, 4, [_evaluation(5, 4, True)]).passed
+
+
+@given(st.lists(st.one_of(st.integers(1, 6), st.just(ROLLBACK)), max_size=30))
+def test_rollback_returns_to_the_version_served_before_the_newest_promotion_still_standing(ops) -> None:
+    """Against a model of the history (a list of the versions each standing promotion put in place): any mix of
+    promotions and rollbacks, replayed as records, gives the same serving version and rollback target."""
+    history: list[Promotion] = []
+    standing: list[int] = []
+    for op in ops:
+        serving = standing[-1] if standing else None
+        if op == ROLLBACK:
+            if len(standing) < 2:
+                with pytest.raises(NothingToRollBackError):
+                    rollback_target(history, serving)
+                continue
+            target = rollback_target(history, serving)
+            assert target == standing[-2]
+            history.append(_record(target, serving, ROLLBACK))
+            standing.pop()
+        elif op != serving:
+            history.append(_record(op, serving))
+            standing.append(op)
+        assert promotion_stack(history) == standing
 
 
 def _cli(settings, *args: str):
