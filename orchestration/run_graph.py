@@ -28,6 +28,7 @@ class Summary:
     production_version: int | None
     latest_state_auc: float | None = None
     runs: list[str] = field(default_factory=list)
+    promotion_check: str | None = None  # the newest version against the one serving when it was judged
 
     def lines(self) -> list[str]:
         out = [f"raw events: {self.raw_rows:,} rows"]
@@ -37,6 +38,8 @@ class Summary:
             if self.latest_state_auc is not None:
                 line += f"; the old latest-state features would claim {self.latest_state_auc:.4f}"
             out.append(line)
+        if self.promotion_check is not None:
+            out.append(f"promotion check: {self.promotion_check}")
         out.append(f"production model version: {self.production_version}")
         return out
 
@@ -88,6 +91,7 @@ def summarize(settings: TesseraSettings) -> Summary:
     versions = registry.versions(settings.model_name)
     newest = versions[-1] if versions else None
     current = registry.current(settings.model_name)
+    checks = registry.evaluations(settings.model_name, newest.version) if newest else []
     return Summary(
         raw_rows,
         per_shard,
@@ -95,4 +99,5 @@ def summarize(settings: TesseraSettings) -> Summary:
         newest.metrics.get("auc") if newest else None,
         current.version if current else None,
         newest.metrics.get("latest_state_auc") if newest else None,
+        promotion_check=checks[-1].describe() if checks else None,
     )

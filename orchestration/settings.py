@@ -12,6 +12,7 @@ from pydantic import Field
 
 from shardctl.java import JavaSettings
 from shardctl.settings import SectionSettings, section_config
+from shardctl.store.promotion import PromotionMetric
 
 # The heap of an H2O JVM the pipeline starts itself (this section's default, and so the H2O resource's). 1 GB
 # trains the pipeline's GBM; on a 2-core development box a bigger heap only takes memory from Postgres.
@@ -19,7 +20,8 @@ DEFAULT_H2O_MAX_MEM = "1G"
 
 
 class PipelineSettings(SectionSettings):
-    """The Dagster pipeline's synthetic raw data: its seed, calendar and scale (tests use less, the demo more)."""
+    """The Dagster pipeline's synthetic raw data (seed, calendar, scale: tests use less, the demo more) and the
+    rule its promotion step applies."""
 
     section: ClassVar[str] = "pipeline"
     model_config = section_config(section)
@@ -29,6 +31,10 @@ class PipelineSettings(SectionSettings):
     rows_per_day: int = Field(default=1000, ge=1)
     entities: int = Field(default=2000, ge=1)
     exact_profile_max_rows: int = Field(default=500_000, ge=0)
+    # A candidate is promoted only when it beats the serving model, both scored on the candidate's out-of-time
+    # validation rows, by more than the margin on this metric (auc/aucpr: higher is better; logloss: lower).
+    promotion_metric: PromotionMetric = "auc"
+    promotion_margin: float = Field(default=0.0, ge=0.0)
 
 
 class H2OSettings(JavaSettings):

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING
 
 import click
 
+from shardctl import models_cli
+
 if TYPE_CHECKING:
     from shardctl.stack.ha.cluster import HACluster
     from shardctl.stack.manager import Stack
@@ -284,6 +286,8 @@ def _print_status(the_stack: Stack, as_json: bool) -> bool:
             )
     return bool(rows) and all(r.healthy for r in rows)
 
+
+main.add_command(models_cli.models)  # `shardctl models ...`: the model lifecycle, in its own module
 
 if __name__ == "__main__":
     main()

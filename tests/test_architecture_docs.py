@@ -54,6 +54,7 @@ LAYER_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("shardctl/control", ("shardctl.stack", "shardctl.cli", "serving", "orchestration")),
     ("shardctl/stack", ("shardctl.cli", "serving", "orchestration")),
     ("shardctl/cli.py", ("serving", "orchestration")),
+    ("shardctl/models_cli.py", ("serving", "orchestration")),
     ("serving", ("orchestration", "shardctl.stack", "shardctl.cli")),
     ("orchestration", ("serving", "shardctl.stack", "shardctl.cli")),
 )

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 from shardctl.store.notify import NotificationListener
-from shardctl.store.registry import PROMOTION_CHANNEL, ModelNotFoundError, ModelRegistry, is_better
+from shardctl.store.registry import PROMOTION_CHANNEL, ModelNotFoundError, ModelRegistry
 
 
 @pytest.fixture
@@ -33,17 +33,16 @@ def _register(reg: ModelRegistry, name: str, auc: float):
 
 
 @pytest.mark.req("PLAT.model-registry")
-def test_versions_are_numbered_and_promotion_follows_the_metric(registry: ModelRegistry) -> None:
+def test_versions_are_numbered_and_the_promoted_one_is_current(registry: ModelRegistry) -> None:
     name = f"churn-{uuid.uuid4().hex[:8]}"
     assert registry.current(name) is None
     v1 = _register(registry, name, 0.80)
     v2 = _register(registry, name, 0.75)
     v3 = _register(registry, name, 0.85)
     assert [v1.version, v2.version, v3.version] == [1, 2, 3]
-    assert registry.promote_if_better(name, 1) is True
-    assert registry.promote_if_better(name, 2) is False  # worse: v1 stays
+    registry.promote(name, 1, replaces=None)
     assert registry.current(name).version == 1
-    assert registry.promote_if_better(name, 3) is True
+    registry.promote(name, 3, replaces=1)
     current = registry.current(name)
     assert current.version == 3
     assert current.key == f"{name}:3"
@@ -104,11 +103,3 @@ def test_promotion_is_announced_to_listeners_within_a_second(registry: ModelRegi
     with NotificationListener(settings.catalog_dsn, PROMOTION_CHANNEL, received.put):
         registry.promote(name, v1.version)
         assert received.get(timeout=1.0) == f"{name}:1"
-
-
-def test_promotion_rule() -> None:
-    assert is_better({"auc": 0.7}, None)
-    assert is_better({"auc": 0.7}, {"auc": 0.6})
-    assert not is_better({"auc": 0.6}, {"auc": 0.6})
-    with pytest.raises(ValueError, match="no 'auc' metric"):
-        is_better({"logloss": 0.1}, {"auc": 0.6})

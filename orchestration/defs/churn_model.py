@@ -1,5 +1,5 @@
 """H2O training (a fixed GBM or AutoML) on the point-in-time training set, validated out of time, registration
-in the model registry, and promotion."""
+in the model registry, and promotion when the new version beats the serving one on the same out-of-time rows."""
 
 import uuid
 from pathlib import Path
@@ -8,10 +8,11 @@ from typing import Literal
 import dagster as dg
 from pydantic import Field
 
-from orchestration import automl, labels, model_artifacts, out_of_time, training_sets
+from orchestration import automl, labels, model_artifacts, out_of_time, promotion, training_sets
 from orchestration.defs.point_in_time import churn_training_set
 from orchestration.feature_engineering import FEATURES
 from orchestration.resources import H2OResource, TesseraResource
+from orchestration.settings import PipelineSettings
 from shardctl.store.export import export_feature_set
 
 
@@ -90,6 +91,7 @@ def churn_model(
         details={
             "training_set": "point in time (churn_training_set)",
             "validation": split_text,
+            promotion.VALIDATION_KEY: sorted({ts.isoformat() for ts in valid["as_of"]}),
             "horizon_days": horizon,
             "train_rows": trained.train_rows,
             "valid_rows": trained.valid_rows,
@@ -118,10 +120,15 @@ def churn_model(
     )
 
 
-@dg.asset(deps=[churn_model], group_name="pipeline", kinds={"postgres"})
-def production_model(tessera: TesseraResource) -> dg.MaterializeResult:
-    """Promote the newest version when it beats the production one on validation AUC."""
+@dg.asset(deps=[churn_model], group_name="pipeline", kinds={"h2o", "postgres"})
+def production_model(
+    context: dg.AssetExecutionContext, tessera: TesseraResource, h2o_cluster: H2OResource
+) -> dg.MaterializeResult:
+    """Promote the newest version only when it beats the serving one on the newest version's out-of-time rows:
+    both MOJOs scored on those same rows, on ``pipeline.promotion_metric`` by more than
+    ``pipeline.promotion_margin``; kept in the registry with both figures, promoted as a compare-and-set."""
     settings = tessera.settings()
+    knobs = PipelineSettings()
     registry = tessera.registry()
     versions = registry.versions(settings.model_name)
     if not versions:
@@ -129,14 +136,33 @@ def production_model(tessera: TesseraResource) -> dg.MaterializeResult:
     newest = versions[-1]
     if not Path(newest.artifact_path).exists():
         raise dg.Failure(f"version {newest.version}'s MOJO {newest.artifact_path} is missing: not promoting it")
-    promoted = registry.promote_if_better(settings.model_name, newest.version, metric="auc")
+    serving = registry.current(settings.model_name)
+    if serving is not None and serving.version == newest.version:
+        return dg.MaterializeResult(
+            metadata={"candidate_version": newest.version, "promoted": False, "reason": "already serving"}
+        )
+    try:
+        rows = promotion.validation_rows(training_sets.load(tessera.dsn()), newest)
+        with h2o_cluster.cluster(context.log):
+            decision = promotion.promote_if_better(
+                registry, newest, serving, rows, metric=knobs.promotion_metric, margin=knobs.promotion_margin
+            )
+    except promotion.PromotionInputError as exc:
+        raise dg.Failure(str(exc)) from exc
+    evaluation = decision.evaluation
+    context.log.info(decision.reason)
     current = registry.current(settings.model_name)
     return dg.MaterializeResult(
         metadata={
             "candidate_version": newest.version,
-            "candidate_auc": newest.metrics.get("auc", float("nan")),
-            "promoted": promoted,
+            "serving_version": evaluation.serving if evaluation.serving is not None else 0,
+            "metric": evaluation.metric,
+            "margin": evaluation.margin,
+            "candidate_score": evaluation.candidate_score,
+            "serving_score": evaluation.serving_score if evaluation.serving_score is not None else float("nan"),
+            "compared_rows": evaluation.rows,
+            "promoted": decision.promotion is not None,
+            "reason": decision.reason,
             "production_version": current.version if current else 0,
-            "production_auc": current.metrics.get("auc", float("nan")) if current else float("nan"),
         }
     )

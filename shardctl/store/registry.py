@@ -1,8 +1,10 @@
-"""The model registry in the catalog: every trained version with its metrics, features and artifacts,
-and which version serving uses (the ``production`` alias).
+"""The model registry in the catalog: every trained version with its metrics, features and artifacts, which
+version serving uses (the ``production`` alias), the out-of-time comparisons made before promotions, and every
+promotion and rollback (what it replaced, on which figures).
 
-It lives in ``shardctl`` because both sides use it: orchestration registers and promotes, serving reads the
-promoted version and hot-swaps when a promotion is announced on ``PROMOTION_CHANNEL``.
+It lives in ``shardctl`` because both sides use it: orchestration registers and promotes, the ``shardctl models``
+command lists, promotes and rolls back, serving reads the promoted version and hot-swaps when a change is
+announced on ``PROMOTION_CHANNEL``. The rules (who beats whom, where a rollback goes) are in ``promotion.py``.
 """
 
 from __future__ import annotations
@@ -15,6 +17,17 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
+
+from shardctl.store.promotion import (
+    PROMOTE,
+    ROLLBACK,
+    Evaluation,
+    Promotion,
+    PromotionConflictError,
+    PromotionError,
+    conflict_message,
+    rollback_target,
+)
 
 PROMOTION_CHANNEL = "tessera_model_promoted"
 PRODUCTION = "production"
@@ -41,7 +54,45 @@ CREATE TABLE IF NOT EXISTS model_aliases (
     PRIMARY KEY (model_name, alias),
     FOREIGN KEY (model_name, version) REFERENCES model_versions (model_name, version)
 );
+CREATE TABLE IF NOT EXISTS model_evaluations (
+    id               bigserial   PRIMARY KEY,
+    model_name       text        NOT NULL,
+    candidate        integer     NOT NULL,
+    serving          integer,
+    metric           text        NOT NULL,
+    candidate_score  double precision NOT NULL,
+    serving_score    double precision,
+    margin           double precision NOT NULL,
+    passed           boolean     NOT NULL,
+    rows             integer     NOT NULL,
+    evaluated_at     timestamptz NOT NULL DEFAULT now(),
+    details          jsonb       NOT NULL DEFAULT '{}'::jsonb,
+    FOREIGN KEY (model_name, candidate) REFERENCES model_versions (model_name, version),
+    FOREIGN KEY (model_name, serving) REFERENCES model_versions (model_name, version)
+);
+CREATE INDEX IF NOT EXISTS model_evaluations_by_candidate ON model_evaluations (model_name, candidate, id);
+CREATE TABLE IF NOT EXISTS model_promotions (
+    id               bigserial   PRIMARY KEY,
+    model_name       text        NOT NULL,
+    alias            text        NOT NULL,
+    version          integer     NOT NULL,
+    replaces         integer,
+    action           text        NOT NULL CHECK (action IN ('promote', 'rollback')),
+    forced           boolean     NOT NULL DEFAULT false,
+    metric           text,
+    candidate_score  double precision,
+    serving_score    double precision,
+    promoted_at      timestamptz NOT NULL DEFAULT now(),
+    note             text        NOT NULL DEFAULT '',
+    FOREIGN KEY (model_name, version) REFERENCES model_versions (model_name, version),
+    FOREIGN KEY (model_name, replaces) REFERENCES model_versions (model_name, version)
+);
+CREATE INDEX IF NOT EXISTS model_promotions_by_alias ON model_promotions (model_name, alias, id);
 """
+
+# ``promote(replaces=UNCHECKED)``: replace whatever serves (tests and benchmarks that set the stage); every
+# lifecycle path (the pipeline, ``shardctl models``) names the version it replaces instead.
+UNCHECKED: object = object()
 
 
 class ModelNotFoundError(LookupError):
@@ -65,16 +116,6 @@ class ModelVersion:
     def key(self) -> str:
         """A short identity for logs, cache keys and responses: ``name:version``."""
         return f"{self.model_name}:{self.version}"
-
-
-def is_better(candidate: dict[str, float], current: dict[str, float] | None, metric: str = "auc") -> bool:
-    """Promotion rule: a candidate wins when there is no current model, or its ``metric`` is strictly higher
-    (for metrics where lower is better, such as logloss, pass the negated value)."""
-    if current is None or metric not in current:
-        return True
-    if metric not in candidate:
-        raise ValueError(f"candidate has no {metric!r} metric (has {sorted(candidate)})")
-    return candidate[metric] > current[metric]
 
 
 class ModelRegistry:
@@ -181,27 +222,125 @@ class ModelRegistry:
             row = cur.fetchone()
         return ModelVersion(**row) if row else None
 
-    def promote(self, model_name: str, version: int, alias: str = PRODUCTION) -> ModelVersion:
-        """Point ``alias`` at ``version`` and announce it (NOTIFY is delivered at commit)."""
-        promoted = self.get(model_name, version)
-        with psycopg.connect(self.dsn) as conn:
-            conn.execute(
+    def promote(
+        self,
+        model_name: str,
+        version: int,
+        alias: str = PRODUCTION,
+        *,
+        replaces: int | object | None = UNCHECKED,
+        evaluation: Evaluation | None = None,
+        forced: bool = False,
+        note: str = "",
+        action: str = PROMOTE,
+    ) -> Promotion:
+        """Point ``alias`` at ``version`` as a compare-and-set: it must still point at ``replaces`` (None: at
+        nothing), else ``PromotionConflictError`` and nothing changes. The change, its record (with the
+        evaluation's figures) and the announcement (NOTIFY, delivered at commit) are one transaction."""
+        self.get(model_name, version)  # an unknown version fails before anything is locked
+        with psycopg.connect(self.dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+            # One promotion of an alias at a time: the read below and the write after it cannot interleave.
+            cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"model_aliases:{model_name}:{alias}",))
+            cur.execute("SELECT version FROM model_aliases WHERE model_name = %s AND alias = %s", (model_name, alias))
+            row = cur.fetchone()
+            serving = row["version"] if row else None
+            if replaces is not UNCHECKED and serving != replaces:
+                raise PromotionConflictError(conflict_message(model_name, serving, replaces))  # type: ignore[arg-type]
+            if serving == version:
+                raise PromotionError(f"version {version} of {model_name} already serves as {alias}")
+            cur.execute(
                 """
                 INSERT INTO model_aliases (model_name, alias, version) VALUES (%s, %s, %s)
                 ON CONFLICT (model_name, alias) DO UPDATE SET version = EXCLUDED.version, updated_at = now()
                 """,
                 (model_name, alias, version),
             )
-            conn.execute("SELECT pg_notify(%s, %s)", (PROMOTION_CHANNEL, promoted.key))
-        return promoted
+            cur.execute(
+                """
+                INSERT INTO model_promotions (model_name, alias, version, replaces, action, forced, metric,
+                                              candidate_score, serving_score, note)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                RETURNING *
+                """,
+                (
+                    model_name,
+                    alias,
+                    version,
+                    serving,
+                    action,
+                    forced,
+                    evaluation.metric if evaluation else None,
+                    evaluation.candidate_score if evaluation else None,
+                    evaluation.serving_score if evaluation else None,
+                    note,
+                ),
+            )
+            record = Promotion(**cur.fetchone())  # type: ignore[arg-type]
+            cur.execute("SELECT pg_notify(%s, %s)", (PROMOTION_CHANNEL, f"{model_name}:{version}"))
+        return record
 
-    def promote_if_better(self, model_name: str, version: int, metric: str = "auc") -> bool:
-        """Promote ``version`` when it beats the current production version on ``metric``."""
-        candidate = self.get(model_name, version)
-        current = self.current(model_name)
-        if current is not None and current.version == version:
-            return False
-        if not is_better(candidate.metrics, current.metrics if current else None, metric):
-            return False
-        self.promote(model_name, version)
-        return True
+    def rollback(self, model_name: str, alias: str = PRODUCTION) -> Promotion:
+        """Serve the previously promoted version again (``NothingToRollBackError`` if there is none), as a
+        compare-and-set against the version serving when the history was read."""
+        current = self.current(model_name, alias)
+        serving = current.version if current else None
+        target = rollback_target(self.promotions(model_name, alias), serving)
+        return self.promote(model_name, target, alias, replaces=serving, action=ROLLBACK)
+
+    def promotions(self, model_name: str, alias: str = PRODUCTION) -> list[Promotion]:
+        """Every promotion and rollback of ``alias``, oldest first."""
+        with psycopg.connect(self.dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                "SELECT * FROM model_promotions WHERE model_name = %s AND alias = %s ORDER BY id", (model_name, alias)
+            )
+            return [Promotion(**r) for r in cur.fetchall()]
+
+    def record_evaluation(
+        self,
+        model_name: str,
+        *,
+        candidate: int,
+        serving: int | None,
+        metric: str,
+        candidate_score: float,
+        serving_score: float | None,
+        margin: float,
+        passed: bool,
+        rows: int,
+        details: dict[str, Any] | None = None,
+    ) -> Evaluation:
+        """Keep a comparison of ``candidate`` with the ``serving`` version (both scored on the same rows)."""
+        with psycopg.connect(self.dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                """
+                INSERT INTO model_evaluations (model_name, candidate, serving, metric, candidate_score,
+                                               serving_score, margin, passed, rows, details)
+                VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
+                RETURNING *
+                """,
+                (
+                    model_name,
+                    candidate,
+                    serving,
+                    metric,
+                    candidate_score,
+                    serving_score,
+                    margin,
+                    passed,
+                    rows,
+                    Jsonb(details or {}),
+                ),
+            )
+            return Evaluation(**cur.fetchone())  # type: ignore[arg-type]
+
+    def evaluations(self, model_name: str, candidate: int | None = None) -> list[Evaluation]:
+        """Comparisons kept for ``model_name`` (of one candidate, if given), oldest first."""
+        with psycopg.connect(self.dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+            cur.execute(
+                """
+                SELECT * FROM model_evaluations
+                WHERE model_name = %s AND (%s::integer IS NULL OR candidate = %s) ORDER BY id
+                """,
+                (model_name, candidate, candidate),
+            )
+            return [Evaluation(**r) for r in cur.fetchall()]
