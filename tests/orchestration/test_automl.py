@@ -87,7 +87,8 @@ def test_automl_is_a_constrained_config_option_and_reports_its_leaderboard(graph
         TrainConfig(algorithm="deep-magic")
     with pytest.raises(pydantic.ValidationError):
         TrainConfig(algorithm="automl", automl_max_runtime_secs=1)
-    config = {"algorithm": "automl", "automl_max_runtime_secs": 20, "automl_max_models": 2}
+    # max_models ends the search; the budget only bounds it (20 s built no model once on a loaded machine)
+    config = {"algorithm": "automl", "automl_max_runtime_secs": 120, "automl_max_models": 2}
     config["compare_latest_state"] = False
     run_config = {"ops": {"churn_model": {"config": config}}, **QUIET}
     result = defs.resolve_job_def("profile_and_train").execute_in_process(
