@@ -1,11 +1,13 @@
 """``python -m serving``: the prediction service on Granian with ``serving.workers`` worker processes.
 
-Stop it with SIGTERM/SIGINT to this process' PID: Granian stops its workers.
+Stop it with SIGTERM/SIGINT to this process' PID: Granian stops accepting connections, each worker finishes its
+in-flight requests (at most ``serving.drain_seconds``), closes its pools and exits.
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import shutil
 import sys
@@ -17,6 +19,9 @@ from granian.server import Server
 from serving.settings import ServingSettings
 from shardctl.settings import get_settings
 
+APP = "serving.app:create_app"
+CLOSE_SECONDS = 10
+
 
 def main(argv: list[str] | None = None) -> int:
     settings = get_settings()
@@ -25,6 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--host", default=serving.host)
     parser.add_argument("--port", type=int, default=serving.port)
     parser.add_argument("--workers", type=int, default=serving.workers)
+    parser.add_argument("--app", default=APP, help="the app factory Granian loads (tests load a variant)")
     args = parser.parse_args(argv)
     if not settings.catalog_dsn:
         print("no catalog DSN: run `shardctl stack up` or set TESSERA_CATALOG_DSN", file=sys.stderr)
@@ -41,7 +47,7 @@ def main(argv: list[str] | None = None) -> int:
         loop = Loops.asyncio
     try:
         Server(
-            "serving.app:create_app",
+            args.app,
             address=args.host,
             port=args.port,
             interface=Interfaces.ASGI,
@@ -49,6 +55,8 @@ def main(argv: list[str] | None = None) -> int:
             loop=loop,
             factory=True,
             log_access=False,
+            # The drain's bound (serving.drain), plus time to close the pools and the JVM bridge.
+            workers_kill_timeout=math.ceil(serving.drain_seconds) + CLOSE_SECONDS,
         ).serve()
     finally:
         if metrics_dir:

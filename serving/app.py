@@ -13,11 +13,13 @@ from contextlib import asynccontextmanager
 from litestar import Litestar
 from litestar.config.app import AppConfig
 from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins import InitPluginProtocol
 from litestar.plugins.prometheus import PrometheusController
 
-from serving.http_errors import exception_handlers
+from serving.drain import CountInFlight, InFlight
+from serving.http_errors import exception_handlers, problem_details_plugin
 from serving.request_metrics import RequestMetrics
 from serving.routes import ROUTES
 from serving.runtime import ServingRuntime
@@ -27,6 +29,12 @@ from serving.settings import ServingSettings
 from shardctl.settings import TesseraSettings, get_settings
 
 
+class MetricsController(PrometheusController):
+    """``/metrics`` for Prometheus (text exposition format): an operator's endpoint, not in the API's schema."""
+
+    include_in_schema = False
+
+
 class ServingPlugin(InitPluginProtocol):
     """Builds the service into an app and owns the worker's runtime between startup and shutdown."""
 
@@ -34,6 +42,7 @@ class ServingPlugin(InitPluginProtocol):
         self.settings = settings
         self.serving = serving
         self._runtime: ServingRuntime | None = None
+        self.in_flight = InFlight()
 
     @asynccontextmanager
     async def lifespan(self, app: Litestar) -> AsyncIterator[None]:
@@ -41,6 +50,8 @@ class ServingPlugin(InitPluginProtocol):
         try:
             yield
         finally:
+            # Shutdown (SIGTERM): Granian has stopped accepting; let the requests it still runs finish, bounded.
+            await self.in_flight.wait_idle(self.serving.drain_seconds)
             runtime, self._runtime = self._runtime, None
             await runtime.close()
 
@@ -55,7 +66,7 @@ class ServingPlugin(InitPluginProtocol):
         return self.runtime().predictor.holder
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
-        app_config.route_handlers.extend([*ROUTES, PrometheusController])
+        app_config.route_handlers.extend([*ROUTES, MetricsController])
         app_config.dependencies.update(
             {
                 "runtime": Provide(self.runtime, sync_to_thread=False),
@@ -63,8 +74,9 @@ class ServingPlugin(InitPluginProtocol):
             }
         )
         app_config.lifespan.append(self.lifespan)
-        app_config.middleware.append(RequestMetrics)
-        app_config.exception_handlers.update(exception_handlers(self.serving.retry_after_seconds))
+        app_config.middleware.extend([DefineMiddleware(CountInFlight, in_flight=self.in_flight), RequestMetrics])
+        app_config.plugins.append(problem_details_plugin(self.serving.retry_after_seconds))
+        app_config.exception_handlers.update(exception_handlers())
         app_config.openapi_config = OpenAPIConfig(title="Tessera prediction service", version="1.0.0")
         app_config.debug = False
         return app_config

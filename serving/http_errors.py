@@ -1,19 +1,26 @@
-"""The one place domain errors become HTTP: a status per error type, ``Retry-After`` on retryable ones, and the
-body every error has (``{"status_code": ..., "detail": ...}``; 422 for a malformed request, never 400)."""
+"""The one place errors become HTTP: a status per domain error type, ``Retry-After`` on retryable ones, and every
+error body an RFC 9457 problem detail (``application/problem+json``: ``status``, ``title``, the message in
+``detail``; a malformed body's field errors in ``errors``). A malformed request is 422, never 400.
+
+Litestar's ``ProblemDetailsPlugin`` renders them: each exception type converts to a ``ProblemDetailsException``.
+"""
 
 from __future__ import annotations
 
 import logging
+from http import HTTPStatus
 from typing import Any
 
 from litestar import Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
 from litestar.types import ExceptionHandlersMap
 
 from serving.errors import NoModelError, PredictionError, ShardDownError, UnknownEntityError
 
 log = logging.getLogger(__name__)
 
+PROBLEM_JSON = "application/problem+json"
 STATUS: dict[type[PredictionError], int] = {UnknownEntityError: 404, ShardDownError: 503, NoModelError: 503}
 
 
@@ -25,38 +32,55 @@ def status_of(error: PredictionError) -> int:
     return 500
 
 
-def _unprocessable(request: Request, exc: ValidationException) -> Response[dict[str, Any]]:
-    """Bad request bodies are 422 with the reason (Litestar's default is 400)."""
-    body: dict[str, Any] = {"status_code": 422, "detail": exc.detail}
-    if exc.extra:
-        body["extra"] = exc.extra
-    return Response(body, status_code=422)
+def problem(status: int, detail: str, headers: dict[str, str] | None = None, **extra: Any) -> ProblemDetailsException:
+    """A problem detail with the status' standard phrase as ``title`` (its ``type`` is about:blank)."""
+    return ProblemDetailsException(
+        status_code=status,
+        title=HTTPStatus(status).phrase,
+        detail=detail,
+        headers=headers,
+        extra={key: value for key, value in extra.items() if value} or None,
+    )
 
 
-def _client_error(request: Request, exc: HTTPException) -> Response[dict[str, Any]]:
+def _invalid_body(exc: ValidationException) -> ProblemDetailsException:
+    return problem(422, str(exc.detail), errors=exc.extra if isinstance(exc.extra, list) else None)
+
+
+def _http_error(exc: HTTPException) -> ProblemDetailsException:
+    """Litestar's own errors (unknown route, wrong method, body too large...); its 400s are 422 here."""
     status = 422 if exc.status_code == 400 else exc.status_code
-    return Response({"status_code": status, "detail": exc.detail}, status_code=status, headers=exc.headers)
+    return problem(status, str(exc.detail), exc.headers)
 
 
-def _internal_error(request: Request, exc: Exception) -> Response[dict[str, Any]]:
-    log.exception("unhandled error on %s", request.url.path)
-    return Response({"status_code": 500, "detail": "internal error"}, status_code=500)
+def _internal_error(request: Request, exc: Exception) -> Response[Any]:
+    """A bug: logged with its traceback, answered with no detail of it."""
+    log.error("unhandled error on %s", request.url.path, exc_info=exc)
+    return problem(500, "internal error").to_response(request)
 
 
-def exception_handlers(retry_after_seconds: int) -> ExceptionHandlersMap:
-    """Handlers for the app: domain errors by ``STATUS``, Litestar's own errors, and anything else as 500."""
+def problem_details_plugin(retry_after_seconds: int) -> ProblemDetailsPlugin:
+    """Domain errors by ``STATUS`` (+ ``Retry-After`` when retryable), validation and Litestar's own errors."""
     retry_after = {"Retry-After": str(retry_after_seconds)}
 
-    def domain_error(request: Request, exc: PredictionError) -> Response[dict[str, Any]]:
+    def domain_error(exc: PredictionError) -> ProblemDetailsException:
         status = status_of(exc)
-        if status == 500:
-            return _internal_error(request, exc)
-        headers = retry_after if exc.retryable else None
-        return Response({"status_code": status, "detail": exc.message}, status_code=status, headers=headers)
+        if status == 500:  # an unmapped domain error is a bug
+            log.error("unmapped domain error", exc_info=exc)
+            return problem(500, "internal error")
+        return problem(status, exc.message, retry_after if exc.retryable else None)
 
-    return {
-        PredictionError: domain_error,
-        ValidationException: _unprocessable,
-        HTTPException: _client_error,
-        Exception: _internal_error,
-    }
+    return ProblemDetailsPlugin(
+        ProblemDetailsConfig(
+            exception_to_problem_detail_map={
+                PredictionError: domain_error,
+                ValidationException: _invalid_body,
+                HTTPException: _http_error,
+            }
+        )
+    )
+
+
+def exception_handlers() -> ExceptionHandlersMap:
+    """What no problem-details mapping covers: any other exception is a logged 500."""
+    return {Exception: _internal_error}

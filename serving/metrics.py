@@ -27,3 +27,8 @@ FEATURE_READ_SECONDS = Histogram(
 )
 SHARD_ERRORS = Counter("tessera_shard_errors_total", "Feature reads that failed on a shard", ["shard"])
 MODEL_VERSION = Gauge("tessera_model_version", "Version of the served model", multiprocess_mode="max")
+CATALOG_CONNECTED = Gauge(
+    "tessera_catalog_connected",
+    "1 while the worker's promotion listener is connected to the catalog (reported at each /readyz probe)",
+    multiprocess_mode="min",
+)

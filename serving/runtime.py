@@ -10,8 +10,6 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
-import psycopg
-
 from serving import metrics
 from serving.cache import PredictionCache
 from serving.features import FeatureSource
@@ -93,10 +91,12 @@ class ServingRuntime:
         _settle_interpreter(serving.gil_switch_interval_ms)
         return cls(settings, serving, predictor, io_pool, scoring_pool, listener)
 
-    async def catalog_reachable(self) -> bool:
-        """Whether the catalog answers within a second (readiness), asked from the I/O pool."""
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.io_pool, _catalog_reachable, self.settings.catalog_dsn)
+    def catalog_connected(self) -> bool:
+        """Whether the promotion listener holds its catalog connection (reported by ``/readyz`` and as a metric;
+        while it is down the worker keeps its model and serves, and re-reads the promotion when it is back)."""
+        connected = self.listener.connected
+        metrics.CATALOG_CONNECTED.set(1 if connected else 0)
+        return connected
 
     async def close(self) -> None:
         self.listener.stop()
@@ -105,13 +105,3 @@ class ServingRuntime:
         await self.predictor.features.aclose()
         self.scoring_pool.shutdown(wait=True)
         self.io_pool.shutdown(wait=True)
-
-
-def _catalog_reachable(dsn: str | None) -> bool:
-    try:
-        with psycopg.connect(dsn or "", connect_timeout=1) as conn:
-            conn.execute("SELECT 1")
-        return True
-    except psycopg.Error as exc:
-        log.debug("catalog unreachable: %s", exc)
-        return False

@@ -2,18 +2,28 @@
 
 from __future__ import annotations
 
-from typing import Annotated
+from typing import Annotated, Any
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 EntityId = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[^\x00]+$")]
 
 
 class PredictionRequest(msgspec.Struct, forbid_unknown_fields=True):
-    """Give ``entity_id`` for one prediction, or ``entity_ids`` (1..max_batch ids) for a batch."""
+    """Give ``entity_id`` for one prediction, or ``entity_ids`` (1..max_batch ids) for a batch; exactly one."""
 
-    entity_id: EntityId | None = None
-    entity_ids: list[EntityId] | None = None
+    entity_id: EntityId | UnsetType = UNSET
+    entity_ids: Annotated[list[EntityId], msgspec.Meta(min_length=1)] | UnsetType = UNSET
+
+
+def request_schema() -> dict[str, Any]:
+    """The request body's JSON Schema as the decoder enforces it (msgspec's own), plus what the handler checks:
+    exactly one of the two fields."""
+    (_,), components = msgspec.json.schema_components([PredictionRequest])
+    schema = components["PredictionRequest"]
+    schema["oneOf"] = [{"required": ["entity_id"]}, {"required": ["entity_ids"]}]
+    return schema
 
 
 class Prediction(msgspec.Struct):
@@ -56,6 +66,45 @@ class ModelInfo(msgspec.Struct):
 
 
 class Health(msgspec.Struct, omit_defaults=True):
+    """``/readyz`` also says whether the catalog answers (``catalog``: connected | unreachable), for operators:
+    a catalog outage does not make the worker unready (predictions need only the shards, Redis and the model)."""
+
     status: str
     model: str | None = None
     detail: str | None = None
+    catalog: str | None = None
+
+
+class FieldError(msgspec.Struct, omit_defaults=True):
+    message: str
+    key: str | None = None
+    source: str | None = None
+
+
+class ProblemDetail(msgspec.Struct, omit_defaults=True):
+    """An error answer (RFC 9457, ``application/problem+json``): the message is in ``detail``; a malformed
+    body's field errors, when there are several, in ``errors``."""
+
+    status: int
+    title: str
+    detail: str
+    type: str = "about:blank"
+    errors: list[FieldError] | None = None
+
+
+def decode_request(body: bytes) -> PredictionRequest:
+    """The request body, straight into its struct; anything that is not one is a ``ValueError`` with the reason.
+
+    JSON is UTF-8 whatever charset a client names; deep nesting stops at the first value of the wrong type
+    (the decoder is typed), so no body can exhaust the stack."""
+    if not body.strip():
+        raise ValueError("the body is empty: send a JSON object with entity_id or entity_ids")
+    try:
+        return _request_decoder.decode(body)
+    except msgspec.ValidationError as exc:
+        raise ValueError(f"invalid request body: {exc}") from None
+    except (msgspec.DecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"the body is not valid JSON (UTF-8): {exc}") from None
+
+
+_request_decoder = msgspec.json.Decoder(PredictionRequest)

@@ -38,7 +38,9 @@ def ensure_jvm(genmodel_jar: str, java_home: str | None = None) -> None:
             return
         home = find_java_home(java_home)
         os.environ["JAVA_HOME"] = str(home)
-        jpype.startJVM(jpype.getDefaultJVMPath(), "-Xmx512m", classpath=[genmodel_jar], convertStrings=True)
+        # -Xrs: the JVM installs no SIGTERM/SIGINT handler of its own. Without it, the SIGTERM that starts a
+        # graceful drain also shut the JVM down at once, and every request still in flight failed to score.
+        jpype.startJVM(jpype.getDefaultJVMPath(), "-Xmx512m", "-Xrs", classpath=[genmodel_jar], convertStrings=True)
 
 
 @dataclass(frozen=True, slots=True)

@@ -39,3 +39,6 @@ class ServingSettings(SectionSettings):
     # How long the event loop may hold the GIL while a scoring or I/O thread waits for it (see serving.runtime).
     gil_switch_interval_ms: float = Field(default=0.5, gt=0, le=100)
     retry_after_seconds: int = Field(default=5, ge=1, le=3600)
+    # Graceful drain on SIGTERM: how long a worker waits for its in-flight requests before it closes its pools
+    # (Granian stops accepting at once); Granian kills a worker that has not exited 10 s after this.
+    drain_seconds: float = Field(default=20.0, gt=0, le=600)

@@ -81,6 +81,25 @@ def test_hpa_scales_the_serving_deployment_on_cpu() -> None:
     assert deployment["spec"]["strategy"]["rollingUpdate"]["maxUnavailable"] == 0
 
 
+@pytest.mark.req("JTBD-02.drain")
+def test_serving_pods_drain_within_their_grace_period(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """preStop takes the pod out of the endpoints before SIGTERM; the grace period covers preStop, the drain
+    bound the container is given, and Granian's margin to close a worker (`python -m serving`)."""
+    from serving.__main__ import CLOSE_SECONDS
+
+    pod = _find("Deployment", "serving")["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
+    assert pre_stop >= 5  # endpoint removal reaches kube-proxy and load balancers
+    monkeypatch.setenv("TESSERA_SETTINGS_FILE", str(tmp_path / "absent.json"))
+    for variable in container.get("env", []):
+        if variable["name"].startswith("TESSERA_SERVING__") and "value" in variable:
+            monkeypatch.setenv(variable["name"], variable["value"])
+    drain = ServingSettings().drain_seconds
+    assert "TESSERA_SERVING__DRAIN_SECONDS" in {v["name"] for v in container["env"]}
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop + drain + CLOSE_SECONDS
+
+
 @pytest.mark.req("PLAT.k8s")
 def test_config_map_variables_are_real_settings(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     data = _find("ConfigMap", "tessera-config")["data"]

@@ -35,6 +35,7 @@ class NotificationListener:
         self._retry_seconds = retry_seconds
         self._stop = threading.Event()
         self._ready = threading.Event()
+        self._connected = threading.Event()
         self._thread = threading.Thread(target=self._run, name=f"listen-{channel}", daemon=True)
 
     def start(self, timeout: float = 10.0) -> NotificationListener:
@@ -42,6 +43,11 @@ class NotificationListener:
         self._thread.start()
         self._ready.wait(timeout)
         return self
+
+    @property
+    def connected(self) -> bool:
+        """Whether LISTEN is in effect now (False while the catalog is unreachable and the thread retries)."""
+        return self._connected.is_set()
 
     def stop(self) -> None:
         self._stop.set()
@@ -63,10 +69,12 @@ class NotificationListener:
                         self._on_reconnect()
                     first = False
                     self._ready.set()
+                    self._connected.set()
                     while not self._stop.is_set():
                         for note in conn.notifies(timeout=0.5):
                             self._dispatch(note.payload)
             except psycopg.Error as exc:
+                self._connected.clear()
                 log.warning("listener on %s lost its connection (%s); retrying", self._channel, exc)
                 self._stop.wait(self._retry_seconds)
 

@@ -172,13 +172,13 @@ def models(serving_stack, trained: TrainedModels) -> list[ModelVersion]:
 class Service:
     """A running ``python -m serving`` subprocess."""
 
-    def __init__(self, env: dict[str, str], port: int, log: Path):
+    def __init__(self, env: dict[str, str], port: int, log: Path, args: tuple[str, ...] = ()):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
         with log.open("wb") as sink:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "serving"],
+                [sys.executable, "-m", "serving", *args],
                 cwd=REPO,
                 env=env,
                 stdout=sink,

@@ -53,6 +53,7 @@ def test_stopped_shard_is_503_for_its_entities_only(service, serving_stack):
     time.sleep(VERSION_TTL + 0.2)  # cached feature versions expire: the shard must be read again
     single = service.client.post("/v1/predictions", json={"entity_id": on_down[0]})
     assert single.status_code == 503
+    assert single.headers["content-type"] == "application/problem+json"
     assert single.headers["retry-after"] == "7"
     assert f"shard {down}" in single.json()["detail"]
     assert service.client.post("/v1/predictions", json={"entity_id": on_up[0]}).status_code == 200

@@ -1,5 +1,6 @@
-"""How the app is put together, without servers: which status each domain error becomes, and that no handler
-asks for more than one injected dependency (two or more cost an anyio task group per request)."""
+"""How the app is put together, without servers: which status and problem detail each domain error becomes,
+and that no handler asks for more than one injected dependency (two or more cost an anyio task group per
+request)."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from litestar.testing import RequestFactory
 
 from serving.app import create_app
 from serving.errors import NoModelError, PredictionError, ShardDownError, UnknownEntityError
-from serving.http_errors import exception_handlers, status_of
+from serving.http_errors import PROBLEM_JSON, exception_handlers, problem_details_plugin, status_of
 from serving.routes import ROUTES
 from serving.settings import ServingSettings
 from shardctl.settings import TesseraSettings
@@ -20,6 +21,7 @@ class _Unmapped(PredictionError):
     """A domain error nobody mapped: a bug, answered as a bare 500."""
 
 
+@pytest.mark.req("JTBD-02.errors")
 @pytest.mark.parametrize(
     ("error", "status", "retry_after"),
     [
@@ -33,14 +35,25 @@ def test_each_domain_error_has_its_status_and_only_retryable_ones_say_when(
     error: PredictionError, status: int, retry_after: str | None
 ) -> None:
     assert status_of(error) == status
-    handler = exception_handlers(retry_after_seconds=7)[PredictionError]
-    response = handler(RequestFactory().get("/v1/predictions"), error)
+    to_problem = problem_details_plugin(retry_after_seconds=7).config.exception_to_problem_detail_map[PredictionError]
+    response = to_problem(error).to_response(RequestFactory().get("/v1/predictions"))
     assert response.status_code == status
+    assert response.media_type == PROBLEM_JSON
     assert response.headers.get("Retry-After") == retry_after
     assert response.content == {
-        "status_code": status,
+        "status": status,
+        "title": {404: "Not Found", 503: "Service Unavailable", 500: "Internal Server Error"}[status],
         "detail": error.message if status != 500 else "internal error",
     }
+
+
+@pytest.mark.req("JTBD-02.errors")
+def test_any_other_exception_is_a_problem_detail_500_without_its_message() -> None:
+    handler = exception_handlers()[Exception]
+    response = handler(RequestFactory().get("/v1/predictions"), KeyError("secret internals"))
+    assert response.status_code == 500
+    assert response.media_type == PROBLEM_JSON
+    assert "secret" not in str(response.content)
 
 
 def test_every_handler_asks_for_at_most_one_injected_dependency() -> None:
