@@ -11,7 +11,15 @@ from litestar import MediaType, Request, Response, get, post
 from litestar.di import NamedDependency
 from litestar.exceptions import ValidationException
 from litestar.openapi import ResponseSpec
-from litestar.openapi.spec import OpenAPIHeader, OpenAPIMediaType, OpenAPIType, Operation, RequestBody, Schema
+from litestar.openapi.spec import (
+    OpenAPIHeader,
+    OpenAPIMediaType,
+    OpenAPIResponse,
+    OpenAPIType,
+    Operation,
+    RequestBody,
+    Schema,
+)
 from litestar.params import SkipValidation
 from msgspec import UNSET
 
@@ -50,9 +58,9 @@ class _RetryAfterDocumented(Operation):
 
     def __post_init__(self) -> None:
         unavailable = (self.responses or {}).get("503")
-        if unavailable is not None and not isinstance(unavailable, dict):
+        if isinstance(unavailable, OpenAPIResponse):
             retry = OpenAPIHeader(schema=Schema(type=OpenAPIType.STRING), description="seconds", required=True)
-            unavailable.headers = {"Retry-After": retry}  # type: ignore[union-attr]
+            unavailable.headers = {"Retry-After": retry}
 
 
 @dataclass
