@@ -116,6 +116,7 @@ def _batch_item(model: LoadedModel, outcome: Outcome, retry_after: int) -> Batch
     ),
     responses={
         404: _problem("The entity has no features"),
+        413: _problem("The body is over the request size limit (10 MB)"),
         422: _problem("The body is not a prediction request (the reason in detail)"),
         503: _problem("The entity's shard is down, or no model is promoted: ask again after Retry-After"),
     },

@@ -29,7 +29,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(service, tmp
     schema = service.client.get("/schema/openapi.json")
     assert schema.status_code == 200
     predict = schema.json()["paths"]["/v1/predictions"]["post"]
-    assert set(predict["responses"]) == {"200", "404", "422", "503"}
+    assert set(predict["responses"]) == {"200", "404", "413", "422", "503"}
     assert "application/problem+json" in predict["responses"]["422"]["content"]
     assert "Retry-After" in predict["responses"]["503"]["headers"]
     cli = Path(sys.executable).with_name("schemathesis")
