@@ -1,4 +1,4 @@
-"""The service's lifecycle against real Granian, shards, Redis and a real MOJO: readiness through a catalog
+"""What operators rely on, against real Granian, shards, Redis and a real MOJO: readiness through a catalog
 outage, the event loop free while a long scoring call runs on the pool, and a graceful drain on SIGTERM."""
 
 from __future__ import annotations
