@@ -122,18 +122,26 @@ def placed(maps: ShardMapStore) -> list[str]:
 
 
 @pytest.mark.req("JTBD-03.migration")
+@pytest.mark.req("PLAT.migrate-cli")
 def test_shrinking_three_servers_to_two_then_growing_back_moves_exactly_the_planned_rows(
     three: ThreeServers, store: FeatureStore
 ) -> None:
     engine = MigrationEngine(three.catalog, policy=QUICK)
     maps = engine.maps
-    for target in (["server-0", "server-1"], ["server-0", "server-1", "server-2"]):
+    for target, through_the_cli in ((["server-0", "server-1"], False), (["server-0", "server-1", "server-2"], True)):
         before = all_rows(maps)
         report = engine.plan(target)
         assert report.rows == moved_row_count(before, report.placement_after)
-        record = engine.begin(target)
-        done = engine.run(record.id)
-        assert (done.state, done.phase) == ("done", "cleaned")
+        if through_the_cli:  # the same engine from `shardctl migrate run`, with its progress bars
+            result = CliRunner(env=three.env).invoke(main, ["migrate", "run", "--add-server", "server-2"])
+            assert result.exit_code == 0, result.output
+            assert "done: epoch" in result.output
+            assert "copy" in result.output
+            assert "verify" in result.output
+        else:
+            record = engine.begin(target)
+            done = engine.run(record.id)
+            assert (done.state, done.phase) == ("done", "cleaned")
         current = assert_placed_exactly(maps, before, moved_row_count(before, report.placement_after), report.rows)
         assert placed(maps) == target
         assert len(report.moves) == 85  # server-2's 85 logical shards leave, then 85 come back: the minimum
