@@ -25,6 +25,11 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     import psycopg
 
     from shardctl.control.ha import HAError
+    from shardctl.control.migration.cleanup import CleanupError
+    from shardctl.control.migration.engine import MigrationError
+    from shardctl.control.migration.journal import JournalError
+    from shardctl.control.migration.replication import ReplicationError
+    from shardctl.control.migration.table import LayoutError
     from shardctl.java import JavaUnavailableError
     from shardctl.stack.binaries import MissingBinaryError
     from shardctl.stack.ha.etcd import EtcdStartError
@@ -42,6 +47,11 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         RedisStartError,
         EtcdStartError,
         HAError,
+        MigrationError,
+        JournalError,
+        ReplicationError,
+        CleanupError,
+        LayoutError,
         ValueError,
         OSError,
         ShardMapError,
@@ -233,7 +243,7 @@ def shards() -> None:
     """The shard map in the catalog: epochs and shard DSNs."""
 
 
-def _catalog_dsn() -> str:
+def catalog_dsn() -> str:
     from shardctl.settings import StoreSettings
     from shardctl.store.shardmap import ShardMapError
 
@@ -246,18 +256,21 @@ def _catalog_dsn() -> str:
 @shards.command("show")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def shards_show(as_json: bool) -> None:
-    """Print the current epoch and its shards (host:port/db, never passwords)."""
+    """Print the current epoch and its servers: name, logical shards held, host:port/db (never passwords)."""
     from shardctl.store.errors import describe_dsn
     from shardctl.store.shardmap import ShardMapStore
 
-    current = ShardMapStore(_catalog_dsn()).current()
-    listed = [{"index": i, "server": describe_dsn(dsn)} for i, dsn in enumerate(current.dsns)]
+    current = ShardMapStore(catalog_dsn()).current()
+    listed = [
+        {"index": i, "name": name, "server": describe_dsn(dsn), "logical_shards": len(current.logical_shards_of(i))}
+        for i, (name, dsn) in enumerate(zip(current.servers, current.dsns, strict=True))
+    ]
     if as_json:
         click.echo(json.dumps({"epoch": current.epoch, "shards": listed}, indent=2))
         return
-    click.echo(f"epoch {current.epoch}, {current.total_shards} shards")
+    click.echo(f"epoch {current.epoch}, {current.server_count} servers, 256 logical shards")
     for row in listed:
-        click.echo(f"  shard {row['index']}: {row['server']}")
+        click.echo(f"  {row['name']} (index {row['index']}): {row['logical_shards']} logical shards, {row['server']}")
 
 
 @shards.command("prepare")
@@ -267,8 +280,8 @@ def shards_prepare() -> None:
     from shardctl.store import prepare
 
     settings = StoreSettings()
-    current = prepare(_catalog_dsn(), settings=settings)
-    click.echo(f"ready: epoch {current.epoch}, {current.total_shards} shards, schema applied")
+    current = prepare(catalog_dsn(), settings=settings)
+    click.echo(f"ready: epoch {current.epoch}, {current.server_count} servers, schema applied")
 
 
 def _print_status(the_stack: Stack, as_json: bool) -> bool:
@@ -287,6 +300,11 @@ def _print_status(the_stack: Stack, as_json: bool) -> bool:
     return bool(rows) and all(r.healthy for r in rows)
 
 
+# Command groups kept in their own modules (each imports only click until a command runs).
+from shardctl.migrate_cli import migrate, servers  # noqa: E402
+
+main.add_command(servers)
+main.add_command(migrate)
 main.add_command(models_cli.models)  # `shardctl models ...`: the model lifecycle, in its own module
 
 if __name__ == "__main__":
