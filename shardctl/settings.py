@@ -140,18 +140,8 @@ class StoreSettings(BaseSettings):
         return [s.dsn for s in ordered]
 
 
-class _TransitionalStackSection(BaseModel):
-    """Only the default shard count orchestration falls back to with no topology (``defs/features.py``,
-    ``defs/shard_key.py``) until its own settings carry it. The stack's settings are
-    ``shardctl.stack.settings.StackSettings``."""
-
-    shards: int = Field(default=2, ge=1, le=64)
-
-
 class TesseraSettings(StoreSettings):
     """The store's settings, as every part reads them (each part's own knobs are in its own section)."""
-
-    stack: _TransitionalStackSection = Field(default_factory=_TransitionalStackSection)
 
 
 def settings_file_path() -> Path:

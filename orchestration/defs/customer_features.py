@@ -1,5 +1,7 @@
 """Features per shard (JTBD-03 step 3): rolling per-entity features of each day, written through the
-shardctl writer, with one asset check per shard (row counts, completeness, placement by ``shard_for``)."""
+shardctl writer, with an asset check over every server of the shard map's current epoch (row counts,
+completeness, placement by logical shard). The check reads the topology when it runs, not when the code
+location loads, so a migration that adds or removes servers needs no reload."""
 
 from datetime import date
 
@@ -11,16 +13,12 @@ from orchestration.defs.raw_events import raw_events
 from orchestration.defs.shard_key import shard_key
 from orchestration.feature_engineering import FEATURES, features_as_of
 from orchestration.resources import TesseraResource
-from shardctl.settings import load_settings
+from shardctl.control.migration.journal import Journal
 from shardctl.store.schema import FEATURE_TABLE, placement_query
+from shardctl.store.shardmap import ShardMap, ShardMapStore
 from shardctl.store.writer import FeatureRow
 
-# One check per shard of the topology the code location loads with (the stack's, else the default count).
-LOADED_SHARDS = load_settings().total_shards or load_settings().stack.shards
-
-
-def _shard_check_name(shard: int) -> str:
-    return f"shard_{shard}_rows_and_placement"
+PLACEMENT_CHECK = "rows_and_placement"
 
 
 @dg.asset(
@@ -32,11 +30,10 @@ def _shard_check_name(shard: int) -> str:
     description="Features as of the day for every entity active that day, upserted on the entity's shard.",
     check_specs=[
         dg.AssetCheckSpec(
-            _shard_check_name(i),
+            PLACEMENT_CHECK,
             asset="customer_features",
-            description=f"Shard {i} holds every active entity routed to it, and only those (tessera_shard_for in SQL).",
+            description="Every server of the current epoch holds every active entity placed on it, and only those.",
         )
-        for i in range(LOADED_SHARDS)
     ],
 )
 def customer_features(context: dg.AssetExecutionContext, tessera: TesseraResource) -> dg.MaterializeResult:
@@ -45,14 +42,9 @@ def customer_features(context: dg.AssetExecutionContext, tessera: TesseraResourc
     computed = features_as_of(tessera.dsn(), day)
     rows = [FeatureRow(r["entity_id"], r["event_ts"], {f: r[f] for f in FEATURES}) for r in computed]
     with tessera.feature_store() as store:
-        shards = store.shard_map.total_shards
-        if shards != LOADED_SHARDS:  # its checks would judge a topology that is gone
-            raise dg.Failure(
-                f"the topology has {shards} shards but the code location was loaded with {LOADED_SHARDS}: "
-                "reload the code location"
-            )
         report = store.write(settings.feature_set, rows)
-    per_shard = {i: report.rows_per_shard.get(i, 0) for i in range(shards)}
+        servers = store.shard_map.servers
+    per_shard = {i: report.rows_per_shard.get(i, 0) for i in range(len(servers))}
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(rows),
@@ -63,30 +55,65 @@ def customer_features(context: dg.AssetExecutionContext, tessera: TesseraResourc
             "updated": report.updated,
             "unchanged": report.unchanged,
             "rows_per_shard": dg.MetadataValue.table(
-                [dg.TableRecord({"shard": i, "rows_written": n}) for i, n in per_shard.items()],
-                schema=dg.TableSchema(columns=[dg.TableColumn("shard", "int"), dg.TableColumn("rows_written", "int")]),
+                [dg.TableRecord({"shard": i, "server": servers[i], "rows_written": n}) for i, n in per_shard.items()],
+                schema=dg.TableSchema(
+                    columns=[
+                        dg.TableColumn("shard", "int"),
+                        dg.TableColumn("server", "string"),
+                        dg.TableColumn("rows_written", "int"),
+                    ]
+                ),
             ),
             **{f"shard_{i}_rows": n for i, n in per_shard.items()},
         },
-        check_results=shard_check_results(tessera, day),
+        check_results=[placement_check_result(tessera, day)],
     )
 
 
-def shard_check_results(tessera: TesseraResource, day: date | None) -> list[dg.AssetCheckResult]:
-    """Per shard: rows stored, rows the routing function would put elsewhere (must be 0), and entities active
-    on ``day`` (every day when None) that are routed here but have no features (must be 0). Judging only the
-    partition's own entities keeps the check exact while other partitions run concurrently in a backfill."""
+def placement_check_result(tessera: TesseraResource, day: date | None) -> dg.AssetCheckResult:
+    """The check over every server of the current epoch (``shard_check_results`` per server, combined)."""
+    per_server = shard_check_results(tessera, day)
+    failed = [r for r in per_server if not r["passed"]]
+    return dg.AssetCheckResult(
+        check_name=PLACEMENT_CHECK,
+        passed=not failed,
+        description="; ".join(r["description"] for r in (failed or per_server)),
+        metadata={
+            "servers": dg.MetadataValue.table(
+                [dg.TableRecord({k: v for k, v in r.items() if k != "description"}) for r in per_server],
+                schema=dg.TableSchema(
+                    columns=[
+                        dg.TableColumn("server", "string"),
+                        dg.TableColumn("passed", "bool"),
+                        dg.TableColumn("rows", "int"),
+                        dg.TableColumn("all_feature_sets_rows", "int"),
+                        dg.TableColumn("misplaced_rows", "int"),
+                        dg.TableColumn("missing_entities", "int"),
+                    ]
+                ),
+            ),
+            "misplaced_rows": sum(r["misplaced_rows"] for r in per_server),
+            "missing_entities": sum(r["missing_entities"] for r in per_server),
+        },
+    )
+
+
+def shard_check_results(tessera: TesseraResource, day: date | None) -> list[dict]:
+    """Per server of the current epoch: rows stored, rows of logical shards placed elsewhere (0 unless a
+    migration is running: its targets hold copies until the cutover, its sources until the cleanup), rows
+    whose stored logical shard or hash their id does not give (0), and entities active on ``day`` (every day
+    when None) placed here without features (0). Judging only the partition's own entities keeps the check
+    exact while other partitions run concurrently in a backfill."""
     settings = tessera.settings()
-    dsns = settings.shard_dsns()
-    expected_sql = """SELECT tessera_shard_for(entity_id, %(n)s) AS shard, array_agg(DISTINCT entity_id)
-                      FROM raw_events WHERE entity_id IS NOT NULL AND (%(day)s::date IS NULL OR event_date = %(day)s)
-                      GROUP BY 1"""
-    with psycopg.connect(tessera.dsn()) as conn:
-        expected = {s: set(ids) for s, ids in conn.execute(expected_sql, {"n": len(dsns), "day": day})}
+    shard_map = ShardMapStore(tessera.dsn()).current()
+    migrating = _migration_running(tessera.dsn())
+    expected = _expected_entities(tessera.dsn(), shard_map, day)
     results = []
-    for i, dsn in enumerate(dsns):
+    for i, (server, dsn) in enumerate(zip(shard_map.servers, shard_map.dsns, strict=True)):
         with psycopg.connect(dsn) as conn:
-            total, misplaced, wrong_hash = conn.execute(placement_query(len(dsns), i)).fetchone()
+            total, misplaced, wrong_shard, wrong_hash = conn.execute(
+                placement_query(shard_map.logical_shards_of(i))
+            ).fetchone()
             stored = {
                 r[0]
                 for r in conn.execute(
@@ -94,24 +121,43 @@ def shard_check_results(tessera: TesseraResource, day: date | None) -> list[dg.A
                 )
             }
         missing = expected.get(i, set()) - stored
-        passed = misplaced == 0 and wrong_hash == 0 and not missing
+        passed = (misplaced == 0 or migrating) and wrong_shard == 0 and wrong_hash == 0 and not missing
+        in_flight = f" ({misplaced:,} of them copies of a running migration)" if migrating and misplaced else ""
         description = (
-            f"shard {i}: {len(stored):,} rows of {settings.feature_set}, all placed by shard_for"
+            f"{server}: {len(stored):,} rows of {settings.feature_set}, all on their logical shards' server{in_flight}"
             if passed
-            else f"shard {i}: {misplaced:,} rows belong on another shard, {wrong_hash:,} with a wrong stored hash, "
-            f"{len(missing):,} active entities without features (e.g. {sorted(missing)[:3]})"
+            else f"{server}: {misplaced:,} rows belong on another server, {wrong_shard + wrong_hash:,} with a wrong "
+            f"stored logical shard or hash, {len(missing):,} active entities without features "
+            f"(e.g. {sorted(missing)[:3]})"
         )
         results.append(
-            dg.AssetCheckResult(
-                check_name=_shard_check_name(i),
-                passed=passed,
-                description=description,
-                metadata={
-                    "rows": len(stored),
-                    "all_feature_sets_rows": int(total),
-                    "misplaced_rows": int(misplaced),
-                    "missing_entities": len(missing),
-                },
-            )
+            {
+                "server": server,
+                "passed": passed,
+                "rows": len(stored),
+                "all_feature_sets_rows": int(total),
+                "misplaced_rows": int(misplaced),
+                "missing_entities": len(missing),
+                "description": description,
+            }
         )
     return results
+
+
+def _expected_entities(catalog_dsn: str, shard_map: ShardMap, day: date | None) -> dict[int, set[str]]:
+    """Entities active on ``day`` (every day when None), by the index of the server the placement names."""
+    sql = """SELECT DISTINCT entity_id FROM raw_events
+             WHERE entity_id IS NOT NULL AND (%(day)s::date IS NULL OR event_date = %(day)s)"""
+    expected: dict[int, set[str]] = {}
+    with psycopg.connect(catalog_dsn) as conn:
+        for (entity_id,) in conn.execute(sql, {"day": day}):
+            expected.setdefault(shard_map.server_index_for(entity_id), set()).add(entity_id)
+    return expected
+
+
+def _migration_running(catalog_dsn: str) -> bool:
+    """Whether the catalog's journal has a running migration (a catalog that never migrated has no journal)."""
+    try:
+        return Journal(catalog_dsn).running() is not None
+    except psycopg.errors.UndefinedTable:
+        return False

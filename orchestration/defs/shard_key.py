@@ -10,6 +10,7 @@ from orchestration import cardinality
 from orchestration.defs.raw_profile import raw_profile
 from orchestration.resources import TesseraResource
 from orchestration.synthetic import ENTITY_ATTRIBUTES
+from shardctl.store.shardmap import ShardMapError, ShardMapStore
 
 
 class ShardKeyConfig(dg.Config):
@@ -21,7 +22,7 @@ class ShardKeyConfig(dg.Config):
 def shard_key(config: ShardKeyConfig, tessera: TesseraResource) -> dg.MaterializeResult:
     """Measure the configured key over all raw data and record the choice in the catalog."""
     dsn = tessera.dsn()
-    shards = tessera.settings().total_shards or tessera.settings().stack.shards
+    shards = _server_count(tessera)
     try:
         with psycopg.connect(dsn) as conn:
             distinct = cardinality.distinct_count(conn, config.column)
@@ -61,3 +62,14 @@ def shard_key_is_valid(tessera: TesseraResource) -> dg.AssetCheckResult:
         description=verdict.message,
         metadata={"key_column": column, "distinct_values": distinct, "mutable_values": mutable},
     )
+
+
+def _server_count(tessera: TesseraResource) -> int:
+    """Servers of the catalog's current epoch; before the first write, those the settings name."""
+    try:
+        return ShardMapStore(tessera.dsn()).current().server_count
+    except (ShardMapError, psycopg.Error):
+        count = tessera.settings().server_count
+    if count < 1:
+        raise dg.Failure("no servers: run `shardctl stack up` or set TESSERA_SERVERS")
+    return count

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import psycopg
@@ -212,27 +212,31 @@ def apply_all(shard_map) -> dict[int, list[int]]:  # shard_map: shardctl.store.s
     return {index: apply_schema(dsn) for index, dsn in enumerate(shard_map.dsns)}
 
 
-def placement_query(total_shards: int, shard_index: int, table: str = FEATURE_TABLE) -> str:
-    """Rows on this shard, and how many of them the routing function sends elsewhere (must be 0)."""
-    if total_shards < 1 or not 0 <= shard_index < total_shards:
-        raise SchemaError(f"shard index {shard_index} out of range for {total_shards} shards")
-    target = exp.func("tessera_shard_for", exp.column("entity_id"), exp.Literal.number(total_shards))
-    misplaced = exp.Filter(
-        this=exp.Count(this=exp.Star()),
-        expression=exp.Where(this=exp.NEQ(this=target, expression=exp.Literal.number(shard_index))),
+def placement_query(placed: Sequence[int], table: str = FEATURE_TABLE) -> str:
+    """Rows on a server, how many belong to logical shards placed elsewhere, and how many carry a logical shard
+    or a hash that their entity id does not give (each must be 0 outside a migration's copies)."""
+    shards = sorted(set(placed))
+    if any(not 0 <= s < TOTAL_LOGICAL_SHARDS for s in shards):
+        raise SchemaError(f"logical shards must lie in [0, {TOTAL_LOGICAL_SHARDS}), got {shards}")
+    logical_shard = exp.column("logical_shard")
+    elsewhere = (
+        exp.Not(this=exp.In(this=logical_shard, expressions=[exp.Literal.number(s) for s in shards]))
+        if shards
+        else exp.true()
     )
-    stored_hash_wrong = exp.Filter(
-        this=exp.Count(this=exp.Star()),
-        expression=exp.Where(
-            this=exp.NEQ(
-                this=exp.column("entity_hash"), expression=exp.func("tessera_entity_hash", exp.column("entity_id"))
-            )
-        ),
+    derived = exp.func("tessera_shard_for", exp.column("entity_id"), exp.Literal.number(TOTAL_LOGICAL_SHARDS))
+
+    def count_where(condition: exp.Expression) -> exp.Expression:
+        return exp.Filter(this=exp.Count(this=exp.Star()), expression=exp.Where(this=condition))
+
+    stored_hash_wrong = exp.NEQ(
+        this=exp.column("entity_hash"), expression=exp.func("tessera_entity_hash", exp.column("entity_id"))
     )
     query = sqlglot.select(
         exp.Count(this=exp.Star()).as_("total_rows"),
-        misplaced.as_("misplaced_rows"),
-        stored_hash_wrong.as_("wrong_hash_rows"),
+        count_where(elsewhere).as_("misplaced_rows"),
+        count_where(exp.NEQ(this=logical_shard, expression=derived)).as_("wrong_logical_shard_rows"),
+        count_where(stored_hash_wrong).as_("wrong_hash_rows"),
     ).from_(exp.to_table(_checked(table)))
     return query.sql("postgres")
 

@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from orchestration import cardinality
-from orchestration.defs.customer_features import shard_check_results
+from orchestration.defs.customer_features import placement_check_result, shard_check_results
 from orchestration.feature_engineering import FEATURES
 from orchestration.resources import TesseraResource
 from orchestration.run_graph import run_days
@@ -50,7 +50,7 @@ def test_features_land_on_the_shard_shard_for_names_and_every_shard_check_passes
         assert all(shard_for(e, 2) == i for e in ids)
     for day_result in graph["daily"]:
         checks = _checks(day_result)
-        assert set(checks) == {"shard_0_rows_and_placement", "shard_1_rows_and_placement"}
+        assert set(checks) == {"rows_and_placement"}
         assert all(c.passed for c in checks.values()), [c.description for c in checks.values()]
         meta = _mat(day_result, "customer_features")
         assert meta["shard_0_rows"].value + meta["shard_1_rows"].value == meta["rows"].value > 0
@@ -180,12 +180,16 @@ def test_shard_check_fails_on_a_misplaced_row_and_on_a_missing_entity(graph, set
         ).fetchone()
     try:
         shard0, shard1 = shard_check_results(tessera, None)
-        assert not shard0.passed
-        assert shard0.metadata["misplaced_rows"].value == 1
-        assert "1 rows belong on another shard" in shard0.description
-        assert not shard1.passed
-        assert shard1.metadata["missing_entities"].value == 1
-        assert lost[0] in shard1.description
+        assert not shard0["passed"]
+        assert shard0["misplaced_rows"] == 1
+        assert "server-0: 1 rows belong on another server" in shard0["description"]
+        assert not shard1["passed"]
+        assert shard1["missing_entities"] == 1
+        assert lost[0] in shard1["description"]
+        combined = placement_check_result(tessera, None)
+        assert not combined.passed
+        assert combined.metadata["misplaced_rows"].value == 1
+        assert combined.metadata["missing_entities"].value == 1
     finally:
         with psycopg.connect(settings.shard_dsns()[0]) as conn:
             conn.execute(f"DELETE FROM {FEATURE_TABLE} WHERE entity_id = %s", (wrong,))
@@ -196,8 +200,9 @@ def test_shard_check_fails_on_a_misplaced_row_and_on_a_missing_entity(graph, set
                 "VALUES (%s, %s, %s, %s, %s, %s, %s)",
                 (logical_shard_for(lost[0]), lost[0], lost[1], psycopg.types.json.Jsonb(lost[2]), *lost[3:6]),
             )
-    assert all(r.passed for r in shard_check_results(tessera, None))
-    assert all(r.passed for r in shard_check_results(tessera, days[-1]))
+    assert all(r["passed"] for r in shard_check_results(tessera, None))
+    assert all(r["passed"] for r in shard_check_results(tessera, days[-1]))
+    assert placement_check_result(tessera, days[-1]).passed
 
 
 def _fingerprints(settings) -> list:

@@ -76,6 +76,7 @@ def test_generated_ddl_and_queries_parse_and_bad_ddl_is_refused() -> None:
         validate_create_table("CREATE TABLE t (a int); DROP TABLE u", "t")
     with pytest.raises(SchemaError, match="expected 't'"):
         validate_create_table("CREATE TABLE u (a int)", "t")
-    with pytest.raises(SchemaError, match="out of range"):
-        placement_query(2, 2)
-    assert "TESSERA_SHARD_FOR(ENTITY_ID, 4) <> 3" in placement_query(4, 3).upper()
+    with pytest.raises(SchemaError, match="logical shards must lie in"):
+        placement_query([0, 256])
+    assert "NOT LOGICAL_SHARD IN (1, 3)" in placement_query([3, 1, 3]).upper()
+    assert "TESSERA_SHARD_FOR(ENTITY_ID, 256)" in placement_query([1]).upper()
