@@ -27,3 +27,10 @@ FEATURE_READ_SECONDS = Histogram(
 )
 SHARD_ERRORS = Counter("tessera_shard_errors_total", "Feature reads that failed on a shard", ["shard"])
 MODEL_VERSION = Gauge("tessera_model_version", "Version of the served model", multiprocess_mode="max")
+CHANGE_STREAM_LIVE = Gauge(
+    "tessera_change_stream_live",
+    "1 while the worker follows every shard's change log (cached answers live their full TTL), 0 when answers "
+    "fall back to the staleness bound",
+    multiprocess_mode="min",
+)
+INVALIDATED_ENTITIES = Counter("tessera_invalidated_entities_total", "Entities dropped from the caches by changes")

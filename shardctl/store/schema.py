@@ -18,6 +18,8 @@ import psycopg
 import sqlglot
 from sqlglot import exp
 
+from shardctl.store.changes import change_log_ddl
+
 FEATURE_TABLE = "entity_features"
 MIGRATIONS_TABLE = "tessera_schema_migrations"
 _SCHEMA_LOCK_KEY = 0x7E55E7A2
@@ -102,6 +104,8 @@ INSERT INTO tessera_shard_fence DEFAULT VALUES"""
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "entity feature table", feature_table_ddl()),
     Migration(2, "shard-map epoch fence", FENCE_DDL),
+    # 3 is taken by the logical-shard key (resharding); the change log only needs entity_id and feature_set.
+    Migration(4, "feature change log (cache invalidation)", change_log_ddl(FEATURE_TABLE)),
 )
 
 _MIGRATIONS_DDL = f"""CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
