@@ -1,12 +1,16 @@
-"""The shard's change log: every write to the feature table leaves one row per statement and feature set naming
-the entities it changed, so a cache in front of the store can drop exactly those entries instead of trusting
-nothing for longer than a time bound. The store only publishes; consumers (serving) read.
+"""The shard's change log: every write to the feature table leaves a row naming the feature set and the entities
+it changed, so a cache in front of the store can drop exactly those entries instead of trusting nothing for
+longer than a time bound. The store only publishes; consumers (serving) read.
 
-Why a statement-level trigger with a transition table (and not rows the writer commits itself): it catches every
-writer (``FeatureWriter``, the pipeline, a migration's initial copy, a hand-written ``UPDATE``) and costs one
-``INSERT`` per statement, not per row: measured in ``bench/store/bench_change_log.py`` (docs/benchmarks.md,
-"Change log cost"). Logical replication's apply worker fires no statement triggers, so rows a migration copies
-while it follows its source are logged on the source, where they were written.
+Who writes the rows, chosen by measurement (``bench/store/bench_change_log.py``, docs/benchmarks.md, "Change
+log cost"): ``FeatureWriter`` logs each batch itself, one row per shard in the batch's own transaction (the ids
+it streamed there; an identical re-write is logged too, which only costs a re-read). A statement trigger with
+a transition table would have caught every writer for free in code, but it copies every written row into a
+tuple store: it made the writer's merge of 300k rows ~1.9x slower and its COPY ~1.3x. Every other write (a
+hand-written ``UPDATE``, a repair script) is caught by a row trigger that the writer's transactions switch off
+(``SET LOCAL tessera.changes_logged``). Logical replication's apply worker fires no ordinary trigger, so rows
+a migration copies while it follows its source are logged on the source, where they were written; the cutover
+itself reaches consumers as a new shard-map epoch.
 
 Why a transaction-id watermark (and not ``seq > last seen``): sequence numbers are taken in statement order,
 rows become visible in commit order, so a later-numbered row can be read before an earlier one commits. Each row
@@ -16,9 +20,9 @@ already handled. Every transaction older than the watermark had committed (or ab
 nothing is skipped. This works on a hot standby (it has snapshots; only LISTEN does not), where the change log is
 read from the same server the features are read from, after that server replayed the write.
 
-Pruning: the trigger deletes rows older than ``CHANGE_LOG_RETENTION`` whenever it finds one (at most one writer
-at a time, under a try-lock), so the table holds about that much history. A reader away for longer has lost
-changes and must fall back to its time bound (serving does after any interruption).
+Pruning: logging deletes rows older than ``CHANGE_LOG_RETENTION`` whenever it finds one (one writer at a time,
+under a try-lock), so the table holds about that much history. A reader away for longer has lost changes and
+must fall back to its time bound (serving does after any interruption).
 """
 
 from __future__ import annotations
@@ -31,11 +35,16 @@ import psycopg
 CHANGE_TABLE = "tessera_feature_changes"
 CHANGE_LOG_RETENTION = "10 minutes"
 _PRUNE_LOCK_KEY = 0x7E55C4A6
+LOG_FUNCTION = "tessera_log_feature_changes"
+# A writer that logs its own batch sets this for its transaction, so the row trigger stays out of its way.
+LOGGED_SETTING = "tessera.changes_logged"
+LOG_BATCH_SQL = f"SELECT {LOG_FUNCTION}(%s, %s)"
+MARK_LOGGED_SQL = f"SET LOCAL {LOGGED_SETTING} = 'on'"
 
 
 def change_log_ddl(feature_table: str) -> str:
-    """The change log table, its pruning trigger function, and the three statement triggers on ``feature_table``
-    (a safe identifier: ``shardctl.store.schema`` passes its own)."""
+    """The change log table, the function that logs (and prunes), and the row trigger on ``feature_table`` for
+    writes that do not log themselves (``feature_table``: a safe identifier, ``shardctl.store.schema``'s own)."""
     return f"""CREATE TABLE {CHANGE_TABLE} (
     seq         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     txid        xid8 NOT NULL DEFAULT pg_current_xact_id(),
@@ -45,23 +54,31 @@ def change_log_ddl(feature_table: str) -> str:
 );
 CREATE INDEX {CHANGE_TABLE}_txid ON {CHANGE_TABLE} (txid);
 CREATE INDEX {CHANGE_TABLE}_changed_at ON {CHANGE_TABLE} (changed_at);
-CREATE FUNCTION tessera_log_feature_changes() RETURNS trigger LANGUAGE plpgsql AS $$
+CREATE FUNCTION {LOG_FUNCTION}(p_feature_set text, p_entity_ids text[]) RETURNS void LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO {CHANGE_TABLE} (feature_set, entity_ids)
-    SELECT feature_set, array_agg(entity_id) FROM tessera_changed_rows GROUP BY feature_set;
+    INSERT INTO {CHANGE_TABLE} (feature_set, entity_ids) VALUES (p_feature_set, p_entity_ids);
     IF EXISTS (SELECT 1 FROM {CHANGE_TABLE} WHERE changed_at < now() - interval '{CHANGE_LOG_RETENTION}')
        AND pg_try_advisory_xact_lock({_PRUNE_LOCK_KEY}) THEN
         DELETE FROM {CHANGE_TABLE} WHERE changed_at < now() - interval '{CHANGE_LOG_RETENTION}';
     END IF;
+END
+$$;
+CREATE FUNCTION tessera_log_feature_row_change() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF TG_OP <> 'INSERT' THEN
+        PERFORM {LOG_FUNCTION}(OLD.feature_set, ARRAY[OLD.entity_id]);
+    END IF;
+    IF TG_OP = 'INSERT' THEN
+        PERFORM {LOG_FUNCTION}(NEW.feature_set, ARRAY[NEW.entity_id]);
+    ELSIF TG_OP = 'UPDATE' AND (NEW.entity_id, NEW.feature_set) IS DISTINCT FROM (OLD.entity_id, OLD.feature_set) THEN
+        PERFORM {LOG_FUNCTION}(NEW.feature_set, ARRAY[NEW.entity_id]);
+    END IF;
     RETURN NULL;
 END
 $$;
-CREATE TRIGGER tessera_changes_insert AFTER INSERT ON {feature_table}
-    REFERENCING NEW TABLE AS tessera_changed_rows FOR EACH STATEMENT EXECUTE FUNCTION tessera_log_feature_changes();
-CREATE TRIGGER tessera_changes_update AFTER UPDATE ON {feature_table}
-    REFERENCING NEW TABLE AS tessera_changed_rows FOR EACH STATEMENT EXECUTE FUNCTION tessera_log_feature_changes();
-CREATE TRIGGER tessera_changes_delete AFTER DELETE ON {feature_table}
-    REFERENCING OLD TABLE AS tessera_changed_rows FOR EACH STATEMENT EXECUTE FUNCTION tessera_log_feature_changes()"""
+CREATE TRIGGER tessera_feature_changes AFTER INSERT OR UPDATE OR DELETE ON {feature_table} FOR EACH ROW
+    WHEN (current_setting('{LOGGED_SETTING}', true) IS DISTINCT FROM 'on')
+    EXECUTE FUNCTION tessera_log_feature_row_change()"""
 
 
 # One statement, so the watermark and the rows come from the same snapshot. The LEFT JOIN keeps the watermark's

@@ -13,7 +13,7 @@ import pytest
 
 from shardctl.process import free_port
 from shardctl.store import FeatureStore
-from shardctl.store.changes import CHANGE_TABLE, change_log_ddl
+from shardctl.store.changes import CHANGE_TABLE, LOG_FUNCTION, change_log_ddl
 from shardctl.store.schema import FEATURE_TABLE
 from shardctl.store.writer import FeatureRow
 from tests.serving.conftest import (
@@ -105,21 +105,20 @@ def _shard_dsns(settings) -> list[str]:
 
 
 def _cut_change_log(dsns: list[str]) -> None:
-    """The log becomes unreadable for the service (and writes are no longer logged): a lost stream."""
+    """The log becomes unreadable for the service, and writes are no longer logged: a lost stream."""
     for dsn in dsns:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f"ALTER TABLE {CHANGE_TABLE} RENAME TO {CHANGE_TABLE}_cut")
             conn.execute(
-                "CREATE OR REPLACE FUNCTION tessera_log_feature_changes() RETURNS trigger LANGUAGE plpgsql "
-                "AS $$ BEGIN RETURN NULL; END $$"
+                f"CREATE OR REPLACE FUNCTION {LOG_FUNCTION}(p_feature_set text, p_entity_ids text[]) RETURNS void "
+                "LANGUAGE plpgsql AS $$ BEGIN END $$"
             )
 
 
 def _restore_change_log(dsns: list[str]) -> None:
     ddl = change_log_ddl(FEATURE_TABLE)
-    function = ddl[ddl.index("CREATE FUNCTION") : ddl.index("$$;") + 2].replace(
-        "CREATE FUNCTION", "CREATE OR REPLACE FUNCTION"
-    )
+    start = ddl.index(f"CREATE FUNCTION {LOG_FUNCTION}")
+    function = ddl[start : ddl.index("$$;", start) + 2].replace("CREATE FUNCTION", "CREATE OR REPLACE FUNCTION")
     for dsn in dsns:
         with psycopg.connect(dsn, autocommit=True) as conn:
             conn.execute(f"ALTER TABLE IF EXISTS {CHANGE_TABLE}_cut RENAME TO {CHANGE_TABLE}")
