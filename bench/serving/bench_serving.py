@@ -3,6 +3,7 @@
     PYTHONPATH=. .venv/bin/python bench/serving/bench_serving.py            # the full run (~45 min on 2 cores)
     PYTHONPATH=. .venv/bin/python bench/serving/bench_serving.py --quick    # the short variant (~5 min)
     PYTHONPATH=. .venv/bin/python bench/serving/bench_serving.py --data synthetic   # own GBM + naive baseline
+    PYTHONPATH=. .venv/bin/python bench/serving/bench_serving.py --tiny     # the harness's own test (no figure)
 
 Set-up, once: a private 2-shard stack and Redis. ``--data demo`` (default) runs the README's main job on it
 (``python -m orchestration run``, scripts/demo.sh's scale unless told otherwise): its features, its trained and
@@ -269,8 +270,16 @@ def main() -> int:
     parser.add_argument("--demo-entities", type=int, default=50_000)
     parser.add_argument("--invalidation-samples", type=int, default=30)
     parser.add_argument("--quick", action="store_true", help="the short variant: 1 run, 3 s steps, small data")
+    parser.add_argument("--tiny", action="store_true", help="the harness's own test: seconds, tiny rates, no figure")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
+    rates = {"hit": HIT_RATES, "miss": MISS_RATES, "zipf": ZIPF_RATES, "hello": HELLO_RATES}
+    naive_rates = [1, 2, 5, 10, 20, 50]
+    if args.tiny:
+        args.data, args.runs, args.step_seconds, args.sustain_seconds = "synthetic", 1, 1.0, 1.0
+        args.entities, args.invalidation_samples = 3000, 2
+        rates = {"hit": [20, 40], "miss": [20], "zipf": [20], "hello": [50]}
+        naive_rates = [1]
     if args.quick:
         args.runs, args.step_seconds, args.sustain_seconds = 1, 3.0, 5.0
         args.demo_days, args.demo_rows_per_day, args.demo_entities = 10, 3000, 5000
@@ -353,7 +362,6 @@ def main() -> int:
                     entry["sustained"] = r.__dict__ | {"holds_50ms": holds(r, 50.0)}
                 results[sc.name] = entry
 
-        rates = {"hit": HIT_RATES, "miss": MISS_RATES, "zipf": ZIPF_RATES, "hello": HELLO_RATES}
         if h2o is not None:
             print("== naive baseline: FastAPI + uvicorn, model.predict on the H2O cluster (once)")
             s = serve(
@@ -373,7 +381,7 @@ def main() -> int:
                 {"BENCH_H2O_URL": h2o.connection().base_url, "BENCH_H2O_MODEL_ID": gbm.model_id},
             )
             naive: dict = {}
-            scenarios(s, [miss], naive, {"miss": [1, 2, 5, 10, 20, 50]})
+            scenarios(s, [miss], naive, {"miss": naive_rates})
             summary["fastapi_h2o_rest"] = naive
             stop(s)
             h2o.cluster().shutdown()
