@@ -2,9 +2,11 @@
 
 Two kinds of keys:
 
-- ``fv:{feature_set}:{entity}`` -> the entity's feature version, kept ``feature_version_ttl_seconds``.
-  This TTL is the staleness bound: after a feature write, answers may use the old version for at most
-  that long; then the shard is read again and the new version gives a new prediction key.
+- ``fv:{feature_set}:{entity}`` -> ``{feature version}:{read at, epoch ms}``, the entity's feature version and
+  when it was read from its shard. How long it is trusted is ``serving/freshness.py``'s rule: while the change
+  stream is live, for the whole ``cache_ttl_seconds`` (the change consumer deletes the key when the entity's
+  features change); otherwise for ``feature_version_ttl_seconds`` since the read (the staleness bound). Then
+  the shard is read again and a new version gives a new prediction key.
 - ``pred:{model}:{feature_set}:{entity}:{feature version}`` -> the prediction, kept ``cache_ttl_seconds``.
   A promotion changes ``model`` (effective as soon as the worker swapped, within about a second of the
   NOTIFY), so a new model never answers from an old model's entries.
@@ -38,31 +40,47 @@ _decode = msgspec.msgpack.Decoder(CachedPrediction).decode
 
 
 class CacheLookup(NamedTuple):
-    """What Redis knows of one entity: the feature version (None: unknown), for how many more seconds that
-    version is trusted, and the prediction computed for it (None: none yet)."""
+    """What Redis knows of one entity: the feature version (None: unknown), when it was read from its shard
+    (epoch ms), for how many more ms Redis keeps it, and the prediction computed for it (None: none yet)."""
 
     feature_version: int | None
-    trusted_for_seconds: float
+    read_ms: int
+    ttl_ms: int
     prediction: CachedPrediction | None
 
 
-NOT_CACHED = CacheLookup(None, 0.0, None)
+NOT_CACHED = CacheLookup(None, 0, 0, None)
 
-# Both lookups of an entity in one round trip: its feature version with the milliseconds that version is still
-# trusted (PTTL), then the prediction stored under that version. (The prediction keys are built in the script,
-# so this assumes one Redis, not Redis Cluster.)
+# Both lookups of an entity in one round trip: its version entry with the milliseconds Redis keeps it (PTTL),
+# then the prediction stored under that version. (The prediction keys are built in the script, so this assumes
+# one Redis, not Redis Cluster.)
 _LOOKUP_LUA = """
 local out = {}
 for i, version_key in ipairs(KEYS) do
   local v = redis.call('GET', version_key)
   if v then
-    out[i] = {v, redis.call('PTTL', version_key), redis.call('GET', ARGV[1] .. ARGV[i + 1] .. ':' .. v)}
+    local version = string.match(v, '^[0-9]+')
+    out[i] = {v, redis.call('PTTL', version_key), redis.call('GET', ARGV[1] .. ARGV[i + 1] .. ':' .. version)}
   else
     out[i] = false
   end
 end
 return out
 """
+# Store version entries unless the key holds one read (or a change applied) at or after this read began: a
+# request that read an entity's old features just before its change was applied cannot put them back.
+_PUT_VERSIONS_LUA = """
+local read_ms = tonumber(ARGV[1])
+for i, key in ipairs(KEYS) do
+  local cur = redis.call('GET', key)
+  local t = cur and tonumber(string.match(cur, ':([0-9]+)$'))
+  if not (t and t >= read_ms) then
+    redis.call('SET', key, ARGV[i + 2], 'PX', ARGV[2])
+  end
+end
+return 0
+"""
+TOMBSTONE_MS = 10_000  # a change's marker outlives any read that began before it (reads time out at 5 s)
 _encode = msgspec.msgpack.Encoder().encode
 
 
@@ -72,7 +90,6 @@ class PredictionCache:
         url: str | None,
         *,
         ttl_seconds: int,
-        version_ttl_seconds: float,
         backoff_seconds: float = 1.0,
     ):
         self._redis = (
@@ -81,8 +98,8 @@ class PredictionCache:
             else None
         )
         self._lookup = self._redis.register_script(_LOOKUP_LUA) if self._redis is not None else None
+        self._put_versions = self._redis.register_script(_PUT_VERSIONS_LUA) if self._redis is not None else None
         self.ttl = ttl_seconds
-        self.version_ttl_ms = max(1, int(version_ttl_seconds * 1000))
         self._backoff = backoff_seconds
         self._skip_until = 0.0
 
@@ -110,8 +127,8 @@ class PredictionCache:
             return default
 
     async def lookup(self, model_key: str, feature_set: str, entities: Sequence[str]) -> list[CacheLookup]:
-        """Per entity: its cached feature version (None if unknown or Redis is unavailable), how long that
-        version is still trusted, and the prediction for it (None if absent)."""
+        """Per entity: its cached version entry (NOT_CACHED if unknown or Redis is unavailable) and the
+        prediction for that version (None if absent)."""
         keys = [self.version_key(feature_set, e) for e in entities]
         args = [self.prediction_prefix(model_key, feature_set), *entities]
         raw = await self._call(lambda r: self._lookup(keys=keys, args=args), None)
@@ -121,18 +138,33 @@ class PredictionCache:
         for item in raw:
             if not item:
                 out.append(NOT_CACHED)
-            else:
-                pred = _decode(item[2]) if len(item) > 2 and item[2] else None
-                out.append(CacheLookup(int(item[0]), max(0, int(item[1])) / 1000.0, pred))
+                continue
+            version, _, read_ms = item[0].partition(b":")
+            pred = _decode(item[2]) if len(item) > 2 and item[2] else None
+            # An entry without a read time (written before the change stream) counts as read long ago.
+            out.append(CacheLookup(int(version), int(read_ms or 0), max(0, int(item[1])), pred))
         return out
 
     async def put(
-        self, feature_set: str, versions: dict[str, int], predictions: dict[str, CachedPrediction], model_key: str
+        self,
+        feature_set: str,
+        versions: dict[str, int],
+        predictions: dict[str, CachedPrediction],
+        model_key: str,
+        *,
+        read_ms: int,
+        version_ttl_ms: int,
     ) -> None:
+        """Store the versions read at ``read_ms`` (kept ``version_ttl_ms``) and their predictions."""
+
         async def write(r: aioredis.Redis) -> None:
             pipe = r.pipeline(transaction=False)
-            for entity, version in versions.items():
-                pipe.set(self.version_key(feature_set, entity), version, px=self.version_ttl_ms)
+            if versions:
+                await self._put_versions(
+                    keys=[self.version_key(feature_set, e) for e in versions],
+                    args=[read_ms, version_ttl_ms, *(f"{v}:{read_ms}" for v in versions.values())],
+                    client=pipe,
+                )
             for entity, pred in predictions.items():
                 key = self.prediction_key(model_key, feature_set, entity, pred.feature_version)
                 pipe.set(key, _encode(pred), ex=self.ttl)
@@ -140,6 +172,21 @@ class PredictionCache:
 
         if versions or predictions:
             await self._call(write, None)
+
+    async def forget(self, feature_set: str, entities: Sequence[str], changed_ms: int) -> bool:
+        """Replace the entities' version entries by a marker of the change applied at ``changed_ms`` (version 0:
+        no prediction is stored under it, so the next request reads the shard); False if Redis did not confirm."""
+        if self._redis is None or not entities:
+            return True
+
+        async def mark(r: aioredis.Redis) -> bool:
+            pipe = r.pipeline(transaction=False)
+            for entity in entities:
+                pipe.set(self.version_key(feature_set, entity), f"0:{changed_ms}", px=TOMBSTONE_MS)
+            await pipe.execute()
+            return True
+
+        return await self._call(mark, False)
 
     async def close(self) -> None:
         if self._redis is not None:

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 from shardctl.store.read_store import FeatureReadStore
 from shardctl.store.reader import ReadResult
+from shardctl.store.shardmap import ShardMap
 
 
 class FeatureSource:
@@ -20,6 +21,10 @@ class FeatureSource:
         self._store = FeatureReadStore.open(
             catalog_dsn, acquire_timeout=1.0, connect_timeout=1, target_session_attrs=read_target
         )
+
+    def shard_map(self) -> ShardMap:
+        """The shard map reads follow now (the change consumer follows the same one)."""
+        return self._store.shard_map
 
     def read(self, entity_ids: Sequence[str], feature_set: str) -> ReadResult:
         return self._store.sync_reader().get_features(list(entity_ids), feature_set)

@@ -32,3 +32,10 @@ CATALOG_CONNECTED = Gauge(
     "1 while the worker's promotion listener is connected to the catalog (reported at each /readyz probe)",
     multiprocess_mode="min",
 )
+CHANGE_STREAM_LIVE = Gauge(
+    "tessera_change_stream_live",
+    "1 while the worker follows every shard's change log (cached answers live their full TTL), 0 when answers "
+    "fall back to the staleness bound",
+    multiprocess_mode="min",
+)
+INVALIDATED_ENTITIES = Counter("tessera_invalidated_entities_total", "Entities dropped from the caches by changes")

@@ -20,6 +20,7 @@ from serving.cache import CachedPrediction, CacheLookup, PredictionCache, Single
 from serving.coalesce import Coalescer
 from serving.errors import PredictionError, ShardDownError, UnknownEntityError
 from serving.features import FeatureSource
+from serving.freshness import Freshness, now_ms
 from serving.local_cache import LocalPredictionCache
 from serving.scoring import LoadedModel, ModelHolder
 
@@ -53,6 +54,7 @@ class Predictor:
         scoring_pool: ThreadPoolExecutor,
         *,
         local: LocalPredictionCache | None = None,
+        freshness: Freshness | None = None,
         version_ttl_seconds: float = 2.0,
         miss_concurrency: int = 2,
         lookup_concurrency: int = 2,
@@ -61,7 +63,8 @@ class Predictor:
         self.features = features
         self.cache = cache
         self.local = local if local is not None else LocalPredictionCache(0)
-        self._version_ttl = version_ttl_seconds
+        # Without a change consumer the stream is never live: every entry keeps the time bound (today's rule).
+        self.freshness = freshness if freshness is not None else Freshness(version_ttl_seconds, stale_after_seconds=0)
         self._scoring_pool = scoring_pool
         self._flight = SingleFlight()
         self._writes: set[asyncio.Task[None]] = set()
@@ -79,27 +82,42 @@ class Predictor:
         feature_set = model.version.feature_set
         ids = list(dict.fromkeys(entity_ids))
         outcomes: dict[str, Outcome] = {}
+        live = self.freshness.live_epoch()
         for entity in ids:
-            hit = self.local.get(key, feature_set, entity)
+            hit = self.local.get(key, feature_set, entity, live)
             if hit is not None:
                 outcomes[entity] = Outcome(entity, hit, cached=True)
         if outcomes:
             metrics.CACHE_LOOKUPS.labels("hit", "memory").inc(len(outcomes))
         remote = [e for e in ids if e not in outcomes]
         if remote:
+            generation = self.freshness.generation
             looked_up = await self._lookups.submit([(key, feature_set, e) for e in remote])
+            changed = self.freshness.invalidated_since(generation, feature_set)
+            now = now_ms()
             misses = []
             late_memory_hits = 0
             for entity in remote:
                 found = looked_up[(key, feature_set, entity)]
                 if found.prediction is not None:
-                    outcomes[entity] = Outcome(entity, found.prediction, cached=True)
-                    self.local.put(key, feature_set, entity, found.prediction, found.trusted_for_seconds)
-                    continue
+                    epoch, trust, bounded = self.freshness.entry_trust(found.read_ms, found.ttl_ms, now)
+                    if trust > 0:
+                        outcomes[entity] = Outcome(entity, found.prediction, cached=True)
+                        if entity not in changed:  # else the consumer has just dropped it
+                            self.local.put(
+                                key,
+                                feature_set,
+                                entity,
+                                found.prediction,
+                                trusted_for=trust / 1000,
+                                bounded_for=bounded / 1000,
+                                live_epoch=epoch,
+                            )
+                        continue
                 # A computation that finished while this lookup was in flight has left its answer in memory
                 # (its cache write runs behind it, and its single-flight is already resolved): use it, or this
                 # request would score the entity a second time.
-                hit = self.local.get(key, feature_set, entity)
+                hit = self.local.get(key, feature_set, entity, self.freshness.live_epoch())
                 if hit is not None:
                     outcomes[entity] = Outcome(entity, hit, cached=True)
                     late_memory_hits += 1
@@ -155,6 +173,7 @@ class Predictor:
     async def _compute(self, model: LoadedModel, entities: list[str]) -> dict[str, Outcome]:
         loop = asyncio.get_running_loop()
         feature_set = model.version.feature_set
+        generation, epoch, read_ms = self.freshness.generation, self.freshness.live_epoch(), now_ms()
         started = time.perf_counter()
         read = await self.features.aread(entities, feature_set)
         metrics.FEATURE_READ_SECONDS.observe(time.perf_counter() - started)
@@ -176,15 +195,34 @@ class Predictor:
         scores = await loop.run_in_executor(self._scoring_pool, model.score, [r.features for r in records])
         metrics.SCORING_SECONDS.observe(time.perf_counter() - started)
         metrics.SCORED_ROWS.inc(len(records))
+        # A change applied while this read was in flight may have come after the read saw the old features: those
+        # entities are answered but not cached (in Redis, the change's marker refuses the write as well).
+        changed = self.freshness.invalidated_since(generation, feature_set)
+        bound = self.freshness.bound_ms
+        keep_ms = self.cache.ttl * 1000 if epoch else bound
         fresh: dict[str, CachedPrediction] = {}
+        versions: dict[str, int] = {}
         for record, scored in zip(records, scores, strict=True):
             pred = CachedPrediction(
                 scored.score, scored.label, record.version, record.event_ts.isoformat(), record.written_at.isoformat()
             )
-            fresh[record.entity_id] = pred
             out[record.entity_id] = Outcome(record.entity_id, pred)
-            self.local.put(model.key, feature_set, record.entity_id, pred, self._version_ttl)
-        self._write_behind(self.cache.put(feature_set, {r.entity_id: r.version for r in records}, fresh, model.key))
+            if record.entity_id in changed:
+                continue
+            fresh[record.entity_id] = pred
+            versions[record.entity_id] = record.version
+            self.local.put(
+                model.key,
+                feature_set,
+                record.entity_id,
+                pred,
+                trusted_for=keep_ms / 1000,
+                bounded_for=bound / 1000,
+                live_epoch=epoch,
+            )
+        self._write_behind(
+            self.cache.put(feature_set, versions, fresh, model.key, read_ms=read_ms, version_ttl_ms=keep_ms)
+        )
         return out
 
     def _write_behind(self, write: Coroutine[Any, Any, None]) -> None:

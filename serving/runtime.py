@@ -13,6 +13,8 @@ from dataclasses import dataclass
 from serving import metrics
 from serving.cache import PredictionCache
 from serving.features import FeatureSource
+from serving.freshness import Freshness
+from serving.invalidation import ChangeConsumer
 from serving.local_cache import LocalPredictionCache
 from serving.predictor import Predictor
 from serving.scoring import ModelHolder
@@ -52,6 +54,7 @@ class ServingRuntime:
     io_pool: ThreadPoolExecutor
     scoring_pool: ThreadPoolExecutor
     listener: NotificationListener
+    consumer: ChangeConsumer | None = None
 
     @classmethod
     async def open(cls, settings: TesseraSettings, serving: ServingSettings | None = None) -> ServingRuntime:
@@ -73,23 +76,33 @@ class ServingRuntime:
         await loop.run_in_executor(io_pool, refresh)
         listener = NotificationListener(catalog_dsn, PROMOTION_CHANNEL, refresh, on_reconnect=refresh)
         features = await loop.run_in_executor(io_pool, FeatureSource, catalog_dsn, serving.read_target)
-        cache = PredictionCache(
-            settings.redis_url,
-            ttl_seconds=serving.cache_ttl_seconds,
-            version_ttl_seconds=serving.feature_version_ttl_seconds,
+        cache = PredictionCache(settings.redis_url, ttl_seconds=serving.cache_ttl_seconds)
+        local = LocalPredictionCache(serving.local_cache_entries)
+        freshness = Freshness(
+            serving.feature_version_ttl_seconds, stale_after_seconds=serving.invalidation_stale_after_seconds
         )
         predictor = Predictor(
             holder,
             features,
             cache,
             scoring_pool,
-            local=LocalPredictionCache(serving.local_cache_entries),
-            version_ttl_seconds=serving.feature_version_ttl_seconds,
+            local=local,
+            freshness=freshness,
             miss_concurrency=max(2, serving.scoring_threads),
         )
+        consumer = None
+        if serving.invalidation == "events":
+            consumer = ChangeConsumer(
+                features.shard_map,
+                read_target=serving.read_target,
+                freshness=freshness,
+                local=local,
+                cache=cache,
+                poll_interval_seconds=serving.invalidation_poll_ms / 1000,
+            ).start()
         listener.start()
         _settle_interpreter(serving.gil_switch_interval_ms)
-        return cls(settings, serving, predictor, io_pool, scoring_pool, listener)
+        return cls(settings, serving, predictor, io_pool, scoring_pool, listener, consumer)
 
     def catalog_connected(self) -> bool:
         """Whether the promotion listener holds its catalog connection (reported by ``/readyz`` and as a metric;
@@ -100,6 +113,8 @@ class ServingRuntime:
 
     async def close(self) -> None:
         self.listener.stop()
+        if self.consumer is not None:
+            await self.consumer.stop()
         await self.predictor.drain()
         await self.predictor.cache.close()
         await self.predictor.features.aclose()

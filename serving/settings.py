@@ -23,9 +23,17 @@ class ServingSettings(SectionSettings):
     scoring_threads: int = 2
     max_batch: int = 100
     cache_ttl_seconds: int = 300
-    # Staleness bound of the prediction cache: how long an entity's feature version is trusted from Redis
-    # before the shard is read again (a feature write shows in answers within this many seconds).
+    # Staleness bound of the prediction cache when the change stream is not live (see invalidation below): how
+    # long an entity's feature version is trusted before the shard is read again.
     feature_version_ttl_seconds: float = Field(default=2.0, gt=0, le=3600)
+    # "events": each worker follows the shards' change logs and drops changed entities from its memory and
+    # Redis, so cached predictions live cache_ttl_seconds while the stream is live; "time": no consumer, every
+    # entry keeps the staleness bound above.
+    invalidation: Literal["events", "time"] = "events"
+    # How often the consumer reads each shard's change log (a write reaches the caches within about this).
+    invalidation_poll_ms: float = Field(default=20, gt=0, le=10_000)
+    # The stream stops counting as live when no full round succeeded for this long (capped at the bound).
+    invalidation_stale_after_seconds: float = Field(default=1.0, gt=0, le=3600)
     # Predictions each worker keeps in memory in front of Redis (0: off); an entry never outlives the
     # staleness bound above, so this tier only saves round trips for hot entities. Kept small on purpose:
     # the cache's entries are live objects the garbage collector walks, and at 100k entries its full

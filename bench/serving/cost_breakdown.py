@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.serving.loadgen import entity_name
 from serving.cache import CachedPrediction
+from serving.freshness import now_ms
 from serving.runtime import ServingRuntime
 from shardctl.settings import get_settings
 
@@ -50,7 +51,9 @@ async def breakdown(n: int) -> dict[str, dict[str, float]]:
             "redis lookup, 8 entities": lambda i: p.cache.lookup(
                 model.key, fs, [entity_name(8 * i + j) for j in range(8)]
             ),
-            "redis write, 1 entity": lambda i: p.cache.put(fs, {entity_name(i): 1}, {entity_name(i): pred}, model.key),
+            "redis write, 1 entity": lambda i: p.cache.put(
+                fs, {entity_name(i): 1}, {entity_name(i): pred}, model.key, read_ms=now_ms(), version_ttl_ms=2000
+            ),
             "shard read on the loop, 2 ids": lambda i: p.features.aread(
                 [entity_name(2 * i), entity_name(2 * i + 1)], fs
             ),
@@ -61,7 +64,9 @@ async def breakdown(n: int) -> dict[str, dict[str, float]]:
             "scoring via the pool, 2 rows": lambda i: loop.run_in_executor(runtime.scoring_pool, model.score, rows[:2]),
             "scoring via the pool, 8 rows": lambda i: loop.run_in_executor(runtime.scoring_pool, model.score, rows),
             "empty thread hop": lambda i: loop.run_in_executor(runtime.io_pool, int),
-            "memory-tier lookup": lambda i: asyncio.sleep(0, p.local.get(model.key, fs, entity_name(i % 100))),
+            "memory-tier lookup": lambda i: asyncio.sleep(
+                0, p.local.get(model.key, fs, entity_name(i % 100), p.freshness.live_epoch())
+            ),
         }
         out = {}
         for name, part in parts.items():

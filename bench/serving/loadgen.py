@@ -32,6 +32,10 @@ class Scenario:
     warm: int = 100
     zipf_s: float = 1.1
     path: str = "/v1/predictions"
+    ids: tuple[str, ...] = ()  # the entity ids to ask for (index i -> ids[i]); empty: ``entity_name(i)``
+
+    def entity(self, i: int) -> str:
+        return self.ids[i % len(self.ids)] if self.ids else entity_name(i)
 
 
 @dataclass
@@ -55,11 +59,11 @@ def _body_source(scenario: Scenario, proc: int, procs: int, start_index: int) ->
         return lambda: b"{}"
     rng = random.Random(proc * 7919 + start_index)
     if scenario.kind == "hit":
-        ids = [entity_name(i) for i in range(scenario.warm)]
+        ids = [scenario.entity(i) for i in range(scenario.warm)]
         return lambda: b'{"entity_id":"%s"}' % ids[rng.randrange(len(ids))].encode()
     if scenario.kind == "miss":
-        counter = iter(range(start_index + proc, scenario.n_entities, procs))
-        return lambda: b'{"entity_id":"%s"}' % entity_name(next(counter)).encode()
+        counter = iter(range(start_index + proc, 1 << 62, procs))
+        return lambda: b'{"entity_id":"%s"}' % scenario.entity(next(counter) % scenario.n_entities).encode()
     if scenario.kind == "zipf":
         weights = [1.0 / (k**scenario.zipf_s) for k in range(1, scenario.n_entities + 1)]
         cum = []
@@ -69,7 +73,7 @@ def _body_source(scenario: Scenario, proc: int, procs: int, start_index: int) ->
             cum.append(total)
         import bisect
 
-        return lambda: b'{"entity_id":"%s"}' % entity_name(bisect.bisect_left(cum, rng.random() * total)).encode()
+        return lambda: b'{"entity_id":"%s"}' % scenario.entity(bisect.bisect_left(cum, rng.random() * total)).encode()
     raise ValueError(scenario.kind)
 
 

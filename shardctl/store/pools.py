@@ -12,12 +12,21 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
+from shardctl.store.retry import is_multi_host
 from shardctl.store.shardmap import ShardMap
 
 log = logging.getLogger(__name__)
+
+
+def session_dsn(dsn: str, target_session_attrs: str | None) -> str:
+    """The shard's DSN with ``target_session_attrs`` when one is given (e.g. reads that may go to a standby:
+    ``prefer-standby``; the shard map's multi-host DSNs ask for ``read-write``)."""
+    if target_session_attrs is None or not is_multi_host(dsn):
+        return dsn  # one host: nothing to choose (and no wasted standby-only attempt per connection)
+    return make_conninfo(dsn, target_session_attrs=target_session_attrs)
 
 
 class ShardPools:
@@ -74,11 +83,7 @@ class ShardPools:
         return kwargs
 
     def _dsn(self, dsn: str) -> str:
-        """The shard's DSN, with this pool's ``target_session_attrs`` when it sets one (e.g. reads that may go
-        to a standby: ``prefer-standby``; the shard map's multi-host DSNs ask for ``read-write``)."""
-        if self.target_session_attrs is None or "," not in str(conninfo_to_dict(dsn).get("host", "")):
-            return dsn  # one host: nothing to choose (and no wasted standby-only attempt per connection)
-        return make_conninfo(dsn, target_session_attrs=self.target_session_attrs)
+        return session_dsn(dsn, self.target_session_attrs)
 
     def _pool(self, server: str, dsn: str) -> ConnectionPool:
         kwargs = self._connection_kwargs()

@@ -18,6 +18,7 @@ import psycopg
 import sqlglot
 from sqlglot import exp
 
+from shardctl.store.changes import change_log_ddl
 from shardctl.store.fence import FENCE_DDL as FENCE_TABLE_DDL
 from shardctl.store.fence import FENCE_ROWS_SQL
 from shardctl.store.hashing import SQL_FUNCTIONS, TOTAL_LOGICAL_SHARDS
@@ -153,6 +154,8 @@ MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         3, "logical shard leads the primary key; per-logical-shard fence", LOGICAL_SHARD_SWAP, LOGICAL_SHARD_STEPS
     ),
+    # 3 is taken by the logical-shard key (resharding); the change log only needs entity_id and feature_set.
+    Migration(4, "feature change log (cache invalidation)", change_log_ddl(FEATURE_TABLE)),
 )
 
 _MIGRATIONS_DDL = f"""CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (

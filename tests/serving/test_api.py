@@ -60,27 +60,18 @@ def test_second_call_is_a_cache_hit(service, models):
 
 
 @pytest.mark.req("JTBD-02.cache")
-def test_a_hot_entity_is_answered_from_memory_within_the_bound_then_from_redis(service, models):
-    """The worker's memory tier answers repeats with no Redis round trip, but only while the feature version
-    is trusted: past the bound the next answer goes back to Redis (and the shard)."""
+def test_a_hot_entity_is_answered_from_memory(service, models):
+    """The worker's memory tier answers repeats with no Redis round trip (how long it may: test_invalidation)."""
     entity = ALL_IDS[11]
     first = service.client.post("/v1/predictions", json={"entity_id": entity}).json()
     memory_before = service.metric("tessera_cache_lookups_total", tier="memory")
     redis_before = service.metric("tessera_cache_lookups_total", tier="redis")
-    misses_before = service.metric("tessera_cache_lookups_total", result="miss")
     for _ in range(5):
         again = service.client.post("/v1/predictions", json={"entity_id": entity}).json()
         assert again["cached"] is True
         assert again["score"] == first["score"]
     assert service.metric("tessera_cache_lookups_total", tier="memory") == memory_before + 5
     assert service.metric("tessera_cache_lookups_total", tier="redis") == redis_before
-    time.sleep(VERSION_TTL + 0.2)
-    service.client.post("/v1/predictions", json={"entity_id": entity})
-    assert service.metric("tessera_cache_lookups_total", tier="memory") == memory_before + 5
-    later = service.metric("tessera_cache_lookups_total", tier="redis") + service.metric(
-        "tessera_cache_lookups_total", result="miss"
-    )
-    assert later == redis_before + misses_before + 1
 
 
 @pytest.mark.req("JTBD-02.cache")

@@ -9,13 +9,15 @@ import pytest
 
 from shardctl.process import pid_alive
 from shardctl.store import FeatureStore
-from tests.serving.conftest import N_ENTITIES, VERSION_TTL, entity_id
+from shardctl.store.writer import FeatureRow
+from tests.serving.conftest import FEATURE_SET, N_ENTITIES, T0, VERSION_TTL, entity_features, entity_id
 
 IDS = [entity_id(i) for i in range(N_ENTITIES)]
 
 
 @pytest.mark.req("JTBD-02.cache")
-def test_redis_killed_mid_run_keeps_answering_uncached(service, own_redis):
+def test_redis_killed_mid_run_keeps_answering_uncached(service, own_redis, serving_stack):
+    _, settings = serving_stack
     warm = service.client.post("/v1/predictions", json={"entity_ids": IDS[:20]})
     assert warm.status_code == 200
     assert service.client.post("/v1/predictions", json={"entity_id": IDS[0]}).json()["cached"] is True
@@ -23,11 +25,14 @@ def test_redis_killed_mid_run_keeps_answering_uncached(service, own_redis):
     pid = own_redis.pid
     assert own_redis.stop()
     assert not pid_alive(pid)
-    # The worker's memory tier may still answer within the staleness bound; past it every answer is computed.
+    # The worker's memory tier may still answer entities it holds; an entity it never saw is computed.
     assert service.client.post("/v1/predictions", json={"entity_id": IDS[0]}).status_code == 200
     time.sleep(VERSION_TTL + 0.2)
-    for _ in range(3):
-        single = service.client.post("/v1/predictions", json={"entity_id": IDS[0]})
+    for n in range(3):
+        fresh = f"redis-down-{n}"
+        with FeatureStore.open(settings, prepare_topology=False) as store:
+            store.write(FEATURE_SET, [FeatureRow(fresh, T0, entity_features(n))])
+        single = service.client.post("/v1/predictions", json={"entity_id": fresh})
         assert single.status_code == 200, single.text
         assert single.json()["cached"] is False
         batch = service.client.post("/v1/predictions", json={"entity_ids": IDS[:20]})

@@ -14,6 +14,7 @@ from datetime import datetime
 
 import psycopg
 
+from shardctl.store.changes import LOG_BATCH_SQL, MARK_LOGGED_SQL
 from shardctl.store.schema import FEATURE_TABLE
 from shardctl.store.shardmap import check_fence
 
@@ -68,6 +69,8 @@ class ShardStream:
         self._executor = executor
         self._sub_batch = sub_batch
         self._pending: list[RoutedRow] = []
+        self._ids: list[str] = []  # every id streamed here, logged in the change log before commit
+        self._feature_set = ""
         self._merging: Future | None = None
         self._staged = False
         self._inserted = 0
@@ -79,6 +82,8 @@ class ShardStream:
             self._copy.set_types(["int4", "text", "text", "jsonb", "timestamptz"])
 
     def send(self, rows: list[RoutedRow], feature_set: str) -> None:
+        self._feature_set = feature_set
+        self._ids.extend(row[1] for row in rows)
         if self.fast:
             self.rows.extend(rows)
             write = self._copy.write_row
@@ -129,6 +134,7 @@ class ShardStream:
         if self.fast:
             try:
                 self._copying.close()
+                self._log_changes()
                 return
             except psycopg.errors.UniqueViolation:
                 self.conn.execute("ROLLBACK TO SAVEPOINT tessera_fresh")
@@ -137,6 +143,13 @@ class ShardStream:
                 self._pending, self.rows = self.rows, []
         self._wait_for_merge()
         self._stage_pending()
+        self._log_changes()
+
+    def _log_changes(self) -> None:
+        """One change-log row for the batch's ids on this shard, in the batch's transaction (see
+        ``shardctl.store.changes``: cheaper than a trigger for bulk writes)."""
+        if self._ids:
+            self.conn.execute(LOG_BATCH_SQL, (self._feature_set, self._ids))
 
     def merge(self, feature_set: str) -> ShardResult:
         """The last sub-batch's merge (all shards run theirs in parallel), then the counts of all."""
@@ -170,6 +183,7 @@ def open_stream(
     """Open the shard's transaction: fence check, then a COPY into the table (no stored key among the
     probed ones: fresh entities, under a savepoint) or into a temporary staging table."""
     check_fence(conn, shard, epoch)
+    conn.execute(MARK_LOGGED_SQL)  # this transaction logs its own changes: the row trigger stays off
     fast = fresh_fast_path and not _any_stored(conn, feature_set, first_rows)
     if fast:
         conn.execute("SAVEPOINT tessera_fresh")

@@ -1,0 +1,56 @@
+"""The serving benchmark's harness, run at a tiny scale so a broken harness fails CI. It asserts the harness runs
+end to end and reports every field docs/benchmarks.md quotes, never a timing (figures come from the real run)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+SCENARIOS = {"100% hits", "0% hits", "Zipf(1.1)"}
+STEP_FIELDS = {"rate", "achieved", "completed", "errors", "p50_ms", "p99_ms", "p999_ms", "max_ms"}
+
+
+@pytest.mark.req("JTBD-02.bench-harness")
+def test_the_serving_benchmark_harness_runs_and_reports_its_fields(tmp_path):
+    out = tmp_path / "summary.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
+    env["PYTHONPATH"] = str(REPO)
+    done = subprocess.run(
+        [sys.executable, "bench/serving/bench_serving.py", "--tiny", "--json", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    assert summary["data"] == "synthetic"
+    assert summary["model"]
+    assert len(summary["runs"]) == 1
+    run = summary["runs"][0]
+    assert set(run["hello"]) == {"hello"}
+    for app in ("tessera", "fastapi_inprocess"):
+        assert set(run[app]) == SCENARIOS
+        for scenario in run[app].values():
+            assert {"best_50ms", "best_20ms", "steps"} <= set(scenario)
+            assert scenario["steps"]
+            for step in scenario["steps"]:
+                assert set(step) >= STEP_FIELDS
+                assert step["completed"] > 0  # the generator sent requests and got answers
+            if scenario["best_50ms"]:
+                assert STEP_FIELDS | {"holds_50ms"} <= set(scenario["sustained"])
+    assert set(summary["fastapi_h2o_rest"]) == {"0% hits"}
+    invalidation = run["invalidation"]
+    assert invalidation["samples"] == 2
+    for measure in ("redis_entry_replaced_ms", "new_answer_ms"):
+        assert invalidation[measure] is None or {"p50", "p99", "max", "n"} <= set(invalidation[measure])
+    # The table the docs quote is printed with every app, the calibration and the comparison lines.
+    for line in ("highest offered rate holding p99 < 50 ms", "calibration:", "Tessera", "invalidation, run 1"):
+        assert line in done.stdout
