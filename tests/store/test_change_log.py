@@ -9,7 +9,6 @@ import psycopg
 import pytest
 
 from shardctl.store.changes import CHANGE_TABLE, ChangeCursor, FeatureChange, poll_changes, start_cursor
-from shardctl.store.hashing import shard_for
 from tests.store.conftest import make_rows
 
 
@@ -36,7 +35,8 @@ def test_every_write_path_is_logged(feature_store, feature_set):
     """The writer's fast path (COPY) and merge path (INSERT ... ON CONFLICT) log their batch, one row per shard
     (not one per entity: the row trigger stays off in the writer's transactions); a hand-written UPDATE and
     DELETE are logged by the trigger."""
-    dsns = feature_store.shard_map.dsns
+    shard_map = feature_store.shard_map
+    dsns = shard_map.dsns
 
     async def run() -> None:
         feeds = await _open_cursors(dsns)
@@ -48,9 +48,9 @@ def test_every_write_path_is_logged(feature_store, feature_set):
                 for i, changes in enumerate(polled):
                     mine = [c for c in changes if c.feature_set == feature_set]
                     assert len(mine) == 1
-                    routed = {r.entity_id for r in batch if shard_for(r.entity_id, len(dsns)) == i}
+                    routed = {r.entity_id for r in batch if shard_map.server_index_for(r.entity_id) == i}
                     assert set(mine[0].entity_ids) == routed
-            target = shard_for("e5", len(dsns))
+            target = shard_map.server_index_for("e5")
             with psycopg.connect(dsns[target], autocommit=True) as conn:
                 conn.execute(
                     "UPDATE entity_features SET version = version + 1 WHERE feature_set = %s AND entity_id = 'e5'",
@@ -72,7 +72,7 @@ def test_a_change_committed_after_a_later_numbered_one_is_not_skipped(feature_st
     """Commit order is not sequence order: transaction A logs first (lower seq) but commits after B. A reader
     that polled between B's commit and A's must still read A's change (the xid watermark), and B's only once."""
     dsn = feature_store.shard_map.dsns[0]
-    ids = [r.entity_id for r in make_rows(40) if shard_for(r.entity_id, len(feature_store.shard_map.dsns)) == 0][:2]
+    ids = [r.entity_id for r in make_rows(40) if feature_store.shard_map.server_index_for(r.entity_id) == 0][:2]
     first, second = ids
 
     async def run() -> None:
@@ -81,10 +81,11 @@ def test_a_change_committed_after_a_later_numbered_one_is_not_skipped(feature_st
         b = psycopg.connect(dsn)
         try:
             insert = (
-                "INSERT INTO entity_features (entity_id, feature_set, features, event_ts) VALUES (%s, %s, '{}', now())"
+                "INSERT INTO entity_features (logical_shard, entity_id, feature_set, features, event_ts) "
+                "VALUES (tessera_shard_for(%(id)s, 256), %(id)s, %(fs)s, '{}', now())"
             )
-            a.execute(insert, (first, feature_set))  # seq n, not committed yet
-            b.execute(insert, (second, feature_set))  # seq n+1
+            a.execute(insert, {"id": first, "fs": feature_set})  # seq n, not committed yet
+            b.execute(insert, {"id": second, "fs": feature_set})  # seq n+1
             b.commit()
             seen = await poll_changes(reader, cursor)
             assert [c.entity_ids for c in seen.changes] == [(second,)]
@@ -104,7 +105,7 @@ def test_a_change_committed_after_a_later_numbered_one_is_not_skipped(feature_st
 def test_the_log_is_pruned_past_its_retention(feature_store, feature_set):
     """Rows older than the retention are deleted by the next write (the table stays bounded)."""
     dsn = feature_store.shard_map.dsns[0]
-    entity = next(f"p{n}" for n in range(100) if shard_for(f"p{n}", len(feature_store.shard_map.dsns)) == 0)
+    entity = next(f"p{n}" for n in range(100) if feature_store.shard_map.server_index_for(f"p{n}") == 0)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
             f"INSERT INTO {CHANGE_TABLE} (feature_set, entity_ids, changed_at) "
@@ -116,8 +117,9 @@ def test_the_log_is_pruned_past_its_retention(feature_store, feature_set):
         ).fetchone()[0]
         assert old >= 1
         conn.execute(
-            "INSERT INTO entity_features (entity_id, feature_set, features, event_ts) VALUES (%s, %s, '{}', now())",
-            (entity, feature_set),
+            "INSERT INTO entity_features (logical_shard, entity_id, feature_set, features, event_ts) "
+            "VALUES (tessera_shard_for(%(id)s, 256), %(id)s, %(fs)s, '{}', now())",
+            {"id": entity, "fs": feature_set},
         )
         left = conn.execute(
             f"SELECT count(*) FROM {CHANGE_TABLE} WHERE changed_at < now() - interval '1 hour'"
