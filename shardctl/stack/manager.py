@@ -48,6 +48,11 @@ CATALOG = "catalog"
 DAGSTER_DATABASE = "dagster"
 
 
+def _plain_ids(state: StackState) -> list[int]:
+    """The plain servers' numbers, parallel to ``shard_ports`` (empty on an HA stack)."""
+    return list(state.server_ids) if state.server_ids is not None else list(range(len(state.shard_ports)))
+
+
 def _placed_detail(placed: dict[str, int] | None, name: str) -> str:
     return "; placement unknown (catalog unreadable)" if placed is None else f"; {placed.get(name, 0)} logical shards"
 
@@ -144,16 +149,14 @@ class Stack:
         servers = [PostgresServer(CATALOG, state.catalog_port, root / CATALOG, binaries, state.user)]
         servers += [
             PostgresServer(f"shard{n}", port, root / f"shard{n}", binaries, state.user)
-            for n, port in zip(self.server_ids(state), state.shard_ports, strict=True)
+            for n, port in zip(_plain_ids(state), state.shard_ports, strict=True)
         ]
         return servers
 
     @staticmethod
     def server_ids(state: StackState) -> list[int]:
         """Each server's number, in order (server ``n`` is ``server-n`` in the catalog)."""
-        if state.ha is not None:
-            return list(range(len(state.ha["members"])))
-        return list(state.server_ids) if state.server_ids is not None else list(range(len(state.shard_ports)))
+        return list(range(len(state.ha["members"]))) if state.ha is not None else _plain_ids(state)
 
     def server_names(self, state: StackState) -> list[str]:
         return [server_name(n) for n in self.server_ids(state)]
@@ -202,7 +205,7 @@ class Stack:
                 f"`shardctl stack remove-server NAME`"
             )
         if state is not None and servers is not None and servers > self._shard_count(state):
-            return self.add_servers(servers - self._shard_count(state), base_port)
+            return self.add_servers(servers - self._shard_count(state))
         fresh = state is None
         if state is None:
             state = self._plan(servers or self.default_shards, base_port, ha or replicas is not None, replicas)
@@ -229,7 +232,7 @@ class Stack:
                 raise StackError(f"{what} failed ({exc}); {stopped}") from exc
             raise
 
-    def add_servers(self, count: int, base_port: int = 15432) -> StackState:
+    def add_servers(self, count: int) -> StackState:
         """Add ``count`` empty servers to the running stack (with HA, Patroni clusters like the others): start
         them, apply the schema, record them in the state and settings files and register them in the catalog.
         The placement does not change. All or nothing: a failure stops and forgets the new servers."""
@@ -240,14 +243,15 @@ class Stack:
             raise StackError("a fault-injection stack (proxied members) cannot grow: start a new one")
         state = StackState(**json.loads(json.dumps(asdict(before))))  # a deep copy to grow
         taken = set(self._ports(state))
+        near = min(taken)  # beside the stack's own ports, which its `up` found free
         if state.ha is None:
             ids = self.server_ids(state)
-            ports = allocate_ports(base_port, count, taken)
+            ports = allocate_ports(near, count, taken)
             state.server_ids = ids + [max(ids, default=-1) + 1 + i for i in range(count)]
             state.shard_ports = [*state.shard_ports, *ports]
         else:
             per_server = state.ha["replicas"] + 1
-            ports = iter(allocate_ports(base_port, 2 * per_server * count, taken))
+            ports = iter(allocate_ports(near, 2 * per_server * count, taken))
             state.ha["members"] += [[[next(ports), next(ports)] for _ in range(per_server)] for _ in range(count)]
         added = self.server_names(state)[-count:]
 
@@ -302,8 +306,12 @@ class Stack:
         self._write_settings(state)
         servers = self.postgres_servers(state)
         entries = self._shard_entries(state, servers[1:])
-        prepare_feature_store(servers[0].dsn(), [e["dsn"] for e in entries])
         maps = ShardMapStore(servers[0].dsn())
+        maps.ensure_schema()
+        try:
+            maps.current()  # once a map exists the catalog is the truth: the stack only adds servers to it
+        except ShardMapError:
+            prepare_feature_store(servers[0].dsn(), [e["dsn"] for e in entries])
         for entry in entries:  # servers added to a running stack: schema, then known to the catalog (unplaced)
             apply_schema(entry["dsn"])
             # A name the stack used before (a removed server's) gets the new server's DSN.
