@@ -7,8 +7,6 @@ was killed is continued by launching the job again with ``resume: true``; a seco
 fails with the engine's message.
 """
 
-from __future__ import annotations
-
 import re
 import time
 from typing import Any
@@ -27,7 +25,6 @@ PROGRESS_EVERY_SECONDS = 5.0
 
 class MigrationTarget(dg.Config):
     to_servers: list[str] = Field(
-        min_length=1,
         description="The servers that hold every logical shard afterwards, by name (e.g. server-0); never DSNs.",
     )
     resume: bool = Field(
@@ -71,6 +68,8 @@ def plan_shard_migration(context: dg.OpExecutionContext, config: MigrationTarget
         context.log.info(f"resuming migration {running.id} at phase {running.phase}")
         yield dg.Output(running.id, metadata={"resumed_at_phase": running.phase, "status": _json(engine.status())})
         return
+    if not config.to_servers:
+        raise dg.Failure("to_servers is empty: name the servers that hold the logical shards afterwards")
     try:
         report = engine.plan(config.to_servers)
         record = engine.begin(config.to_servers)
