@@ -19,7 +19,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, ClassVar
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
     BaseSettings,
     JsonConfigSettingsSource,
@@ -77,7 +77,8 @@ def section_config(section: str) -> SettingsConfigDict:
 
 
 class ShardSettings(BaseModel):
-    """One shard: its index and a libpq DSN (may be multi-host: primary and replicas)."""
+    """One server: its index and a libpq DSN (may be multi-host: primary and replicas). The name predates the
+    word "server" (a Postgres primary or Patroni cluster); a "logical shard" is the unit placed on servers."""
 
     index: int = Field(ge=0)
     dsn: str
@@ -85,15 +86,16 @@ class ShardSettings(BaseModel):
 
 class StoreSettings(BaseSettings):
     """What every part that uses the store shares: where the topology is, the data dir, and which model and
-    feature set the pipeline writes and serving reads. Top-level ``TESSERA_*`` variables (``TESSERA_SHARDS``
-    as JSON), then the top level of the stack's settings file."""
+    feature set the pipeline writes and serving reads. Top-level ``TESSERA_*`` variables (``TESSERA_SERVERS``
+    as JSON; ``TESSERA_SHARDS`` is its deprecated alias), then the top level of the stack's settings file."""
 
     model_config = SettingsConfigDict(env_prefix="TESSERA_", env_nested_delimiter="__", extra="ignore")
 
     data_dir: Path = DEFAULT_DATA_DIR
     catalog_dsn: str | None = None
     dagster_dsn: str | None = None
-    shards: list[ShardSettings] = Field(default_factory=list)
+    servers: list[ShardSettings] = Field(default_factory=list)
+    shards: list[ShardSettings] = Field(default_factory=list)  # deprecated alias of ``servers``: both hold the same
     redis_url: str | None = None
     # Shared by orchestration (writes, trains, registers) and serving (reads, loads the promoted model).
     model_name: str = "churn"
@@ -114,13 +116,26 @@ class StoreSettings(BaseSettings):
             JsonConfigSettingsSource(settings_cls, json_file=settings_file_path()),
         )
 
+    @model_validator(mode="after")
+    def _servers_or_their_old_name(self) -> StoreSettings:
+        """``TESSERA_SERVERS`` is the name; ``TESSERA_SHARDS`` (and a settings file's ``shards``) still work."""
+        if self.servers and self.shards and self.servers != self.shards:
+            raise ValueError("TESSERA_SERVERS and the deprecated TESSERA_SHARDS disagree: set only TESSERA_SERVERS")
+        self.servers = self.shards = self.servers or self.shards
+        return self
+
     @property
     def total_shards(self) -> int:
-        return len(self.shards)
+        """The number of servers (the name predates logical shards; see ``server_count``)."""
+        return len(self.servers)
+
+    @property
+    def server_count(self) -> int:
+        return len(self.servers)
 
     def shard_dsns(self) -> list[str]:
         """DSNs ordered by shard index; raises if the indices are not exactly 0..N-1."""
-        ordered = sorted(self.shards, key=lambda s: s.index)
+        ordered = sorted(self.servers, key=lambda s: s.index)
         if [s.index for s in ordered] != list(range(len(ordered))):
             raise ValueError(f"shard indices must be 0..N-1, got {[s.index for s in ordered]}")
         return [s.dsn for s in ordered]

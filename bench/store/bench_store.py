@@ -37,9 +37,9 @@ from psycopg.types.json import set_json_dumps
 
 from shardctl.process import free_port
 from shardctl.stack.manager import Stack
-from shardctl.store.hashing import install_sql_functions
-from shardctl.store.reader import FeatureReader
-from shardctl.store.schema import FEATURE_TABLE, FENCE_DDL, apply_schema, feature_table_ddl
+from shardctl.store.hashing import install_sql_functions, logical_shard_for
+from shardctl.store.reader import READ_SQL, FeatureReader
+from shardctl.store.schema import FEATURE_TABLE, TUNED_STORAGE, apply_schema
 from shardctl.store.shardmap import ShardMap
 from shardctl.store.writer import FeatureRow, FeatureWriter
 
@@ -98,11 +98,14 @@ def raw_copy(dsn: str, rows: list[FeatureRow]) -> None:
     with psycopg.connect(dsn) as conn:
         set_json_dumps(msgspec.json.encode, conn)
         with conn.cursor() as cur:
-            sql = f"COPY {FEATURE_TABLE} (entity_id, feature_set, features, event_ts) FROM STDIN (FORMAT BINARY)"
+            sql = (
+                f"COPY {FEATURE_TABLE} (logical_shard, entity_id, feature_set, features, event_ts) "
+                "FROM STDIN (FORMAT BINARY)"
+            )
             with cur.copy(sql) as copy:
-                copy.set_types(["text", "text", "jsonb", "timestamptz"])
+                copy.set_types(["int4", "text", "text", "jsonb", "timestamptz"])
                 for r in rows:
-                    copy.write_row((r.entity_id, FEATURE_SET, r.features, r.event_ts))
+                    copy.write_row((logical_shard_for(r.entity_id), r.entity_id, FEATURE_SET, r.features, r.event_ts))
 
 
 def naive_inserts(dsn: str, rows: list[FeatureRow]) -> None:
@@ -113,15 +116,17 @@ def naive_inserts(dsn: str, rows: list[FeatureRow]) -> None:
 
         for r in rows:
             conn.execute(
-                f"INSERT INTO {FEATURE_TABLE} (entity_id, feature_set, features, event_ts) VALUES (%s, %s, %s, %s)",
-                (r.entity_id, FEATURE_SET, Jsonb(r.features), r.event_ts),
+                f"INSERT INTO {FEATURE_TABLE} (logical_shard, entity_id, feature_set, features, event_ts) "
+                "VALUES (%s, %s, %s, %s, %s)",
+                (logical_shard_for(r.entity_id), r.entity_id, FEATURE_SET, Jsonb(r.features), r.event_ts),
             )
 
 
 DB_MERGE_SQL = f"""
-INSERT INTO {FEATURE_TABLE} AS t (entity_id, feature_set, features, event_ts)
-SELECT entity_id, '{FEATURE_SET}', features, event_ts FROM bench_stage
-ON CONFLICT (entity_id, feature_set) DO UPDATE SET features = excluded.features, event_ts = excluded.event_ts
+INSERT INTO {FEATURE_TABLE} AS t (logical_shard, entity_id, feature_set, features, event_ts)
+SELECT logical_shard, entity_id, '{FEATURE_SET}', features, event_ts FROM bench_stage
+ON CONFLICT (logical_shard, entity_id, feature_set) DO UPDATE
+   SET features = excluded.features, event_ts = excluded.event_ts
 """
 
 
@@ -130,12 +135,15 @@ def db_merge(dsn: str, rows: list[FeatureRow]) -> None:
     with psycopg.connect(dsn) as conn:
         set_json_dumps(msgspec.json.encode, conn)
         conn.execute("DROP TABLE IF EXISTS bench_stage")
-        conn.execute("CREATE UNLOGGED TABLE bench_stage (entity_id text, features jsonb, event_ts timestamptz)")
+        conn.execute(
+            "CREATE UNLOGGED TABLE bench_stage (logical_shard integer, entity_id text, features jsonb, "
+            "event_ts timestamptz)"
+        )
         with conn.cursor() as cur:
             with cur.copy("COPY bench_stage FROM STDIN (FORMAT BINARY)") as copy:
-                copy.set_types(["text", "jsonb", "timestamptz"])
+                copy.set_types(["int4", "text", "jsonb", "timestamptz"])
                 for r in rows:
-                    copy.write_row((r.entity_id, r.features, r.event_ts))
+                    copy.write_row((logical_shard_for(r.entity_id), r.entity_id, r.features, r.event_ts))
             cur.execute(DB_MERGE_SQL)
         conn.execute("DROP TABLE bench_stage")
 
@@ -238,13 +246,9 @@ def bench_reads(dsns: list[str], rows: list[FeatureRow], iterations: int) -> Non
                 result = reader.get_features(wanted, FEATURE_SET)
                 ours.append(time.perf_counter() - started)
                 assert len(result.records) == size
-                on_zero = [i for i in wanted if shard_map.shard_for(i) == 0] or [ids[0]]
+                on_zero = [i for i in wanted if shard_map.server_index_for(i) == 0] or [ids[0]]
                 started = time.perf_counter()
-                bare.execute(
-                    f"SELECT entity_id, features, event_ts, written_at, version FROM {FEATURE_TABLE} "
-                    "WHERE feature_set = %s AND entity_id = ANY(%s)",
-                    (FEATURE_SET, on_zero),
-                ).fetchall()
+                bare.execute(READ_SQL, (FEATURE_SET, [logical_shard_for(i) for i in on_zero], on_zero)).fetchall()
                 base.append(time.perf_counter() - started)
             p50, p99 = percentiles(ours)
             b50, b99 = percentiles(base)
@@ -264,12 +268,10 @@ def bloat_database(admin_dsn: str, name: str, tuned: bool) -> str:
     with psycopg.connect(dsn) as conn:
         install_sql_functions(conn)
         conn.execute("CREATE EXTENSION IF NOT EXISTS pgstattuple")
-    if tuned:
-        apply_schema(dsn)
-    else:
+    apply_schema(dsn)
+    if not tuned:  # the same table on Postgres' storage defaults
         with psycopg.connect(dsn) as conn:
-            conn.execute(feature_table_ddl(storage=None))
-            conn.execute(FENCE_DDL)
+            conn.execute(f"ALTER TABLE {FEATURE_TABLE} RESET ({', '.join(TUNED_STORAGE)})")
     return dsn
 
 

@@ -14,7 +14,15 @@ from psycopg.types.json import set_json_loads
 
 from shardctl.store.errors import ShardUnavailableError
 from shardctl.store.pools import AsyncShardPools
-from shardctl.store.reader import READ_SQL, ReadResult, ShardOutcome, ShardReaderBase, assemble_read, plan_read
+from shardctl.store.reader import (
+    READ_SQL,
+    ReadResult,
+    ShardOutcome,
+    ShardReaderBase,
+    assemble_read,
+    plan_read,
+    read_params,
+)
 from shardctl.store.shardmap import ShardMap
 
 
@@ -30,20 +38,22 @@ class AsyncFeatureReader(ShardReaderBase):
         return AsyncShardPools("tessera-async-reader", configure=_configure_connection, **options)
 
     async def get_features(self, entity_ids: Iterable[str] | str, feature_set: str) -> ReadResult:
-        shard_map, groups = plan_read(self.shard_map, entity_ids, feature_set)
+        shard_map, groups, logical = plan_read(self.shard_map, entity_ids, feature_set)
         pools = await self._pools.pools_for_async(shard_map)
         shards = list(groups)
-        found = await asyncio.gather(*(self._try_read(pools[i], i, shard_map, feature_set, groups[i]) for i in shards))
+        found = await asyncio.gather(
+            *(self._try_read(pools[i], i, shard_map, read_params(feature_set, groups[i], logical[i])) for i in shards)
+        )
         return assemble_read(shard_map, feature_set, groups, dict(zip(shards, found, strict=True)))
 
     @staticmethod
-    async def _try_read(pool, shard: int, shard_map: ShardMap, feature_set: str, ids: list[str]) -> ShardOutcome:
+    async def _try_read(pool, shard: int, shard_map: ShardMap, params: tuple) -> ShardOutcome:
         # As FeatureReader: one retry covers a pooled connection that died with a restarted shard, and only
         # psycopg.OperationalError (PoolTimeout included) means the shard is unavailable.
         for attempt in (1, 2):
             try:
                 async with pool.connection() as conn:
-                    cursor = await conn.execute(READ_SQL, (feature_set, ids))
+                    cursor = await conn.execute(READ_SQL, params)
                     return await cursor.fetchall()
             except psycopg.OperationalError as exc:
                 if attempt == 2:

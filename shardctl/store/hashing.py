@@ -38,6 +38,16 @@ def shard_for(entity_id: str, total_shards: int) -> int:
     return entity_hash(entity_id) % total_shards
 
 
+# The fixed count of logical shards, the unit the shard map places on servers (a power of two: a row on server
+# ``hash % N`` before logical shards existed stays there for any power-of-two N; docs/architecture/logical.md).
+TOTAL_LOGICAL_SHARDS = 256
+
+
+def logical_shard_for(entity_id: str) -> int:
+    """The logical shard an entity belongs to: ``Hash(entity_id) % TOTAL_LOGICAL_SHARDS``, fixed for ever."""
+    return entity_hash(entity_id) % TOTAL_LOGICAL_SHARDS
+
+
 # SQL twins: installed on every shard (and the catalog) by ``install_sql_functions``.
 SQL_FUNCTIONS = """
 CREATE OR REPLACE FUNCTION tessera_entity_hash(entity_id text) RETURNS bigint

@@ -1,5 +1,7 @@
-"""Small psycopg connection pools, one per shard, rebuilt when the shard map's epoch changes (threads use
-``ShardPools``; an event loop uses ``AsyncShardPools``, so its reads need no thread hop)."""
+"""Small psycopg connection pools, one per server, keyed by the server's DSN (threads use ``ShardPools``; an
+event loop uses ``AsyncShardPools``, so its reads need no thread hop). A new epoch that only moves logical
+shards between the same servers keeps every pool; a server that left the map has its pool closed, a new one
+gets a pool."""
 
 from __future__ import annotations
 
@@ -47,15 +49,22 @@ class ShardPools:
         self._lock = threading.Lock()
         self._epoch: int | None = None
         self._pools: list[ConnectionPool] = []
+        self._by_dsn: dict[str, ConnectionPool] = {}
 
     def pools_for(self, shard_map: ShardMap) -> list[ConnectionPool]:
+        """The pools of ``shard_map``'s servers, by server index."""
         with self._lock:
             if self._epoch != shard_map.epoch:
-                old, self._pools = self._pools, [self._pool(i, dsn) for i, dsn in enumerate(shard_map.dsns)]
+                by_dsn = {
+                    dsn: self._by_dsn.get(dsn) or self._pool(name, dsn)
+                    for name, dsn in zip(shard_map.servers, shard_map.dsns, strict=True)
+                }
+                for dsn, pool in self._by_dsn.items():
+                    if dsn not in by_dsn:
+                        pool.close(timeout=0)  # connections in use close when they are returned
+                self._by_dsn = by_dsn
+                self._pools = [by_dsn[dsn] for dsn in shard_map.dsns]
                 self._epoch = shard_map.epoch
-                for pool in old:
-                    # Connections in use close when they are returned.
-                    pool.close(timeout=0)
             return self._pools
 
     def _connection_kwargs(self) -> dict[str, Any]:
@@ -71,7 +80,7 @@ class ShardPools:
             return dsn  # one host: nothing to choose (and no wasted standby-only attempt per connection)
         return make_conninfo(dsn, target_session_attrs=self.target_session_attrs)
 
-    def _pool(self, index: int, dsn: str) -> ConnectionPool:
+    def _pool(self, server: str, dsn: str) -> ConnectionPool:
         kwargs = self._connection_kwargs()
         pool = ConnectionPool(
             self._dsn(dsn),
@@ -80,7 +89,7 @@ class ShardPools:
             kwargs=kwargs,
             timeout=self.acquire_timeout,
             reconnect_timeout=60,
-            name=f"{self.name}-shard{index}",
+            name=f"{self.name}-{server}",
             configure=self.configure,
             open=False,
         )
@@ -93,9 +102,10 @@ class ShardPools:
 
     def close(self) -> None:
         with self._lock:
-            for pool in self._pools:
+            for pool in self._by_dsn.values():
                 pool.close(timeout=1)
             self._pools = []
+            self._by_dsn = {}
             self._epoch = None
 
 
@@ -113,22 +123,28 @@ class AsyncShardPools(ShardPools):
         self.configure_async = configure
         self._async_lock = asyncio.Lock()
         self._async_pools: list[AsyncConnectionPool] = []
+        self._async_by_dsn: dict[str, AsyncConnectionPool] = {}
 
     async def pools_for_async(self, shard_map: ShardMap) -> list[AsyncConnectionPool]:
         if self._epoch == shard_map.epoch:
             return self._async_pools
         async with self._async_lock:
             if self._epoch != shard_map.epoch:
-                old = self._async_pools
-                pools = [self._async_pool(i, dsn) for i, dsn in enumerate(shard_map.dsns)]
-                for pool in pools:
-                    await pool.open(wait=False)
-                self._async_pools, self._epoch = pools, shard_map.epoch
-                for pool in old:
-                    await pool.close(timeout=0)
+                by_dsn: dict[str, AsyncConnectionPool] = {}
+                for name, dsn in zip(shard_map.servers, shard_map.dsns, strict=True):
+                    pool = self._async_by_dsn.get(dsn)
+                    if pool is None:
+                        pool = self._async_pool(name, dsn)
+                        await pool.open(wait=False)
+                    by_dsn[dsn] = pool
+                for dsn, pool in self._async_by_dsn.items():
+                    if dsn not in by_dsn:
+                        await pool.close(timeout=0)
+                self._async_by_dsn = by_dsn
+                self._async_pools, self._epoch = [by_dsn[dsn] for dsn in shard_map.dsns], shard_map.epoch
             return self._async_pools
 
-    def _async_pool(self, index: int, dsn: str) -> AsyncConnectionPool:
+    def _async_pool(self, server: str, dsn: str) -> AsyncConnectionPool:
         return AsyncConnectionPool(
             self._dsn(dsn),
             min_size=self.min_size,
@@ -136,14 +152,15 @@ class AsyncShardPools(ShardPools):
             kwargs=self._connection_kwargs(),
             timeout=self.acquire_timeout,
             reconnect_timeout=60,
-            name=f"{self.name}-shard{index}",
+            name=f"{self.name}-{server}",
             configure=self.configure_async,
             open=False,
         )
 
     async def aclose(self) -> None:
         async with self._async_lock:
-            for pool in self._async_pools:
+            for pool in self._async_by_dsn.values():
                 await pool.close(timeout=1)
             self._async_pools = []
+            self._async_by_dsn = {}
             self._epoch = None

@@ -1,4 +1,5 @@
-"""Batched feature reads: group the ids by shard, one query per shard, shards queried concurrently.
+"""Batched feature reads: group the ids by server (id -> logical shard -> server), one query per server naming
+each id's logical shard (the key's leading column), servers queried concurrently.
 
 A shard that cannot answer does not fail the read: its entities land in ``ReadResult.failed`` under a
 ``ShardUnavailableError`` naming the shard (the service answers 503 for those), while every other shard's
@@ -19,6 +20,7 @@ import psycopg
 from psycopg.types.json import set_json_loads
 
 from shardctl.store.errors import BadEntityIdError, ShardUnavailableError
+from shardctl.store.hashing import TOTAL_LOGICAL_SHARDS, entity_hash
 from shardctl.store.pools import ShardPools
 from shardctl.store.schema import FEATURE_TABLE
 from shardctl.store.shardmap import ShardMap, ShardMapWatcher
@@ -26,9 +28,11 @@ from shardctl.store.validation import validate_feature_set
 
 __all__ = ["BadEntityIdError", "FeatureReader", "FeatureRecord", "ReadResult", "ShardUnavailableError"]
 
+# (logical_shard, entity_id) pairs from unnest: one index descent per id (measured: 2.1 ms p50 for 100 ids,
+# docs/architecture/logical.md); `logical_shard = ANY AND entity_id = ANY` would descend per combination.
 READ_SQL = (
     f"SELECT entity_id, features, event_ts, written_at, version FROM {FEATURE_TABLE} "
-    "WHERE feature_set = %s AND entity_id = ANY(%s)"
+    "WHERE feature_set = %s AND (logical_shard, entity_id) IN (SELECT * FROM unnest(%s::integer[], %s::text[]))"
 )
 MAX_IDS_PER_READ = 10_000
 
@@ -112,26 +116,28 @@ class FeatureReader(ShardReaderBase):
 
     def get_features(self, entity_ids: Iterable[str] | str, feature_set: str) -> ReadResult:
         """Stored features of ``entity_ids`` (one id or many) for ``feature_set``."""
-        shard_map, groups = plan_read(self.shard_map, entity_ids, feature_set)
+        shard_map, groups, logical = plan_read(self.shard_map, entity_ids, feature_set)
         pools = self._pools.pools_for(shard_map)
         shards = list(groups)
         # The first shard runs on this thread: a single-shard read makes no thread hop.
         futures = {
-            i: self._executor.submit(self._read_shard, pools[i], i, shard_map, feature_set, groups[i])
+            i: self._executor.submit(
+                self._try_read, pools[i], i, shard_map, read_params(feature_set, groups[i], logical[i])
+            )
             for i in shards[1:]
         }
         outcomes = {}
         if shards:
-            outcomes[shards[0]] = self._try_read(pools[shards[0]], shards[0], shard_map, feature_set, groups[shards[0]])
+            first = shards[0]
+            outcomes[first] = self._try_read(
+                pools[first], first, shard_map, read_params(feature_set, groups[first], logical[first])
+            )
         for i, future in futures.items():
             outcomes[i] = future.result()
         return assemble_read(shard_map, feature_set, groups, outcomes)
 
-    def _read_shard(self, pool, shard: int, shard_map: ShardMap, feature_set: str, ids: list[str]):
-        return self._try_read(pool, shard, shard_map, feature_set, ids)
-
     @staticmethod
-    def _try_read(pool, shard: int, shard_map: ShardMap, feature_set: str, ids: list[str]):
+    def _try_read(pool, shard: int, shard_map: ShardMap, params: tuple):
         # One retry covers a pooled connection that died with a restarted shard; a dead shard fails both.
         # psycopg.OperationalError is what "shard unavailable" means: the connection failed or was lost, the
         # server is shutting down (AdminShutdown), the statement was cancelled, or no pooled connection came in
@@ -140,7 +146,7 @@ class FeatureReader(ShardReaderBase):
         for attempt in (1, 2):
             try:
                 with pool.connection() as conn:
-                    return conn.execute(READ_SQL, (feature_set, ids)).fetchall()
+                    return conn.execute(READ_SQL, params).fetchall()
             except psycopg.OperationalError as exc:
                 if attempt == 2:
                     return ShardUnavailableError(shard, shard_map.dsns[shard], exc)
@@ -159,14 +165,25 @@ class FeatureReader(ShardReaderBase):
 
 def plan_read(
     shard_map: ShardMap, entity_ids: Iterable[str] | str, feature_set: str
-) -> tuple[ShardMap, dict[int, list[str]]]:
-    """Validate a read and group its ids by the shard ``shard_map`` routes them to (sync and async readers)."""
+) -> tuple[ShardMap, dict[int, list[str]], dict[int, list[int]]]:
+    """Validate a read and group its ids by the server ``shard_map`` places them on (sync and async readers),
+    with each id's logical shard beside it."""
     validate_feature_set(feature_set)
     ids = _checked_ids([entity_ids] if isinstance(entity_ids, str) else entity_ids)
     groups: dict[int, list[str]] = {}
+    logical: dict[int, list[int]] = {}
+    placement = shard_map.placement
     for eid in ids:
-        groups.setdefault(shard_map.shard_for(eid), []).append(eid)
-    return shard_map, groups
+        shard = entity_hash(eid) % TOTAL_LOGICAL_SHARDS
+        server = placement[shard]
+        groups.setdefault(server, []).append(eid)
+        logical.setdefault(server, []).append(shard)
+    return shard_map, groups, logical
+
+
+def read_params(feature_set: str, ids: list[str], logical: list[int]) -> tuple:
+    """``READ_SQL``'s parameters for one server's ids."""
+    return (feature_set, logical, ids)
 
 
 ShardOutcome = list[tuple[Any, ...]] | ShardUnavailableError

@@ -18,6 +18,10 @@ import psycopg
 import sqlglot
 from sqlglot import exp
 
+from shardctl.store.fence import FENCE_DDL as FENCE_TABLE_DDL
+from shardctl.store.fence import FENCE_ROWS_SQL
+from shardctl.store.hashing import SQL_FUNCTIONS, TOTAL_LOGICAL_SHARDS
+
 FEATURE_TABLE = "entity_features"
 MIGRATIONS_TABLE = "tessera_schema_migrations"
 _SCHEMA_LOCK_KEY = 0x7E55E7A2
@@ -83,13 +87,26 @@ def validate_create_table(ddl: str, table: str) -> None:
 
 @dataclass(frozen=True)
 class Migration:
+    """One numbered change. ``sql`` runs in one transaction; ``steps`` (when given) run in order, each in its
+    own transaction unless it is an ``Online`` step (``CREATE INDEX CONCURRENTLY`` cannot run in one), and
+    each must be idempotent: a migration killed between steps runs again from its first step."""
+
     version: int
     name: str
-    sql: str
+    sql: str = ""
+    steps: tuple[str | Online, ...] = ()
 
     @property
     def checksum(self) -> str:
-        return hashlib.sha256(self.sql.encode()).hexdigest()[:16]
+        text = self.sql + "".join(f"\x00{getattr(step, 'sql', step)}" for step in self.steps)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class Online:
+    """A statement that must run outside a transaction (``CREATE INDEX CONCURRENTLY``)."""
+
+    sql: str
 
 
 FENCE_DDL = """CREATE TABLE tessera_shard_fence (
@@ -99,9 +116,43 @@ FENCE_DDL = """CREATE TABLE tessera_shard_fence (
 );
 INSERT INTO tessera_shard_fence DEFAULT VALUES"""
 
+# Migration 3: the logical shard leads the primary key (docs/architecture/logical.md, "Placement"). Existing rows
+# are backfilled from the stored hash; the new key's index is built online, then swapped in as the primary key.
+# Writers of an older Tessera (ON CONFLICT (entity_id, feature_set)) must be stopped while it runs.
+_LOGICAL_SHARD_KEY = "entity_features_lkey"
+LOGICAL_SHARD_STEPS: tuple[str | Online, ...] = (
+    f"""ALTER TABLE {FEATURE_TABLE} ADD COLUMN IF NOT EXISTS logical_shard integer;
+UPDATE {FEATURE_TABLE} SET logical_shard = tessera_shard_of_hash(entity_hash, {TOTAL_LOGICAL_SHARDS})
+ WHERE logical_shard IS NULL;
+ALTER TABLE {FEATURE_TABLE} ALTER COLUMN logical_shard SET NOT NULL;
+ALTER TABLE {FEATURE_TABLE} DROP CONSTRAINT IF EXISTS entity_features_logical_shard_check;
+ALTER TABLE {FEATURE_TABLE} ADD CONSTRAINT entity_features_logical_shard_check
+    CHECK (logical_shard >= 0 AND logical_shard < {TOTAL_LOGICAL_SHARDS});
+DO $$ BEGIN
+    IF EXISTS (SELECT 1 FROM pg_index WHERE indexrelid = to_regclass('{_LOGICAL_SHARD_KEY}') AND NOT indisvalid)
+    THEN EXECUTE 'DROP INDEX {_LOGICAL_SHARD_KEY}';
+    END IF;
+END $$""",
+    Online(
+        f"CREATE UNIQUE INDEX CONCURRENTLY IF NOT EXISTS {_LOGICAL_SHARD_KEY} "
+        f"ON {FEATURE_TABLE} (logical_shard, entity_id, feature_set)"
+    ),
+)
+LOGICAL_SHARD_SWAP = f"""DO $$ BEGIN
+    IF to_regclass('{_LOGICAL_SHARD_KEY}') IS NOT NULL THEN
+        ALTER TABLE {FEATURE_TABLE} DROP CONSTRAINT entity_features_pkey;
+        ALTER TABLE {FEATURE_TABLE} ADD CONSTRAINT entity_features_pkey PRIMARY KEY USING INDEX {_LOGICAL_SHARD_KEY};
+    END IF;
+END $$;
+{FENCE_TABLE_DDL};
+{FENCE_ROWS_SQL.replace("%s", str(TOTAL_LOGICAL_SHARDS))}"""
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(1, "entity feature table", feature_table_ddl()),
     Migration(2, "shard-map epoch fence", FENCE_DDL),
+    Migration(
+        3, "logical shard leads the primary key; per-logical-shard fence", LOGICAL_SHARD_SWAP, LOGICAL_SHARD_STEPS
+    ),
 )
 
 _MIGRATIONS_DDL = f"""CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
@@ -113,32 +164,47 @@ _MIGRATIONS_DDL = f"""CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
 
 
 def apply_schema(dsn: str, *, connect_timeout: int = 5) -> list[int]:
-    """Bring one shard to the newest schema; returns the versions applied now (empty when up to date)."""
+    """Bring one server to the newest schema; returns the versions applied now (empty when up to date)."""
     applied_now: list[int] = []
-    with psycopg.connect(dsn, connect_timeout=connect_timeout) as conn:
-        with conn.transaction():
-            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
+    with psycopg.connect(dsn, connect_timeout=connect_timeout, autocommit=True) as conn:
+        # A session-level lock: a migration's online steps run outside any transaction.
+        conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK_KEY,))
+        try:
+            conn.execute(SQL_FUNCTIONS)  # the routing functions the table's columns use (CREATE OR REPLACE)
             conn.execute(_MIGRATIONS_DDL)
-        for migration in MIGRATIONS:
-            with conn.transaction():
-                conn.execute("SELECT pg_advisory_xact_lock(%s)", (_SCHEMA_LOCK_KEY,))
-                row = conn.execute(
-                    f"SELECT checksum FROM {MIGRATIONS_TABLE} WHERE version = %s", (migration.version,)
-                ).fetchone()
-                if row is not None:
-                    if row[0] != migration.checksum:
-                        raise SchemaError(
-                            f"shard {dsn!r}: migration {migration.version} ({migration.name}) was applied with "
-                            f"checksum {row[0]}, the code now has {migration.checksum}: add a new migration instead"
-                        )
+            for migration in MIGRATIONS:
+                if _recorded(conn, dsn, migration):
                     continue
-                conn.execute(migration.sql)
-                conn.execute(
-                    f"INSERT INTO {MIGRATIONS_TABLE} (version, name, checksum) VALUES (%s, %s, %s)",
-                    (migration.version, migration.name, migration.checksum),
-                )
+                for step in migration.steps:
+                    if isinstance(step, Online):
+                        conn.execute(step.sql)
+                    else:
+                        with conn.transaction():
+                            conn.execute(step)
+                with conn.transaction():
+                    if migration.sql:
+                        conn.execute(migration.sql)
+                    conn.execute(
+                        f"INSERT INTO {MIGRATIONS_TABLE} (version, name, checksum) VALUES (%s, %s, %s)",
+                        (migration.version, migration.name, migration.checksum),
+                    )
                 applied_now.append(migration.version)
+        finally:
+            conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK_KEY,))
     return applied_now
+
+
+def _recorded(conn: psycopg.Connection, dsn: str, migration: Migration) -> bool:
+    """Whether ``migration`` is applied on this server; ``SchemaError`` if it was applied with other SQL."""
+    row = conn.execute(f"SELECT checksum FROM {MIGRATIONS_TABLE} WHERE version = %s", (migration.version,)).fetchone()
+    if row is None:
+        return False
+    if row[0] != migration.checksum:
+        raise SchemaError(
+            f"shard {dsn!r}: migration {migration.version} ({migration.name}) was applied with "
+            f"checksum {row[0]}, the code now has {migration.checksum}: add a new migration instead"
+        )
+    return True
 
 
 def apply_all(shard_map) -> dict[int, list[int]]:  # shard_map: shardctl.store.shardmap.ShardMap

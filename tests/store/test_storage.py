@@ -17,7 +17,7 @@ from psycopg.conninfo import make_conninfo
 from shardctl.settings import TesseraSettings
 from shardctl.store import FeatureStore
 from shardctl.store.hashing import install_sql_functions
-from shardctl.store.schema import FENCE_DDL, apply_schema, feature_table_ddl
+from shardctl.store.schema import TUNED_STORAGE, apply_schema
 from shardctl.store.shardmap import ShardMap
 from shardctl.store.writer import FeatureWriter
 from tests.store.conftest import T0, make_rows
@@ -49,11 +49,10 @@ def scratch_databases(settings: TesseraSettings) -> Iterator[dict[str, str]]:
         for kind, dsn in dsns.items():
             with psycopg.connect(dsn) as conn:
                 install_sql_functions(conn)
-                if kind == "default":
-                    conn.execute(feature_table_ddl(storage=None))
-                    conn.execute(FENCE_DDL)
-            if kind == "tuned":
-                apply_schema(dsn)
+            apply_schema(dsn)
+            if kind == "default":  # the same table on Postgres' storage defaults
+                with psycopg.connect(dsn) as conn:
+                    conn.execute(f"ALTER TABLE entity_features RESET ({', '.join(TUNED_STORAGE)})")
         yield dsns
     finally:
         with psycopg.connect(admin, autocommit=True) as conn:

@@ -69,7 +69,7 @@ def test_stack_up_initializes_epoch_one_and_initializing_again_changes_nothing(o
 
 
 def test_bad_shard_maps_are_refused() -> None:
-    with pytest.raises(ValueError, match="at least one shard"):
+    with pytest.raises(ValueError, match="at least one server"):
         ShardMap(1, ())
     with pytest.raises(ValueError, match="non-empty"):
         ShardMap(1, ("",))

@@ -10,7 +10,9 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-DEFAULT_TOTAL_SHARDS = 256  # a power of two: why in docs/architecture/resharding.md ("Logical shards")
+from shardctl.store.hashing import TOTAL_LOGICAL_SHARDS
+
+DEFAULT_TOTAL_SHARDS = TOTAL_LOGICAL_SHARDS  # a power of two: why in docs/architecture/logical.md
 
 Placement = Mapping[int, str]
 

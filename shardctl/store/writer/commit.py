@@ -15,6 +15,7 @@ import psycopg
 from psycopg_pool import PoolTimeout
 
 from shardctl.store.errors import FeatureWriteError, PartialCommitError, ShardUnavailableError
+from shardctl.store.fence import FencedError
 from shardctl.store.retry import failover_in, is_multi_host
 from shardctl.store.shardmap import ShardMap, StaleShardMapError
 from shardctl.store.writer.streaming import ShardResult, ShardStream
@@ -50,7 +51,7 @@ def merge_all(
 
 def raise_failures(failures: dict[int, BaseException]) -> None:
     """Raise what the caller should see: a stale map first, one shard's outage as itself, else all of them."""
-    stale = [f for f in failures.values() if isinstance(f, StaleShardMapError)]
+    stale = [f for f in failures.values() if isinstance(f, StaleShardMapError | FencedError)]
     if stale:
         raise stale[0]
     if len(failures) == 1:
@@ -102,7 +103,7 @@ def failover_retryable(exc: ShardUnavailableError | FeatureWriteError, shard_map
 
 def classify(shard: int, dsn: str, exc: BaseException) -> BaseException:
     """A lost connection or an exhausted pool is the shard being unavailable; anything else stays itself."""
-    if isinstance(exc, StaleShardMapError | ShardUnavailableError):
+    if isinstance(exc, StaleShardMapError | FencedError | ShardUnavailableError):
         return exc
     if isinstance(exc, psycopg.OperationalError | PoolTimeout):
         return ShardUnavailableError(shard, dsn, exc)

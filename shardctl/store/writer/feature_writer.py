@@ -1,13 +1,16 @@
-"""Bulk writes of feature rows: validate, route by shard, binary COPY + one merge per shard.
+"""Bulk writes of feature rows: validate, route (id -> logical shard -> server), binary COPY + one merge per server.
 
 The batch is all-or-nothing as far as Postgres can make it without two-phase commit:
 
 1. Rows are validated in chunks (a bad row raises ``BadFeatureRowError`` naming its position and id) and
-   each valid chunk is routed and streamed at once into every shard's open transaction: fence check (the
-   write's shard-map epoch), then binary ``COPY`` into a temporary staging table (or, for fresh entities,
+   each valid chunk is routed and streamed at once into every server's open transaction: server fence check
+   (the write's shard-map epoch), then binary ``COPY`` into a temporary staging table (or, for fresh entities,
    straight into the table under a savepoint). A bad row anywhere aborts every shard's COPY and rolls
    every shard back: nothing of the batch is ever committed anywhere. Validation completes before any
-   commit, and overlapping it with the COPY keeps the writer near raw ``COPY`` speed.
+   commit, and overlapping it with the COPY keeps the writer near raw ``COPY`` speed. Before the merge each
+   server's transaction checks the per-logical-shard fence of every logical shard it wrote
+   (``shardctl/store/fence.py``): a cutover that fenced one of them refuses the batch, which rolls back, waits
+   for the new epoch and is routed again (the caller sees latency, not an error).
 2. Staged rows are merged with ``INSERT ... ON CONFLICT DO UPDATE`` in sub-batches, on a pool thread
    while the next rows are validated; the last sub-batch of every shard is merged in parallel. No shard
    commits until every shard has merged; if any fails, all roll back (``FeatureWriteError``).
@@ -37,7 +40,9 @@ from dataclasses import dataclass, field
 import psycopg
 from psycopg.types.json import set_json_dumps
 
+from shardctl.store import fence
 from shardctl.store.errors import BadFeatureRowError, FeatureWriteError, ShardUnavailableError
+from shardctl.store.hashing import TOTAL_LOGICAL_SHARDS
 from shardctl.store.pools import ShardPools
 from shardctl.store.shardmap import ShardMap, ShardMapWatcher, StaleShardMapError
 from shardctl.store.validation import CopyRow, FeatureRow, RowValidator, validate_feature_set
@@ -94,11 +99,13 @@ class FeatureWriter:
         chunk_rows: int = _CHUNK_ROWS,
         merge_rows: int = _MERGE_ROWS,
         failover_deadline: float = 30.0,
+        fence_wait_s: float = 30.0,
     ):
         if chunk_rows < 1 or merge_rows < 1:
             raise ValueError(f"chunk_rows and merge_rows must be >= 1, got {chunk_rows}, {merge_rows}")
         self._maps = shard_maps
         self.failover_deadline = failover_deadline
+        self.fence_wait_s = fence_wait_s
         self.fresh_fast_path = fresh_fast_path
         self.chunk_rows = chunk_rows
         self.merge_rows = merge_rows
@@ -150,6 +157,11 @@ class FeatureWriter:
                 self._pools.close()
                 time.sleep(0.2)
                 retries += 1
+            except fence.FencedError as exc:
+                # A cutover fenced logical shards this batch writes: wait for the epoch that moves them (or, if
+                # the cutover gives up, the one that keeps them) and route again.
+                shard_map = self._wait_for_epoch(exc, shard_map, started)
+                retries += 1
             except StaleShardMapError as exc:
                 refreshed = self._refresh()
                 if retries or refreshed is None or refreshed.epoch <= shard_map.epoch:
@@ -159,6 +171,16 @@ class FeatureWriter:
         report.retries = retries
         report.seconds = time.perf_counter() - started
         return report
+
+    def _wait_for_epoch(self, exc: fence.FencedError, shard_map: ShardMap, started: float) -> ShardMap:
+        left = self.fence_wait_s - (time.perf_counter() - started)
+        if not isinstance(self._maps, ShardMapWatcher) or left <= 0:
+            raise exc
+        latest = self._maps.wait_for_epoch(exc.fence_epoch, left)
+        if latest.epoch < exc.fence_epoch:
+            raise exc
+        log.info("%s; routing again on epoch %s", exc, latest.epoch)
+        return latest
 
     def _chunks(self, validator: RowValidator, source: Iterator[FeatureRow], prepared: list, hashes: list):
         """Already validated rows first (a retry), then the rest of ``source``, validated chunk by chunk."""
@@ -180,8 +202,10 @@ class FeatureWriter:
         One thread does all the Python work (validation, encoding, writing to the sockets) while the shards'
         Postgres backends work in parallel: a second Python thread would only fight it for the GIL.
         """
-        n = shard_map.total_shards
+        n = shard_map.server_count
+        placement = shard_map.placement
         report = WriteReport(feature_set, shard_map.epoch, {})
+        written: list[set[int]] = [set() for _ in range(n)]  # logical shards each server's transaction wrote
         pools = self._pools.pools_for(shard_map)
         streams: dict[int, ShardStream] = {}
         conns: dict[int, psycopg.Connection] = {}
@@ -190,12 +214,14 @@ class FeatureWriter:
             try:
                 for chunk, chunk_hashes in self._chunks(validator, source, prepared, hashes):
                     groups: list[list] = [[] for _ in range(n)]
-                    for row, h in zip(chunk, chunk_hashes, strict=True):
-                        groups[h % n].append(row)
+                    for (eid, features, ts), h in zip(chunk, chunk_hashes, strict=True):
+                        shard = h % TOTAL_LOGICAL_SHARDS
+                        groups[placement[shard]].append((shard, eid, features, ts))
                     for i, group in enumerate(groups):
                         if not group:
                             continue
                         report.rows_per_shard[i] = report.rows_per_shard.get(i, 0) + len(group)
+                        written[i].update(row[0] for row in group)
                         try:
                             stream = streams.get(i)
                             if stream is None:
@@ -224,6 +250,7 @@ class FeatureWriter:
             for i, stream in streams.items():
                 try:
                     stream.finish_copy()
+                    fence.check(stream.conn, written[i], shard_map.epoch)
                 except Exception as exc:
                     failures[i] = classify(i, shard_map.dsns[i], exc)
             results = {}

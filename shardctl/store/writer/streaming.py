@@ -1,5 +1,6 @@
-"""One shard's side of a batch write: its open transaction, the fence check, and the COPY that streams rows
+"""One server's side of a batch write: its open transaction, the fence checks, and the COPY that streams rows
 into it (straight into the table for fresh entities, else into a staging table merged in sub-batches).
+Rows arrive as ``(logical_shard, entity_id, features, event_ts)``: the logical shard leads the key.
 
 Nothing here commits: ``shardctl.store.writer.commit`` decides, across all shards.
 """
@@ -9,18 +10,20 @@ from __future__ import annotations
 import contextlib
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import datetime
 
 import psycopg
 
 from shardctl.store.schema import FEATURE_TABLE
 from shardctl.store.shardmap import check_fence
-from shardctl.store.validation import CopyRow
+
+RoutedRow = tuple[int, str, bytes, datetime]  # logical shard, entity id, JSON-encoded features, event time
 
 _PROBE_KEYS = 64
 _MERGE_SQL = f"""
-INSERT INTO {FEATURE_TABLE} AS t (entity_id, feature_set, features, event_ts)
-SELECT s.entity_id, %(feature_set)s, s.features, s.event_ts FROM tessera_stage s
-ON CONFLICT (entity_id, feature_set) DO UPDATE
+INSERT INTO {FEATURE_TABLE} AS t (logical_shard, entity_id, feature_set, features, event_ts)
+SELECT s.logical_shard, s.entity_id, %(feature_set)s, s.features, s.event_ts FROM tessera_stage s
+ON CONFLICT (logical_shard, entity_id, feature_set) DO UPDATE
    SET features = excluded.features,
        event_ts = excluded.event_ts,
        written_at = now(),
@@ -31,10 +34,18 @@ ON CONFLICT (entity_id, feature_set) DO UPDATE
 # Rows inserted so far by this transaction (Postgres' own per-transaction counter): read before and after the
 # merge, it splits the merge's row count into inserts and updates without a RETURNING pass over every row.
 _XACT_INSERTED_SQL = f"SELECT pg_stat_get_xact_tuples_inserted('{FEATURE_TABLE}'::regclass)"
-_PROBE_SQL = f"SELECT EXISTS (SELECT 1 FROM {FEATURE_TABLE} WHERE feature_set = %s AND entity_id = ANY(%s))"
-_COPY_TABLE_SQL = f"COPY {FEATURE_TABLE} (entity_id, feature_set, features, event_ts) FROM STDIN (FORMAT BINARY)"
-_COPY_STAGE_SQL = "COPY tessera_stage (entity_id, features, event_ts) FROM STDIN (FORMAT BINARY)"
-_STAGE_DDL = "CREATE TEMP TABLE tessera_stage (entity_id text, features jsonb, event_ts timestamptz) ON COMMIT DROP"
+_PROBE_SQL = (
+    f"SELECT EXISTS (SELECT 1 FROM {FEATURE_TABLE} WHERE feature_set = %s "
+    "AND (logical_shard, entity_id) IN (SELECT * FROM unnest(%s::integer[], %s::text[])))"
+)
+_COPY_TABLE_SQL = (
+    f"COPY {FEATURE_TABLE} (logical_shard, entity_id, feature_set, features, event_ts) FROM STDIN (FORMAT BINARY)"
+)
+_COPY_STAGE_SQL = "COPY tessera_stage (logical_shard, entity_id, features, event_ts) FROM STDIN (FORMAT BINARY)"
+_STAGE_DDL = (
+    "CREATE TEMP TABLE tessera_stage (logical_shard integer, entity_id text, features jsonb, event_ts timestamptz) "
+    "ON COMMIT DROP"
+)
 
 
 class _Aborted(Exception):
@@ -53,10 +64,10 @@ class ShardStream:
         self.shard = shard
         self.conn = conn
         self.fast = fast
-        self.rows: list[CopyRow] = []  # fast path: kept to stage them if it fails
+        self.rows: list[RoutedRow] = []  # fast path: kept to stage them if it fails
         self._executor = executor
         self._sub_batch = sub_batch
-        self._pending: list[CopyRow] = []
+        self._pending: list[RoutedRow] = []
         self._merging: Future | None = None
         self._staged = False
         self._inserted = 0
@@ -65,14 +76,14 @@ class ShardStream:
         if fast:
             cursor = self._copying.enter_context(self.conn.cursor())
             self._copy = self._copying.enter_context(cursor.copy(_COPY_TABLE_SQL))
-            self._copy.set_types(["text", "text", "jsonb", "timestamptz"])
+            self._copy.set_types(["int4", "text", "text", "jsonb", "timestamptz"])
 
-    def send(self, rows: list[CopyRow], feature_set: str) -> None:
+    def send(self, rows: list[RoutedRow], feature_set: str) -> None:
         if self.fast:
             self.rows.extend(rows)
             write = self._copy.write_row
-            for eid, features, ts in rows:
-                write((eid, feature_set, features, ts))
+            for shard, eid, features, ts in rows:
+                write((shard, eid, feature_set, features, ts))
             return
         self._pending.extend(rows)
         if len(self._pending) >= self._sub_batch:
@@ -85,7 +96,7 @@ class ShardStream:
         if not rows:
             return
         with self.conn.cursor() as cursor, cursor.copy(_COPY_STAGE_SQL) as copy:
-            copy.set_types(["text", "jsonb", "timestamptz"])
+            copy.set_types(["int4", "text", "jsonb", "timestamptz"])
             for row in rows:
                 copy.write_row(row)
         self._staged = True
@@ -150,7 +161,7 @@ def open_stream(
     shard: int,
     epoch: int,
     feature_set: str,
-    first_rows: list[CopyRow],
+    first_rows: list[RoutedRow],
     *,
     fresh_fast_path: bool,
     executor: ThreadPoolExecutor,
@@ -167,7 +178,8 @@ def open_stream(
     return ShardStream(shard, conn, fast, executor, sub_batch)
 
 
-def _any_stored(conn: psycopg.Connection, feature_set: str, rows: list[CopyRow]) -> bool:
+def _any_stored(conn: psycopg.Connection, feature_set: str, rows: list[RoutedRow]) -> bool:
     step = max(1, len(rows) // _PROBE_KEYS)
-    sample = [rows[i][0] for i in range(0, len(rows), step)][:_PROBE_KEYS]
-    return bool(conn.execute(_PROBE_SQL, (feature_set, sample)).fetchone()[0])
+    sample = [rows[i] for i in range(0, len(rows), step)][:_PROBE_KEYS]
+    shards, ids = [row[0] for row in sample], [row[1] for row in sample]
+    return bool(conn.execute(_PROBE_SQL, (feature_set, shards, ids)).fetchone()[0])
