@@ -59,7 +59,7 @@ def test_up_adds_empty_registered_servers_and_remove_server_refuses_a_placed_one
     assert stack.server_names(state) == ["server-0", "server-1", "server-2"]
     assert set(running_before) <= set(stack.pids()), "adding servers restarted none of the running ones"
     settings_file = json.loads(stack.settings_file.read_text())
-    recorded = {entry["name"]: entry["dsn"] for entry in settings_file["shards"]}
+    recorded = {entry["name"]: entry["dsn"] for entry in settings_file["servers"]}
     assert list(recorded) == ["server-0", "server-1", "server-2"]
     maps = ShardMapStore(catalog)
     assert maps.registered_servers() == recorded
@@ -110,7 +110,7 @@ def test_up_adds_empty_registered_servers_and_remove_server_refuses_a_placed_one
     assert state is not None
     assert stack.server_names(state) == ["server-0", "server-2"]
     settings_file = json.loads(stack.settings_file.read_text())
-    assert [e["name"] for e in settings_file["shards"]] == ["server-0", "server-2"]
+    assert [e["name"] for e in settings_file["servers"]] == ["server-0", "server-2"]
     listed = _status(stack)
     assert "server-0" in listed
     assert "server-2" in listed

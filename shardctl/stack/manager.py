@@ -406,7 +406,7 @@ class Stack:
         settings = {
             "data_dir": str(self.data_dir),
             "catalog_dsn": servers[0].dsn(),
-            "shards": self._shard_entries(state, servers[1:]),
+            "servers": self._shard_entries(state, servers[1:]),
             "redis_url": self.redis_server(state).url,
             "h2o": {"java_home": state.java_home},
             "dagster_dsn": servers[0].dsn(DAGSTER_DATABASE),
