@@ -62,14 +62,14 @@ class StoreReader(threading.Thread):
         self.store, self.writer = store, writer
         self.reads = self.errors = self.misses = 0
         self.error_samples: list[str] = []
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         rng = random.Random(3)
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             known = list(self.writer.log.acknowledged)
             if not known:
-                self._stop.wait(0.05)
+                self._halt.wait(0.05)
                 continue
             ids = rng.sample(known, min(20, len(known)))
             try:
@@ -83,10 +83,10 @@ class StoreReader(threading.Thread):
                 self.errors += 1
                 self.error_samples.append(f"servers failed: {sorted(result.failed)}")
             self.misses += len(result.missing)
-            self._stop.wait(0.02)
+            self._halt.wait(0.02)
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=60)
 
 

@@ -63,7 +63,7 @@ class SteadyWriter(threading.Thread):
         self.log = WriteLog()
         self._rng = random.Random(seed)
         self._seq = itertools.count(1)
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def seed_rows(self, count: int) -> None:
         """Write ``count`` entities before traffic starts (recorded like any acknowledged write)."""
@@ -84,7 +84,7 @@ class SteadyWriter(threading.Thread):
 
     def run(self) -> None:
         next_at = time.monotonic()
-        while not self._stop.is_set():
+        while not self._halt.is_set():
             known = list(self.log.acknowledged)
             fresh = len(known) + self.batch * 4  # beyond every id used so far
             ids = {
@@ -93,10 +93,10 @@ class SteadyWriter(threading.Thread):
             }
             self._write(sorted(ids))
             next_at += self.interval
-            self._stop.wait(max(0.0, next_at - time.monotonic()))
+            self._halt.wait(max(0.0, next_at - time.monotonic()))
 
     def stop(self) -> WriteLog:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=60)
         assert not self.is_alive(), "the writer did not stop"
         return self.log
@@ -126,7 +126,7 @@ class OpenLoopClient(threading.Thread):
         self.rate = rate
         self.batch = batch
         self.log = ClientLog()
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         asyncio.run(self._run())
@@ -137,7 +137,7 @@ class OpenLoopClient(threading.Thread):
         async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as client:
             start = time.monotonic()
             for i in itertools.count():
-                if self._stop.is_set():
+                if self._halt.is_set():
                     break
                 await asyncio.sleep(max(0.0, start + i / self.rate - time.monotonic()))
                 ids = rng.sample(self.entity_ids, min(self.batch, len(self.entity_ids)))
@@ -169,7 +169,7 @@ class OpenLoopClient(threading.Thread):
         self.log.failures.append(why)
 
     def stop(self) -> ClientLog:
-        self._stop.set()
+        self._halt.set()
         self.join(timeout=60)
         assert not self.is_alive(), "the client did not stop"
         return self.log
