@@ -79,7 +79,7 @@ def plan_shard_migration(context: dg.OpExecutionContext, config: MigrationTarget
 
 
 def _as_dict(value: Any) -> Any:
-    for attribute in ("to_dict", "as_dict", "_asdict"):
+    for attribute in ("to_json", "to_dict", "_asdict"):
         if hasattr(value, attribute):
             return getattr(value, attribute)()
     if hasattr(value, "__dataclass_fields__"):

@@ -36,6 +36,8 @@ class WriteLog:
 
     acknowledged: dict[str, int] = field(default_factory=dict)
     failures: list[str] = field(default_factory=list)
+    # Ids of failed writes: a write that failed as its server failed over may still have committed.
+    uncertain: set[str] = field(default_factory=set)
     batches: list[tuple[float, float]] = field(default_factory=list)
 
 
@@ -78,6 +80,7 @@ class SteadyWriter(threading.Thread):
             self.store.write(self.feature_set, rows)
         except Exception as exc:  # every failure counts: the test demands none
             self.log.failures.append(f"{type(exc).__name__}: {exc}")
+            self.log.uncertain.update(ids)
             return
         self.log.batches.append((started, time.monotonic() - started))
         self.log.acknowledged.update(seqs)
@@ -192,9 +195,14 @@ class Audit:
 
 
 def audit(
-    server_dsns: Mapping[str, str], placement: Mapping[int, str], feature_set: str, acknowledged: Mapping[str, int]
+    server_dsns: Mapping[str, str],
+    placement: Mapping[int, str],
+    feature_set: str,
+    acknowledged: Mapping[str, int],
+    uncertain: Iterable[str] = (),
 ) -> Audit:
-    """Read every row of ``feature_set`` on every server and check it row by row."""
+    """Read every row of ``feature_set`` on every server and check it row by row. Ids in ``uncertain`` (their
+    write failed, so it may or may not have committed) may be present without an acknowledgement."""
     found: dict[str, list[tuple[str, int, int]]] = {}
     rows = 0
     for name, dsn in server_dsns.items():
@@ -207,7 +215,7 @@ def audit(
                 found.setdefault(eid, []).append((name, logical, seq))
                 rows += 1
     lost = sorted(set(acknowledged) - set(found))
-    unexpected = sorted(set(found) - set(acknowledged))
+    unexpected = sorted(set(found) - set(acknowledged) - set(uncertain))
     duplicated = sorted(eid for eid, where in found.items() if len(where) > 1)
     stale = sorted(eid for eid, where in found.items() if eid in acknowledged and where[0][2] < acknowledged[eid])
     misplaced = sorted(eid for eid, where in found.items() if any(placement[lg] != srv for srv, lg, _ in where))
