@@ -71,22 +71,10 @@ def plan_shard_migration(context: dg.OpExecutionContext, config: MigrationTarget
     if not config.to_servers:
         raise dg.Failure("to_servers is empty: name the servers that hold the logical shards afterwards")
     try:
-        report = engine.plan(config.to_servers)
-        record = engine.begin(config.to_servers)
+        record = engine.begin(config.to_servers)  # plans (moves, rows, bytes) and journals the plan
     except (JournalError, ValueError, LookupError, RuntimeError) as exc:
         raise dg.Failure(scrub(str(exc))) from exc
-    yield dg.Output(record.id, metadata={"plan": _json(_as_dict(report)), "to_servers": ", ".join(config.to_servers)})
-
-
-def _as_dict(value: Any) -> Any:
-    for attribute in ("to_json", "to_dict", "_asdict"):
-        if hasattr(value, attribute):
-            return getattr(value, attribute)()
-    if hasattr(value, "__dataclass_fields__"):
-        from dataclasses import asdict
-
-        return asdict(value)
-    return value if isinstance(value, dict | list) else str(value)
+    yield dg.Output(record.id, metadata={"plan": _json(record.plan), "to_servers": ", ".join(config.to_servers)})
 
 
 def _json(value: Any) -> dg.MetadataValue:
