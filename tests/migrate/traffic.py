@@ -23,7 +23,7 @@ import httpx
 import psycopg
 
 from shardctl.store import FeatureStore
-from shardctl.store.hashing import TOTAL_LOGICAL_SHARDS, logical_shard_for
+from shardctl.store.hashing import logical_shard_for
 from shardctl.store.writer import FeatureRow
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
@@ -233,28 +233,18 @@ def rows_per_logical_shard(server_dsns: Iterable[str]) -> Counter[int]:
     return counts
 
 
-def minimum_rows_moved(before: Mapping[int, str], servers: Sequence[str], rows: Mapping[int, int]) -> int:
-    """The fewest rows any balanced placement on ``servers`` must move from ``before`` (logical shard ->
-    server), given ``rows`` per logical shard: over every choice of which servers hold the ceiling of the mean,
-    each server over its quota gives away its smallest logical shards. Brute force; fine for a few servers."""
-    total = TOTAL_LOGICAL_SHARDS
-    low, extra = divmod(total, len(servers))
-    held: dict[str, list[int]] = {s: [] for s in servers}
-    leaving = [lg for lg, s in before.items() if s not in held]  # on a removed server: must move
-    for lg, s in before.items():
-        if s in held:
-            held[s].append(lg)
-    forced = sum(rows.get(lg, 0) for lg in leaving)
-    best = None
-    for ceiling in itertools.combinations(servers, extra):
-        moved = forced
-        for s in servers:
-            quota = low + (1 if s in ceiling else 0)
-            sizes = sorted(rows.get(lg, 0) for lg in held[s])
-            moved += sum(sizes[: max(0, len(sizes) - quota)])
-        best = moved if best is None else min(best, moved)
-    assert best is not None
-    return best
+def minimum_rows_moved(before: Mapping[int, str], servers: Sequence[str], rows: Mapping[int, int]) -> float:
+    """The fewest rows any placement on ``servers`` that is balanced by rows must move from ``before`` (logical
+    shard -> server), given ``rows`` per logical shard: every row on a server that leaves, plus what each
+    staying server holds beyond the mean. Adding one server to N equal ones: 1/(N+1) of the rows. Moving whole
+    logical shards reaches it up to the spread of their sizes (hence the issue's 5% allowance)."""
+    total = sum(rows.get(lg, 0) for lg in before)
+    held: dict[str, int] = {}
+    for lg, server in before.items():
+        held[server] = held.get(server, 0) + rows.get(lg, 0)
+    mean = total / len(servers)
+    leaving = sum(n for server, n in held.items() if server not in servers)
+    return leaving + sum(max(0.0, held.get(server, 0) - mean) for server in servers)
 
 
 def rows_moved(before: Mapping[int, str], after: Mapping[int, str], rows: Mapping[int, int]) -> int:
