@@ -23,6 +23,11 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     import psycopg
 
     from shardctl.control.ha import HAError
+    from shardctl.control.migration.cleanup import CleanupError
+    from shardctl.control.migration.engine import MigrationError
+    from shardctl.control.migration.journal import JournalError
+    from shardctl.control.migration.replication import ReplicationError
+    from shardctl.control.migration.table import LayoutError
     from shardctl.java import JavaUnavailableError
     from shardctl.stack.binaries import MissingBinaryError
     from shardctl.stack.ha.etcd import EtcdStartError
@@ -40,6 +45,11 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         RedisStartError,
         EtcdStartError,
         HAError,
+        MigrationError,
+        JournalError,
+        ReplicationError,
+        CleanupError,
+        LayoutError,
         ValueError,
         OSError,
         ShardMapError,
@@ -257,7 +267,7 @@ def shards() -> None:
     """The shard map in the catalog: epochs and shard DSNs."""
 
 
-def _catalog_dsn() -> str:
+def catalog_dsn() -> str:
     from shardctl.settings import StoreSettings
     from shardctl.store.shardmap import ShardMapError
 
@@ -274,7 +284,7 @@ def shards_show(as_json: bool) -> None:
     from shardctl.store.errors import describe_dsn
     from shardctl.store.shardmap import ShardMapStore
 
-    current = ShardMapStore(_catalog_dsn()).current()
+    current = ShardMapStore(catalog_dsn()).current()
     listed = [{"index": i, "server": describe_dsn(dsn)} for i, dsn in enumerate(current.dsns)]
     if as_json:
         click.echo(json.dumps({"epoch": current.epoch, "shards": listed}, indent=2))
@@ -291,7 +301,7 @@ def shards_prepare() -> None:
     from shardctl.store import prepare
 
     settings = StoreSettings()
-    current = prepare(_catalog_dsn(), settings=settings)
+    current = prepare(catalog_dsn(), settings=settings)
     click.echo(f"ready: epoch {current.epoch}, {current.total_shards} shards, schema applied")
 
 
@@ -311,6 +321,12 @@ def _print_status(the_stack: Stack, as_json: bool) -> bool:
             )
     return bool(rows) and all(r.healthy for r in rows)
 
+
+# Command groups kept in their own modules (each imports only click until a command runs).
+from shardctl.migrate_cli import migrate, servers  # noqa: E402
+
+main.add_command(servers)
+main.add_command(migrate)
 
 if __name__ == "__main__":
     main()

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 import pytest
 
-from shardctl.settings import TesseraSettings
+from shardctl.process import free_port
+from shardctl.settings import TesseraSettings, load_settings
+from shardctl.stack.manager import Stack
 from shardctl.store import FeatureStore
 from shardctl.store.writer import FeatureRow
 
@@ -53,3 +57,22 @@ def shard_snapshot(dsns: tuple[str, ...], feature_set: str) -> list[list[tuple]]
                 ).fetchall()
             )
     return snapshot
+
+
+@contextmanager
+def private_stack(root: Path, servers: int) -> Iterator[tuple[Stack, TesseraSettings]]:
+    """A stack of its own (catalog + ``servers`` servers) for tests that publish epochs or stop servers: things
+    that would disturb the session stack. Stopped and purged afterwards."""
+    stack = Stack(root)
+    state = stack.up(shards=servers, base_port=free_port(block=10))
+    started = stack.postgres_servers(state)
+    settings = load_settings(
+        data_dir=root,
+        catalog_dsn=started[0].dsn(),
+        servers=[{"index": i, "dsn": s.dsn()} for i, s in enumerate(started[1:])],
+    )
+    try:
+        yield stack, settings
+    finally:
+        failed = stack.down(purge=True)
+        assert not failed, f"servers left running: {failed}"

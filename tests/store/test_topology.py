@@ -11,13 +11,12 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 import psycopg
 import pytest
 
-from shardctl.process import free_port, wait_until
-from shardctl.settings import TesseraSettings, load_settings
+from shardctl.process import wait_until
+from shardctl.settings import TesseraSettings
 from shardctl.stack.manager import Stack
 from shardctl.store import FeatureStore
 from shardctl.store.async_reader import AsyncFeatureReader
@@ -25,7 +24,7 @@ from shardctl.store.errors import BadEntityIdError, FeatureWriteError, ShardUnav
 from shardctl.store.reader import ReadResult
 from shardctl.store.shardmap import ShardMap, ShardMapError, ShardMapStore, ShardMapWatcher, StaleShardMapError
 from shardctl.store.writer import FeatureWriter
-from tests.store.conftest import T0, make_rows, shard_snapshot
+from tests.store.conftest import T0, make_rows, private_stack, shard_snapshot
 
 
 @dataclass
@@ -36,20 +35,8 @@ class OwnStack:
 
 @pytest.fixture(scope="module")
 def own_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[OwnStack]:
-    root: Path = tmp_path_factory.mktemp("own_stack")
-    stack = Stack(root)
-    state = stack.up(shards=2, base_port=free_port(block=10))
-    servers = stack.postgres_servers(state)
-    settings = load_settings(
-        data_dir=root,
-        catalog_dsn=servers[0].dsn(),
-        shards=[{"index": i, "dsn": s.dsn()} for i, s in enumerate(servers[1:])],
-    )
-    try:
+    with private_stack(tmp_path_factory.mktemp("own_stack"), 2) as (stack, settings):
         yield OwnStack(stack, settings)
-    finally:
-        failed = stack.down(purge=True)
-        assert not failed, f"servers left running: {failed}"
 
 
 @pytest.fixture

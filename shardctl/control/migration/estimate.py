@@ -11,6 +11,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 
 import psycopg
+from psycopg import sql
 
 from shardctl.control.migration.plan import Move, group_by_pair
 from shardctl.control.migration.table import MovedTable, count_rows
@@ -26,14 +27,17 @@ class MoveEstimate:
 
 
 def bytes_per_row(conn: psycopg.Connection, table: MovedTable) -> float:
-    """Average on-disk bytes per row (0 for an empty or never-analysed table)."""
+    """Average on-disk bytes per row (0 for an empty table)."""
     row = conn.execute(
         "SELECT pg_total_relation_size(oid), greatest(reltuples, 0) FROM pg_class WHERE oid = to_regclass(%s)",
         (table.name,),
     ).fetchone()
-    if row is None or not row[1]:
+    if row is None:
         return 0.0
-    return row[0] / row[1]
+    rows = row[1]
+    if not rows:  # never analysed (a young table): count it
+        rows = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table.ident)).fetchone()[0]
+    return row[0] / rows if rows else 0.0
 
 
 def estimate_moves(

@@ -87,6 +87,32 @@ class Journal:
         with self._connect() as conn:
             return _running(conn)
 
+    def get(self, migration_id: int) -> MigrationRecord | None:
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT id, state, phase, plan FROM tessera_migrations WHERE id = %s", (migration_id,)
+            ).fetchone()
+        return MigrationRecord(*row) if row else None
+
+    def latest(self) -> MigrationRecord | None:
+        """The newest migration, whatever its state (status shows the last one when none runs)."""
+        with self._connect() as conn:
+            row = conn.execute(
+                "SELECT id, state, phase, plan FROM tessera_migrations ORDER BY id DESC LIMIT 1"
+            ).fetchone()
+        return MigrationRecord(*row) if row else None
+
+    def events(self, migration_id: int) -> list[tuple[str, Any, dict[str, Any]]]:
+        """Each finished phase of the migration: (phase, when, detail), oldest first."""
+        with self._connect() as conn:
+            return [
+                (r[0], r[1], r[2])
+                for r in conn.execute(
+                    "SELECT phase, at, detail FROM tessera_migration_events WHERE migration_id = %s ORDER BY at",
+                    (migration_id,),
+                )
+            ]
+
     def finish_phase(self, migration_id: int, phase: str, detail: dict[str, Any] | None = None) -> None:
         """Record ``phase`` as finished. The same phase again is a no-op; going back or skipping is refused."""
         if phase not in PHASES:

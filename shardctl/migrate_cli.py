@@ -1,0 +1,315 @@
+"""`shardctl servers` (the catalog's server registry) and `shardctl migrate` (online resharding), registered on
+the root group by ``shardctl/cli.py``, whose group turns the known failures into one line and exit 1. Servers are
+names; DSNs are given once, to `servers add`, and never printed with their credentials. Progress bars go to
+stderr and are off with ``--json`` (machine output on stdout)."""
+
+from __future__ import annotations
+
+import json
+from typing import TYPE_CHECKING, Any
+
+import click
+
+if TYPE_CHECKING:
+    from shardctl.control.migration.engine import MigrationEngine, ProgressEvent
+
+
+def _catalog_dsn() -> str:
+    from shardctl.cli import catalog_dsn
+
+    return catalog_dsn()
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
+
+
+# --- servers -------------------------------------------------------------------------------------------------------
+
+
+@click.group()
+def servers() -> None:
+    """The servers the catalog knows, by name (placed or not)."""
+
+
+@servers.command("list")
+@json_option
+def servers_list(as_json: bool) -> None:
+    """Each registered server: where it is (host:port/db), how many logical shards it holds, reachable or not."""
+    import psycopg
+
+    from shardctl.store.errors import describe_dsn
+    from shardctl.store.shardmap import ShardMapStore
+
+    maps = ShardMapStore(_catalog_dsn())
+    maps.ensure_schema()
+    current = maps.current()
+    rows = []
+    for name, dsn in maps.registered_servers().items():
+        try:
+            with psycopg.connect(dsn, connect_timeout=2):
+                reachable = True
+        except psycopg.OperationalError:
+            reachable = False
+        rows.append(
+            {
+                "name": name,
+                "server": describe_dsn(dsn),
+                "logical_shards": len(current.logical_shards_on(name)),
+                "reachable": reachable,
+            }
+        )
+    if as_json:
+        click.echo(json.dumps({"epoch": current.epoch, "servers": rows}, indent=2))
+        return
+    click.echo(f"epoch {current.epoch}")
+    click.echo(f"{'name':<16} {'logical shards':>14}  {'reachable':<9} server")
+    for r in rows:
+        click.echo(f"{r['name']:<16} {r['logical_shards']:>14}  {'yes' if r['reachable'] else 'NO':<9} {r['server']}")
+
+
+@servers.command("add")
+@click.argument("name")
+@click.option("--dsn", required=True, help="libpq DSN of the server (may be multi-host: a Patroni cluster).")
+@click.option("--replace", is_flag=True, help="Point an existing name at a new DSN.")
+def servers_add(name: str, dsn: str, replace: bool) -> None:
+    """Register server NAME at DSN (it must be reachable). Placing logical shards on it is `shardctl migrate`'s
+    job: `shardctl migrate run --add-server NAME`."""
+    import psycopg
+
+    from shardctl.control.migration.engine import MigrationError
+    from shardctl.store.errors import describe_dsn
+    from shardctl.store.shardmap import ShardMapStore, check_server_name
+
+    check_server_name(name)
+    try:
+        with psycopg.connect(dsn, connect_timeout=3):
+            pass
+    except psycopg.OperationalError as exc:
+        raise MigrationError(f"server {name} is unreachable: {str(exc).strip().splitlines()[0]}") from None
+    ShardMapStore(_catalog_dsn()).register_server(name, dsn, replace=replace)
+    click.echo(f"server {name} registered at {describe_dsn(dsn)}")
+
+
+# --- migrate -------------------------------------------------------------------------------------------------------
+
+
+@click.group()
+def migrate() -> None:
+    """Online resharding: move logical shards between servers (plan, run, resume, status, abort)."""
+
+
+def target_options(command):
+    """The target, one of three ways (documented in README, "Resharding")."""
+    for option in reversed(
+        [
+            click.option("--to-servers", default=None, help="Exactly these servers, comma-separated (e.g. a,b,c)."),
+            click.option("--add-server", default=None, help="The current servers plus this one."),
+            click.option("--remove-server", default=None, help="The current servers minus this one."),
+        ]
+    ):
+        command = option(command)
+    return command
+
+
+def resolve_target(current_servers: list[str], to: str | None, add: str | None, remove: str | None) -> list[str]:
+    """The target server list from exactly one of ``--to-servers``, ``--add-server``, ``--remove-server``."""
+    given = [x for x in (to, add, remove) if x is not None]
+    if len(given) != 1:
+        raise click.UsageError("give exactly one of --to-servers, --add-server, --remove-server")
+    if to is not None:
+        return [s.strip() for s in to.split(",") if s.strip()]
+    if add is not None:
+        if add in current_servers:
+            raise click.UsageError(f"server {add} already holds logical shards")
+        return [*current_servers, add]
+    if remove not in current_servers:
+        raise click.UsageError(f"server {remove} holds no logical shards (placed: {', '.join(current_servers)})")
+    return [s for s in current_servers if s != remove]
+
+
+def _placed_servers(engine: MigrationEngine) -> list[str]:
+    current = engine.maps.current()
+    return [name for name in current.servers if current.logical_shards_on(name)]
+
+
+def _human_bytes(n: int) -> str:
+    value = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if value < 1024 or unit == "GB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{n} B"
+
+
+@migrate.command("plan")
+@target_options
+@json_option
+def migrate_plan(to_servers: str | None, add_server: str | None, remove_server: str | None, as_json: bool) -> None:
+    """Which logical shards would move from where to where, and the rows and bytes that would move."""
+    from shardctl.control.migration.engine import MigrationEngine
+
+    engine = MigrationEngine(_catalog_dsn())
+    report = engine.plan(resolve_target(_placed_servers(engine), to_servers, add_server, remove_server))
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2))
+        return
+    click.echo(
+        f"epoch {report.from_epoch}: {', '.join(report.servers_before)} -> {', '.join(report.to_servers)}: "
+        f"{len(report.moves)} of 256 logical shards move, {report.rows:,} rows, {_human_bytes(report.bytes)}"
+    )
+    for pair in report.pairs:
+        shards = pair["logical_shards"]
+        listed = ", ".join(map(str, shards[:12])) + (", ..." if len(shards) > 12 else "")
+        click.echo(
+            f"  {pair['source']} -> {pair['target']}: {len(shards)} logical shards ({listed}), "
+            f"{pair['rows']:,} rows, {_human_bytes(pair['bytes'])}"
+        )
+
+
+class _Bars:
+    """Rich progress bars with ETA on stderr for the copy and the verification; other events as log lines."""
+
+    def __init__(self) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.progress = Progress(
+            TextColumn("{task.description:<10}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("rows  ETA"),
+            TimeRemainingColumn(),
+            console=Console(stderr=True),
+            transient=False,
+        )
+        self.tasks: dict[str, Any] = {}
+
+    def __call__(self, event: ProgressEvent) -> None:
+        if event.unit == "rows" and event.total is not None:
+            task = self.tasks.get(event.phase)
+            if task is None:
+                task = self.tasks[event.phase] = self.progress.add_task(event.phase, total=max(1, event.total))
+            self.progress.update(task, completed=min(event.done, max(1, event.total)))
+        else:
+            self.progress.console.print(f"[dim]{event.message}[/dim]")
+
+    def __enter__(self) -> _Bars:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+
+def _engine(as_json: bool) -> tuple[MigrationEngine, _Bars | None]:
+    from shardctl.control.migration.engine import MigrationEngine
+
+    bars = None if as_json else _Bars()
+    return MigrationEngine(_catalog_dsn(), on_progress=bars), bars
+
+
+def _finish(engine: MigrationEngine, migration_id: int, as_json: bool, bars: _Bars | None) -> None:
+    if bars is None:
+        record = engine.run(migration_id)
+    else:
+        with bars:
+            record = engine.run(migration_id)
+    status = engine.status()
+    if as_json:
+        click.echo(json.dumps(status, indent=2, default=str))
+        return
+    events = {e["phase"]: e["detail"] for e in status.get("events", [])}
+    cut = events.get("cut_over", {})
+    deleted = events.get("cleaned", {}).get("deleted_rows", {})
+    click.echo(
+        f"migration {record.id} {record.state}: epoch {cut.get('epoch')} published "
+        f"(fence held {cut.get('fence_held_ms', '-')} ms), {sum(deleted.values()):,} moved rows"
+        " removed from the sources"
+    )
+
+
+@migrate.command("run")
+@target_options
+@json_option
+def migrate_run(to_servers: str | None, add_server: str | None, remove_server: str | None, as_json: bool) -> None:
+    """Plan and run a migration to the target: provision, copy, verify, cut over, clean up. Killed at any point,
+    `shardctl migrate resume` continues it."""
+    engine, bars = _engine(as_json)
+    record = engine.begin(resolve_target(_placed_servers(engine), to_servers, add_server, remove_server))
+    if not as_json:
+        plan = record.plan
+        click.echo(
+            f"migration {record.id}: {plan['logical_shards_moved']} logical shards, {plan['rows']:,} rows "
+            f"to {', '.join(plan['to_servers'])}",
+            err=True,
+        )
+    _finish(engine, record.id, as_json, bars)
+
+
+@migrate.command("resume")
+@json_option
+def migrate_resume(as_json: bool) -> None:
+    """Continue the running migration from its first unfinished phase."""
+    from shardctl.control.migration.engine import MigrationError
+
+    engine, bars = _engine(as_json)
+    running = engine.journal.running()
+    if running is None:
+        raise MigrationError("no migration is running: start one with `shardctl migrate run --to-servers ...`")
+    _finish(engine, running.id, as_json, bars)
+
+
+@migrate.command("status")
+@json_option
+def migrate_status(as_json: bool) -> None:
+    """Phase, rows copied, replication lag and ETA of the running migration (else the last one)."""
+    from shardctl.control.migration.engine import MigrationEngine
+
+    status = MigrationEngine(_catalog_dsn()).status()
+    if as_json:
+        click.echo(json.dumps(status, indent=2, default=str))
+        return
+    if status["migration"] is None:
+        click.echo(f"no migration yet; epoch {status['epoch']}")
+        return
+    click.echo(
+        f"migration {status['migration']} {status['state']}: phase {status['phase']}"
+        + (f", next {status['next_phase']}" if status["state"] == "running" and status["next_phase"] else "")
+        + f"; {status['logical_shards_moved']} logical shards, {status['rows_planned']:,} rows to "
+        f"{', '.join(status['to_servers'])}; epoch {status['epoch']}"
+    )
+    if "rows_copied" in status:
+        eta = status.get("eta_s")
+        click.echo(
+            f"  copied {status['rows_copied']:,} of {status['rows_planned']:,} rows, lag {status['lag_bytes']:,} bytes"
+            + (f", ETA {eta:.0f} s" if eta is not None else "")
+        )
+        for link in status["links"]:
+            if "error" in link:
+                click.echo(f"  {link['link']}: {link['error']}")
+            else:
+                click.echo(
+                    f"  {link['link']} {link['source']} -> {link['target']}: "
+                    f"{'synced' if link['synced'] else 'copying'}, lag {link['lag_bytes']} bytes, "
+                    f"errors {link['errors']}" + ("" if link["enabled"] else ", DISABLED")
+                )
+
+
+@migrate.command("abort")
+@click.option("--force", is_flag=True, help="Do not ask for confirmation.")
+@json_option
+def migrate_abort(force: bool, as_json: bool) -> None:
+    """Before cutover: drop the copy (subscriptions, slots, publications, copied rows); traffic never moved."""
+    from shardctl.control.migration.engine import MigrationEngine, MigrationError
+
+    engine = MigrationEngine(_catalog_dsn())
+    running = engine.journal.running()
+    if running is None:
+        raise MigrationError("no migration is running")
+    if not force:
+        click.confirm(f"Abort migration {running.id} (phase {running.phase}) and drop its copy?", abort=True)
+    record = engine.abort()
+    if as_json:
+        click.echo(json.dumps({"migration": record.id, "state": record.state, "phase": record.phase}))
+    else:
+        click.echo(f"migration {record.id} aborted at {record.phase}; the placement is unchanged")
