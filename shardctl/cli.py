@@ -114,8 +114,8 @@ data_dir_option = click.option(
     "--servers",
     type=click.IntRange(1, 64),
     default=None,
-    help="Servers to run (default 2); on a running stack, adds the missing ones (empty: `shardctl migrate` "
-    "moves logical shards onto them).",
+    help="Servers to run (default 2); on a running stack, adds the missing ones (empty: `shardctl migrate run "
+    "--add-server NAME` moves logical shards onto them).",
 )
 @click.option("--shards", type=click.IntRange(1, 64), default=None, hidden=True, help="Deprecated: --servers.")
 @click.option("--base-port", type=click.IntRange(1024, 65000), default=None, help="First port to try.")

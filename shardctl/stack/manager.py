@@ -604,7 +604,7 @@ class Stack:
         if placed:
             raise StackError(
                 f"{name} holds {len(placed)} logical shards: move them to the other servers first "
-                f"(`shardctl migrate run --to-servers {len(self.server_names(state)) - 1}`), then remove it"
+                f"(`shardctl migrate run --remove-server {name}`), then remove it"
             )
         dsn = {e["name"]: e["dsn"] for e in self._shard_entries(state, self.postgres_servers(state)[1:])}[name]
         try:
