@@ -138,8 +138,12 @@ def stack_up(
         servers = knobs.servers
     elif servers is None and knobs.shards is not None:  # the deprecated TESSERA_STACK__SHARDS
         servers = knobs.shards
-    the_stack.up(servers=servers, base_port=base_port or knobs.base_port, ha=ha, replicas=replicas)
+    before = the_stack.load_state()
+    had = set(the_stack.server_names(before)) if before is not None else None
+    state = the_stack.up(servers=servers, base_port=base_port or knobs.base_port, ha=ha, replicas=replicas)
     _print_status(the_stack, as_json=False)
+    for name in [n for n in the_stack.server_names(state) if had is not None and n not in had]:
+        click.echo(f"{name} added, empty: `shardctl migrate run --add-server {name}` moves logical shards onto it")
 
 
 @stack.command("remove-server")

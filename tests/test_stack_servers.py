@@ -54,6 +54,7 @@ def test_up_adds_empty_registered_servers_and_remove_server_refuses_a_placed_one
 
     grown = _shardctl("stack", "up", "--servers", "3", "--data-dir", str(stack.data_dir))
     assert grown.returncode == 0, grown.stderr
+    assert "server-2 added, empty: `shardctl migrate run --add-server server-2`" in grown.stdout
     state = stack.load_state()
     assert state is not None
     assert stack.server_names(state) == ["server-0", "server-1", "server-2"]
