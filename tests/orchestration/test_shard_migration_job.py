@@ -56,7 +56,9 @@ def grown_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stac
 @pytest.fixture
 def dev(grown_stack) -> Iterator[DagsterDev]:
     _, settings = grown_stack
-    running = start_dagster_dev(settings, timeout=300)  # the webserver loads the whole code location: slow on a busy machine
+    running = start_dagster_dev(
+        settings, timeout=300
+    )  # the webserver loads the whole code location: slow on a busy machine
     try:
         yield running
     finally:
