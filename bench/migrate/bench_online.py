@@ -90,14 +90,17 @@ class StoreReader(threading.Thread):
         self.join(timeout=60)
 
 
-def migrate(engine: MigrationEngine, to_servers: list[str]) -> dict[str, tuple[float, float]]:
-    """One migration, phase by phase; (start, end) monotonic times of each phase."""
+def migrate(engine: MigrationEngine, to_servers: list[str], details: list[dict] | None = None) -> dict:
+    """One migration, phase by phase; (start, end) monotonic times of each phase. The cut_over phase's own
+    report (fence held, drain) is appended to ``details``."""
     record = engine.begin(to_servers)
     times = {}
     for phase in PHASES_AFTER_PLAN:
         started = time.monotonic()
-        engine.run_phase(record.id, phase)
+        detail = engine.run_phase(record.id, phase)
         times[phase] = (started, time.monotonic())
+        if phase == "cut_over" and details is not None:
+            details.append(detail)
     return times
 
 
@@ -170,7 +173,7 @@ def run(rows: int, cutovers: int, rate_interval: float) -> dict:
         }
         print(json.dumps({"copy": copy}, indent=2), flush=True)
 
-        windows, fractions = [], []
+        windows, fractions, cut_details = [], [], []
         with FeatureStore.open(settings, prepare_topology=False) as store:
             writer = SteadyWriter(store, FEATURE_SET, batch=5, interval=rate_interval, prefix="load")
             reader = StoreReader(store, writer)
@@ -181,7 +184,7 @@ def run(rows: int, cutovers: int, rate_interval: float) -> dict:
                 for n in range(cutovers):
                     target = ["server-0"] if n % 2 == 0 else ["server-0", "server-1"]
                     placed = maps.current().placement_by_name()
-                    times = migrate(engine, target)
+                    times = migrate(engine, target, cut_details)
                     counts = rows_per_logical_shard(maps.registered_servers().values())
                     now = maps.current().placement_by_name()
                     minimum = minimum_rows_moved(placed, target, counts)
@@ -196,7 +199,8 @@ def run(rows: int, cutovers: int, rate_interval: float) -> dict:
         pauses = pause_per_window(log.batches, windows)
         outside = sorted(d for s, d in log.batches if not any(s <= b and s + d >= a for a, b in windows))
         final = maps.current().placement_by_name()
-        checked = audit(maps.registered_servers(), final, FEATURE_SET, log.acknowledged)
+        seeded = {f"seed-{i:08d}": 0 for i in range(rows)}  # written before the writer started, seq 0
+        checked = audit(maps.registered_servers(), final, FEATURE_SET, {**seeded, **log.acknowledged})
         cutover = {
             "cutovers": cutovers,
             "writes_acknowledged": len(log.batches),
@@ -211,6 +215,8 @@ def run(rows: int, cutovers: int, rate_interval: float) -> dict:
             "extra_write_latency_p50_ms": round(1000 * statistics.median(pauses)) if pauses else None,
             "extra_write_latency_max_ms": round(1000 * max(pauses)) if pauses else None,
             "cut_over_phase_s": [round(b - a, 3) for a, b in windows],
+            "fence_held_ms": [d.get("fence_held_ms") for d in cut_details],
+            "drain_ms": [d.get("drain_ms") for d in cut_details],
             "moved_vs_minimum": [round(f, 3) for f in fractions],
             "audit_rows": checked.rows,
             "audit_problems": {k: len(v) for k, v in vars(checked).items() if isinstance(v, list) and v},
