@@ -33,8 +33,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import psycopg
-from shardctl.control.migration.engine import MigrationEngine
 
+from shardctl.control.migration.engine import MigrationEngine
 from shardctl.process import free_port
 from shardctl.settings import TesseraSettings
 from shardctl.stack.manager import Stack
