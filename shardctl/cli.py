@@ -284,18 +284,21 @@ def catalog_dsn() -> str:
 @shards.command("show")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 def shards_show(as_json: bool) -> None:
-    """Print the current epoch and its shards (host:port/db, never passwords)."""
+    """Print the current epoch and its servers: name, logical shards held, host:port/db (never passwords)."""
     from shardctl.store.errors import describe_dsn
     from shardctl.store.shardmap import ShardMapStore
 
     current = ShardMapStore(catalog_dsn()).current()
-    listed = [{"index": i, "server": describe_dsn(dsn)} for i, dsn in enumerate(current.dsns)]
+    listed = [
+        {"index": i, "name": name, "server": describe_dsn(dsn), "logical_shards": len(current.logical_shards_of(i))}
+        for i, (name, dsn) in enumerate(zip(current.servers, current.dsns, strict=True))
+    ]
     if as_json:
         click.echo(json.dumps({"epoch": current.epoch, "shards": listed}, indent=2))
         return
-    click.echo(f"epoch {current.epoch}, {current.total_shards} shards")
+    click.echo(f"epoch {current.epoch}, {current.server_count} servers, 256 logical shards")
     for row in listed:
-        click.echo(f"  shard {row['index']}: {row['server']}")
+        click.echo(f"  {row['name']} (index {row['index']}): {row['logical_shards']} logical shards, {row['server']}")
 
 
 @shards.command("prepare")
@@ -306,7 +309,7 @@ def shards_prepare() -> None:
 
     settings = StoreSettings()
     current = prepare(catalog_dsn(), settings=settings)
-    click.echo(f"ready: epoch {current.epoch}, {current.total_shards} shards, schema applied")
+    click.echo(f"ready: epoch {current.epoch}, {current.server_count} servers, schema applied")
 
 
 def _print_status(the_stack: Stack, as_json: bool) -> bool:

@@ -118,9 +118,8 @@ class StoreSettings(BaseSettings):
 
     @model_validator(mode="after")
     def _servers_or_their_old_name(self) -> StoreSettings:
-        """``TESSERA_SERVERS`` is the name; ``TESSERA_SHARDS`` (and a settings file's ``shards``) still work."""
-        if self.servers and self.shards and self.servers != self.shards:
-            raise ValueError("TESSERA_SERVERS and the deprecated TESSERA_SHARDS disagree: set only TESSERA_SERVERS")
+        """``TESSERA_SERVERS`` is the name; ``TESSERA_SHARDS`` (and a settings file's ``shards``) still work. When
+        both are given (from any source: arguments, environment, the stack's settings file), ``servers`` wins."""
         self.servers = self.shards = self.servers or self.shards
         return self
 

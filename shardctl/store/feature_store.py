@@ -42,7 +42,7 @@ class FeatureStore:
         if prepare_topology:
             prepare(settings.catalog_dsn, settings=settings)
         maps = ShardMapStore(settings.catalog_dsn)
-        watcher = maps.watch()
+        watcher = maps.watch(role="feature-store")
         try:
             writer = FeatureWriter(watcher)
             reader = FeatureReader(watcher, **reader_options)

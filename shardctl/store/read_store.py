@@ -33,7 +33,7 @@ class FeatureReadStore:
         """Watch the shard map in ``catalog_dsn``; ``reader_options`` go to the readers' pools."""
         if not catalog_dsn:
             raise ValueError("no catalog DSN: set TESSERA_CATALOG_DSN or run `shardctl stack up`")
-        watcher = ShardMapStore(catalog_dsn).watch()
+        watcher = ShardMapStore(catalog_dsn).watch(role="read-store")
         try:
             reader = AsyncFeatureReader(watcher, **reader_options)
         except BaseException:

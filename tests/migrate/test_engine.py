@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +31,7 @@ from shardctl.control.migration.journal import Journal
 from shardctl.process import free_port, stop_pid, wait_until
 from shardctl.settings import TesseraSettings
 from shardctl.store import FeatureStore
+from shardctl.store.fence import raise_fence
 from shardctl.store.hashing import logical_shard_for
 from shardctl.store.shardmap import ShardMap, ShardMapStore
 from tests.store.conftest import make_rows, private_stack
@@ -122,18 +124,26 @@ def placed(maps: ShardMapStore) -> list[str]:
 
 
 @pytest.mark.req("JTBD-03.migration")
+@pytest.mark.req("PLAT.migrate-cli")
 def test_shrinking_three_servers_to_two_then_growing_back_moves_exactly_the_planned_rows(
     three: ThreeServers, store: FeatureStore
 ) -> None:
     engine = MigrationEngine(three.catalog, policy=QUICK)
     maps = engine.maps
-    for target in (["server-0", "server-1"], ["server-0", "server-1", "server-2"]):
+    for target, through_the_cli in ((["server-0", "server-1"], False), (["server-0", "server-1", "server-2"], True)):
         before = all_rows(maps)
         report = engine.plan(target)
         assert report.rows == moved_row_count(before, report.placement_after)
-        record = engine.begin(target)
-        done = engine.run(record.id)
-        assert (done.state, done.phase) == ("done", "cleaned")
+        if through_the_cli:  # the same engine from `shardctl migrate run`, with its progress bars
+            result = CliRunner(env=three.env).invoke(main, ["migrate", "run", "--add-server", "server-2"])
+            assert result.exit_code == 0, result.output
+            assert "done: epoch" in result.output
+            assert "copy" in result.output
+            assert "verify" in result.output
+        else:
+            record = engine.begin(target)
+            done = engine.run(record.id)
+            assert (done.state, done.phase) == ("done", "cleaned")
         current = assert_placed_exactly(maps, before, moved_row_count(before, report.placement_after), report.rows)
         assert placed(maps) == target
         assert len(report.moves) == 85  # server-2's 85 logical shards leave, then 85 come back: the minimum
@@ -282,3 +292,46 @@ def test_bad_input_gives_one_line_and_a_non_zero_exit(three: ThreeServers) -> No
     planned = runner.invoke(main, ["migrate", "plan", "--json", "--to-servers", ",".join(now)])
     assert planned.exit_code == 0
     assert json.loads(planned.output)["moves"] == []
+
+
+@pytest.mark.req("JTBD-03.migration")
+def test_a_cutover_that_cannot_fence_in_time_gives_up_without_moving_and_resume_finishes_it(
+    three: ThreeServers, store: FeatureStore
+) -> None:
+    engine = MigrationEngine(three.catalog, policy=CutoverPolicy(lock_wait_s=0.3, attempts=2, retry_pause_s=0.1))
+    maps = engine.maps
+    now = placed(maps)
+    target = [*now, "server-2"] if "server-2" not in now else [s for s in now if s != "server-2"]
+    record = engine.begin(target)
+    for phase in ("provisioned", "copying", "synced", "verified"):
+        engine.run_phase(record.id, phase)
+    first_pair = record.plan["pairs"][0]
+    source = maps.registered_servers()[first_pair["source"]]
+    moving = first_pair["logical_shards"][0]
+    before = maps.current()
+    # A long write to a moving logical shard holds its fence row: the bounded raise gives up, twice.
+    with psycopg.connect(source) as holder:
+        holder.execute("SELECT 1 FROM tessera_logical_shard_fence WHERE logical_shard = %s FOR SHARE", (moving,))
+        with pytest.raises(MigrationError, match="cutover gave up after 2 attempts"):
+            engine.run_phase(record.id, "cut_over")
+        holder.rollback()
+    assert maps.current() == before  # nothing was fenced, so nothing had to be published
+    # A cutover killed between raising the fence and publishing: the fence is ahead of every epoch.
+    raise_fence(source, [moving], before.epoch + 1)
+    eid = next(f"m{i}" for i in range(30_000) if logical_shard_for(f"m{i}") == moving)
+    row = next(r for r in make_rows(30_000, prefix="m", seed=7) if r.entity_id == eid)
+    outcome: dict[str, object] = {}
+    writing = threading.Thread(target=lambda: outcome.update(report=store.write(FEATURE_SET, [row])))
+    writing.start()
+    time.sleep(1.0)
+    assert writing.is_alive()  # held at the fence: no epoch reaches it yet
+    done = engine.resume()  # lowers the fence first (publishes the placement again), then cuts over
+    writing.join(30)
+    report = outcome["report"]
+    assert report.retries >= 1  # it waited and was routed again: latency, not an error
+    assert report.epoch > before.epoch
+    assert (done.state, done.phase) == ("done", "cleaned")
+    stored = store.get_features([eid], FEATURE_SET).records[eid]
+    assert stored.features == row.features  # the write survived the move
+    assert placed(maps) == target
+    assert replication_leftovers(maps) == []

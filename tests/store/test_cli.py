@@ -23,6 +23,8 @@ def test_shards_show_and_prepare_report_the_catalog_map(settings: TesseraSetting
     payload = json.loads(shown.output)
     assert payload["epoch"] >= 1
     assert [s["index"] for s in payload["shards"]] == [0, 1]
+    assert [s["name"] for s in payload["shards"]] == ["server-0", "server-1"]
+    assert sum(s["logical_shards"] for s in payload["shards"]) == 256
     assert "password" not in shown.output
 
 
