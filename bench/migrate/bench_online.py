@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -223,7 +224,11 @@ def run(rows: int, cutovers: int, rate_interval: float) -> dict:
         }
         return {"copy": copy, "cutover": cutover}
     finally:
-        stack.down(purge=True)
+        left = stack.down(purge=True)
+        if left:
+            print(f"could not stop: {', '.join(left)}", file=sys.stderr)
+        else:
+            shutil.rmtree(root, ignore_errors=True)
 
 
 def main(argv: list[str] | None = None) -> int:
