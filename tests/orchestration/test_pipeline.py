@@ -15,7 +15,7 @@ from orchestration.defs.customer_features import shard_check_results
 from orchestration.feature_engineering import FEATURES
 from orchestration.resources import TesseraResource
 from orchestration.run_graph import run_days
-from shardctl.store.hashing import shard_for
+from shardctl.store.hashing import logical_shard_for, shard_for
 from shardctl.store.registry import ModelRegistry
 from shardctl.store.schema import FEATURE_TABLE
 from tests.orchestration.conftest import DAYS, QUIET, ROWS_PER_DAY
@@ -169,8 +169,9 @@ def test_shard_check_fails_on_a_misplaced_row_and_on_a_missing_entity(graph, set
     wrong = next(f"planted-{i}" for i in range(100) if shard_for(f"planted-{i}", 2) == 1)
     with psycopg.connect(settings.shard_dsns()[0]) as conn:  # a shard-1 entity written to shard 0
         conn.execute(
-            f"INSERT INTO {FEATURE_TABLE} (entity_id, feature_set, features, event_ts) VALUES (%s, %s, '{{}}', now())",
-            (wrong, settings.feature_set),
+            f"INSERT INTO {FEATURE_TABLE} (logical_shard, entity_id, feature_set, features, event_ts) "
+            "VALUES (%s, %s, %s, '{}', now())",
+            (logical_shard_for(wrong), wrong, settings.feature_set),
         )
     with psycopg.connect(settings.shard_dsns()[1]) as conn:  # a shard-1 entity lost
         lost = conn.execute(
@@ -190,9 +191,10 @@ def test_shard_check_fails_on_a_misplaced_row_and_on_a_missing_entity(graph, set
             conn.execute(f"DELETE FROM {FEATURE_TABLE} WHERE entity_id = %s", (wrong,))
         with psycopg.connect(settings.shard_dsns()[1]) as conn:
             conn.execute(
-                f"INSERT INTO {FEATURE_TABLE} (entity_id, feature_set, features, event_ts, written_at, version) "
-                "VALUES (%s, %s, %s, %s, %s, %s)",
-                (lost[0], lost[1], psycopg.types.json.Jsonb(lost[2]), lost[3], lost[4], lost[5]),
+                f"INSERT INTO {FEATURE_TABLE} "
+                "(logical_shard, entity_id, feature_set, features, event_ts, written_at, version) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                (logical_shard_for(lost[0]), lost[0], lost[1], psycopg.types.json.Jsonb(lost[2]), *lost[3:6]),
             )
     assert all(r.passed for r in shard_check_results(tessera, None))
     assert all(r.passed for r in shard_check_results(tessera, days[-1]))

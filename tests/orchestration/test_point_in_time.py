@@ -25,7 +25,7 @@ from orchestration.point_in_time import (
 )
 from orchestration.resources import TesseraResource
 from orchestration.skew import MISSING_ONLINE, sample_entities
-from shardctl.store.hashing import shard_for
+from shardctl.store.hashing import logical_shard_for, shard_for
 from shardctl.store.schema import FEATURE_TABLE
 from tests.orchestration.conftest import HORIZON_DAYS, QUIET, SMALL_GBM
 
@@ -247,8 +247,9 @@ def test_skew_check_passes_on_good_data_and_names_a_planted_mismatch(graph, defs
                     conn.execute(f"DELETE FROM {FEATURE_TABLE} WHERE entity_id = %s", (row[0],))
             with psycopg.connect(settings.shard_dsns()[shard_for(row[0], len(settings.shard_dsns()))]) as conn:
                 conn.execute(
-                    f"INSERT INTO {FEATURE_TABLE} (entity_id, feature_set, features, event_ts, written_at, version) "
-                    "VALUES (%s, %s, %s, %s, %s, %s)",
-                    (row[0], row[1], Jsonb(row[2]), row[3], row[4], row[5]),
+                    f"INSERT INTO {FEATURE_TABLE} "
+                    "(logical_shard, entity_id, feature_set, features, event_ts, written_at, version) "
+                    "VALUES (%s, %s, %s, %s, %s, %s, %s)",
+                    (logical_shard_for(row[0]), row[0], row[1], Jsonb(row[2]), row[3], row[4], row[5]),
                 )
     assert check_skew(tessera, sample).passed
