@@ -112,20 +112,50 @@ data_dir_option = click.option(
 
 @stack.command("up")
 @data_dir_option
-@click.option("--shards", type=click.IntRange(1, 64), default=None, help="Shard servers to run (default 2).")
+@click.option(
+    "--servers",
+    type=click.IntRange(1, 64),
+    default=None,
+    help="Servers to run (default 2); on a running stack, adds the missing ones (empty: `shardctl migrate run "
+    "--add-server NAME` moves logical shards onto them).",
+)
+@click.option("--shards", type=click.IntRange(1, 64), default=None, hidden=True, help="Deprecated: --servers.")
 @click.option("--base-port", type=click.IntRange(1024, 65000), default=None, help="First port to try.")
-@click.option("--ha", is_flag=True, help="Each shard a Patroni cluster (primary + replicas) with etcd.")
-@click.option("--replicas", type=click.IntRange(1, 4), default=None, help="Replicas per shard in HA mode (default 1).")
-def stack_up(data_dir: str | None, shards: int | None, base_port: int | None, ha: bool, replicas: int | None) -> None:
+@click.option("--ha", is_flag=True, help="Each server a Patroni cluster (primary + replicas) with etcd.")
+@click.option("--replicas", type=click.IntRange(1, 4), default=None, help="Replicas per server in HA mode (default 1).")
+def stack_up(
+    data_dir: str | None, servers: int | None, shards: int | None, base_port: int | None, ha: bool, replicas: int | None
+) -> None:
     """Start every server that is not running (harmless when all are), then print their status."""
     from shardctl.stack.settings import StackSettings
 
+    if shards is not None:
+        if servers is not None and servers != shards:
+            raise click.UsageError("--shards is the deprecated name of --servers: give one of them")
+        click.echo("shardctl: --shards is deprecated, use --servers", err=True)
+        servers = shards
     the_stack = _stack(data_dir)
     knobs = StackSettings()
-    if shards is None and "shards" in knobs.model_fields_set:  # TESSERA_STACK__SHARDS, when set, as the default
-        shards = knobs.shards
-    the_stack.up(shards=shards, base_port=base_port or knobs.base_port, ha=ha, replicas=replicas)
+    if servers is None and "servers" in knobs.model_fields_set:  # TESSERA_STACK__SERVERS, when set, as the default
+        servers = knobs.servers
+    elif servers is None and knobs.shards is not None:  # the deprecated TESSERA_STACK__SHARDS
+        servers = knobs.shards
+    before = the_stack.load_state()
+    had = set(the_stack.server_names(before)) if before is not None else None
+    state = the_stack.up(servers=servers, base_port=base_port or knobs.base_port, ha=ha, replicas=replicas)
     _print_status(the_stack, as_json=False)
+    for name in [n for n in the_stack.server_names(state) if had is not None and n not in had]:
+        click.echo(f"{name} added, empty: `shardctl migrate run --add-server {name}` moves logical shards onto it")
+
+
+@stack.command("remove-server")
+@data_dir_option
+@click.argument("name")
+def stack_remove_server(data_dir: str | None, name: str) -> None:
+    """Stop and delete server NAME (e.g. server-2) once no logical shard is placed on it (move them away
+    with `shardctl migrate` first; refused otherwise)."""
+    _stack(data_dir).remove_server(name)
+    click.echo(f"{name} removed")
 
 
 @stack.command("status")
@@ -291,11 +321,12 @@ def _print_status(the_stack: Stack, as_json: bool) -> bool:
     elif not rows:
         click.echo(f"no stack in {the_stack.data_dir}: run `shardctl stack up`")
     else:
-        click.echo(f"{'server':<10} {'kind':<8} {'port':>6} {'pid':>8}  {'health':<9} detail")
+        click.echo(f"{'name':<10} {'kind':<8} {'port':>6} {'pid':>8}  {'health':<9} {'logical':>7}  detail")
         for r in rows:
+            placed = "-" if r.logical_shards is None else str(r.logical_shards)
             click.echo(
                 f"{r.name:<10} {r.kind:<8} {r.port or '-':>6} {r.pid or '-':>8}  "
-                f"{'healthy' if r.healthy else 'DOWN':<9} {r.detail}"
+                f"{'healthy' if r.healthy else 'DOWN':<9} {placed:>7}  {r.detail}"
             )
     return bool(rows) and all(r.healthy for r in rows)
 

@@ -69,7 +69,8 @@ def test_status_reports_every_server_healthy_and_up_is_idempotent(local_stack: S
     local_stack.up()
     assert local_stack.pids() == before
     rows = {r.name: r for r in local_stack.status()}
-    assert set(rows) == {"catalog", "shard0", "shard1", "redis", "java"}
+    assert set(rows) == {"catalog", "server-0", "server-1", "redis", "java"}
+    assert rows["server-0"].logical_shards + rows["server-1"].logical_shards == 256  # type: ignore[operator]
     assert all(r.healthy for r in rows.values()), rows
     result = _shardctl("stack", "status", "--json", "--data-dir", str(local_stack.data_dir))
     assert result.returncode == 0, result.stderr
@@ -118,9 +119,9 @@ def test_cli_rejects_bad_input_with_a_message_not_a_traceback(local_stack: Stack
     bad_count = _shardctl("stack", "up", "--shards", "0", "--data-dir", str(local_stack.data_dir))
     assert bad_count.returncode == 2
     assert "--shards" in bad_count.stderr
-    other_count = _shardctl("stack", "up", "--shards", "3", "--data-dir", str(local_stack.data_dir))
+    other_count = _shardctl("stack", "up", "--servers", "1", "--data-dir", str(local_stack.data_dir))
     assert other_count.returncode == 1
-    assert "already has 2 shard servers" in other_count.stderr
+    assert "already has 2 servers" in other_count.stderr
     for result in (bad_count, other_count):
         assert "Traceback" not in result.stderr
 

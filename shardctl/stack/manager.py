@@ -1,11 +1,16 @@
-"""`shardctl stack up|status|down`: the catalog Postgres, N shard Postgres servers and a Redis, each on a
-port of its own under the data dir, with the resulting topology written where the settings read it."""
+"""`shardctl stack up|status|down|remove-server`: the catalog Postgres, N servers (plain Postgres, or with
+``--ha`` Patroni pairs) and a Redis, each on a port of its own under the data dir, with the resulting
+topology written where the settings read it. `up --servers N` on a running stack adds the missing servers
+and registers them in the catalog; it never changes the placement of logical shards (only `shardctl
+migrate` does), so an added server stays empty until a migration moves logical shards onto it."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import shutil
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -13,11 +18,13 @@ from typing import Any
 import psycopg
 
 from shardctl.control.ha import HAError, leader, shard_members
+from shardctl.control.migration.journal import Journal
 from shardctl.java import JavaUnavailableError, check_runtime, find_java
 from shardctl.process import allocate_ports, pid_alive
 from shardctl.settings import SETTINGS_FILE_NAME
 from shardctl.stack.binaries import PostgresBinaries, find_postgres, find_redis_server
 from shardctl.stack.ha.cluster import HACluster, HAState
+from shardctl.stack.ha.etcd import forget_scope
 from shardctl.stack.ha.settings import HASettings
 from shardctl.stack.postgres import DATABASE, PostgresServer, make_template
 from shardctl.stack.redis_server import RedisServer
@@ -26,10 +33,28 @@ from shardctl.stack.users import chown_tree, server_user, user_can_write
 from shardctl.store import prepare as prepare_feature_store
 from shardctl.store.hashing import install_sql_functions
 from shardctl.store.registry import ModelRegistry
+from shardctl.store.schema import apply_schema
+from shardctl.store.shardmap import ShardMapError, ShardMapStore
 
 STATE_FILE_NAME = "stack.json"
+
+
+def server_name(number: int) -> str:
+    """The catalog's name of the stack's server ``number`` (the store names a fresh store's servers so)."""
+    return f"server-{number}"
+
+
 CATALOG = "catalog"
 DAGSTER_DATABASE = "dagster"
+
+
+def _plain_ids(state: StackState) -> list[int]:
+    """The plain servers' numbers, parallel to ``shard_ports`` (empty on an HA stack)."""
+    return list(state.server_ids) if state.server_ids is not None else list(range(len(state.shard_ports)))
+
+
+def _placed_detail(placed: dict[str, int] | None, name: str) -> str:
+    return "; placement unknown (catalog unreadable)" if placed is None else f"; {placed.get(name, 0)} logical shards"
 
 
 class StackError(RuntimeError):
@@ -44,6 +69,7 @@ class ServerStatus:
     pid: int | None
     healthy: bool
     detail: str = ""
+    logical_shards: int | None = None  # servers only: logical shards the catalog's placement puts on it
 
 
 @dataclass
@@ -60,6 +86,10 @@ class StackState:
     redis_binary: str = ""
     java_home: str | None = None
     ha: dict[str, Any] | None = None  # HA mode: etcd + a Patroni cluster per shard (`HAState`)
+    # Plain stacks: the number of each server, parallel to ``shard_ports`` (server ``n`` is named
+    # ``server-n`` in the catalog and lives in ``shard<n>``); None in states written before servers could be
+    # removed, meaning 0..N-1. HA stacks number their Patroni clusters by position.
+    server_ids: list[int] | None = None
 
 
 class Stack:
@@ -118,10 +148,18 @@ class Stack:
         root = Path(state.pg_root)
         servers = [PostgresServer(CATALOG, state.catalog_port, root / CATALOG, binaries, state.user)]
         servers += [
-            PostgresServer(f"shard{i}", port, root / f"shard{i}", binaries, state.user)
-            for i, port in enumerate(state.shard_ports)
+            PostgresServer(f"shard{n}", port, root / f"shard{n}", binaries, state.user)
+            for n, port in zip(_plain_ids(state), state.shard_ports, strict=True)
         ]
         return servers
+
+    @staticmethod
+    def server_ids(state: StackState) -> list[int]:
+        """Each server's number, in order (server ``n`` is ``server-n`` in the catalog)."""
+        return list(range(len(state.ha["members"]))) if state.ha is not None else _plain_ids(state)
+
+    def server_names(self, state: StackState) -> list[str]:
+        return [server_name(n) for n in self.server_ids(state)]
 
     def ha_cluster(self, state: StackState) -> HACluster | None:
         """The HA shards (etcd + Patroni clusters), or None for a plain stack."""
@@ -137,40 +175,104 @@ class Stack:
 
     # -- commands --------------------------------------------------------------------------------------
     def up(
-        self, shards: int | None = None, base_port: int = 15432, ha: bool = False, replicas: int | None = None
+        self,
+        servers: int | None = None,
+        base_port: int = 15432,
+        ha: bool = False,
+        replicas: int | None = None,
+        *,
+        shards: int | None = None,
     ) -> StackState:
-        """Start whatever is not running; harmless when everything already is.
+        """Start whatever is not running; harmless when everything already is. ``shards`` is the deprecated
+        name of ``servers``.
 
-        With ``ha`` each shard is a Patroni cluster of a primary and ``replicas`` replicas, with etcd.
+        With ``ha`` each server is a Patroni cluster of a primary and ``replicas`` replicas, with etcd. On a
+        stack with fewer than ``servers`` servers, the missing ones are added (`add_servers`).
         """
+        servers = servers if servers is not None else shards
         state = self.load_state()
-        if state is not None and shards is not None and shards != self._shard_count(state):
-            raise StackError(
-                f"the stack in {self.data_dir} already has {self._shard_count(state)} shard servers; "
-                f"`shardctl stack down --purge` first to start over with another count"
-            )
         if state is not None and (ha or replicas is not None) and state.ha is None:
             raise StackError(f"the stack in {self.data_dir} runs without HA; run `shardctl stack down --purge` first")
         if state is not None and state.ha and replicas is not None and replicas != state.ha["replicas"]:
             raise StackError(
-                f"the stack in {self.data_dir} runs {state.ha['replicas']} replicas per shard; "
+                f"the stack in {self.data_dir} runs {state.ha['replicas']} replicas per server; "
                 f"run `shardctl stack down --purge` first to change that"
             )
+        if state is not None and servers is not None and servers < self._shard_count(state):
+            raise StackError(
+                f"the stack in {self.data_dir} already has {self._shard_count(state)} servers; a stack never "
+                f"drops servers on `up`: move their logical shards away (`shardctl migrate`), then "
+                f"`shardctl stack remove-server NAME`"
+            )
+        if state is not None and servers is not None and servers > self._shard_count(state):
+            return self.add_servers(servers - self._shard_count(state))
         fresh = state is None
         if state is None:
-            state = self._plan(shards or self.default_shards, base_port, ha or replicas is not None, replicas)
-        running_before = set(self._running_pids(state))
-        try:
+            state = self._plan(servers or self.default_shards, base_port, ha or replicas is not None, replicas)
+        with self._all_or_nothing(
+            state, set(self._running_pids(state)), "stack up", lambda: fresh and self._forget(state)
+        ):
             self._bring_up(state)
-        except BaseException as exc:  # Ctrl-C too: an interrupted `up` must not leave servers behind
+        return state
+
+    @contextlib.contextmanager
+    def _all_or_nothing(
+        self, state: StackState, running_before: set[int], what: str, undo: Callable[[], object]
+    ) -> Iterator[None]:
+        """Run the body; if it fails (Ctrl-C too: an interrupted `up` must not leave servers behind), stop every
+        server of ``state`` it started and, if all stopped, ``undo()`` what it recorded."""
+        try:
+            yield
+        except BaseException as exc:
             left = self._stop_started(state, running_before)
-            if fresh and not left:
-                self._forget(state)
+            if not left:
+                undo()
             stopped = "stopped every server it had started" if not left else f"could not stop {', '.join(left)}"
             if isinstance(exc, Exception):
-                raise StackError(f"stack up failed ({exc}); {stopped}") from exc
+                raise StackError(f"{what} failed ({exc}); {stopped}") from exc
             raise
+
+    def add_servers(self, count: int) -> StackState:
+        """Add ``count`` empty servers to the running stack (with HA, Patroni clusters like the others): start
+        them, apply the schema, record them in the state and settings files and register them in the catalog.
+        The placement does not change. All or nothing: a failure stops and forgets the new servers."""
+        before = self.load_state()
+        if before is None:
+            raise StackError(f"no stack in {self.data_dir}: run `shardctl stack up` first")
+        if before.ha is not None and before.ha.get("proxies"):
+            raise StackError("a fault-injection stack (proxied members) cannot grow: start a new one")
+        state = StackState(**json.loads(json.dumps(asdict(before))))  # a deep copy to grow
+        taken = set(self._ports(state))
+        near = min(taken)  # beside the stack's own ports, which its `up` found free
+        if state.ha is None:
+            ids = self.server_ids(state)
+            ports = allocate_ports(near, count, taken)
+            state.server_ids = ids + [max(ids, default=-1) + 1 + i for i in range(count)]
+            state.shard_ports = [*state.shard_ports, *ports]
+        else:
+            per_server = state.ha["replicas"] + 1
+            ports = iter(allocate_ports(near, 2 * per_server * count, taken))
+            state.ha["members"] += [[[next(ports), next(ports)] for _ in range(per_server)] for _ in range(count)]
+        added = self.server_names(state)[-count:]
+
+        def forget_added() -> None:
+            with contextlib.suppress(OSError):  # etcd gone too: its keys do not matter then
+                self._drop_data(state, added)
+            self._save_state(before)
+            self._write_settings(before)
+
+        with self._all_or_nothing(state, set(self._running_pids(before)), f"adding {', '.join(added)}", forget_added):
+            self._bring_up(state, tuple(added))
         return state
+
+    def _ports(self, state: StackState) -> list[int]:
+        """Every port the stack's layout uses (so an added server takes none of them)."""
+        ports = [state.catalog_port, *state.shard_ports, state.redis_port]
+        if state.ha is not None:
+            ports += [state.ha["etcd_client_port"], state.ha["etcd_peer_port"]]
+            ports += [p for server in state.ha["members"] for member in server for p in member]
+            ports += [p for server in state.ha.get("proxies", []) for member in server for p in member]
+        return ports
 
     def plan(self, shards: int, base_port: int, ha: bool = False, replicas: int | None = None) -> StackState:
         """Lay out a new stack and save it without starting anything; a later `up` starts it. Fault-injection
@@ -181,7 +283,7 @@ class Stack:
         self._save_state(state)
         return state
 
-    def _bring_up(self, state: StackState) -> None:
+    def _bring_up(self, state: StackState, added: tuple[str, ...] = ()) -> None:
         self._save_state(state)
         template = Path(state.pg_root) / "template"
         make_template(self._binaries(state), template, state.user)
@@ -203,7 +305,17 @@ class Stack:
         self._save_state(state)
         self._write_settings(state)
         servers = self.postgres_servers(state)
-        prepare_feature_store(servers[0].dsn(), [e["dsn"] for e in self._shard_entries(state, servers[1:])])
+        entries = self._shard_entries(state, servers[1:])
+        maps = ShardMapStore(servers[0].dsn())
+        maps.ensure_schema()
+        try:
+            maps.current()  # once a map exists the catalog is the truth: the stack only adds servers to it
+        except ShardMapError:
+            prepare_feature_store(servers[0].dsn(), [e["dsn"] for e in entries])
+        for entry in entries:  # servers added to a running stack: schema, then known to the catalog (unplaced)
+            apply_schema(entry["dsn"])
+            # A name the stack used before (a removed server's) gets the new server's DSN.
+            maps.register_server(entry["name"], entry["dsn"], replace=entry["name"] in added)
 
     def _stop_started(self, state: StackState, running_before: set[int]) -> list[str]:
         """Stop, newest first, every server of ``state`` that was not running before; returns those left running."""
@@ -294,7 +406,7 @@ class Stack:
         settings = {
             "data_dir": str(self.data_dir),
             "catalog_dsn": servers[0].dsn(),
-            "shards": self._shard_entries(state, servers[1:]),
+            "servers": self._shard_entries(state, servers[1:]),
             "redis_url": self.redis_server(state).url,
             "h2o": {"java_home": state.java_home},
             "dagster_dsn": servers[0].dsn(DAGSTER_DATABASE),
@@ -303,12 +415,13 @@ class Stack:
 
     def _shard_entries(self, state: StackState, servers: list[PostgresServer]) -> list[dict[str, Any]]:
         cluster = self.ha_cluster(state)
+        names = self.server_names(state)
         if cluster is None:
-            return [{"index": i, "dsn": s.dsn()} for i, s in enumerate(servers)]
+            return [{"index": i, "name": names[i], "dsn": s.dsn()} for i, s in enumerate(servers)]
         # Multi-host DSNs: every client finds the current primary itself, no proxy in between.
-        return [{"index": i, "dsn": cluster.shard_dsn(i)} for i in range(cluster.shard_count())]
+        return [{"index": i, "name": names[i], "dsn": cluster.shard_dsn(i)} for i in range(cluster.shard_count())]
 
-    def _ha_status(self, cluster: HACluster) -> list[ServerStatus]:
+    def _ha_status(self, cluster: HACluster, placed: dict[str, int] | None) -> list[ServerStatus]:
         etcd = cluster.etcd
         alive = pid_alive(etcd.pid)
         rows = [ServerStatus("etcd", "etcd", etcd.client_port, etcd.pid if alive else None, alive and etcd.healthy())]
@@ -318,7 +431,21 @@ class Stack:
             except HAError:
                 reported = {}
             current = leader(list(reported.values()))
-            for member in cluster.members(shard):
+            members = cluster.members(shard)
+            primary = next((m for m in members if current and m.name == current.name), None)
+            name = server_name(shard)
+            rows.append(
+                ServerStatus(
+                    name,
+                    "server",
+                    primary.plan.pg_port if primary else 0,
+                    primary.patroni_pid() if primary else None,
+                    primary is not None and current is not None and current.state == "running",
+                    f"patroni cluster shard{shard} ({len(members)} members){_placed_detail(placed, name)}",
+                    None if placed is None else placed.get(name, 0),
+                )
+            )
+            for member in members:
                 m = reported.get(member.name)
                 role = ("primary" if current and current.name == member.name else "replica") if m else "member"
                 running = m is not None and m.state in ("running", "streaming")
@@ -335,21 +462,46 @@ class Stack:
                 )
         return rows
 
+    def placement_counts(self, state: StackState) -> dict[str, int] | None:
+        """Logical shards per server name in the catalog's current placement; None when it cannot be read
+        (catalog down, no map yet)."""
+        try:
+            current = ShardMapStore(self.postgres_servers(state)[0].dsn(), connect_timeout=2).current()
+        except (psycopg.Error, ShardMapError):
+            return None
+        counts: dict[str, int] = {}
+        for server in current.placement_by_name().values():
+            counts[server] = counts.get(server, 0) + 1
+        return counts
+
     def status(self) -> list[ServerStatus]:
         state = self.load_state()
         if state is None:
             return []
         rows = []
-        for server in self.postgres_servers(state):
+        servers = self.postgres_servers(state)
+        catalog = servers[0]
+        pid = catalog.pid()
+        rows.append(
+            ServerStatus(
+                CATALOG,
+                "catalog",
+                catalog.port,
+                pid,
+                pid is not None and catalog.accepts_connections(),
+                f"postgres {state.postgres['version']}",
+            )
+        )
+        placed = self.placement_counts(state) if rows[0].healthy else None
+        for name, server in zip(self.server_names(state) if state.ha is None else [], servers[1:], strict=True):
             pid = server.pid()
             healthy = pid is not None and server.accepts_connections()
-            kind = "catalog" if server.name == CATALOG else "shard"
-            rows.append(
-                ServerStatus(server.name, kind, server.port, pid, healthy, f"postgres {state.postgres['version']}")
-            )
+            detail = f"postgres {state.postgres['version']} in {server.name}{_placed_detail(placed, name)}"
+            count = None if placed is None else placed.get(name, 0)
+            rows.append(ServerStatus(name, "server", server.port, pid, healthy, detail, count))
         cluster = self.ha_cluster(state)
         if cluster is not None:
-            rows += self._ha_status(cluster)
+            rows += self._ha_status(cluster, placed)
         redis_server = self.redis_server(state)
         alive = pid_alive(state.redis_pid)
         rows.append(
@@ -394,6 +546,92 @@ class Stack:
             shutil.rmtree(state.pg_root, ignore_errors=True)
             shutil.rmtree(self.data_dir, ignore_errors=True)
         return failed
+
+    def remove_server(self, name: str) -> StackState:
+        """Stop and delete server ``name`` (e.g. ``server-2``) and forget it in the state and settings files.
+
+        Refused, with what to do, while the catalog places any logical shard on it, while it still holds
+        rows, or while a migration runs: removing a server never loses a row. An HA stack removes its last
+        server only (its Patroni clusters are numbered by position)."""
+        state = self.load_state()
+        if state is None:
+            raise StackError(f"no stack in {self.data_dir}")
+        names = self.server_names(state)
+        if name not in names:
+            raise StackError(f"no server {name!r} in the stack in {self.data_dir}; it has {', '.join(names)}")
+        if len(names) == 1:
+            raise StackError(f"{name} is the stack's only server; `shardctl stack down --purge` removes the stack")
+        if state.ha is not None and name != names[-1]:
+            raise StackError(f"an HA stack removes its last server only ({names[-1]}), not {name}")
+        self._check_removable(state, name)
+        position = names.index(name)
+        if state.ha is None:
+            server = self.postgres_servers(state)[1 + position]
+            if not server.stop():
+                raise StackError(f"could not stop {name} (pid {server.pid()})")
+        else:
+            cluster = self.ha_cluster(state)
+            assert cluster is not None
+            failed = [m.name for m in cluster.members(position) if not m.stop()]
+            if failed:
+                raise StackError(f"could not stop {', '.join(failed)}")
+        before = StackState(**json.loads(json.dumps(asdict(state))))
+        if state.ha is None:
+            state.server_ids = [n for n in self.server_ids(state) if server_name(n) != name]
+            del state.shard_ports[position]
+        else:
+            del state.ha["members"][position]
+        self._save_state(state)
+        self._write_settings(state)
+        self._drop_data(before, [name])
+        maps = ShardMapStore(self.postgres_servers(state)[0].dsn())
+        forget = getattr(maps, "unregister_server", None)  # the catalog forgets it where the store can
+        if forget is not None:
+            forget(name)
+        return state
+
+    def _check_removable(self, state: StackState, name: str) -> None:
+        catalog = self.postgres_servers(state)[0].dsn()
+        journal = Journal(catalog)
+        journal.ensure_schema()
+        running = journal.running()
+        if running is not None:
+            raise StackError(
+                f"migration {running.id} is running (phase {running.phase}): let it finish or "
+                f"`shardctl migrate abort` before removing {name}"
+            )
+        placed = ShardMapStore(catalog).current().logical_shards_on(name)
+        if placed:
+            raise StackError(
+                f"{name} holds {len(placed)} logical shards: move them to the other servers first "
+                f"(`shardctl migrate run --remove-server {name}`), then remove it"
+            )
+        dsn = {e["name"]: e["dsn"] for e in self._shard_entries(state, self.postgres_servers(state)[1:])}[name]
+        try:
+            with psycopg.connect(dsn, connect_timeout=5) as conn:
+                left = conn.execute("SELECT count(*) FROM entity_features").fetchone()[0]  # type: ignore[index]
+        except psycopg.Error as exc:
+            raise StackError(f"cannot check that {name} is empty ({exc}); bring it up first") from exc
+        if left:
+            raise StackError(
+                f"{name} holds no logical shard but still has {left} rows (a migration's cleanup did not "
+                f"finish?): run `shardctl migrate resume` first"
+            )
+
+    def _drop_data(self, state: StackState, names: list[str]) -> None:
+        """Delete the data of servers ``names`` of ``state`` (stopped), and with HA their clusters' keys in etcd,
+        so a server added later under the same number starts afresh."""
+        ids = dict(zip(self.server_names(state), self.server_ids(state), strict=True))
+        for name in names:
+            number = ids[name]
+            if state.ha is None:
+                shutil.rmtree(Path(state.pg_root) / f"shard{number}", ignore_errors=True)
+                (Path(state.pg_root) / f"shard{number}.log").unlink(missing_ok=True)
+            else:
+                shutil.rmtree(Path(state.ha["root"]) / f"shard{number}", ignore_errors=True)
+                cluster = self.ha_cluster(state)
+                assert cluster is not None
+                forget_scope(cluster.etcd.url, f"shard{number}")
 
     def pids(self) -> list[int]:
         """Every PID the stack is running now (for tests and `down` verification)."""

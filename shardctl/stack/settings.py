@@ -13,7 +13,8 @@ class StackSettings(SectionSettings):
     section = "stack"
     model_config = section_config(section)
 
-    shards: int = Field(default=2, ge=1, le=64)
+    servers: int = Field(default=2, ge=1, le=64)
+    shards: int | None = Field(default=None, ge=1, le=64)  # deprecated name of ``servers``
     base_port: int = Field(default=15432, ge=1024, le=65000)
     postgres_bin_dir: str | None = None
     run_as_user: str | None = None

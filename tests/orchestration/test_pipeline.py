@@ -247,11 +247,18 @@ def test_daily_schedule_tick_requests_yesterdays_partition(defs) -> None:
     assert defs.resolve_schedule_def("daily_training").cron_schedule == "0 3 * * *"
 
 
-def test_migration_slot_fails_with_a_clear_message(defs) -> None:
+@pytest.mark.req("PLAT.migrate-cli")
+def test_shard_migration_refuses_an_unknown_server_with_a_clear_message(defs, settings) -> None:
+    """Bad run config fails the plan op with the engine's one-line message; nothing is journalled."""
+    from shardctl.control.migration.journal import Journal
+
     result = defs.resolve_job_def("shard_migration").execute_in_process(
-        run_config={"ops": {"plan_shard_migration": {"config": {"target_shards": 4}}}, **QUIET},
+        run_config={"ops": {"plan_shard_migration": {"config": {"to_servers": ["server-0", "nope-9"]}}}, **QUIET},
         raise_on_error=False,
     )
     assert not result.success
     [failure] = [e for e in result.all_events if e.is_step_failure]
-    assert "shard migration is not built yet" in failure.event_specific_data.error.message
+    message = failure.event_specific_data.error.message
+    assert "nope-9" in message
+    assert "host=" not in message
+    assert Journal(settings.catalog_dsn).running() is None

@@ -6,6 +6,7 @@ member is enough on one machine: it decides nothing itself, it only holds the le
 
 from __future__ import annotations
 
+import base64
 import json
 import shutil
 import signal
@@ -95,3 +96,19 @@ class EtcdServer:
         if stopped:
             self.pid = None
         return stopped
+
+
+def forget_scope(etcd_url: str, scope: str, namespace: str = "/tessera/") -> None:
+    """Delete a Patroni cluster's keys (leader, members, initialize, config) from etcd, through its v3 JSON
+    gateway: a cluster created later under the same scope then bootstraps instead of waiting to join the old
+    one. Harmless when the keys are gone already."""
+    prefix = f"{namespace}{scope}/".encode()
+    range_end = prefix[:-1] + bytes([prefix[-1] + 1])
+    body = json.dumps(
+        {"key": base64.b64encode(prefix).decode(), "range_end": base64.b64encode(range_end).decode()}
+    ).encode()
+    request = urllib.request.Request(
+        f"{etcd_url}/v3/kv/deleterange", data=body, headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        response.read()

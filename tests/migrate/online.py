@@ -1,0 +1,188 @@
+"""What the online-migration tests share: a stack of their own, one tiny H2O model promoted in its registry,
+the real prediction service (Granian, started as tests/serving starts it) and the traffic of ``traffic.py``
+around a migration run by the real engine."""
+
+from __future__ import annotations
+
+import math
+import os
+import random
+import time
+import warnings
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from shardctl.control.migration.engine import MigrationEngine
+from shardctl.java import find_java_home
+from shardctl.process import free_port, pid_alive, stop_pid, wait_until
+from shardctl.settings import TesseraSettings
+from shardctl.stack.manager import Stack
+from shardctl.store import FeatureStore
+from shardctl.store.registry import ModelRegistry
+from shardctl.store.shardmap import ShardMapStore
+from shardctl.store.writer import FeatureRow
+from tests.migrate.traffic import (
+    T0,
+    Audit,
+    ClientLog,
+    OpenLoopClient,
+    SteadyWriter,
+    WriteLog,
+    audit,
+    minimum_rows_moved,
+    rows_moved,
+    rows_per_logical_shard,
+)
+from tests.serving.conftest import Service, service_env
+
+SERVED_SET = "online_serving_v1"
+FEATURES = ["spend", "visits"]
+SERVED_ENTITIES = 400
+
+
+def written_set(to_servers: Sequence[str]) -> str:
+    """The writer's feature set of one migration (its audit checks that run's rows only)."""
+    return f"online_traffic_to{len(to_servers)}"
+
+
+def served_id(i: int) -> str:
+    return f"served-{i:05d}"
+
+
+def served_features(i: int) -> dict[str, float]:
+    rng = random.Random(i)
+    return {"spend": round(rng.uniform(0, 500), 2), "visits": float(rng.randint(0, 40))}
+
+
+def train_tiny_model(out: Path) -> tuple[str, str]:
+    """A 5-tree GBM on the served entities' features; the JVM is shut down (by PID if need be) before returning."""
+    import h2o
+    import pandas as pd
+    from h2o.estimators import H2OGradientBoostingEstimator
+
+    os.environ["JAVA_HOME"] = str(find_java_home())
+    h2o.init(port=free_port(block=2), nthreads=1, max_mem_size="512M", verbose=False)
+    jvm_pid = h2o.connection().local_server._process.pid
+    try:
+        frame = pd.DataFrame([served_features(i) for i in range(SERVED_ENTITIES)])
+        frame["churn"] = ["yes" if s < 200 else "no" for s in frame["spend"]]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            gbm = H2OGradientBoostingEstimator(ntrees=5, max_depth=3, min_rows=2, seed=42)
+            gbm.train(x=FEATURES, y="churn", training_frame=h2o.H2OFrame(frame, column_types={"churn": "enum"}))
+            mojo = gbm.download_mojo(str(out), get_genmodel_jar=True)
+        return mojo, str(out / "h2o-genmodel.jar")
+    finally:
+        h2o.cluster().shutdown()
+        if not wait_until(lambda: not pid_alive(jvm_pid), 30):
+            stop_pid(jvm_pid, timeout=20)
+
+
+@dataclass
+class OnlineEnv:
+    stack: Stack
+    settings: TesseraSettings
+    service: Service
+
+    @property
+    def catalog_dsn(self) -> str:
+        assert self.settings.catalog_dsn
+        return self.settings.catalog_dsn
+
+    def servers(self) -> dict[str, str]:
+        return ShardMapStore(self.catalog_dsn).registered_servers()
+
+    def placement(self) -> dict[int, str]:
+        return ShardMapStore(self.catalog_dsn).current().placement_by_name()
+
+
+@contextmanager
+def online_env(stack: Stack, settings: TesseraSettings, models_dir: Path, log_dir: Path) -> Iterator[OnlineEnv]:
+    """Serve the stack's store: served entities written, the tiny model registered and promoted, the service
+    running (stopped by PID at the end)."""
+    with FeatureStore.open(settings) as store:
+        store.write(SERVED_SET, [FeatureRow(served_id(i), T0, served_features(i)) for i in range(SERVED_ENTITIES)])
+    mojo, jar = train_tiny_model(models_dir)
+    registry = ModelRegistry(settings.catalog_dsn or "")
+    version = registry.register(
+        settings.model_name,
+        algorithm="gbm",
+        feature_set=SERVED_SET,
+        features=FEATURES,
+        metrics={"auc": 0.9},
+        artifact_path=mojo,
+        genmodel_jar=jar,
+    )
+    registry.promote(settings.model_name, version.version)
+    redis_url = settings.redis_url
+    port = free_port()
+    service = Service(service_env(settings, redis_url, port), port, log_dir / "serving.log")
+    try:
+        service.wait_ready("/readyz")
+        yield OnlineEnv(stack, settings, service)
+    finally:
+        service.stop()
+
+
+@dataclass
+class MigrationUnderLoad:
+    """A migration's outcome with the traffic around it."""
+
+    writes: WriteLog
+    requests: ClientLog
+    audit: Audit
+    moved: int
+    minimum: float  # rows a row-balanced placement must move (traffic.minimum_rows_moved)
+    before: dict[int, str]
+    after: dict[int, str]
+
+
+def migrate_under_load(
+    env: OnlineEnv, to_servers: Sequence[str], *, seed_rows: int = 20_000, settle_seconds: float = 3.0
+) -> MigrationUnderLoad:
+    """Seed rows, start the writer and the open-loop client, migrate to ``to_servers`` with the real engine,
+    keep the traffic going ``settle_seconds`` past the end, then audit every row on every server."""
+    before = env.placement()
+    with FeatureStore.open(env.settings, prepare_topology=False) as store:
+        writer = SteadyWriter(store, written_set(to_servers))
+        writer.seed_rows(seed_rows)
+        client = OpenLoopClient(env.service.url, [served_id(i) for i in range(SERVED_ENTITIES)])
+        writer.start()
+        client.start()
+        try:
+            time.sleep(settle_seconds)
+            engine = MigrationEngine(env.catalog_dsn)
+            record = engine.begin(list(to_servers))
+            engine.run(record.id)
+            time.sleep(settle_seconds)
+        finally:
+            requests = client.stop()
+            writes = writer.stop()
+    after = env.placement()
+    servers = env.servers()
+    counts = rows_per_logical_shard(servers.values())
+    return MigrationUnderLoad(
+        writes,
+        requests,
+        audit(servers, after, written_set(to_servers), writes.acknowledged),
+        rows_moved(before, after, counts),
+        minimum_rows_moved(before, list(to_servers), counts),
+        before,
+        after,
+    )
+
+
+def assert_clean(result: MigrationUnderLoad, to_servers: Sequence[str]) -> None:
+    """The issue's done-when, checked on a migration's outcome."""
+    assert result.requests.failures == [], result.requests.outcomes
+    assert result.requests.outcomes["ok"] > 0
+    assert result.writes.failures == []
+    assert len(result.writes.acknowledged) > 0
+    assert result.audit.problems() == {}, result.audit.problems()
+    assert set(result.after.values()) == set(to_servers), "every target server holds logical shards"
+    assert 0 < result.moved <= 1.05 * result.minimum, (result.moved, result.minimum)
+    moved_shards = sum(1 for lg in result.before if result.before[lg] != result.after[lg])
+    fewest_shards = math.ceil(minimum_rows_moved(result.before, to_servers, dict.fromkeys(result.before, 1)))
+    assert moved_shards <= fewest_shards, (moved_shards, fewest_shards)
