@@ -77,7 +77,7 @@ def shard_check_results(tessera: TesseraResource, day: date | None) -> list[dg.A
     on ``day`` (every day when None) that are routed here but have no features (must be 0). Judging only the
     partition's own entities keeps the check exact while other partitions run concurrently in a backfill."""
     settings = tessera.settings()
-    dsns = settings.shard_dsns()
+    dsns = tessera.shard_dsns()
     expected_sql = """SELECT tessera_shard_for(entity_id, %(n)s) AS shard, array_agg(DISTINCT entity_id)
                       FROM raw_events WHERE entity_id IS NOT NULL AND (%(day)s::date IS NULL OR event_date = %(day)s)
                       GROUP BY 1"""

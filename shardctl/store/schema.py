@@ -18,6 +18,8 @@ import psycopg
 import sqlglot
 from sqlglot import exp
 
+from shardctl.store.grants import grant_shard_privileges
+
 FEATURE_TABLE = "entity_features"
 MIGRATIONS_TABLE = "tessera_schema_migrations"
 _SCHEMA_LOCK_KEY = 0x7E55E7A2
@@ -138,6 +140,8 @@ def apply_schema(dsn: str, *, connect_timeout: int = 5) -> list[int]:
                     (migration.version, migration.name, migration.checksum),
                 )
                 applied_now.append(migration.version)
+        with conn.transaction():  # every time: tables of later migrations get their grants too
+            grant_shard_privileges(conn)
     return applied_now
 
 

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from shardctl.credentials import credentials_of, location_only, with_credentials
 from shardctl.store.hashing import shard_for
 from shardctl.store.notify import NotificationListener
 
@@ -109,7 +110,13 @@ class ShardMapStore:
             found = _read_current(conn)
         if found is None:
             raise ShardMapError("the catalog has no shard map: run `shardctl stack up` or publish one")
-        return found
+        return self._as_caller(found)
+
+    def _as_caller(self, shard_map: ShardMap) -> ShardMap:
+        """The map holds locations only; connect to every shard as this store connects to the catalog (each
+        part's own role, ``shardctl/credentials.py``)."""
+        caller = credentials_of(self.catalog_dsn)
+        return ShardMap(shard_map.epoch, tuple(with_credentials(d, caller) for d in shard_map.dsns))
 
     def publish(self, dsns: Sequence[str], *, note: str = "", fence_shards: bool = False) -> ShardMap:
         """Store ``dsns`` as the next epoch and NOTIFY listeners on commit.
@@ -117,15 +124,16 @@ class ShardMapStore:
         With ``fence_shards``, every shard of the previous and the new map then gets its fence raised to the
         new epoch (``raise_fence``), so writes still routed on an older map are refused from then on.
         """
-        candidate = ShardMap(1, tuple(dsns))  # validates the DSNs before touching the catalog
+        candidate = ShardMap(1, tuple(location_only(d) for d in dsns))  # validates before touching the catalog
         with self._connect() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PUBLISH_LOCK_KEY,))
             previous = _read_current(conn)
             epoch = (previous.epoch if previous else 0) + 1
             _insert_map(conn, epoch, candidate.dsns, note)
             conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(epoch)))
-        published = ShardMap(epoch, candidate.dsns)
+        published = self._as_caller(ShardMap(epoch, candidate.dsns))
         if fence_shards:
+            previous = self._as_caller(previous) if previous else None
             targets = dict.fromkeys((*(previous.dsns if previous else ()), *published.dsns))
             for dsn in targets:
                 raise_fence(dsn, epoch)
@@ -140,7 +148,7 @@ class ShardMapStore:
 
     def initialize(self, dsns: Sequence[str]) -> ShardMap:
         """Publish ``dsns`` as epoch 1 unless the catalog already has a map (idempotent, safe to race)."""
-        dsns = tuple(dsns)
+        dsns = tuple(location_only(d) for d in dsns)
         if not dsns:
             raise ShardMapError(
                 "no shards to initialize the shard map with: set TESSERA_SHARDS or run `shardctl stack up`"
@@ -155,10 +163,10 @@ class ShardMapStore:
                     log.warning(
                         "catalog shard map (epoch %s) differs from the settings; using the catalog", existing.epoch
                     )
-                return existing
+                return self._as_caller(existing)
             _insert_map(conn, 1, candidate.dsns, "initialized from settings")
             conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, "1"))
-        return candidate
+        return self._as_caller(candidate)
 
     def watch(self, on_change: Callable[[ShardMap], None] | None = None) -> ShardMapWatcher:
         """A started watcher holding the current map, updated on every published epoch."""
