@@ -4,24 +4,28 @@ and nothing else (no writes for serving, no DDL for the writer, nothing read tha
 from __future__ import annotations
 
 import re
+import shutil
 import uuid
+from collections.abc import Iterator
 from datetime import UTC, datetime
+from pathlib import Path
 
 import psycopg
 import pytest
 from psycopg import errors
+from psycopg.conninfo import make_conninfo
 
 from shardctl.control.roles import RoleSetupError, ensure_roles
 from shardctl.credentials import DbCredentials, location_only, with_credentials
+from shardctl.process import free_port
 from shardctl.settings import TesseraSettings
 from shardctl.stack.manager import Stack
+from shardctl.stack.postgres import PostgresServer
 from shardctl.store import FeatureStore, prepare
 from shardctl.store.grants import PART_ROLES, PIPELINE_ROLE, SERVING_ROLE, SHARD_GRANTS, WRITER_ROLE
 from shardctl.store.registry import ModelRegistry
 from shardctl.store.schema import MIGRATIONS, apply_schema
 from shardctl.store.writer import FeatureRow
-
-pytestmark = pytest.mark.req("PLAT.least-privilege")
 
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
@@ -74,6 +78,7 @@ def written(settings: TesseraSettings) -> tuple[str, ModelRegistry]:
     return feature_set, registry
 
 
+@pytest.mark.req("PLAT.least-privilege")
 def test_the_stack_creates_every_part_role_on_every_server_able_to_log_in_and_nothing_more(settings) -> None:
     for dsn in servers(settings):
         with psycopg.connect(dsn) as conn:
@@ -85,6 +90,7 @@ def test_the_stack_creates_every_part_role_on_every_server_able_to_log_in_and_no
         assert rows == [(role, True, False, False, False, False, False) for role in sorted(PART_ROLES)]
 
 
+@pytest.mark.req("PLAT.least-privilege")
 def test_the_stack_writes_each_part_its_own_role(local_stack: Stack) -> None:
     import json
 
@@ -95,6 +101,7 @@ def test_the_stack_writes_each_part_its_own_role(local_stack: Stack) -> None:
     assert "password" not in json.dumps(written)
 
 
+@pytest.mark.req("PLAT.least-privilege")
 def test_the_shard_map_holds_locations_and_each_part_connects_as_itself(settings) -> None:
     with psycopg.connect(settings.catalog_dsn or "") as conn:
         stored = [r[0] for r in conn.execute("SELECT dsn FROM tessera_shard_map").fetchall()]
@@ -106,6 +113,7 @@ def test_the_shard_map_holds_locations_and_each_part_connects_as_itself(settings
                 assert conn.execute("SELECT current_user").fetchone()[0] == SERVING_ROLE
 
 
+@pytest.mark.req("PLAT.least-privilege")
 def test_serving_reads_features_and_the_registry_and_nothing_else(settings, written) -> None:
     feature_set, registry = written
     version = registry.register(
@@ -143,6 +151,7 @@ def test_serving_reads_features_and_the_registry_and_nothing_else(settings, writ
     assert refused(serving_catalog, "SELECT * FROM roles_probe_pipeline_only")
 
 
+@pytest.mark.req("PLAT.least-privilege")
 def test_the_writer_writes_features_but_cannot_change_the_schema_or_the_fence(settings, written) -> None:
     feature_set, _ = written
     with FeatureStore.open(settings, prepare_topology=False, credentials=DbCredentials(WRITER_ROLE)) as store:
@@ -163,6 +172,7 @@ def test_the_writer_writes_features_but_cannot_change_the_schema_or_the_fence(se
     assert refused(writer_catalog, "DELETE FROM tessera_shard_map")
 
 
+@pytest.mark.req("PLAT.least-privilege")
 def test_the_pipeline_creates_its_own_catalog_tables_but_cannot_alter_the_store(settings) -> None:
     pipeline_catalog = as_role(settings.catalog_dsn or "", PIPELINE_ROLE)
     table = f"pipeline_{uuid.uuid4().hex[:8]}"
@@ -176,6 +186,7 @@ def test_the_pipeline_creates_its_own_catalog_tables_but_cannot_alter_the_store(
         assert refused(as_role(dsn, PIPELINE_ROLE), "CREATE TABLE pipeline_was_here (id int)")
 
 
+@pytest.mark.req("PLAT.least-privilege")
 def test_the_schema_step_grants_again_every_time_it_runs(settings) -> None:
     """A grant lost (or a table created after the roles) is restored by the next ``apply_schema``."""
     dsn = settings.shard_dsns()[0]
@@ -186,6 +197,7 @@ def test_the_schema_step_grants_again_every_time_it_runs(settings) -> None:
     assert not refused(as_role(dsn, SERVING_ROLE), "SELECT 1 FROM entity_features LIMIT 1")
 
 
+@pytest.mark.req("PLAT.least-privilege")
 def test_every_table_a_migration_creates_has_a_grant_decision() -> None:
     created = {
         name
@@ -196,6 +208,7 @@ def test_every_table_a_migration_creates_has_a_grant_decision() -> None:
     assert created <= set(SHARD_GRANTS), f"no grant decision for {created - set(SHARD_GRANTS)}"
 
 
+@pytest.mark.req("PLAT.least-privilege")
 def test_roles_and_grants_are_created_idempotently(local_stack: Stack, settings) -> None:
     def oids() -> list[tuple]:
         found = []
@@ -215,8 +228,64 @@ def test_roles_and_grants_are_created_idempotently(local_stack: Stack, settings)
     assert privilege_matrix(settings) == before_grants
 
 
+@pytest.mark.req("PLAT.least-privilege")
 def test_only_a_superuser_may_create_roles(settings) -> None:
     with pytest.raises(RoleSetupError, match="needs a superuser"):
         ensure_roles(as_role(settings.catalog_dsn or "", PIPELINE_ROLE))
     with pytest.raises(RoleSetupError, match="no such part role"):
         ensure_roles(settings.catalog_dsn or "", {"tessera_everything": "x"})
+
+
+@pytest.fixture
+def scram_server(local_stack: Stack, tmp_path) -> Iterator[PostgresServer]:
+    """A server of the stack's kind whose pg_hba asks serving's role for a SCRAM password (the others: trust)."""
+    state = local_stack.load_state()
+    assert state is not None
+    root = Path(state.pg_root)
+    server = PostgresServer(
+        "scram", free_port(), root / f"scram-{uuid.uuid4().hex[:6]}", local_stack._binaries(state), state.user
+    )
+    server.init_from(root / "template")
+    hba = server.data_dir / "pg_hba.conf"
+    with hba.open("r+") as conf:  # rewritten in place: the server user keeps owning it
+        rules = conf.read()
+        conf.seek(0)
+        conf.write(f"host all {SERVING_ROLE} 127.0.0.1/32 scram-sha-256\n{rules}")
+    server.start()
+    try:
+        yield server
+    finally:
+        assert server.stop(), "scram server did not stop"
+        shutil.rmtree(server.data_dir, ignore_errors=True)
+
+
+@pytest.mark.req("PLAT.least-privilege")
+def test_a_part_password_authenticates_with_scram_and_is_stored_hashed(
+    scram_server: PostgresServer, tmp_path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from serving.settings import ServingSettings
+
+    ensure_roles(scram_server.dsn("postgres"), {SERVING_ROLE: "correct horse"})
+    with psycopg.connect(scram_server.dsn("postgres")) as conn:
+        stored = conn.execute("SELECT rolpassword FROM pg_authid WHERE rolname = %s", (SERVING_ROLE,)).fetchone()[0]
+    assert stored.startswith("SCRAM-SHA-256$")
+    assert "correct horse" not in stored
+    location = location_only(scram_server.dsn("postgres"))
+
+    monkeypatch.setenv("TESSERA_SETTINGS_FILE", str(tmp_path / "absent.json"))
+    monkeypatch.setenv("TESSERA_SERVING__DB_USER", SERVING_ROLE)
+    monkeypatch.setenv("TESSERA_SERVING__DB_PASSWORD", "correct horse")
+    with psycopg.connect(with_credentials(location, ServingSettings().db_credentials())) as conn:
+        assert conn.execute("SELECT current_user").fetchone()[0] == SERVING_ROLE
+
+    passfile = tmp_path / "pgpass"
+    passfile.write_text(f"127.0.0.1:{scram_server.port}:*:{SERVING_ROLE}:correct horse\n")
+    passfile.chmod(0o600)
+    monkeypatch.delenv("TESSERA_SERVING__DB_PASSWORD")
+    monkeypatch.setenv("TESSERA_SERVING__DB_PASSFILE", str(passfile))
+    with psycopg.connect(with_credentials(location, ServingSettings().db_credentials())) as conn:
+        assert conn.execute("SELECT current_user").fetchone()[0] == SERVING_ROLE
+
+    for wrong in (DbCredentials(SERVING_ROLE, "wrong"), DbCredentials(SERVING_ROLE)):
+        with pytest.raises(psycopg.OperationalError, match="password"):
+            psycopg.connect(make_conninfo(with_credentials(location, wrong), passfile="/nonexistent"))
