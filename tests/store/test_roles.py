@@ -289,3 +289,37 @@ def test_a_part_password_authenticates_with_scram_and_is_stored_hashed(
     for wrong in (DbCredentials(SERVING_ROLE, "wrong"), DbCredentials(SERVING_ROLE)):
         with pytest.raises(psycopg.OperationalError, match="password"):
             psycopg.connect(make_conninfo(with_credentials(location, wrong), passfile="/nonexistent"))
+
+
+@pytest.mark.req("PLAT.least-privilege")
+def test_roles_ensure_sets_the_passwords_of_the_control_settings_and_refuses_a_non_superuser(
+    settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`shardctl roles ensure` (the k8s setup Job's command) on the session stack; as a part's role it is a
+    one-line error."""
+    from click.testing import CliRunner
+
+    from shardctl.cli import main
+
+    monkeypatch.setenv("TESSERA_CONTROL__SERVING_PASSWORD", "from-a-secret")
+    before = privilege_matrix(settings)
+    done = CliRunner().invoke(main, ["roles", "ensure"])
+    assert done.exit_code == 0, done.output
+    assert "roles ready on the catalog and 2 shards" in done.output
+    for dsn in servers(settings):
+        with psycopg.connect(dsn) as conn:
+            verifiers = dict(
+                conn.execute(
+                    "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY(%s)", (list(PART_ROLES),)
+                ).fetchall()
+            )
+            conn.execute(f"ALTER ROLE {SERVING_ROLE} PASSWORD NULL")  # the stack's roles have none
+        assert verifiers[SERVING_ROLE].startswith("SCRAM-SHA-256$")
+        assert verifiers[WRITER_ROLE] is None
+    assert privilege_matrix(settings) == before
+
+    monkeypatch.setenv("TESSERA_CONTROL__DB_USER", PIPELINE_ROLE)
+    refused_run = CliRunner().invoke(main, ["roles", "ensure"])
+    assert refused_run.exit_code == 1
+    assert "needs a superuser" in refused_run.output
+    assert "Traceback" not in refused_run.output
