@@ -34,7 +34,12 @@ SHARD_GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
 }
 
 _SHARD_MAP_READ = {SERVING_ROLE: ("SELECT",), WRITER_ROLE: ("SELECT",), PIPELINE_ROLE: ("SELECT",)}
-_REGISTRY = {SERVING_ROLE: ("SELECT",), PIPELINE_ROLE: ("SELECT", "INSERT", "UPDATE", "DELETE")}
+# Serving loads the promoted version; the pipeline registers versions and moves the alias (an upsert).
+_REGISTRY = {SERVING_ROLE: ("SELECT",), PIPELINE_ROLE: ("SELECT", "INSERT")}
+_ALIASES = {SERVING_ROLE: ("SELECT",), PIPELINE_ROLE: ("SELECT", "INSERT", "UPDATE")}
+# The lifecycle's records (comparisons, promotions and rollbacks) are append-only for the pipeline: it can add
+# its own, never rewrite history; serving reads none of them.
+_RECORDS = {PIPELINE_ROLE: ("SELECT", "INSERT")}
 
 # table -> role -> privileges, in the catalog database. Orchestration's own tables (raw events, labels,
 # training sets) are created, so owned, by the pipeline's role: nobody else needs a grant on them.
@@ -42,7 +47,9 @@ CATALOG_GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "tessera_shard_epochs": _SHARD_MAP_READ,
     "tessera_shard_map": _SHARD_MAP_READ,
     "model_versions": _REGISTRY,
-    "model_aliases": _REGISTRY,
+    "model_aliases": _ALIASES,
+    "model_evaluations": _RECORDS,
+    "model_promotions": _RECORDS,
 }
 # Roles that may create tables in the catalog's public schema (their own, nobody else's).
 CATALOG_CREATORS = (PIPELINE_ROLE,)

@@ -144,6 +144,8 @@ def test_serving_reads_features_and_the_registry_and_nothing_else(settings, writ
         assert refused(dsn, "SELECT * FROM tessera_schema_migrations")
         assert refused(dsn, "CREATE TABLE serving_was_here (id int)")
     assert refused(serving_catalog, "UPDATE model_aliases SET version = version")
+    assert refused(serving_catalog, "SELECT * FROM model_promotions")
+    assert refused(serving_catalog, "SELECT * FROM model_evaluations")
     assert refused(serving_catalog, "INSERT INTO tessera_shard_epochs (epoch, total_shards) VALUES (999, 1)")
     assert refused(serving_catalog, "CREATE TABLE serving_was_here (id int)")
     with psycopg.connect(settings.catalog_dsn or "") as conn:  # an orchestration table serving has no use for
@@ -181,6 +183,11 @@ def test_the_pipeline_creates_its_own_catalog_tables_but_cannot_alter_the_store(
         conn.execute(f"DROP TABLE {table}")
     assert refused(pipeline_catalog, "ALTER TABLE tessera_shard_map ADD COLUMN pipeline_was_here int")
     assert refused(pipeline_catalog, "DROP TABLE model_versions")
+    # The lifecycle's records and the versions are append-only for the pipeline.
+    assert refused(pipeline_catalog, "UPDATE model_promotions SET note = 'rewritten'")
+    assert refused(pipeline_catalog, "DELETE FROM model_evaluations")
+    assert refused(pipeline_catalog, "DELETE FROM model_versions")
+    assert refused(pipeline_catalog, "UPDATE model_versions SET metrics = '{}'")
     for dsn in settings.shard_dsns():
         assert refused(as_role(dsn, PIPELINE_ROLE), "ALTER TABLE entity_features ADD COLUMN pipeline_was_here int")
         assert refused(as_role(dsn, PIPELINE_ROLE), "CREATE TABLE pipeline_was_here (id int)")
