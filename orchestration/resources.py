@@ -47,9 +47,9 @@ class TesseraResource(dg.ConfigurableResource):
             return list(store.shard_map.dsns)
 
     def registry(self) -> ModelRegistry:
-        registry = ModelRegistry(self.dsn())
-        registry.ensure_schema()
-        return registry
+        """The model registry as the pipeline's role. Its tables are the control plane's to create (`shardctl
+        stack up`, `shardctl roles ensure`): the pipeline may add rows, not run DDL on tables it does not own."""
+        return ModelRegistry(self.dsn())
 
     @contextmanager
     def feature_store(self) -> Iterator[FeatureStore]:
