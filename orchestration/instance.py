@@ -9,6 +9,8 @@ from pathlib import Path
 
 from psycopg.conninfo import conninfo_to_dict
 
+from orchestration.settings import PipelineSettings
+from shardctl.credentials import with_credentials
 from shardctl.settings import TesseraSettings
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -24,7 +26,8 @@ def dagster_env(settings: TesseraSettings) -> dict[str, str]:
     """Environment for any Dagster process of this stack (webserver, daemon, CLI, in-process runs)."""
     if not settings.dagster_dsn:
         raise InstanceConfigError("no dagster_dsn in the settings: run `shardctl stack up` first")
-    parts = conninfo_to_dict(settings.dagster_dsn)
+    # Dagster's storage is the pipeline's: its role owns the database (`shardctl stack up`).
+    parts = conninfo_to_dict(with_credentials(settings.dagster_dsn, PipelineSettings().db_credentials()))
     home = Path(settings.data_dir).absolute() / "dagster_home"
     return {
         "DAGSTER_HOME": str(home),

@@ -17,7 +17,8 @@ import h2o
 from pydantic import Field
 
 from orchestration import h2o_runtime
-from orchestration.settings import DEFAULT_H2O_MAX_MEM, H2OSettings
+from orchestration.settings import DEFAULT_H2O_MAX_MEM, H2OSettings, PipelineSettings
+from shardctl.credentials import with_credentials
 from shardctl.settings import TesseraSettings, load_settings
 from shardctl.store import FeatureStore
 from shardctl.store.registry import ModelRegistry
@@ -34,23 +35,40 @@ class TesseraResource(dg.ConfigurableResource):
         return load_settings()
 
     def dsn(self) -> str:
+        """The catalog, connected to as the pipeline's role (``TESSERA_PIPELINE__DB_*``)."""
         dsn = self.catalog_dsn or self.settings().catalog_dsn
         if not dsn:
             raise dg.Failure("no catalog DSN: run `shardctl stack up` or set TESSERA_CATALOG_DSN")
-        return dsn
+        return with_credentials(dsn, PipelineSettings().db_credentials())
+
+    def control_dsn(self) -> str:
+        """The catalog as the control plane (``TESSERA_CONTROL__DB_*``): what moves data between servers
+        (resharding creates subscriptions and raises fences) runs with its rights, not the pipeline's."""
+        from shardctl.control.settings import ControlSettings
+
+        dsn = self.catalog_dsn or self.settings().catalog_dsn
+        if not dsn:
+            raise dg.Failure("no catalog DSN: run `shardctl stack up` or set TESSERA_CATALOG_DSN")
+        return with_credentials(dsn, ControlSettings().db_credentials())
+
+    def shard_dsns(self) -> list[str]:
+        """The shards of the current shard map, connected to as the pipeline's role."""
+        with self.feature_store() as store:
+            return list(store.shard_map.dsns)
 
     def registry(self) -> ModelRegistry:
-        registry = ModelRegistry(self.dsn())
-        registry.ensure_schema()
-        return registry
+        """The model registry as the pipeline's role. Its tables are the control plane's to create (`shardctl
+        stack up`, `shardctl roles ensure`): the pipeline may add rows, not run DDL on tables it does not own."""
+        return ModelRegistry(self.dsn())
 
     @contextmanager
     def feature_store(self) -> Iterator[FeatureStore]:
-        """The shardctl feature store (shard map watcher, writer, reader); closed after use."""
+        """The shardctl feature store (shard map watcher, writer, reader) as the pipeline's role; closed after use.
+        The topology is the control plane's to prepare (`shardctl stack up`, `shardctl roles ensure`)."""
         settings = self.settings()
         if self.catalog_dsn:
             settings = settings.model_copy(update={"catalog_dsn": self.catalog_dsn})
-        store = FeatureStore.open(settings)
+        store = FeatureStore.open(settings, prepare_topology=False, credentials=PipelineSettings().db_credentials())
         try:
             yield store
         finally:

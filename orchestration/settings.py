@@ -10,6 +10,7 @@ from typing import ClassVar
 
 from pydantic import Field
 
+from shardctl.credentials import DbCredentialFields
 from shardctl.java import JavaSettings
 from shardctl.settings import SectionSettings, section_config
 from shardctl.store.promotion import PromotionMetric
@@ -19,9 +20,10 @@ from shardctl.store.promotion import PromotionMetric
 DEFAULT_H2O_MAX_MEM = "1G"
 
 
-class PipelineSettings(SectionSettings):
-    """The Dagster pipeline's synthetic raw data (seed, calendar, scale: tests use less, the demo more) and the
-    rule its promotion step applies."""
+class PipelineSettings(SectionSettings, DbCredentialFields):
+    """The Dagster pipeline's synthetic raw data (seed, calendar, scale: tests use less, the demo more), the
+    rule its promotion step applies, and the database role its steps and Dagster's storage connect as
+    (``db_user``, ``db_password`` or ``db_passfile``)."""
 
     section: ClassVar[str] = "pipeline"
     model_config = section_config(section)

@@ -19,6 +19,7 @@ from serving.local_cache import LocalPredictionCache
 from serving.predictor import Predictor
 from serving.scoring import ModelHolder
 from serving.settings import ServingSettings
+from shardctl.credentials import with_credentials
 from shardctl.java import JavaSettings
 from shardctl.settings import TesseraSettings
 from shardctl.store.notify import NotificationListener
@@ -54,6 +55,7 @@ class ServingRuntime:
     io_pool: ThreadPoolExecutor
     scoring_pool: ThreadPoolExecutor
     listener: NotificationListener
+    catalog_dsn: str  # with serving's credentials
     consumer: ChangeConsumer | None = None
 
     @classmethod
@@ -62,7 +64,8 @@ class ServingRuntime:
         if not settings.catalog_dsn:
             raise RuntimeError("no catalog DSN: set TESSERA_CATALOG_DSN or run `shardctl stack up`")
         serving = serving or ServingSettings()
-        catalog_dsn = settings.catalog_dsn
+        # Serving's own read-only role, on the catalog and (through the shard map) on every shard.
+        catalog_dsn = with_credentials(settings.catalog_dsn, serving.db_credentials())
         scoring_pool = ThreadPoolExecutor(serving.scoring_threads, thread_name_prefix="tessera-score")
         io_pool = ThreadPoolExecutor(serving.io_threads, thread_name_prefix="tessera-io")
         holder = ModelHolder(ModelRegistry(catalog_dsn), settings.model_name, JavaSettings().java_home)
@@ -102,7 +105,7 @@ class ServingRuntime:
             ).start()
         listener.start()
         _settle_interpreter(serving.gil_switch_interval_ms)
-        return cls(settings, serving, predictor, io_pool, scoring_pool, listener, consumer)
+        return cls(settings, serving, predictor, io_pool, scoring_pool, listener, catalog_dsn, consumer)
 
     def catalog_connected(self) -> bool:
         """Whether the promotion listener holds its catalog connection (reported by ``/readyz`` and as a metric;

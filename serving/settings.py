@@ -8,11 +8,13 @@ from typing import ClassVar, Literal
 
 from pydantic import Field
 
+from shardctl.credentials import DbCredentialFields
 from shardctl.settings import SectionSettings, section_config
 
 
-class ServingSettings(SectionSettings):
-    """The prediction service's listener, process and thread counts, and request limits."""
+class ServingSettings(SectionSettings, DbCredentialFields):
+    """The prediction service's listener, process and thread counts, request limits, and the database role it
+    reads the catalog and the shards as (``db_user``, ``db_password`` or ``db_passfile``: read-only grants)."""
 
     section: ClassVar[str] = "serving"
     model_config = section_config(section)

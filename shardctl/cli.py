@@ -30,6 +30,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from shardctl.control.migration.journal import JournalError
     from shardctl.control.migration.replication import ReplicationError
     from shardctl.control.migration.table import LayoutError
+    from shardctl.control.roles import RoleSetupError
     from shardctl.java import JavaUnavailableError
     from shardctl.stack.binaries import MissingBinaryError
     from shardctl.stack.ha.etcd import EtcdStartError
@@ -40,6 +41,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from shardctl.store.shardmap import ShardMapError
 
     return (
+        RoleSetupError,
         StackError,
         JavaUnavailableError,
         MissingBinaryError,
@@ -274,13 +276,16 @@ def shards() -> None:
 
 
 def catalog_dsn() -> str:
+    """The catalog, connected to as the control plane (``TESSERA_CONTROL__DB_*``; unset: as the DSN says)."""
+    from shardctl.control.settings import ControlSettings
+    from shardctl.credentials import with_credentials
     from shardctl.settings import StoreSettings
     from shardctl.store.shardmap import ShardMapError
 
     dsn = StoreSettings().catalog_dsn
     if not dsn:
         raise ShardMapError("no catalog DSN: set TESSERA_CATALOG_DSN or run `shardctl stack up`")
-    return dsn
+    return with_credentials(dsn, ControlSettings().db_credentials())
 
 
 @shards.command("show")
@@ -312,6 +317,33 @@ def shards_prepare() -> None:
     settings = StoreSettings()
     current = prepare(catalog_dsn(), settings=settings)
     click.echo(f"ready: epoch {current.epoch}, {current.server_count} servers, schema applied")
+
+
+@main.group(cls=_Group)
+def roles() -> None:
+    """Each part's own database role (serving, writer, pipeline) and its grants."""
+
+
+@roles.command("ensure")
+def roles_ensure() -> None:
+    """Create the part roles on the catalog and every shard, then grant them their tables; idempotent.
+
+    Runs as the control plane (``TESSERA_CONTROL__DB_*``, a superuser); passwords from
+    ``TESSERA_CONTROL__{SERVING,WRITER,PIPELINE}_PASSWORD`` (unset: the role gets none)."""
+    from shardctl.control.roles import ensure_roles
+    from shardctl.control.settings import ControlSettings
+    from shardctl.credentials import with_credentials
+    from shardctl.settings import StoreSettings
+    from shardctl.store import prepare
+
+    control = ControlSettings()
+    settings = StoreSettings()
+    catalog = catalog_dsn()
+    shard_dsns = [with_credentials(dsn, control.db_credentials()) for dsn in settings.shard_dsns()]
+    for dsn in (catalog, *shard_dsns):
+        ensure_roles(dsn, control.role_passwords())
+    current = prepare(catalog, settings=settings)
+    click.echo(f"roles ready on the catalog and {current.server_count} servers (epoch {current.epoch}), grants applied")
 
 
 def _print_status(the_stack: Stack, as_json: bool) -> bool:

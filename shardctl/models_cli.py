@@ -49,13 +49,16 @@ def models(ctx: click.Context, model_name: str | None) -> None:
 def _open(ctx: click.Context, *, writes: bool = False) -> tuple[ModelRegistry, str]:
     """The registry and the model name; a command that writes first creates the lifecycle tables a catalog made
     before them lacks (reads never run DDL: a read-only role can list)."""
+    from shardctl.control.settings import ControlSettings
+    from shardctl.credentials import with_credentials
     from shardctl.settings import StoreSettings
     from shardctl.store.registry import ModelRegistry
 
     settings = StoreSettings()
     if not settings.catalog_dsn:
         raise click.ClickException("no catalog DSN: set TESSERA_CATALOG_DSN or run `shardctl stack up`")
-    registry = ModelRegistry(settings.catalog_dsn)
+    # An operator's command: as the control plane (TESSERA_CONTROL__DB_*), like every `shardctl` command.
+    registry = ModelRegistry(with_credentials(settings.catalog_dsn, ControlSettings().db_credentials()))
     if writes:
         registry.ensure_schema()
     return registry, ctx.obj["model_name"] or settings.model_name

@@ -5,6 +5,7 @@ name files that exist, and the in-cluster dagster.yaml passes Dagster's own sche
 from __future__ import annotations
 
 import copy
+import re
 from pathlib import Path
 
 import kubernetes_validate
@@ -13,7 +14,9 @@ import yaml
 
 from orchestration.settings import H2OSettings, PipelineSettings
 from serving.settings import ServingSettings
+from shardctl.control.settings import ControlSettings
 from shardctl.settings import TesseraSettings
+from shardctl.store.writer_settings import WriterSettings
 
 ROOT = Path(__file__).resolve().parent.parent
 K8S = ROOT / "k8s"
@@ -107,7 +110,9 @@ def test_config_map_variables_are_real_settings(monkeypatch: pytest.MonkeyPatch,
     for key, value in data.items():
         monkeypatch.setenv(key, value)
     settings = TesseraSettings()
-    sections = {cls.section: cls for cls in (ServingSettings, PipelineSettings, H2OSettings)}
+    sections = {
+        cls.section: cls for cls in (ServingSettings, PipelineSettings, H2OSettings, WriterSettings, ControlSettings)
+    }
     for key in data:
         name, _, field = key.removeprefix("TESSERA_").lower().partition("__")
         if name in sections:
@@ -138,7 +143,86 @@ def test_in_cluster_dagster_instance_passes_dagsters_schema(tmp_path: Path, monk
 
     data = _find("ConfigMap", "dagster-instance")["data"]
     (tmp_path / "dagster.yaml").write_text(data["dagster.yaml"])
-    monkeypatch.setenv("DAGSTER_PG_URL", "postgresql+psycopg2://u:p@localhost/dagster")
+    monkeypatch.setenv("TESSERA_PIPELINE__DB_PASSWORD", "from-the-secret")
     config, _ = dagster_instance_config(str(tmp_path))
     assert config["run_launcher"]["class"] == "K8sRunLauncher"
+    # Storage as the pipeline's role, its password from the environment; run pods get it by Secret reference.
+    storage = config["storage"]["postgres"]["postgres_db"]
+    assert storage["username"] == "tessera_pipeline"
+    assert storage["password"] == {"env": "TESSERA_PIPELINE__DB_PASSWORD"}
+    assert config["run_launcher"]["config"]["env_secrets"] == ["tessera-pipeline-db"]
+    assert "env_vars" not in config["run_launcher"]["config"]
     assert yaml.safe_load(data["workspace.yaml"])["load_from"][0]["grpc_server"]["port"] == 4000
+
+
+# A URL carrying a password (scheme://user:secret@host), and a libpq conninfo with a password in it.
+_URL_WITH_PASSWORD = re.compile(r"[a-z][a-z0-9+.-]*://[^\s/:@\"'`]+:[^\s/@\"'`]+@", re.IGNORECASE)
+_CONNINFO_PASSWORD = re.compile(r"\bpassword\s*=\s*[^\s\"'`]", re.IGNORECASE)
+
+
+def _committed_text_files() -> list[Path]:
+    roots = [K8S, ROOT / "docs", ROOT / "README.md", ROOT / "orchestration" / "dagster.yaml"]
+    files = [p for root in roots for p in ([root] if root.is_file() else root.rglob("*")) if p.is_file()]
+    return [p for p in files if p.suffix in {".yaml", ".yml", ".md", ".sh", ".json", ".txt", ""}]
+
+
+def password_leaks(text: str) -> list[str]:
+    return _URL_WITH_PASSWORD.findall(text) + _CONNINFO_PASSWORD.findall(text)
+
+
+@pytest.mark.req("PLAT.least-privilege")
+def test_the_leak_scan_finds_a_password_in_a_url_or_a_conninfo() -> None:
+    assert password_leaks("url: postgresql+psycopg2://tessera:change-me@/dagster?host=a")
+    assert password_leaks("TESSERA_CATALOG_DSN: host=a dbname=tessera user=x password=hunter2")
+    assert not password_leaks("redis://redis:6379/0 host=a port=5432,5432 dbname=tessera")
+    assert not password_leaks("postgresql://u@host/db and ``TESSERA_SERVING__DB_PASSWORD``")
+
+
+@pytest.mark.req("PLAT.least-privilege")
+def test_no_committed_manifest_or_doc_holds_a_password() -> None:
+    """No URL or DSN with a password in k8s/ or the docs, and no committed Secret with data: the passwords are
+    generated in the cluster (k8s/generate-secrets.sh) and only referenced here."""
+    files = _committed_text_files()
+    assert any(p.name == "tessera-config.yaml" for p in files)
+    for path in files:
+        leaks = password_leaks(path.read_text(errors="replace"))
+        assert not leaks, f"{path.relative_to(ROOT)} holds a password: {leaks}"
+    for path, doc in _documents():
+        assert doc["kind"] != "Secret", f"{path.relative_to(ROOT)}: a committed Secret (generate it instead)"
+
+
+@pytest.mark.req("PLAT.least-privilege")
+def test_each_part_connects_as_its_own_role_with_a_password_from_its_own_secret() -> None:
+    config = _find("ConfigMap", "tessera-config")["data"]
+    for key in ("TESSERA_CATALOG_DSN", "TESSERA_DAGSTER_DSN", "TESSERA_SHARDS"):
+        assert "user=" not in config[key], f"{key}: DSNs say where, each part says who"
+    assert config["TESSERA_SERVING__DB_USER"] == "tessera_serving"
+    assert config["TESSERA_PIPELINE__DB_USER"] == "tessera_pipeline"
+
+    def password_sources(container: dict) -> dict[str, str]:
+        sources = {}
+        for env in container.get("env", []):
+            if "PASSWORD" in env["name"]:
+                assert "value" not in env, f"{env['name']}: a password as a literal value"
+                sources[env["name"]] = env["valueFrom"]["secretKeyRef"]["name"]
+        for source in container.get("envFrom", []):
+            if "secretRef" in source:
+                sources["*"] = source["secretRef"]["name"]
+        return sources
+
+    serving = _find("Deployment", "serving")["spec"]["template"]["spec"]["containers"][0]
+    assert password_sources(serving) == {"TESSERA_SERVING__DB_PASSWORD": "tessera-serving-db"}
+    for name in ("dagster-code", "dagster-daemon", "dagster-webserver"):
+        container = _find("Deployment", name)["spec"]["template"]["spec"]["containers"][0]
+        assert password_sources(container) == {"*": "tessera-pipeline-db"}, name
+    setup = _find("Job", "tessera-roles")["spec"]["template"]["spec"]["containers"][0]
+    assert setup["command"] == ["shardctl", "roles", "ensure"]
+    assert password_sources(setup) == {
+        "TESSERA_CONTROL__DB_PASSWORD": "tessera-postgres",
+        "TESSERA_CONTROL__SERVING_PASSWORD": "tessera-serving-db",
+        "TESSERA_CONTROL__WRITER_PASSWORD": "tessera-writer-db",
+        "TESSERA_CONTROL__PIPELINE_PASSWORD": "tessera-pipeline-db",
+    }
+    generator = (K8S / "generate-secrets.sh").read_text()
+    for secret in ("tessera-postgres", "tessera-serving-db", "tessera-writer-db", "tessera-pipeline-db"):
+        assert f"create {secret} " in generator, f"{secret} is referenced but never generated"

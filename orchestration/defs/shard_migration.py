@@ -54,7 +54,7 @@ def _engine(context: dg.OpExecutionContext, tessera: TesseraResource) -> Migrati
             last[0] = now
             context.log.info(f"progress: {scrub(str(event))}")
 
-    return MigrationEngine(tessera.dsn(), on_progress=on_progress)
+    return MigrationEngine(tessera.control_dsn(), on_progress=on_progress)
 
 
 @dg.op(out=dg.Out(int, description="The migration's id in the catalog's journal."))
@@ -62,7 +62,7 @@ def plan_shard_migration(context: dg.OpExecutionContext, config: MigrationTarget
     """Plan the move to ``to_servers`` and record it (phase ``planned``); with ``resume`` take the running one."""
     engine = _engine(context, tessera)
     if config.resume:
-        running = Journal(tessera.dsn()).running()
+        running = Journal(tessera.control_dsn()).running()
         if running is None:
             raise dg.Failure("resume: no migration is running")
         context.log.info(f"resuming migration {running.id} at phase {running.phase}")

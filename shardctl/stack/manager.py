@@ -19,6 +19,7 @@ import psycopg
 
 from shardctl.control.ha import HAError, leader, shard_members
 from shardctl.control.migration.journal import Journal
+from shardctl.control.roles import ensure_roles, own_database
 from shardctl.java import JavaUnavailableError, check_runtime, find_java
 from shardctl.process import allocate_ports, pid_alive
 from shardctl.settings import SETTINGS_FILE_NAME
@@ -26,13 +27,13 @@ from shardctl.stack.binaries import PostgresBinaries, find_postgres, find_redis_
 from shardctl.stack.ha.cluster import HACluster, HAState
 from shardctl.stack.ha.etcd import forget_scope
 from shardctl.stack.ha.settings import HASettings
-from shardctl.stack.postgres import DATABASE, PostgresServer, make_template
+from shardctl.stack.postgres import DATABASE, SUPERUSER, PostgresServer, make_template
 from shardctl.stack.redis_server import RedisServer
 from shardctl.stack.server_runtime import reachable_postgres
 from shardctl.stack.users import chown_tree, server_user, user_can_write
 from shardctl.store import prepare as prepare_feature_store
+from shardctl.store.grants import PIPELINE_ROLE, SERVING_ROLE, WRITER_ROLE
 from shardctl.store.hashing import install_sql_functions
-from shardctl.store.registry import ModelRegistry
 from shardctl.store.schema import apply_schema
 from shardctl.store.shardmap import ShardMapError, ShardMapStore
 
@@ -292,11 +293,12 @@ class Stack:
                 server.init_from(template)
             server.start()
             server.ensure_database(DATABASE)
+            ensure_roles(server.dsn("postgres"))
             with psycopg.connect(server.dsn()) as conn:
                 install_sql_functions(conn)
         catalog = self.postgres_servers(state)[0]
         catalog.ensure_database(DAGSTER_DATABASE)
-        ModelRegistry(catalog.dsn()).ensure_schema()
+        own_database(catalog.dsn("postgres"), DAGSTER_DATABASE)  # Dagster's storage is the pipeline's
         cluster = self.ha_cluster(state)
         if cluster is not None:
             self._ha_up(state, cluster)
@@ -349,6 +351,7 @@ class Stack:
         cluster.up()
         for shard in range(cluster.shard_count()):
             cluster.ensure_database(shard, DATABASE)
+            ensure_roles(cluster.shard_dsn(shard, "postgres"))  # on the primary; replicas replay them
             with psycopg.connect(cluster.shard_dsn(shard)) as conn:
                 install_sql_functions(conn)
 
@@ -410,6 +413,14 @@ class Stack:
             "redis_url": self.redis_server(state).url,
             "h2o": {"java_home": state.java_home},
             "dagster_dsn": servers[0].dsn(DAGSTER_DATABASE),
+            # Each part's own role (shardctl/credentials.py). No passwords: the stack's servers trust loopback
+            # (docs/architecture/physical.md, "Database roles", says why). The top-level DSNs above name the
+            # stack's superuser: they are the operator's (tests, `shardctl` commands); the control plane runs
+            # as it, since PostgreSQL 15 lets only a superuser create the subscriptions resharding uses.
+            "serving": {"db_user": SERVING_ROLE},
+            "writer": {"db_user": WRITER_ROLE},
+            "pipeline": {"db_user": PIPELINE_ROLE},
+            "control": {"db_user": SUPERUSER},
         }
         self.settings_file.write_text(json.dumps(settings, indent=2))
 

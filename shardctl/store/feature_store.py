@@ -9,16 +9,27 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
+import psycopg
+
+from shardctl.credentials import DbCredentials, with_credentials
+from shardctl.store.grants import grant_catalog_privileges
 from shardctl.store.reader import FeatureReader, ReadResult
+from shardctl.store.registry import ModelRegistry
 from shardctl.store.schema import apply_all
 from shardctl.store.shardmap import ShardMap, ShardMapStore, ShardMapWatcher
 from shardctl.store.writer import FeatureRow, FeatureWriter, WriteReport
+from shardctl.store.writer_settings import WriterSettings
 
 
 def prepare(catalog_dsn: str, shard_dsns: Sequence[str] | None = None, settings=None) -> ShardMap:
-    """Make a topology ready to use (idempotent): catalog tables, an epoch-1 map if none, schema on every shard."""
+    """Make a topology ready to use (idempotent): catalog tables (shard map, model registry), an epoch-1 map if
+    none, schema on every shard, and the parts' grants on both (``shardctl.store.grants``). Needs the control
+    plane's credentials (it creates tables): pass a DSN that carries them."""
     maps = ShardMapStore(catalog_dsn)
     maps.ensure_schema()
+    ModelRegistry(catalog_dsn).ensure_schema()
+    with psycopg.connect(catalog_dsn, autocommit=True, connect_timeout=5) as conn:
+        grant_catalog_privileges(conn)
     current = maps.initialize_from_settings(settings) if settings is not None else maps.initialize(shard_dsns or ())
     apply_all(current)
     return current
@@ -34,14 +45,26 @@ class FeatureStore:
         self.reader = reader
 
     @classmethod
-    def open(cls, settings, *, prepare_topology: bool = True, **reader_options) -> FeatureStore:
+    def open(
+        cls,
+        settings,
+        *,
+        prepare_topology: bool = True,
+        credentials: DbCredentials | None = None,
+        **reader_options,
+    ) -> FeatureStore:
         """Open the store described by ``settings`` (a ``TesseraSettings``); with ``prepare_topology`` also
-        create whatever is missing (catalog tables, epoch 1, shard schema) first."""
+        create whatever is missing (catalog tables, epoch 1, shard schema) first, as the settings' DSN.
+
+        Reads and writes connect as ``credentials`` (default: the writer's, ``TESSERA_WRITER__DB_*``; none
+        set: as the settings' DSN says), to the catalog and to every shard of the map."""
         if not settings.catalog_dsn:
             raise ValueError("no catalog DSN in the settings: set TESSERA_CATALOG_DSN or run `shardctl stack up`")
         if prepare_topology:
             prepare(settings.catalog_dsn, settings=settings)
-        maps = ShardMapStore(settings.catalog_dsn)
+        if credentials is None:
+            credentials = WriterSettings().db_credentials()
+        maps = ShardMapStore(with_credentials(settings.catalog_dsn, credentials))
         watcher = maps.watch(role="feature-store")
         try:
             writer = FeatureWriter(watcher)

@@ -21,6 +21,7 @@ from sqlglot import exp
 from shardctl.store.changes import change_log_ddl
 from shardctl.store.fence import FENCE_DDL as FENCE_TABLE_DDL
 from shardctl.store.fence import FENCE_ROWS_SQL
+from shardctl.store.grants import grant_shard_privileges
 from shardctl.store.hashing import SQL_FUNCTIONS, TOTAL_LOGICAL_SHARDS
 
 FEATURE_TABLE = "entity_features"
@@ -192,6 +193,8 @@ def apply_schema(dsn: str, *, connect_timeout: int = 5) -> list[int]:
                         (migration.version, migration.name, migration.checksum),
                     )
                 applied_now.append(migration.version)
+            with conn.transaction():  # every time: tables of later migrations get their grants too
+                grant_shard_privileges(conn)
         finally:
             conn.execute("SELECT pg_advisory_unlock(%s)", (_SCHEMA_LOCK_KEY,))
     return applied_now

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 
 import psycopg
 
+from shardctl.credentials import credentials_of, location_only, with_credentials
 from shardctl.store.hashing import TOTAL_LOGICAL_SHARDS, entity_hash
 from shardctl.store.notify import NotificationListener
 
@@ -195,7 +196,18 @@ class ShardMapStore:
             found = _read_current(conn)
         if found is None:
             raise ShardMapError("the catalog has no shard map: run `shardctl stack up` or publish one")
-        return found
+        return self._as_caller(found)
+
+    def _as_caller(self, shard_map: ShardMap) -> ShardMap:
+        """The map holds locations only; connect to every shard as this store connects to the catalog (each
+        part's own role, ``shardctl/credentials.py``)."""
+        caller = credentials_of(self.catalog_dsn)
+        return ShardMap(
+            shard_map.epoch,
+            tuple(with_credentials(d, caller) for d in shard_map.dsns),
+            shard_map.servers,
+            shard_map.placement,
+        )
 
     # --- servers -----------------------------------------------------------------------------------------------
 
@@ -206,6 +218,7 @@ class ShardMapStore:
         check_server_name(name)
         if not isinstance(dsn, str) or not dsn.strip():
             raise ShardMapError(f"server {name}: the DSN must be a non-empty string")
+        dsn = location_only(dsn)  # the catalog holds where a server is; each part brings its own credentials
         self.ensure_schema()
         with self._connect() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PUBLISH_LOCK_KEY,))
@@ -229,12 +242,14 @@ class ShardMapStore:
                 )
 
     def registered_servers(self) -> dict[str, str]:
-        """Every known server, placed or not: name -> DSN."""
+        """Every known server, placed or not: name -> DSN (with this store's credentials)."""
+        caller = credentials_of(self.catalog_dsn)
         with self._connect() as conn:
             try:
-                return dict(conn.execute("SELECT name, dsn FROM tessera_servers ORDER BY name").fetchall())
+                rows = conn.execute("SELECT name, dsn FROM tessera_servers ORDER BY name").fetchall()
             except psycopg.errors.UndefinedTable:
                 return {}
+        return {name: with_credentials(dsn, caller) for name, dsn in rows}
 
     # --- publishing ----------------------------------------------------------------------------------------------
 
@@ -267,7 +282,7 @@ class ShardMapStore:
                 tuple(index[placement[shard]] for shard in range(TOTAL_LOGICAL_SHARDS)),
             )
             _insert_map(conn, published, note)
-        return published
+        return self._as_caller(published)
 
     def publish(self, dsns: Sequence[str], *, note: str = "", fence_shards: bool = False) -> ShardMap:
         """Store ``dsns`` as the servers of the next epoch and NOTIFY listeners on commit.
@@ -276,7 +291,8 @@ class ShardMapStore:
         (``l % N``). With ``fence_shards``, every server of the previous and the new map then gets its fence
         raised to the new epoch (``raise_fence``), so writes still routed on an older map are refused.
         """
-        ShardMap(1, tuple(dsns))  # validates the DSNs before touching the catalog
+        dsns = tuple(location_only(d) for d in dsns)
+        ShardMap(1, dsns)  # validates the DSNs before touching the catalog
         self.ensure_schema()
         with self._connect() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PUBLISH_LOCK_KEY,))
@@ -288,7 +304,9 @@ class ShardMapStore:
             else:
                 published = ShardMap(epoch, tuple(dsns), servers)
             _insert_map(conn, published, note)
+        published = self._as_caller(published)
         if fence_shards:
+            previous = self._as_caller(previous) if previous else None
             targets = dict.fromkeys((*(previous.dsns if previous else ()), *published.dsns))
             for dsn in targets:
                 raise_fence(dsn, epoch)
@@ -303,7 +321,7 @@ class ShardMapStore:
 
     def initialize(self, dsns: Sequence[str]) -> ShardMap:
         """Publish ``dsns`` as epoch 1 unless the catalog already has a map (idempotent, safe to race)."""
-        dsns = tuple(dsns)
+        dsns = tuple(location_only(d) for d in dsns)
         if not dsns:
             raise ShardMapError(
                 "no servers to initialize the shard map with: set TESSERA_SERVERS or run `shardctl stack up`"
@@ -318,10 +336,10 @@ class ShardMapStore:
                     log.info(
                         "catalog shard map (epoch %s) differs from the settings; using the catalog", existing.epoch
                     )
-                return existing
+                return self._as_caller(existing)
             candidate = ShardMap(1, dsns, _names_for(conn, dsns))
             _insert_map(conn, candidate, "initialized from settings")
-        return candidate
+        return self._as_caller(candidate)
 
     # --- epoch acknowledgements ----------------------------------------------------------------------------------
 

@@ -31,7 +31,7 @@ async def _poll(feeds) -> list[list[FeatureChange]]:
 
 
 @pytest.mark.req("JTBD-02.invalidation-events")
-def test_every_write_path_is_logged(feature_store, feature_set):
+def test_every_write_path_is_logged(feature_store, feature_set, settings):
     """The writer's fast path (COPY) and merge path (INSERT ... ON CONFLICT) log their batch, one row per shard
     (not one per entity: the row trigger stays off in the writer's transactions); a hand-written UPDATE and
     DELETE are logged by the trigger."""
@@ -51,7 +51,8 @@ def test_every_write_path_is_logged(feature_store, feature_set):
                     routed = {r.entity_id for r in batch if shard_map.server_index_for(r.entity_id) == i}
                     assert set(mine[0].entity_ids) == routed
             target = shard_map.server_index_for("e5")
-            with psycopg.connect(dsns[target], autocommit=True) as conn:
+            # Hand-written SQL as the control plane: the store's own (writer) role may not delete.
+            with psycopg.connect(settings.shard_dsns()[target], autocommit=True) as conn:
                 conn.execute(
                     "UPDATE entity_features SET version = version + 1 WHERE feature_set = %s AND entity_id = 'e5'",
                     (feature_set,),
@@ -68,7 +69,7 @@ def test_every_write_path_is_logged(feature_store, feature_set):
 
 
 @pytest.mark.req("JTBD-02.invalidation-events")
-def test_a_change_committed_after_a_later_numbered_one_is_not_skipped(feature_store, feature_set):
+def test_a_change_committed_after_a_later_numbered_one_is_not_skipped(feature_store, feature_set, settings):
     """Commit order is not sequence order: transaction A logs first (lower seq) but commits after B. A reader
     that polled between B's commit and A's must still read A's change (the xid watermark), and B's only once."""
     dsn = feature_store.shard_map.dsns[0]
@@ -77,8 +78,8 @@ def test_a_change_committed_after_a_later_numbered_one_is_not_skipped(feature_st
 
     async def run() -> None:
         ((reader, cursor),) = await _open_cursors([dsn])
-        a = psycopg.connect(dsn)
-        b = psycopg.connect(dsn)
+        a = psycopg.connect(settings.shard_dsns()[0])  # hand-written SQL: as the control plane
+        b = psycopg.connect(settings.shard_dsns()[0])
         try:
             insert = (
                 "INSERT INTO entity_features (logical_shard, entity_id, feature_set, features, event_ts) "
@@ -102,9 +103,9 @@ def test_a_change_committed_after_a_later_numbered_one_is_not_skipped(feature_st
 
 
 @pytest.mark.req("JTBD-02.invalidation-events")
-def test_the_log_is_pruned_past_its_retention(feature_store, feature_set):
+def test_the_log_is_pruned_past_its_retention(feature_store, feature_set, settings):
     """Rows older than the retention are deleted by the next write (the table stays bounded)."""
-    dsn = feature_store.shard_map.dsns[0]
+    dsn = settings.shard_dsns()[0]  # hand-written SQL: as the control plane
     entity = next(f"p{n}" for n in range(100) if feature_store.shard_map.server_index_for(f"p{n}") == 0)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(

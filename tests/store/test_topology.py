@@ -15,6 +15,7 @@ from datetime import timedelta
 import psycopg
 import pytest
 
+from shardctl.credentials import location_only
 from shardctl.process import wait_until
 from shardctl.settings import TesseraSettings
 from shardctl.stack.manager import Stack
@@ -49,7 +50,8 @@ def store(own_stack: OwnStack) -> Iterator[FeatureStore]:
 def test_stack_up_initializes_epoch_one_and_initializing_again_changes_nothing(own_stack: OwnStack) -> None:
     maps = ShardMapStore(own_stack.settings.catalog_dsn)
     current = maps.current()
-    assert current.dsns == tuple(own_stack.settings.shard_dsns())
+    # The catalog holds where each shard is; the map comes back with the caller's credentials.
+    assert [location_only(d) for d in current.dsns] == [location_only(d) for d in own_stack.settings.shard_dsns()]
     assert maps.initialize_from_settings(own_stack.settings) == current
     assert maps.current() == current
     assert current.dsn_for("abc") == current.dsns[current.shard_for("abc")]
@@ -70,7 +72,9 @@ def test_a_published_epoch_reaches_a_running_reader_within_one_second(own_stack:
 
     def publish_and_wait(before_epoch: int) -> int:
         published_at = time.monotonic()
-        published = store.maps.publish(store.shard_map.dsns, note="test: same topology, new epoch")
+        # Published as the control plane: the store's own (writer) role may not change the map.
+        control = ShardMapStore(own_stack.settings.catalog_dsn)
+        published = control.publish(store.shard_map.dsns, note="test: same topology, new epoch")
         assert published.epoch == before_epoch + 1
         while store.reader.shard_map.epoch != published.epoch and time.monotonic() - published_at < 1.0:
             time.sleep(0.005)
@@ -121,8 +125,10 @@ def test_a_shard_failing_mid_batch_rolls_back_every_shard_and_the_batch_reruns(
     store.write("fs_fail", make_rows(80))
     before = shard_snapshot(store.shard_map.dsns, "fs_fail")
     batch = make_rows(80, seed=5, ts=T0 + timedelta(hours=1)) + make_rows(20, prefix="n")
-    # A real failure on shard 1 only, after validation passed: a constraint this batch violates there.
-    with psycopg.connect(store.shard_map.dsns[1]) as conn:
+    # A real failure on shard 1 only, after validation passed: a constraint this batch violates there (added
+    # as the control plane: the writer's role may not alter the table).
+    admin_shard1 = own_stack.settings.shard_dsns()[1]
+    with psycopg.connect(admin_shard1) as conn:
         conn.execute(
             "ALTER TABLE entity_features ADD CONSTRAINT reject_test "
             "CHECK (feature_set <> 'fs_fail' OR (features->>'visits')::int < 50) NOT VALID"
@@ -132,7 +138,7 @@ def test_a_shard_failing_mid_batch_rolls_back_every_shard_and_the_batch_reruns(
             store.write("fs_fail", batch)
         assert shard_snapshot(store.shard_map.dsns, "fs_fail") == before
     finally:
-        with psycopg.connect(store.shard_map.dsns[1]) as conn:
+        with psycopg.connect(admin_shard1) as conn:
             conn.execute("ALTER TABLE entity_features DROP CONSTRAINT reject_test")
     rerun = store.write("fs_fail", batch)
     assert (rerun.inserted, rerun.updated) == (20, 80)
