@@ -7,4 +7,4 @@ bash scripts/bootstrap.sh --with-fallbacks  # the fallback servers too: a test r
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/dg check defs  # the Dagster code location loads (orchestration/definitions.py)
-.venv/bin/python -m pytest "$@"
+.venv/bin/python -m pytest --durations=25 "$@"  # the slowest tests, to keep CI under its time budget

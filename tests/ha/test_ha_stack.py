@@ -97,8 +97,8 @@ def test_cli_status_json_and_switchover_then_clear_errors(ha_stack: Stack, clust
         _shardctl("ha", "switchover", "7", "--data-dir", data_dir),
         _shardctl("ha", "switchover", "0", "--candidate", "nobody", "--data-dir", data_dir),
         _shardctl("ha", "status", "--data-dir", str(tmp_path / "no-stack")),
-        _shardctl("stack", "up", "--shards", "1", "--data-dir", data_dir, "--replicas", "2"),
-        _shardctl("stack", "up", "--shards", "1", "--data-dir", data_dir, "--replicas", "1"),
+        _shardctl("stack", "up", "--servers", "1", "--data-dir", data_dir, "--replicas", "2"),
+        _shardctl("stack", "up", "--servers", "1", "--data-dir", data_dir, "--replicas", "1"),
     ]
     for result in errors[:4]:
         assert result.returncode == 1, result
@@ -107,7 +107,7 @@ def test_cli_status_json_and_switchover_then_clear_errors(ha_stack: Stack, clust
     assert "no shard 7" in errors[0].stderr
     assert "nobody" in errors[1].stderr
     assert "no stack" in errors[2].stderr
-    assert "runs 1 replicas per shard" in errors[3].stderr
+    assert "runs 1 replicas per server" in errors[3].stderr
     assert errors[4].returncode == 0, errors[4].stderr  # up again on a running HA stack is a no-op
 
 

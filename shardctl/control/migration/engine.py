@@ -25,7 +25,7 @@ from shardctl.control.migration import cleanup, replication
 from shardctl.control.migration.estimate import estimate_moves
 from shardctl.control.migration.journal import ABORTABLE, PHASES, Journal, JournalError, MigrationRecord
 from shardctl.control.migration.plan import Move, PlanError, apply_moves, plan_moves
-from shardctl.control.migration.table import MovedTable, check_layout
+from shardctl.control.migration.table import MovedTable, check_layout, count_rows
 from shardctl.control.migration.verify import verify
 from shardctl.store.fence import fence_epochs, raise_fence
 from shardctl.store.schema import apply_schema
@@ -378,9 +378,11 @@ class MigrationEngine:
                 replication.wait_caught_up(link, timeout=max(0.1, self.policy.drain_s - (time.monotonic() - fenced)))
             drained = time.monotonic()
             for link in links:
-                report = verify(link.source_dsn, link.target_dsn, link.logical_shards, table=self.table, rounds=0)
-                if not report.clean:
-                    raise MigrationError(f"final check of {link.name} failed: {report.summary()}")
+                differing = _count_mismatches(link, self.table)
+                if differing:
+                    raise MigrationError(
+                        f"final check of {link.name} failed: row counts differ on logical shards {differing}"
+                    )
             published = self.maps.publish_placement(
                 target, expected_epoch=current.epoch, note=f"migration {record.id}: cutover"
             )
@@ -515,3 +517,17 @@ def _eta(done: int, total: int, started: datetime | None) -> float | None:
         return 0.0 if total and done >= total else None
     elapsed = (datetime.now(UTC) - started).total_seconds()
     return round(elapsed * (total - done) / done, 1) if elapsed > 0 else None
+
+
+def _count_mismatches(link: replication.Link, table: MovedTable) -> list[int]:
+    """The final check under the fence: rows per moved logical shard, source against target. Counting is an
+    index range scan each (milliseconds); the content was compared row by row in ``verified``, replication
+    applies every later change in commit order, and the drain waited for each one committed before the fence.
+    A full checksum here held writers for as long as it took to read every moved row (docs/benchmarks.md)."""
+    with (
+        psycopg.connect(link.source_dsn, connect_timeout=5) as source,
+        psycopg.connect(link.target_dsn, connect_timeout=5) as target,
+    ):
+        on_source = count_rows(source, table, link.logical_shards)
+        on_target = count_rows(target, table, link.logical_shards)
+    return sorted(s for s in link.logical_shards if on_source.get(s, 0) != on_target.get(s, 0))
