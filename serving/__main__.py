@@ -19,7 +19,7 @@ from granian.server import Server
 from serving.settings import ServingSettings
 from shardctl.settings import get_settings
 
-APP = "serving.app:create_app"
+APP = "serving.app:create_service"
 CLOSE_SECONDS = 10
 
 

@@ -1,4 +1,6 @@
-"""The prediction service's Litestar app: ``create_app()`` is the factory Granian loads (``python -m serving``).
+"""The prediction service: ``create_service()`` is the factory Granian loads (``python -m serving``), the
+Litestar app of ``create_app()`` behind the single-prediction fast path (``serving.fast_path``), every request
+counted for the graceful drain.
 
 One init plugin assembles the app: routes, the middleware, error mapping, and the dependencies handlers ask for
 by type (the predictor, the model holder, the worker's runtime, the service's limits). Every worker process
@@ -13,12 +15,13 @@ from contextlib import asynccontextmanager
 from litestar import Litestar
 from litestar.config.app import AppConfig
 from litestar.di import Provide
-from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins import InitPluginProtocol
 from litestar.plugins.prometheus import PrometheusController
+from litestar.types import ASGIApp
 
 from serving.drain import CountInFlight, InFlight
+from serving.fast_path import PredictionFastPath
 from serving.http_errors import exception_handlers, problem_details_plugin
 from serving.request_metrics import RequestMetrics
 from serving.routes import ROUTES
@@ -62,6 +65,10 @@ class ServingPlugin(InitPluginProtocol):
             raise RuntimeError("the worker's runtime opens in the lifespan, before the first request")
         return self._runtime
 
+    def opened_runtime(self) -> ServingRuntime | None:
+        """The runtime, or None before the lifespan opened it (the fast path then leaves requests to the app)."""
+        return self._runtime
+
     def models(self) -> ModelHolder:
         return self.runtime().predictor.holder
 
@@ -74,7 +81,7 @@ class ServingPlugin(InitPluginProtocol):
             }
         )
         app_config.lifespan.append(self.lifespan)
-        app_config.middleware.extend([DefineMiddleware(CountInFlight, in_flight=self.in_flight), RequestMetrics])
+        app_config.middleware.append(RequestMetrics)
         app_config.plugins.append(problem_details_plugin(self.serving.retry_after_seconds))
         app_config.exception_handlers.update(exception_handlers())
         app_config.openapi_config = OpenAPIConfig(title="Tessera prediction service", version="1.0.0")
@@ -83,8 +90,15 @@ class ServingPlugin(InitPluginProtocol):
 
 
 def create_app(settings: TesseraSettings | None = None, serving: ServingSettings | None = None) -> Litestar:
-    """Build the app; resources are opened in the lifespan of each worker process."""
+    """Build the Litestar app (every route, its OpenAPI); resources are opened in each worker's lifespan."""
     return Litestar(plugins=[ServingPlugin(settings or get_settings(), serving or ServingSettings())])
 
 
-__all__ = ["BatchItem", "BatchResponse", "ModelInfo", "Prediction", "PredictionRequest", "create_app"]
+def create_service(settings: TesseraSettings | None = None, serving: ServingSettings | None = None) -> ASGIApp:
+    """What Granian serves: the app of ``create_app``, behind the fast path, counted for the drain."""
+    app = create_app(settings, serving)
+    plugin = app.plugins.get(ServingPlugin)
+    return CountInFlight(PredictionFastPath(app, plugin.opened_runtime), plugin.in_flight)
+
+
+__all__ = ["BatchItem", "BatchResponse", "ModelInfo", "Prediction", "PredictionRequest", "create_app", "create_service"]

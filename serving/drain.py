@@ -33,7 +33,8 @@ class InFlight:
 
 
 class CountInFlight:
-    """Litestar middleware: counts each HTTP request from routing to its last byte sent."""
+    """ASGI wrapper around the whole service (the fast path included): counts each HTTP request from its
+    arrival to its last byte sent."""
 
     def __init__(self, app: ASGIApp, in_flight: InFlight):
         self.app = app

@@ -12,7 +12,6 @@ import time
 from collections.abc import Coroutine, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from serving import metrics
@@ -235,8 +234,3 @@ class Predictor:
         """Wait for cache writes still running (at shutdown, and in tests that read Redis right after)."""
         while self._writes:
             await asyncio.gather(*self._writes, return_exceptions=True)
-
-
-def age_seconds(iso_ts: str) -> float:
-    """Seconds since an ISO timestamp (feature freshness in responses)."""
-    return max(0.0, (datetime.now(UTC) - datetime.fromisoformat(iso_ts)).total_seconds())

@@ -36,12 +36,25 @@ def _status_of(exc: BaseException) -> int:
     return 500
 
 
+_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
+def record_request(method: str, path: str, status: int, seconds: float) -> None:
+    """Count one answered request and observe its latency (one cached child metric per label set)."""
+    key = (method, path, status)
+    children = _children.get(key)
+    if children is None:
+        children = _children[key] = (REQUEST_SECONDS.labels(*key), REQUESTS.labels(*key))
+    children[0].observe(seconds)
+    children[1].inc()
+
+
 class RequestMetrics:
-    """Litestar middleware: runs after routing, so ``path_template`` names the route, not the raw path."""
+    """Litestar middleware: runs after routing, so ``path_template`` names the route, not the raw path.
+    (Single predictions answered by ``serving.fast_path`` record themselves, with the same labels.)"""
 
     def __init__(self, app: ASGIApp):
         self.app = app
-        self._children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         path = scope.get("path_template") or scope.get("path", "")
@@ -63,9 +76,4 @@ class RequestMetrics:
             status = _status_of(exc)
             raise
         finally:
-            key = (scope["method"], path, status)
-            children = self._children.get(key)
-            if children is None:
-                children = self._children[key] = (REQUEST_SECONDS.labels(*key), REQUESTS.labels(*key))
-            children[0].observe(time.perf_counter() - started)
-            children[1].inc()
+            record_request(scope["method"], path, status, time.perf_counter() - started)

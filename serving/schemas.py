@@ -2,10 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Annotated, Any
 
 import msgspec
 from msgspec import UNSET, UnsetType
+
+if TYPE_CHECKING:
+    from serving.predictor import Outcome
+    from serving.scoring import LoadedModel
 
 EntityId = Annotated[str, msgspec.Meta(min_length=1, max_length=256, pattern=r"^[^\x00]+$")]
 
@@ -37,6 +42,29 @@ class Prediction(msgspec.Struct):
     features_event_ts: str
     features_written_at: str
     feature_age_seconds: float
+
+
+def age_seconds(iso_ts: str) -> float:
+    """Seconds since an ISO timestamp (feature freshness in responses)."""
+    return max(0.0, (datetime.now(UTC) - datetime.fromisoformat(iso_ts)).total_seconds())
+
+
+def prediction_of(model: LoadedModel, outcome: Outcome) -> Prediction:
+    """The answer for an outcome that holds a prediction (the route and the fast path send the same)."""
+    p = outcome.prediction
+    assert p is not None
+    return Prediction(
+        outcome.entity_id,
+        p.score,
+        p.label,
+        model.key,
+        model.version.version,
+        outcome.cached,
+        p.feature_version,
+        p.event_ts,
+        p.written_at,
+        round(age_seconds(p.written_at), 3),
+    )
 
 
 class BatchItem(msgspec.Struct, omit_defaults=True):

@@ -17,7 +17,8 @@ there for the hit target to mean anything); Tessera, then FastAPI over the same 
 misses and Zipf in ``--step-seconds`` steps until p99 > 50 ms (or errors, or the generator falls behind);
 the highest step that held is run again for ``--sustain-seconds`` (a queue that grows shows there); and the
 invalidation latency is measured on Tessera: a feature write, then how long until the entity's Redis entry is
-replaced by the change's marker, and until the next answer carries the new version.
+replaced by the change's marker, and until the next answer carries the new version. Last, ``hot_path.py``: a
+cached prediction's own CPU in process, through the fast path and through the Litestar route behind it.
 The summary gives, per app and scenario, the median over runs of the highest step holding p99 < 50 ms (the
 issue's ">= FastAPI" figure), with min-max. Everything started is stopped by PID at the end.
 """
@@ -339,9 +340,10 @@ def main() -> int:
             servers.remove(server)
 
         def warm(port):
+            # One request per entity, as the scenario then asks: every app under test takes this body.
             with httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=30) as c:
-                for i in range(0, hit.warm, 100):
-                    c.post("/v1/predictions", json={"entity_ids": [hit.entity(j) for j in range(i, i + 100)]})
+                for i in range(hit.warm):
+                    c.post("/v1/predictions", json={"entity_id": hit.entity(i)}).raise_for_status()
 
         def scenarios(server: Server, chosen, results: dict, rates: dict) -> None:
             for sc in chosen:
@@ -450,6 +452,25 @@ def main() -> int:
             summary["runs"].append(result)
             if args.json:
                 args.json.write_text(json.dumps(summary, indent=2))
+        if not args.tiny:
+            print("== the hot path's own CPU, in process: the fast path and the Litestar route behind it")
+            (tmp / "ids.json").write_text(json.dumps(list(ids[:100])))
+            hot = tmp / "hot_path.json"
+            subprocess.run(
+                [
+                    py,
+                    str(REPO / "bench" / "serving" / "hot_path.py"),
+                    "--ids",
+                    str(tmp / "ids.json"),
+                    "--json",
+                    str(hot),
+                ],
+                env=env,
+                cwd=REPO,
+                check=True,
+                timeout=300,
+            )
+            summary["hot_path_cpu_us"] = json.loads(hot.read_text())
         if args.data == "synthetic" and not args.tiny:
             print("== where a request's CPU goes (each part alone, in a worker's own setup)")
             costs = tmp / "costs.json"
@@ -512,6 +533,8 @@ def print_summary(summary: dict) -> None:
             print(f"  {sc:>10}: Tessera {t['median']:.0f} {verdict} FastAPI {f['median']:.0f}")
     for n, r in enumerate(runs):
         print(f"  invalidation, run {n + 1}: {r.get('invalidation')}")
+    for name, us in summary.get("hot_path_cpu_us", {}).items():
+        print(f"  cached single prediction in process, {name}: {us:.1f} us CPU per request")
 
 
 if __name__ == "__main__":

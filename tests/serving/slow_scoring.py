@@ -8,13 +8,13 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from litestar import Litestar
+from litestar.types import ASGIApp
 
-from serving.app import create_app as create_real_app
+from serving.app import create_service
 from serving.scoring import LoadedModel, Score
 
 
-def create_app() -> Litestar:
+def create_app() -> ASGIApp:
     repeat = int(os.environ["SLOW_SCORING_REPEAT"])
     score_once = LoadedModel.score
 
@@ -24,4 +24,4 @@ def create_app() -> Litestar:
         return score_once(self, rows)
 
     LoadedModel.score = score_repeatedly  # type: ignore[method-assign]
-    return create_real_app()
+    return create_service()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -47,6 +48,36 @@ def test_predictions_equal_h2o_predict(service, trained, models):
     assert one["model_version"] == models[0].version
     assert one["features_event_ts"].startswith("2026-01-01")
     assert one["feature_age_seconds"] >= 0
+
+
+@pytest.mark.req("PLAT.rest-predictions")
+@pytest.mark.req("JTBD-02.errors")
+def test_the_fast_path_answers_as_the_litestar_route_does(service, models):
+    """A single prediction with a small Content-Length is answered in front of Litestar (serving.fast_path); the
+    same body sent chunked (no Content-Length) takes the Litestar route. Same status, headers and body; and an
+    error the fast path met is rendered by the route from the outcome it handed over, with no second read."""
+    headers = {"content-type": "application/json"}
+    body = json.dumps({"entity_id": ALL_IDS[12]}).encode()
+    service.client.post("/v1/predictions", content=body, headers=headers).raise_for_status()  # now cached
+    fast = service.client.post("/v1/predictions", content=body, headers=headers)
+    routed = service.client.post("/v1/predictions", content=iter([body]), headers=headers)
+    assert "content-length" not in routed.request.headers
+    assert fast.status_code == routed.status_code == 200, (fast.text, routed.text)
+    for response in (fast, routed):
+        assert response.headers["content-type"] == "application/json"
+        assert int(response.headers["content-length"]) == len(response.content)
+    answers = [r.json() for r in (fast, routed)]
+    for answer in answers:
+        assert answer.pop("feature_age_seconds") >= 0
+    assert answers[0] == answers[1]
+    assert answers[0]["cached"] is True
+
+    reads = service.metric("tessera_feature_read_seconds_count")
+    missing = service.client.post("/v1/predictions", content=b'{"entity_id": "nobody-fast"}', headers=headers)
+    assert missing.status_code == 404
+    assert missing.headers["content-type"] == "application/problem+json"
+    assert "nobody-fast" in missing.json()["detail"]
+    assert service.metric("tessera_feature_read_seconds_count") == reads + 1
 
 
 @pytest.mark.req("JTBD-02.cache")
