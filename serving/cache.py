@@ -11,6 +11,10 @@ Two kinds of keys:
   A promotion changes ``model`` (effective as soon as the worker swapped, within about a second of the
   NOTIFY), so a new model never answers from an old model's entries.
 
+Writes go behind the answer: queued, they ride in the next lookup's pipeline (or leave alone within
+``WRITE_BEHIND_S``), so under load a batch of misses costs one Redis round trip, not three (lookup, SCRIPT
+EXISTS, write).
+
 Redis is optional at run time: any Redis error counts in ``tessera_redis_errors_total``, the request is
 answered uncached, and Redis is skipped for ``backoff_seconds`` so a dead server costs no timeouts.
 """
@@ -18,12 +22,14 @@ answered uncached, and Redis is skipped for ``backoff_seconds`` so a dead server
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, NamedTuple
 
 import msgspec
 import redis.asyncio as aioredis
+from redis.exceptions import NoScriptError
 
 from serving import metrics
 
@@ -81,7 +87,17 @@ end
 return 0
 """
 TOMBSTONE_MS = 10_000  # a change's marker outlives any read that began before it (reads time out at 5 s)
+# A write queued behind an answer waits at most this long for a lookup to share its round trip, then goes alone.
+WRITE_BEHIND_S = 0.002
 _encode = msgspec.msgpack.Encoder().encode
+
+
+class _Write(NamedTuple):
+    """One queued cache write: version entries (through the put script) and prediction entries."""
+
+    version_keys: list[str]
+    version_args: list[Any]
+    predictions: list[tuple[str, bytes]]
 
 
 class PredictionCache:
@@ -97,11 +113,16 @@ class PredictionCache:
             if url
             else None
         )
-        self._lookup = self._redis.register_script(_LOOKUP_LUA) if self._redis is not None else None
-        self._put_versions = self._redis.register_script(_PUT_VERSIONS_LUA) if self._redis is not None else None
+        # Scripts go by their SHA inside pipelines (loaded on NOSCRIPT): a pipeline handed a script object asks
+        # SCRIPT EXISTS first, one more round trip per write.
+        self._scripts = [_LOOKUP_LUA, _PUT_VERSIONS_LUA]
+        self._lookup_sha, self._put_versions_sha = (hashlib.sha1(lua.encode()).hexdigest() for lua in self._scripts)
         self.ttl = ttl_seconds
         self._backoff = backoff_seconds
         self._skip_until = 0.0
+        self._queued: list[_Write] = []
+        self._flush_timer: asyncio.TimerHandle | None = None
+        self._flushes: set[asyncio.Task[None]] = set()
 
     @staticmethod
     def version_key(feature_set: str, entity: str) -> str:
@@ -126,12 +147,45 @@ class PredictionCache:
             self._skip_until = time.monotonic() + self._backoff
             return default
 
+    async def _execute(self, r: aioredis.Redis, writes: list[_Write], lookup: list[str] | None = None) -> Any:
+        """One round trip: the queued ``writes``, then the lookup script on ``lookup`` (its numkeys first) if
+        given, whose answer is returned. On NOSCRIPT (a restarted or flushed Redis) the scripts are loaded and the
+        pipeline sent again: every write in it is idempotent."""
+        for attempt in (1, 2):
+            pipe = r.pipeline(transaction=False)
+            for write in writes:
+                if write.version_keys:
+                    pipe.evalsha(
+                        self._put_versions_sha, len(write.version_keys), *write.version_keys, *write.version_args
+                    )
+                for key, value in write.predictions:
+                    pipe.set(key, value, ex=self.ttl)
+            if lookup is not None:
+                pipe.evalsha(self._lookup_sha, *lookup)
+            if not len(pipe):
+                return None
+            try:
+                results = await pipe.execute()
+            except NoScriptError:
+                if attempt == 2:
+                    raise
+                for lua in self._scripts:
+                    await r.script_load(lua)
+                continue
+            return results[-1] if lookup is not None else None
+        raise AssertionError("unreachable")
+
+    def _take_queued(self) -> list[_Write]:
+        writes, self._queued = self._queued, []
+        return writes
+
     async def lookup(self, model_key: str, feature_set: str, entities: Sequence[str]) -> list[CacheLookup]:
         """Per entity: its cached version entry (NOT_CACHED if unknown or Redis is unavailable) and the
-        prediction for that version (None if absent)."""
+        prediction for that version (None if absent). Writes queued behind earlier answers share its round
+        trip, ahead of it."""
         keys = [self.version_key(feature_set, e) for e in entities]
-        args = [self.prediction_prefix(model_key, feature_set), *entities]
-        raw = await self._call(lambda r: self._lookup(keys=keys, args=args), None)
+        lookup = [len(keys), *keys, self.prediction_prefix(model_key, feature_set), *entities]
+        raw = await self._call(lambda r: self._execute(r, self._take_queued(), lookup), None)
         if raw is None:
             return [NOT_CACHED] * len(entities)
         out: list[CacheLookup] = []
@@ -155,23 +209,55 @@ class PredictionCache:
         read_ms: int,
         version_ttl_ms: int,
     ) -> None:
-        """Store the versions read at ``read_ms`` (kept ``version_ttl_ms``) and their predictions."""
+        """Store the versions read at ``read_ms`` (kept ``version_ttl_ms``) and their predictions, now."""
+        self.put_behind(feature_set, versions, predictions, model_key, read_ms=read_ms, version_ttl_ms=version_ttl_ms)
+        await self.flush()
 
-        async def write(r: aioredis.Redis) -> None:
-            pipe = r.pipeline(transaction=False)
-            if versions:
-                await self._put_versions(
-                    keys=[self.version_key(feature_set, e) for e in versions],
-                    args=[read_ms, version_ttl_ms, *(f"{v}:{read_ms}" for v in versions.values())],
-                    client=pipe,
-                )
-            for entity, pred in predictions.items():
-                key = self.prediction_key(model_key, feature_set, entity, pred.feature_version)
-                pipe.set(key, _encode(pred), ex=self.ttl)
-            await pipe.execute()
+    def put_behind(
+        self,
+        feature_set: str,
+        versions: dict[str, int],
+        predictions: dict[str, CachedPrediction],
+        model_key: str,
+        *,
+        read_ms: int,
+        version_ttl_ms: int,
+    ) -> None:
+        """``put``, queued behind the answer: it rides with the next lookup's round trip, or goes alone after
+        ``WRITE_BEHIND_S`` (under load a lookup comes first, and a batch of misses costs one Redis round trip)."""
+        if self._redis is None or not (versions or predictions):
+            return
+        self._queued.append(
+            _Write(
+                [self.version_key(feature_set, e) for e in versions],
+                [read_ms, version_ttl_ms, *(f"{v}:{read_ms}" for v in versions.values())],
+                [
+                    (self.prediction_key(model_key, feature_set, entity, pred.feature_version), _encode(pred))
+                    for entity, pred in predictions.items()
+                ],
+            )
+        )
+        if self._flush_timer is None:
+            self._flush_timer = asyncio.get_running_loop().call_later(WRITE_BEHIND_S, self._flush_behind)
 
-        if versions or predictions:
-            await self._call(write, None)
+    def _flush_behind(self) -> None:
+        self._flush_timer = None
+        writes = self._take_queued()
+        if writes:  # else a lookup took them along
+            task = asyncio.get_running_loop().create_task(self._send(writes))
+            self._flushes.add(task)
+            task.add_done_callback(self._flushes.discard)
+
+    async def _send(self, writes: list[_Write]) -> None:
+        await self._call(lambda r: self._execute(r, writes), None)
+
+    async def flush(self) -> None:
+        """Send the queued writes now (and wait for those already on their way)."""
+        writes = self._take_queued()
+        if writes:
+            await self._send(writes)
+        while self._flushes:
+            await asyncio.gather(*self._flushes, return_exceptions=True)
 
     async def forget(self, feature_set: str, entities: Sequence[str], changed_ms: int) -> bool:
         """Replace the entities' version entries by a marker of the change applied at ``changed_ms`` (version 0:
@@ -190,6 +276,9 @@ class PredictionCache:
 
     async def close(self) -> None:
         if self._redis is not None:
+            await self.flush()
+            if self._flush_timer is not None:
+                self._flush_timer.cancel()
             await self._redis.aclose()
 
 

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine, Sequence
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Any
 
 from serving import metrics
 from serving.cache import CachedPrediction, CacheLookup, PredictionCache, SingleFlight
@@ -66,7 +65,6 @@ class Predictor:
         self.freshness = freshness if freshness is not None else Freshness(version_ttl_seconds, stale_after_seconds=0)
         self._scoring_pool = scoring_pool
         self._flight = SingleFlight()
-        self._writes: set[asyncio.Task[None]] = set()
         self._lookups: Coalescer[_LookupKey, CacheLookup] = Coalescer(
             self._lookup_batch, max_inflight=lookup_concurrency
         )
@@ -219,18 +217,10 @@ class Predictor:
                 bounded_for=bound / 1000,
                 live_epoch=epoch,
             )
-        self._write_behind(
-            self.cache.put(feature_set, versions, fresh, model.key, read_ms=read_ms, version_ttl_ms=keep_ms)
-        )
+        # Behind the answer: queued, it rides with the next Redis lookup (its errors are counted by the cache).
+        self.cache.put_behind(feature_set, versions, fresh, model.key, read_ms=read_ms, version_ttl_ms=keep_ms)
         return out
 
-    def _write_behind(self, write: Coroutine[Any, Any, None]) -> None:
-        """Run a cache write without holding up the answer (its errors are counted by the cache)."""
-        task = asyncio.get_running_loop().create_task(write)
-        self._writes.add(task)
-        task.add_done_callback(self._writes.discard)
-
     async def drain(self) -> None:
-        """Wait for cache writes still running (at shutdown, and in tests that read Redis right after)."""
-        while self._writes:
-            await asyncio.gather(*self._writes, return_exceptions=True)
+        """Send the cache writes still queued (at shutdown, and in tests that read Redis right after)."""
+        await self.cache.flush()

@@ -37,6 +37,7 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
     from shardctl.stack.manager import StackError
     from shardctl.stack.postgres import PostgresStartError
     from shardctl.stack.redis_server import RedisStartError
+    from shardctl.store.registry import ModelNotFoundError
     from shardctl.store.schema import SchemaError
     from shardctl.store.shardmap import ShardMapError
 
@@ -54,11 +55,12 @@ def _expected_errors() -> tuple[type[BaseException], ...]:
         ReplicationError,
         CleanupError,
         LayoutError,
-        ValueError,
+        ValueError,  # PromotionError (a refused or lost promotion, nothing to roll back) among them
         OSError,
         ShardMapError,
         SchemaError,
-        psycopg.OperationalError,
+        ModelNotFoundError,
+        psycopg.Error,  # unreachable server, a role without the grant: the server's first line says which
     )
 
 
@@ -72,8 +74,16 @@ class _Group(click.Group):
             raise
         except Exception as exc:
             if isinstance(exc, _expected_errors()):
-                raise click.ClickException(str(exc)) from exc
+                raise click.ClickException(_message(exc)) from exc
             raise
+
+
+def _message(exc: Exception) -> str:
+    """The error's message; a database error's first line only (its DETAIL and HINT lines follow it)."""
+    import psycopg
+
+    text = str(exc).strip()
+    return text.splitlines()[0] if isinstance(exc, psycopg.Error) and text else text
 
 
 @click.group(cls=_Group)

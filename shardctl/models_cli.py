@@ -3,7 +3,7 @@
 version it replaces and fails, changing nothing, if another promotion got there first.
 
 Promote and rollback ask no question: each is recorded and undone by the next rollback or promotion. Errors are
-one line and exit 1. Only click is imported at load (`shardctl --help` stays light); the rest when a command runs.
+one line and exit 1 (the root group in shardctl/cli.py translates them, as for every command). Only click is imported at load (`shardctl --help` stays light); the rest when a command runs.
 """
 
 from __future__ import annotations
@@ -18,27 +18,7 @@ if TYPE_CHECKING:
     from shardctl.store.registry import ModelRegistry, ModelVersion
 
 
-class _ModelsGroup(click.Group):
-    """The lifecycle's expected failures (unknown version, refused or lost promotion, nothing to roll back,
-    catalog unreachable) become one line and exit 1."""
-
-    def invoke(self, ctx: click.Context):
-        try:
-            return super().invoke(ctx)
-        except click.ClickException:
-            raise
-        except Exception as exc:
-            import psycopg
-
-            from shardctl.store.promotion import PromotionError
-            from shardctl.store.registry import ModelNotFoundError
-
-            if isinstance(exc, (PromotionError, ModelNotFoundError, psycopg.Error)):
-                raise click.ClickException(str(exc).strip().splitlines()[0]) from exc
-            raise
-
-
-@click.group(cls=_ModelsGroup)
+@click.group()
 @click.option("--model", "model_name", default=None, help="Model name (default: $TESSERA_MODEL_NAME or churn).")
 @click.pass_context
 def models(ctx: click.Context, model_name: str | None) -> None:

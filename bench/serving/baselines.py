@@ -79,7 +79,8 @@ def fastapi_h2o_rest() -> FastAPI:
         record = read.records.get(body.entity_id)
         if record is None:
             raise HTTPException(404, "unknown entity")
-        frame = h2o.H2OFrame(pd.DataFrame([record.features]), column_types={"tier": "enum"})
+        categorical = {name: "enum" for name, value in record.features.items() if isinstance(value, str)}
+        frame = h2o.H2OFrame(pd.DataFrame([record.features]), column_types=categorical)
         p1 = model.predict(frame).as_data_frame(use_multi_thread=False).iloc[0, -1]
         return {"entity_id": body.entity_id, "score": float(p1), "model": version.key}
 

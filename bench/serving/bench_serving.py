@@ -2,14 +2,15 @@
 
     PYTHONPATH=. .venv/bin/python bench/serving/bench_serving.py            # the full run (~45 min on 2 cores)
     PYTHONPATH=. .venv/bin/python bench/serving/bench_serving.py --quick    # the short variant (~5 min)
-    PYTHONPATH=. .venv/bin/python bench/serving/bench_serving.py --data synthetic   # own GBM + naive baseline
+    PYTHONPATH=. .venv/bin/python bench/serving/bench_serving.py --data synthetic   # own GBM instead
     PYTHONPATH=. .venv/bin/python bench/serving/bench_serving.py --tiny     # the harness's own test (no figure)
 
 Set-up, once: a private 2-shard stack and Redis. ``--data demo`` (default) runs the README's main job on it
 (``python -m orchestration run``, scripts/demo.sh's scale unless told otherwise): its features, its trained and
 promoted model; the miss scenario asks for copies of its entities' feature rows under new ids (same model, same
 feature distribution), because the job's 50k entities are too few for never-cached requests at 30 s a step.
-``--data synthetic`` trains a small GBM on H2O instead and keeps the JVM for the naive H2O-REST baseline.
+``--data synthetic`` trains a small GBM on H2O instead. Either way an H2O cluster then holds the served model
+(the job's MOJO imported, or the GBM itself) for the naive baseline: FastAPI scoring through H2O's REST API.
 Serving runs with default settings and ``--workers`` (2: the issue's setting).
 
 Then ``--runs`` times: the generator is calibrated against a bare Litestar endpoint (it must offer 6000 req/s
@@ -117,13 +118,49 @@ class Server:
         self.proc.wait(timeout=5)
 
 
+def tree_cpu_seconds(root: int) -> float:
+    """CPU time (user + system) of a process and its descendants (a server and its workers), from /proc."""
+    tick = os.sysconf("SC_CLK_TCK")
+    parent: dict[int, int] = {}
+    cpu: dict[int, float] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            fields = Path(f"/proc/{entry}/stat").read_text().rpartition(")")[2].split()
+        except OSError:
+            continue
+        parent[int(entry)] = int(fields[1])
+        cpu[int(entry)] = (int(fields[11]) + int(fields[12])) / tick
+    tree, grew = {root}, True
+    while grew:
+        more = {pid for pid, ppid in parent.items() if ppid in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(cpu.get(pid, 0.0) for pid in tree)
+
+
+def load_step(server_pid: int, port: int, scenario: Scenario, rate: float, seconds: float, start: int) -> LoadResult:
+    """One open-loop step, with the server's CPU per completed request over it (its background work included)."""
+    before = tree_cpu_seconds(server_pid)
+    r = run_load("127.0.0.1", port, scenario, rate, seconds, start_index=start)
+    r.server_cpu_us = (tree_cpu_seconds(server_pid) - before) / max(1, r.completed) * 1e6
+    return r
+
+
 def ramp(
-    port: int, scenario: Scenario, step: float, counter: list[int], rates: list[int], before_step: Callable[[], None]
+    server_pid: int,
+    port: int,
+    scenario: Scenario,
+    step: float,
+    counter: list[int],
+    rates: list[int],
+    before_step: Callable[[], None],
 ) -> list[LoadResult]:
     results: list[LoadResult] = []
     for rate in rates:
         before_step()
-        r = run_load("127.0.0.1", port, scenario, rate, step, start_index=counter[0])
+        r = load_step(server_pid, port, scenario, rate, step, counter[0])
         if scenario.kind == "miss":  # only misses consume never-seen entities
             counter[0] += int(rate * step) + 10
         results.append(r)
@@ -136,7 +173,8 @@ def ramp(
 def report(name: str, r: LoadResult, note: str = "") -> None:
     print(
         f"    {name:>12}{note} offered {r.rate:>6.0f} req/s: achieved {r.achieved:7.0f}  p50 {r.p50_ms:7.2f} ms  "
-        f"p99 {r.p99_ms:7.2f}  p99.9 {r.p999_ms:7.2f}  max {r.max_ms:7.1f}  errors {r.errors}",
+        f"p99 {r.p99_ms:7.2f}  p99.9 {r.p999_ms:7.2f}  max {r.max_ms:7.1f}  errors {r.errors}  "
+        f"server CPU {r.server_cpu_us:4.0f} us/req",
         flush=True,
     )
 
@@ -189,6 +227,14 @@ def demo_data(settings: TesseraSettings, env: dict, args, tmp: Path) -> tuple[Mo
         store.write(model.feature_set, copies)
     print(f"{len(ids)} entities of the job's model {model.key}; {len(copies)} copies written for misses")
     return model, ids, [c.entity_id for c in copies]
+
+
+def h2o_with_the_jobs_model(model: ModelVersion):
+    """An H2O cluster holding the job's model (its MOJO imported), for the naive baseline to score through."""
+    import h2o
+
+    h2o.init(port=free_port(block=2), nthreads=1, max_mem_size="1G", verbose=False)
+    return h2o, h2o.import_mojo(model.artifact_path)
 
 
 def synthetic_data(settings: TesseraSettings, args, tmp: Path):
@@ -314,11 +360,12 @@ def main() -> int:
         )
         if args.data == "demo":
             model, ids, miss_ids = demo_data(settings, env, args, tmp)
+            h2o, gbm = h2o_with_the_jobs_model(model)
         else:
             h2o, gbm, ids = synthetic_data(settings, args, tmp)
-            jvm_pid = h2o.connection().local_server._process.pid
             model = ModelRegistry(settings.catalog_dsn).current(settings.model_name)
             miss_ids = ids[1000:]
+        jvm_pid = h2o.connection().local_server._process.pid
         summary["model"] = model.key
         rc = redis.Redis.from_url(settings.redis_url)
         counter = [0]
@@ -354,13 +401,13 @@ def main() -> int:
                 # Misses stay never-cached: Redis is emptied before every step (each worker's memory tier holds
                 # fewer entities than a step skips ahead).
                 before = rc.flushdb if sc.kind == "miss" else (lambda: None)
-                res = ramp(server.port, sc, args.step_seconds, counter, rates[sc.kind], before)
+                res = ramp(server.proc.pid, server.port, sc, args.step_seconds, counter, rates[sc.kind], before)
                 top = best(res, 50)
                 entry = {"best_50ms": top, "best_20ms": best(res, 20), "steps": [r.__dict__ for r in res]}
                 if top:
                     before()
                     time.sleep(2)
-                    r = run_load("127.0.0.1", server.port, sc, top, args.sustain_seconds, start_index=counter[0])
+                    r = load_step(server.proc.pid, server.port, sc, top, args.sustain_seconds, counter[0])
                     if sc.kind == "miss":
                         counter[0] += int(top * args.sustain_seconds) + 10
                     report(sc.name, r, f" sustained {args.sustain_seconds:.0f} s")
@@ -512,12 +559,15 @@ def print_summary(summary: dict) -> None:
             b50 = [r[app][sc]["best_50ms"] for r in runs]
             b20 = [r[app][sc]["best_20ms"] for r in runs]
             sustained = [r[app][sc].get("sustained", {}).get("holds_50ms", False) for r in runs]
+            first = [r[app][sc]["steps"][0] for r in runs]
             table[(app, sc)] = spread(b50)
             m50, m20 = spread(b50), spread(b20)
             print(
                 f"  {app:>18} {sc:>10}: {m50['median']:>6.0f} ({m50['min']:.0f}-{m50['max']:.0f})"
                 f"  <20 ms: {m20['median']:>6.0f} ({m20['min']:.0f}-{m20['max']:.0f})"
                 f"  sustained held: {sum(sustained)}/{len(runs)}"
+                f"  server CPU at {first[0]['rate']:.0f}/s: "
+                f"{statistics.median(f.get('server_cpu_us', 0.0) for f in first):.0f} us/req"
             )
     for sc, r in summary.get("fastapi_h2o_rest", {}).items():
         print(f"  {'fastapi_h2o_rest':>18} {sc:>10}: {r['best_50ms']:>6.0f} (1 run)")

@@ -48,6 +48,7 @@ class LoadResult:
     p99_ms: float
     p999_ms: float
     max_ms: float
+    server_cpu_us: float = 0.0  # CPU of the server's processes per completed request (set by the benchmark)
 
 
 def entity_name(i: int) -> str:
