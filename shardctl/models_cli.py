@@ -3,7 +3,8 @@
 version it replaces and fails, changing nothing, if another promotion got there first.
 
 Promote and rollback ask no question: each is recorded and undone by the next rollback or promotion. Errors are
-one line and exit 1 (the root group in shardctl/cli.py translates them, as for every command). Only click is imported at load (`shardctl --help` stays light); the rest when a command runs.
+one line and exit 1 (the root group in shardctl/cli.py translates them, as for every command). Only click is
+imported at load (`shardctl --help` stays light); the rest when a command runs.
 """
 
 from __future__ import annotations

@@ -13,10 +13,12 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[2]
 SCENARIOS = {"100% hits", "0% hits", "Zipf(1.1)"}
-STEP_FIELDS = {"rate", "achieved", "completed", "errors", "p50_ms", "p99_ms", "p999_ms", "max_ms"}
+STEP_FIELDS = {"rate", "achieved", "completed", "errors", "p50_ms", "p99_ms", "p999_ms", "max_ms", "server_cpu_us"}
 
 
 @pytest.mark.req("JTBD-02.bench-harness")
+@pytest.mark.req("JTBD-02.load-1000rps")
+@pytest.mark.req("JTBD-02.p99-50ms")
 def test_the_serving_benchmark_harness_runs_and_reports_its_fields(tmp_path):
     out = tmp_path / "summary.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
