@@ -1,10 +1,11 @@
 """The single-prediction fast path: ``POST /v1/predictions`` with ``{"entity_id": ...}`` answered in front of
 Litestar's request pipeline, when its outcome is a prediction.
 
-Why: a cache hit is ~15 us of the service's own work, and Litestar's router, exception middleware, handler
-machinery and response object added ~60 us to it (profiled in docs/benchmarks.md); on two cores that decided
-whether the box held 3000 or 5000+ hits a second. The route itself stays Litestar's: its OpenAPI, its
-validation and its error contract (problem details, status codes, ``Retry-After``).
+Why: in process, a cached answer costs 15-30 us of CPU here and 55-140 us through Litestar's router, exception
+middleware, dependency injection and response object (docs/benchmarks.md, "The hot path in process"). On two
+cores shared with the load generator, hits were the one scenario the FastAPI baseline won before this path.
+The route itself stays Litestar's: its OpenAPI, its validation and its error contract (problem details,
+status codes, ``Retry-After``).
 
 What it answers: only a well-formed single-entity body (the same msgspec decoder as the route) whose outcome is
 a prediction, with the bytes and headers the route sends. Everything else goes on to the Litestar app with the

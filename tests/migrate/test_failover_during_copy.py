@@ -42,9 +42,10 @@ def ha_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         assert stack.down(purge=True) == []
 
 
-def _wait_for_a_new_primary(cluster: HACluster, killed: str, timeout: float = 120.0) -> str:
+def _wait_for_a_new_primary(cluster: HACluster, killed: str, dsn: str, timeout: float = 120.0) -> str:
     """The name of the member Patroni promoted in place of ``killed``, once it runs as leader (the surviving
-    member reports the killed one as leader until its key expires, so that report is not enough)."""
+    member reports the killed one as leader until its key expires, so that report is not enough) and the
+    server's DSN reaches a writable session (Patroni names the leader before its promotion has finished)."""
     found: list[str] = []
 
     def promoted() -> bool:
@@ -53,7 +54,13 @@ def _wait_for_a_new_primary(cluster: HACluster, killed: str, timeout: float = 12
         except HAError:
             return False
         found[:] = [now.name] if now is not None and now.name != killed else []
-        return bool(found)
+        if not found:
+            return False
+        try:
+            with psycopg.connect(dsn, connect_timeout=2) as conn:
+                return conn.execute("SELECT NOT pg_is_in_recovery()").fetchone() == (True,)
+        except psycopg.OperationalError:
+            return False
 
     assert wait_until(promoted, timeout, 0.5), f"no member was promoted in place of {killed}"
     return found[0]
@@ -91,7 +98,8 @@ def test_a_source_failover_during_copy_is_detected_and_no_row_is_lost(ha_stack: 
                 outcome = "recovered"
             except Exception as exc:
                 during = f"{type(exc).__name__}: {exc}"
-                promoted = _wait_for_a_new_primary(cluster, primary.name)  # what an operator waits for
+                # What an operator waits for: a new primary that takes writes.
+                promoted = _wait_for_a_new_primary(cluster, primary.name, maps.registered_servers()["server-0"])
                 try:
                     engine.resume()  # the operator's next step; a lost slot must be named, not papered over
                     outcome = "recovered"

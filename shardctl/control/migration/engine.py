@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +37,20 @@ log = logging.getLogger(__name__)
 
 class MigrationError(RuntimeError):
     """A migration cannot start or continue; the message says why and what to do (one line)."""
+
+
+@contextmanager
+def _servers_reachable(action: str) -> Iterator[None]:
+    """A server that cannot be reached, or whose primary is gone (a failover still in progress), stops ``action``
+    with a message that says so; the journal keeps the phase, so the same command runs again later."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise MigrationError(
+            f"{action} stopped: a server of this migration has no writable primary or cannot be reached (a failover "
+            f"in progress?); run it again once `shardctl ha status` shows every shard healthy ({said})"
+        ) from exc
 
 
 @dataclass(frozen=True)
@@ -175,7 +190,8 @@ class MigrationEngine:
         running = self.journal.running()
         if running is None:
             raise MigrationError("no migration is running: start one with `shardctl migrate run --to-servers ...`")
-        return self.run(running.id)
+        with _servers_reachable("resume"):
+            return self.run(running.id)
 
     def run_phase(self, migration_id: int, phase: str) -> dict[str, Any]:
         """Run ``phase`` if it is the next one (a finished phase is a no-op); returns its detail."""
@@ -205,15 +221,16 @@ class MigrationEngine:
                 f"migration {running.id} is past cutover ({running.phase}): moving back is a new migration; "
                 "`shardctl migrate resume` finishes this one"
             )
-        self._release_fences(running)  # a cutover killed after raising the fence, before publishing
-        errors = []
-        for link in self._links(running):
-            report = replication.teardown(link, purge_target=True)
-            errors += report.errors
-        if errors:
-            raise MigrationError(f"abort incomplete (run it again once the servers are back): {'; '.join(errors)}")
-        self.journal.abort(running.id)
-        return self._record(running.id, running_only=False)
+        with _servers_reachable("abort"):
+            self._release_fences(running)  # a cutover killed after raising the fence, before publishing
+            errors = []
+            for link in self._links(running):
+                report = replication.teardown(link, purge_target=True)
+                errors += report.errors
+            if errors:
+                raise MigrationError(f"abort incomplete (run it again once the servers are back): {'; '.join(errors)}")
+            self.journal.abort(running.id)
+            return self._record(running.id, running_only=False)
 
     def status(self) -> dict[str, Any]:
         """The running (or last) migration: phase, rows copied, lag, ETA. JSON-able."""
