@@ -199,20 +199,6 @@ class PredictionCache:
             out.append(CacheLookup(int(version), int(read_ms or 0), max(0, int(item[1])), pred))
         return out
 
-    async def put(
-        self,
-        feature_set: str,
-        versions: dict[str, int],
-        predictions: dict[str, CachedPrediction],
-        model_key: str,
-        *,
-        read_ms: int,
-        version_ttl_ms: int,
-    ) -> None:
-        """Store the versions read at ``read_ms`` (kept ``version_ttl_ms``) and their predictions, now."""
-        self.put_behind(feature_set, versions, predictions, model_key, read_ms=read_ms, version_ttl_ms=version_ttl_ms)
-        await self.flush()
-
     def put_behind(
         self,
         feature_set: str,
@@ -223,8 +209,10 @@ class PredictionCache:
         read_ms: int,
         version_ttl_ms: int,
     ) -> None:
-        """``put``, queued behind the answer: it rides with the next lookup's round trip, or goes alone after
-        ``WRITE_BEHIND_S`` (under load a lookup comes first, and a batch of misses costs one Redis round trip)."""
+        """Store the versions read at ``read_ms`` (kept ``version_ttl_ms``) and their predictions, behind the
+        answer: queued, the write rides with the next lookup's round trip, or goes alone after ``WRITE_BEHIND_S``
+        (under load a lookup comes first, and a batch of misses costs one Redis round trip). ``flush`` sends it
+        now."""
         if self._redis is None or not (versions or predictions):
             return
         self._queued.append(

@@ -12,8 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import os
 import sys
 import time
 from collections.abc import Awaitable, Callable
@@ -21,6 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from bench.serving.in_process import exit_with
 from bench.serving.loadgen import entity_name
 from serving.cache import CachedPrediction
 from serving.freshness import now_ms
@@ -46,14 +45,19 @@ async def breakdown(n: int) -> dict[str, dict[str, float]]:
         fs = model.version.feature_set
         rows = [r.features for r in (await p.features.aread([entity_name(j) for j in range(8)], fs)).records.values()]
         pred = CachedPrediction(0.5, "no", 1, "2026-01-01T00:00:00+00:00", "2026-01-01T00:00:00+00:00")
+
+        async def redis_write(i: int) -> None:
+            p.cache.put_behind(
+                fs, {entity_name(i): 1}, {entity_name(i): pred}, model.key, read_ms=now_ms(), version_ttl_ms=2000
+            )
+            await p.cache.flush()
+
         parts: dict[str, Callable[[int], Awaitable[object]]] = {
             "redis lookup, 1 entity": lambda i: p.cache.lookup(model.key, fs, [entity_name(i)]),
             "redis lookup, 8 entities": lambda i: p.cache.lookup(
                 model.key, fs, [entity_name(8 * i + j) for j in range(8)]
             ),
-            "redis write, 1 entity": lambda i: p.cache.put(
-                fs, {entity_name(i): 1}, {entity_name(i): pred}, model.key, read_ms=now_ms(), version_ttl_ms=2000
-            ),
+            "redis write, 1 entity": lambda i: redis_write(i),
             "shard read on the loop, 2 ids": lambda i: p.features.aread(
                 [entity_name(2 * i), entity_name(2 * i + 1)], fs
             ),
@@ -83,11 +87,7 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=2000)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    result = asyncio.run(breakdown(args.n))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    sys.stdout.flush()
-    os._exit(0)  # JPype's JVM shutdown at interpreter exit can hang; everything is closed already
+    exit_with(asyncio.run(breakdown(args.n)), args.json)
 
 
 if __name__ == "__main__":

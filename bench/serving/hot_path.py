@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -22,6 +21,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
+from bench.serving.in_process import exit_with
 from serving.app import create_service
 
 ASGI = Any
@@ -113,11 +113,7 @@ def main() -> int:
     parser.add_argument("-n", type=int, default=20_000)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    result = asyncio.run(_run(json.loads(args.ids.read_text())[:100], args.n))
-    if args.json:
-        args.json.write_text(json.dumps(result, indent=2))
-    sys.stdout.flush()
-    os._exit(0)  # JPype's JVM shutdown at interpreter exit can hang; everything is closed already
+    exit_with(asyncio.run(_run(json.loads(args.ids.read_text())[:100], args.n)), args.json)
 
 
 if __name__ == "__main__":
