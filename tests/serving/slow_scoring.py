@@ -1,6 +1,9 @@
 """Test-only app factory (``python -m serving --app tests.serving.slow_scoring:create_app``): the real service
 whose every scoring call scores its rows ``SLOW_SCORING_REPEAT`` times in the JVM, so one call keeps a scoring
-thread busy for seconds with the same JPype calls production makes (not a sleep, not a mock)."""
+thread busy for seconds with the same JPype calls production makes (not a sleep, not a mock).
+
+With ``SLOW_SCORING_ARRIVALS`` set to a file, every request that reaches the app appends its ``x-attempt``
+header there first: the drain test's proof of which requests the server read."""
 
 from __future__ import annotations
 
@@ -8,10 +11,26 @@ import os
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from litestar.types import ASGIApp
+from litestar.types import ASGIApp, Receive, Scope, Send
 
 from serving.app import create_service
 from serving.scoring import LoadedModel, Score
+
+
+class RecordArrivals:
+    """Appends each HTTP request's ``x-attempt`` header to a file (one ``O_APPEND`` write per line, so the
+    workers' lines never interleave) before the service sees the request."""
+
+    def __init__(self, app: ASGIApp, path: str):
+        self.app = app
+        self.fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            attempt = dict(scope["headers"]).get(b"x-attempt")
+            if attempt is not None:
+                os.write(self.fd, attempt + b"\n")
+        await self.app(scope, receive, send)
 
 
 def create_app() -> ASGIApp:
@@ -24,4 +43,6 @@ def create_app() -> ASGIApp:
         return score_once(self, rows)
 
     LoadedModel.score = score_repeatedly  # type: ignore[method-assign]
-    return create_service()
+    service = create_service()
+    arrivals = os.environ.get("SLOW_SCORING_ARRIVALS")
+    return RecordArrivals(service, arrivals) if arrivals else service

@@ -106,31 +106,48 @@ def test_the_event_loop_answers_while_a_long_scoring_call_runs_on_the_pool(
 
 @dataclass
 class _Attempt:
+    number: int
     sent: float
     done: float
-    outcome: str  # "ok", "refused", or what went wrong
+    outcome: str  # "ok", "refused", "closed" (closed or reset with no complete answer), or what went wrong
 
 
-def _attempt(url: str, entity: str) -> _Attempt:
+def _attempt(url: str, number: int, entity: str) -> _Attempt:
     sent = time.monotonic()
     try:
         with httpx.Client(base_url=url, timeout=60) as client:  # a connection per request: "accepted" is clear
-            response = client.post("/v1/predictions", json={"entity_id": entity})
+            response = client.post("/v1/predictions", json={"entity_id": entity}, headers={"x-attempt": str(number)})
         body = response.json()
         outcome = "ok" if response.status_code == 200 and body["entity_id"] == entity else f"{response.status_code}"
     except httpx.ConnectError:
         outcome = "refused"
+    except (httpx.RemoteProtocolError, httpx.ReadError):  # closed or reset: allowed only if never read (below)
+        outcome = "closed"
     except Exception as exc:  # an accepted request that got no complete answer
         outcome = repr(exc)
-    return _Attempt(sent, time.monotonic(), outcome)
+    return _Attempt(number, sent, time.monotonic(), outcome)
 
 
 @pytest.mark.req("JTBD-02.drain")
 def test_sigterm_under_load_answers_every_accepted_request(serving_stack, own_redis, models, tmp_path):
     """An open-loop load (a request every 50 ms, each on its own connection) while the service gets SIGTERM:
-    every request is answered completely or refused at connect; none accepted is dropped, and the service
-    exits by itself with code 0. Scoring calls are long, so requests are in flight when the signal lands."""
-    svc = _slow_service(serving_stack, own_redis, tmp_path, redis_db=4, TESSERA_SERVING__DRAIN_SECONDS="30")
+    every request the server read is answered completely, the others are refused at connect; none read is
+    dropped, and the service exits by itself with code 0. Scoring calls are long, so requests are in flight when
+    the signal lands.
+
+    HTTP/1 has one window no server closes: a connection accepted just before the signal whose request has not
+    been read yet is closed unanswered (hyper's graceful shutdown; RFC 9112 9.6 gives a server no way to warn
+    the client first). The client sees the close before any response byte and may retry. The test app records
+    every request it reads, so such a close is allowed only for a request the server never read."""
+    arrivals = tmp_path / "arrivals"
+    svc = _slow_service(
+        serving_stack,
+        own_redis,
+        tmp_path,
+        redis_db=4,
+        TESSERA_SERVING__DRAIN_SECONDS="30",
+        SLOW_SCORING_ARRIVALS=str(arrivals),
+    )
     interval, before_signal, after_signal = 0.05, 60, 60
     attempts: list[Future[_Attempt]] = []
     signalled = 0.0
@@ -142,7 +159,7 @@ def test_sigterm_under_load_answers_every_accepted_request(serving_stack, own_re
                     signalled = time.monotonic()
                     svc.proc.send_signal(signal.SIGTERM)
                 time.sleep(max(0.0, start + i * interval - time.monotonic()))
-                attempts.append(pool.submit(_attempt, svc.url, ALL_IDS[i % N_ENTITIES]))
+                attempts.append(pool.submit(_attempt, svc.url, i, ALL_IDS[i % N_ENTITIES]))
             results = [a.result() for a in attempts]
         assert svc.proc.wait(timeout=90) == 0, svc.log.read_text()[-3000:]
     finally:
@@ -150,8 +167,12 @@ def test_sigterm_under_load_answers_every_accepted_request(serving_stack, own_re
             svc.stop()
         svc.client.close()
     assert not pid_alive(svc.proc.pid)
-    dropped = [r.outcome for r in results if r.outcome not in ("ok", "refused")]
+    read_by_server = {int(line) for line in arrivals.read_text().split()}
+    assert {r.number for r in results if r.outcome == "ok"} <= read_by_server  # the record misses nothing answered
+    dropped = [r for r in results if r.outcome not in ("ok", "refused", "closed")]
     assert not dropped, dropped
+    closed_after_read = [r for r in results if r.outcome == "closed" and r.number in read_by_server]
+    assert not closed_after_read, closed_after_read
     in_flight_at_signal = [r for r in results if r.sent < signalled < r.done and r.outcome == "ok"]
     assert in_flight_at_signal, "no request was in flight when SIGTERM landed: the test proved nothing"
     assert any(r.outcome == "refused" for r in results if r.sent > signalled), "new connections still accepted"
