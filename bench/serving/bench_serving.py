@@ -59,7 +59,7 @@ from shardctl.store.writer import FeatureRow
 REPO = Path(__file__).resolve().parents[2]
 FEATURE_SET = "bench_serving_v1"
 FEATURES = ["spend", "visits", "tier", "tenure"]
-HIT_RATES = [1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000]
+HIT_RATES = [1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000]  # the calibration's top
 MISS_RATES = [250, 500, 1000, 1500, 2000, 2500, 3000]
 ZIPF_RATES = [1000, 2000, 3000, 4000, 5000, 6000]
 HELLO_RATES = [2000, 4000, 6000, 8000, 10000]
