@@ -57,7 +57,7 @@ async def breakdown(n: int) -> dict[str, dict[str, float]]:
             "redis lookup, 8 entities": lambda i: p.cache.lookup(
                 model.key, fs, [entity_name(8 * i + j) for j in range(8)]
             ),
-            "redis write, 1 entity": lambda i: redis_write(i),
+            "redis write, 1 entity": redis_write,
             "shard read on the loop, 2 ids": lambda i: p.features.aread(
                 [entity_name(2 * i), entity_name(2 * i + 1)], fs
             ),

@@ -46,7 +46,7 @@ def _servers_reachable(action: str) -> Iterator[None]:
     try:
         yield
     except psycopg.OperationalError as exc:
-        said = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        said = replication.first_line(exc)
         raise MigrationError(
             f"{action} stopped: a server of this migration has no writable primary or cannot be reached (a failover "
             f"in progress?); run it again once `shardctl ha status` shows every shard healthy ({said})"

@@ -354,7 +354,7 @@ def teardown(link: Link, *, purge_target: bool = False, timeout: float = 30.0) -
                 sub_oid = found["oid"]
                 target.execute(sql.SQL("ALTER SUBSCRIPTION {} DISABLE").format(sql.Identifier(link.name)))
     except psycopg.OperationalError as exc:
-        report.errors.append(f"target unreachable, subscription left: {_first_line(exc)}")
+        report.errors.append(f"target unreachable, subscription left: {first_line(exc)}")
     try:
         with _connect(link.source_dsn) as source:
             slots = [link.name]
@@ -373,7 +373,7 @@ def teardown(link: Link, *, purge_target: bool = False, timeout: float = 30.0) -
                 source.execute(sql.SQL("DROP PUBLICATION {}").format(sql.Identifier(link.name)))
                 report.dropped.append(f"publication {link.name}")
     except psycopg.OperationalError as exc:
-        report.errors.append(f"source unreachable, slot and publication left: {_first_line(exc)}")
+        report.errors.append(f"source unreachable, slot and publication left: {first_line(exc)}")
     if sub_oid is None and not purge_target:
         return report
     try:
@@ -390,7 +390,7 @@ def teardown(link: Link, *, purge_target: bool = False, timeout: float = 30.0) -
                 ).rowcount
                 report.dropped.append(f"{deleted} copied rows on the target")
     except psycopg.OperationalError as exc:
-        report.errors.append(f"target unreachable, subscription left: {_first_line(exc)}")
+        report.errors.append(f"target unreachable, subscription left: {first_line(exc)}")
     return report
 
 
@@ -458,5 +458,6 @@ def _drop_slot(conn: psycopg.Connection, slot: str, timeout: float) -> bool:
         time.sleep(0.1)
 
 
-def _first_line(exc: BaseException) -> str:
+def first_line(exc: BaseException) -> str:
+    """An error's first line for a one-line message (its type's name when it says nothing)."""
     return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
