@@ -7,4 +7,8 @@ bash scripts/bootstrap.sh --with-fallbacks  # the fallback servers too: a test r
 .venv/bin/ruff check .
 .venv/bin/ruff format --check .
 .venv/bin/dg check defs  # the Dagster code location loads (orchestration/definitions.py)
-.venv/bin/python -m pytest --durations=25 "$@"  # the slowest tests, to keep CI under its time budget
+# Independent tests in parallel: most of them wait on servers, so 4 workers keep 2 cores busy. Each worker
+# starts its own servers on its own ports and data dirs; tests/scheduling.py keeps the tests that share an
+# expensive session fixture on one worker and hands out the longest units first. TEST_WORKERS=0 runs serially.
+.venv/bin/python -m pytest -n "${TEST_WORKERS:-4}" --dist loadgroup --no-loadscope-reorder \
+    --durations=25 "$@"  # the slowest tests, to keep the run under its time budget

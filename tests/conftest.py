@@ -11,6 +11,7 @@ import pytest
 from shardctl.process import free_port
 from shardctl.settings import TesseraSettings, load_settings
 from shardctl.stack.manager import Stack
+from tests.scheduling import dispatch_order, unit_of
 
 
 def _random_base_port() -> int:
@@ -46,3 +47,14 @@ def local_stack(stack_dir: Path) -> Iterator[Stack]:
 def settings(local_stack: Stack) -> TesseraSettings:
     """Settings as every Tessera process reads them once the stack is up: from the stack's file."""
     return load_settings()
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist names each test's group from its mark
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Put each test in its work unit and the units in dispatch order (tests/scheduling.py says why)."""
+    root = Path(str(config.rootpath))
+    paths = [str(Path(item.path).relative_to(root)) for item in items]
+    order = dispatch_order(paths)
+    for item, path in zip(items, paths, strict=True):
+        item.add_marker(pytest.mark.xdist_group(unit_of(path)))
+    items[:] = [items[i] for i in order]

@@ -65,7 +65,7 @@ def _wait(predicate, timeout: float, what: str):
 
 @pytest.fixture
 def dagster_dev(settings, pipeline_env):
-    dev = start_dagster_dev(settings, pipeline_env)
+    dev = start_dagster_dev(settings, pipeline_env, timeout=300)  # a loaded parallel run
     try:
         yield dev
     finally:

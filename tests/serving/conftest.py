@@ -4,6 +4,7 @@ H2O JVM per session that trains two tiny GBMs and predicts every entity itself, 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import random
@@ -18,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+from filelock import FileLock
 
 from shardctl.java import find_java_home
 from shardctl.process import free_port, pid_alive, stop_pid, wait_until
@@ -96,13 +98,29 @@ def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]
 
 
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainedModels]:
-    """One H2O JVM for the session: train two GBMs, export MOJOs, predict every row, shut the JVM down."""
+def trained(tmp_path_factory: pytest.TempPathFactory, worker_id: str) -> TrainedModels:
+    """Two tiny GBMs trained once per test run, their MOJOs and H2O's own predictions.
+
+    Parallel workers share them: the first to take the lock trains (one H2O JVM, shut down straight after) and
+    writes the result beside the workers' temp dirs; the others read it. Training is the same every time
+    (seeded), so a worker's result never depends on which worker trained.
+    """
+    shared = tmp_path_factory.getbasetemp() if worker_id == "master" else tmp_path_factory.getbasetemp().parent
+    record = shared / "trained-models.json"
+    with FileLock(str(shared / "trained-models.lock")):
+        if not record.exists():
+            models = train_models(shared / "models")
+            record.write_text(json.dumps(dataclasses.asdict(models)))
+        return TrainedModels(**json.loads(record.read_text()))
+
+
+def train_models(out: Path) -> TrainedModels:
+    """One H2O JVM: train two GBMs, export MOJOs, predict every row, shut the JVM down (by PID if it lingers)."""
     import h2o
     import pandas as pd
 
     os.environ["JAVA_HOME"] = str(find_java_home())
-    out = tmp_path_factory.mktemp("models")
+    out.mkdir(parents=True)
     h2o.init(port=free_port(block=2), nthreads=1, max_mem_size="1G", verbose=False)
     jvm_pid = h2o.connection().local_server._process.pid
     try:
@@ -137,7 +155,7 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TrainedModels]
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore")  # H2O warns about the unseen level it scores as NA
                 odd.append(gbm.predict(odd_frame).as_data_frame(use_multi_thread=False)["yes"].tolist())
-        yield TrainedModels(paths, expected, bumped, odd)
+        return TrainedModels(paths, expected, bumped, odd)
     finally:
         h2o.cluster().shutdown()
         # A loaded machine can take longer than the wait to finish the JVM's own shutdown: then stop it by PID.
