@@ -12,7 +12,7 @@ from tests.tracing import collect_markers
 
 ROOT = Path(__file__).resolve().parent.parent
 VIEWS = ("logical", "development", "process", "physical", "scenarios")
-CODE_REF = re.compile(r"`((?:shardctl|serving|orchestration|tests|bench|k8s|scripts)/[\w./-]+)`")
+CODE_REF = re.compile(r"`((?:shardctl|serving|orchestration|tests|testkit|bench|k8s|scripts)/[\w./-]+)`")
 TEST_REF = re.compile(r"`(tests/[^`]+?::[^`]+)`")
 
 
@@ -57,6 +57,12 @@ LAYER_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("shardctl/models_cli.py", ("serving", "orchestration")),
     ("serving", ("orchestration", "shardctl.stack", "shardctl.cli")),
     ("orchestration", ("serving", "shardctl.stack", "shardctl.cli")),
+    # Test support (testkit/) and tests are never part of the product; benchmarks share testkit, never tests.
+    ("shardctl", ("testkit", "tests")),
+    ("serving", ("testkit", "tests")),
+    ("orchestration", ("testkit", "tests")),
+    ("testkit", ("tests",)),
+    ("bench", ("tests",)),
 )
 
 

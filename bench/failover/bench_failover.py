@@ -15,7 +15,7 @@ Nemesis (``--nemesis-rounds N``, instead of the drills above): N rounds of a ran
 primary, the replica or etcd; SIGSTOP of the primary member past the ttl; partition of the primary) on a
 stack whose members talk through fault-injection proxies, healed by `shardctl stack up` / `ha restart` /
 `ha reinit`; per fault kind: time to the first acknowledged write started after the fault, longest write
-gap, rejoin time, acknowledged writes missing; then the whole history's verdict (`shardctl.stack.ha.history`).
+gap, rejoin time, acknowledged writes missing; then the whole history's verdict (`testkit.ha.history`).
 
 Baseline, in the same run: the same hard kill with Patroni's stock timing floor (ttl 20 s, what Patroni
 uses for any smaller ttl unless Tessera's entry point lowers the floor).
@@ -31,10 +31,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from shardctl.stack.ha.drill import DrillResult, hard_kill_failover, planned_switchover, wait_healthy
-from shardctl.stack.ha.nemesis import FAULTS, Nemesis, NemesisReport
 from shardctl.stack.ha.settings import HASettings
 from shardctl.stack.manager import Stack
+from testkit.ha.drill import DrillResult, hard_kill_failover, planned_switchover, wait_healthy
+from testkit.ha.nemesis import FAULTS, Nemesis, NemesisReport
 
 
 def _stack(root: Path, ha: HASettings, base_port: int) -> Stack:

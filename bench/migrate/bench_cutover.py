@@ -6,7 +6,7 @@ fails, over repeated cutovers (a quarter of the logical shards moved A -> B, the
 
 Not the store's writer (phase B wires the fence into it): a writer thread that routes each upsert by a
 placement and an epoch held in memory, checks the per-logical-shard fence in the write's transaction
-(``shardctl/control/migration/fence.py``), and on ``FencedError`` waits for the next epoch and re-routes; a reader
+(``shardctl/store/fence.py``), and on ``FencedError`` waits for the next epoch and re-routes; a reader
 thread reads acknowledged entities where the placement says. Each cutover: link set up and synced, verify
 clean, then fence the moving logical shards on the source, ``wait_caught_up``, publish the new placement
 (writers follow), and afterwards tear the link down and delete the moved rows from the source.
@@ -27,10 +27,11 @@ from pathlib import Path
 import psycopg
 
 from bench.migrate.servers import add_common_options, run_per_version, server_pair
-from shardctl.control.migration import fence, replication
+from shardctl.control.migration import replication
 from shardctl.control.migration.cleanup import delete_moved_rows
 from shardctl.control.migration.table import MovedTable
 from shardctl.control.migration.verify import verify
+from shardctl.store import fence
 from shardctl.store.hashing import shard_for
 
 MOVING = tuple(range(1, 256, 4))

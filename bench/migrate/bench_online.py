@@ -11,7 +11,7 @@ A local stack of its own (the machine's PostgreSQL) with one server and ``--rows
    copy, catch-up); against a raw ``COPY ... TO STDOUT`` streamed into ``COPY ... FROM STDIN`` of the same
    rows between the same two servers (afterwards, server-1 -> a scratch table on server-0).
 2. The write pause at cutover: ``--cutovers`` migrations alternating 2 -> 1 and 1 -> 2 servers while a
-   writer writes through the store at a steady rate (tests/migrate/traffic.py's ``SteadyWriter``) and a
+   writer writes through the store at a steady rate (``testkit.traffic.SteadyWriter``) and a
    reader reads acknowledged ids through the store's reader. Per cutover (the engine's ``cut_over`` phase),
    the largest extra latency of an acknowledged write overlapping it (its time minus the median write time
    outside cutovers); p50 and max over the cutovers; failed writes, read errors and misses; rows moved
@@ -42,7 +42,7 @@ from shardctl.stack.manager import Stack
 from shardctl.store import FeatureStore
 from shardctl.store.shardmap import ShardMapStore
 from shardctl.store.writer import FeatureRow
-from tests.migrate.traffic import (
+from testkit.traffic import (
     SteadyWriter,
     audit,
     minimum_rows_moved,

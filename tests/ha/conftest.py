@@ -9,8 +9,8 @@ import pytest
 
 from shardctl.process import pid_alive
 from shardctl.stack.ha.cluster import HACluster
-from shardctl.stack.ha.drill import wait_healthy
 from shardctl.stack.manager import Stack
+from testkit.ha.drill import wait_healthy
 from tests.conftest import _random_base_port
 
 

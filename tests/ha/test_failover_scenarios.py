@@ -14,7 +14,7 @@ import pytest
 from shardctl.control.ha import leader, set_dynamic_config, shard_members
 from shardctl.process import stop_pid
 from shardctl.stack.ha.cluster import HACluster
-from shardctl.stack.ha.drill import (
+from testkit.ha.drill import (
     PROBE_TABLE,
     AckWriter,
     ensure_probe_table,

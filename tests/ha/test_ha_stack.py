@@ -17,8 +17,8 @@ import pytest
 from shardctl.control.ha import leader, shard_members
 from shardctl.settings import load_settings
 from shardctl.stack.ha.cluster import HACluster
-from shardctl.stack.ha.drill import wait_healthy
 from shardctl.stack.manager import Stack
+from testkit.ha.drill import wait_healthy
 
 
 def _shardctl(*args: str) -> subprocess.CompletedProcess[str]:

@@ -18,9 +18,9 @@ from shardctl.control.ha import MemberStatus, leader, shard_members
 from shardctl.process import pid_alive, wait_until
 from shardctl.stack.ha import leftovers
 from shardctl.stack.ha.cluster import HACluster, PatroniMember
-from shardctl.stack.ha.drill import AckWriter, ensure_probe_table, wait_healthy
 from shardctl.stack.ha.health import DEGRADED, DOWN, HEALTHY, sync_standby_gauges, verdict
 from shardctl.stack.manager import Stack
+from testkit.ha.drill import AckWriter, ensure_probe_table, wait_healthy
 
 
 def _shardctl(stack: Stack, *args: str, stdin: str | None = None) -> subprocess.CompletedProcess[str]:

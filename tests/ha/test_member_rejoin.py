@@ -13,8 +13,8 @@ import pytest
 from shardctl.control.ha import leader, shard_members
 from shardctl.process import wait_until
 from shardctl.stack.ha.cluster import HACluster
-from shardctl.stack.ha.drill import wait_healthy
 from shardctl.stack.manager import Stack
+from testkit.ha.drill import wait_healthy
 
 
 @pytest.mark.req("JTBD-04.rejoin")

@@ -13,9 +13,9 @@ from collections.abc import Iterator
 import pytest
 
 from shardctl.process import pid_alive
-from shardctl.stack.ha.history import FAIL, INFO, OK, Op, check
-from shardctl.stack.ha.nemesis import FAULTS, Nemesis
 from shardctl.stack.manager import Stack
+from testkit.ha.history import FAIL, INFO, OK, Op, check
+from testkit.ha.nemesis import FAULTS, Nemesis
 from tests.conftest import _random_base_port
 
 SEED = 12

@@ -15,11 +15,11 @@ from psycopg.conninfo import make_conninfo
 from shardctl.control.ha import leader, shard_members
 from shardctl.settings import load_settings
 from shardctl.stack.ha.cluster import HACluster
-from shardctl.stack.ha.drill import wait_healthy
 from shardctl.stack.manager import Stack
 from shardctl.store import FeatureStore
 from shardctl.store.async_reader import AsyncFeatureReader
 from shardctl.store.writer import FeatureRow
+from testkit.ha.drill import wait_healthy
 
 
 @pytest.mark.req("JTBD-04.reads-through-failover")

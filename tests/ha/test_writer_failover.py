@@ -13,10 +13,10 @@ import pytest
 from shardctl.control.ha import leader, shard_members
 from shardctl.settings import load_settings
 from shardctl.stack.ha.cluster import HACluster
-from shardctl.stack.ha.drill import wait_healthy
 from shardctl.stack.manager import Stack
 from shardctl.store import FeatureStore
 from shardctl.store.writer import FeatureRow
+from testkit.ha.drill import wait_healthy
 
 
 @pytest.mark.req("JTBD-04.client-failover")

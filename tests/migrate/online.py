@@ -1,5 +1,5 @@
 """What the online-migration tests share: a stack of their own, one tiny H2O model promoted in its registry,
-the real prediction service (Granian, started as tests/serving starts it) and the traffic of ``traffic.py``
+the real prediction service (Granian, started as tests/serving starts it) and the traffic of ``testkit.traffic``
 around a migration run by the real engine."""
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from shardctl.store import FeatureStore
 from shardctl.store.registry import ModelRegistry
 from shardctl.store.shardmap import ShardMapStore
 from shardctl.store.writer import FeatureRow
-from tests.migrate.traffic import (
+from testkit.traffic import (
     T0,
     Audit,
     ClientLog,

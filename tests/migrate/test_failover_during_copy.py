@@ -21,12 +21,12 @@ from shardctl.control.migration.engine import MigrationEngine
 from shardctl.process import wait_until
 from shardctl.settings import TesseraSettings
 from shardctl.stack.ha.cluster import HACluster
-from shardctl.stack.ha.drill import wait_healthy
 from shardctl.stack.manager import Stack
 from shardctl.store import FeatureStore
 from shardctl.store.shardmap import ShardMapStore
+from testkit.ha.drill import wait_healthy
+from testkit.traffic import SteadyWriter, audit
 from tests.conftest import _random_base_port
-from tests.migrate.traffic import SteadyWriter, audit
 
 pytestmark = pytest.mark.slow
 FEATURE_SET = "failover_traffic_v1"

@@ -8,8 +8,8 @@ import threading
 import psycopg
 import pytest
 
-from shardctl.control.migration.fence import FencedError, check, ensure_fence, raise_fence
 from shardctl.process import wait_until
+from shardctl.store.fence import FencedError, check, ensure_fence, raise_fence
 from tests.migrate.conftest import ServerPair
 
 

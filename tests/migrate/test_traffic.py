@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.migrate.traffic import minimum_rows_moved, pause_per_window, rows_moved
+from testkit.traffic import minimum_rows_moved, pause_per_window, rows_moved
 
 
 def test_minimum_rows_moved_is_what_a_row_balanced_placement_must_move() -> None:

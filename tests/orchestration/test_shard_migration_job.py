@@ -17,8 +17,8 @@ from shardctl.stack.manager import Stack
 from shardctl.store import FeatureStore
 from shardctl.store.shardmap import ShardMapStore
 from shardctl.store.writer import FeatureRow
+from testkit.traffic import audit
 from tests.conftest import _random_base_port
-from tests.migrate.traffic import audit
 from tests.orchestration.test_dagster_ui import LAUNCH_RUN, LOCATION, _run_status, _wait
 
 FEATURE_SET = "job_migration_v1"

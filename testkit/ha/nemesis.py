@@ -1,5 +1,5 @@
 """The nemesis: rounds of random faults on one HA shard under a steady write load, healed each time by the
-platform's own commands, then judged on the whole history (`shardctl.stack.ha.history.check`).
+platform's own commands, then judged on the whole history (`testkit.ha.history.check`).
 
 Faults: SIGKILL of the primary, of the replica, of etcd; SIGSTOP of every process of the primary member for
 longer than the ttl (then SIGCONT); a network partition of the primary from etcd and its replica (the
@@ -24,14 +24,14 @@ import psycopg
 
 from shardctl.control.ha import HAError, MemberStatus, is_healthy, leader, shard_members
 from shardctl.process import wait_until
-from shardctl.stack.ha import faults
 from shardctl.stack.ha.cluster import HACluster
-from shardctl.stack.ha.drill import ensure_probe_table, rows_present
 from shardctl.stack.ha.health import DEGRADED, shard_health
-from shardctl.stack.ha.history import OK, HistoryWriter, Verdict, check, timeline_history
-from shardctl.stack.ha.proxy import ProxyNet
 from shardctl.stack.manager import Stack
 from shardctl.stack.postgres import SUPERUSER
+from testkit.ha import faults
+from testkit.ha.drill import ensure_probe_table, rows_present
+from testkit.ha.history import OK, HistoryWriter, Verdict, check, timeline_history
+from testkit.ha.proxy import ProxyNet
 
 FAULTS = ("kill-primary", "kill-replica", "kill-etcd", "pause-primary", "partition-primary")
 SHARD = 0

@@ -1,6 +1,6 @@
-"""Traffic for the online-migration tests and the cutover benchmark: a writer through ``FeatureStore`` at a
-steady rate that records every acknowledged row and every failure, an open-loop client of the real
-prediction service that counts every outcome, and the row-by-row audit of the servers afterwards.
+"""Traffic for the online-migration tests and the online-resharding benchmark: a writer through
+``FeatureStore`` at a steady rate that records every acknowledged row and every failure, an open-loop client
+of the real prediction service that counts every outcome, and the row-by-row audit of the servers afterwards.
 
 Open loop: the client sends request *i* at ``start + i / rate`` whatever the earlier ones are doing, so a
 pause of the service shows as late and failed answers rather than as fewer requests (a closed loop would

@@ -25,7 +25,7 @@ from typing import Any
 
 import psycopg
 
-from shardctl.stack.ha.drill import PROBE_TABLE
+from testkit.ha.drill import PROBE_TABLE
 
 OK, FAIL, INFO = "ok", "fail", "info"
 _READ_ONLY = "25006"

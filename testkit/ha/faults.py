@@ -1,7 +1,7 @@
 """The nemesis's faults on a shard's cluster: hard kills, a pause longer than the ttl, a network partition.
 
 Each acts on real processes by PID (never by name) or on the proxies a proxied stack routes its members'
-traffic through (`shardctl.stack.ha.proxy`), and each has its undo where one exists (SIGCONT, heal).
+traffic through (`testkit.ha.proxy`), and each has its undo where one exists (SIGCONT, heal).
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import signal
 
 from shardctl.stack.ha import leftovers
 from shardctl.stack.ha.cluster import HACluster, PatroniMember
-from shardctl.stack.ha.proxy import ProxyNet
+from testkit.ha.proxy import ProxyNet
 
 
 def kill_member(member: PatroniMember) -> None:

@@ -1,0 +1,1 @@
+"""Fault injection on the local HA cluster: drills, the nemesis, its faults, proxies and history check."""
