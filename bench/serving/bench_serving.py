@@ -55,6 +55,7 @@ from shardctl.stack.manager import Stack
 from shardctl.store import FeatureStore
 from shardctl.store.registry import ModelRegistry, ModelVersion
 from shardctl.store.writer import FeatureRow
+from testkit.serving import PredictionService, ServerProcess, service_env
 
 REPO = Path(__file__).resolve().parents[2]
 FEATURE_SET = "bench_serving_v1"
@@ -90,32 +91,6 @@ def train(out: Path):
     gbm.train(x=FEATURES, y="churn", training_frame=train_frame)
     mojo = gbm.download_mojo(str(out), get_genmodel_jar=True)
     return h2o, gbm, mojo, str(out / "h2o-genmodel.jar")
-
-
-class Server:
-    def __init__(self, argv: list[str], env: dict, port: int, ready_path: str, log: Path):
-        self.port = port
-        with log.open("wb") as sink:
-            self.proc = subprocess.Popen(
-                argv, env=env, cwd=REPO, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
-            )
-        url = f"http://127.0.0.1:{port}{ready_path}"
-
-        def ready() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{argv} exited:\n{log.read_text()[-2000:]}")
-            try:
-                return httpx.request("GET" if ready_path != "/hello" else "POST", url, timeout=1).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        if not wait_until(ready, 90, 0.2):
-            self.stop()
-            raise RuntimeError(f"{argv} not ready:\n{log.read_text()[-2000:]}")
-
-    def stop(self) -> None:
-        stop_pid(self.proc.pid, timeout=20)
-        self.proc.wait(timeout=5)
 
 
 def tree_cpu_seconds(root: int) -> float:
@@ -339,7 +314,7 @@ def main() -> int:
     stack = Stack(tmp / "stack")
     h2o = None
     jvm_pid = None
-    servers: list[Server] = []
+    servers: list[ServerProcess] = []
     summary: dict = {
         "date": datetime.now(UTC).isoformat(),
         "data": args.data,
@@ -352,12 +327,7 @@ def main() -> int:
         stack.up(shards=2, base_port=free_port(block=10))
         settings = TesseraSettings(**json.loads(stack.settings_file.read_text()))
         os.environ["JAVA_HOME"] = str(find_java_home())
-        env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
-        env.update(
-            PYTHONPATH=str(REPO),
-            TESSERA_SETTINGS_FILE=str(stack.settings_file),
-            TESSERA_SERVING__WORKERS=str(args.workers),
-        )
+        env = service_env(stack.settings_file, TESSERA_SERVING__WORKERS=str(args.workers))
         if args.data == "demo":
             model, ids, miss_ids = demo_data(settings, env, args, tmp)
             h2o, gbm = h2o_with_the_jobs_model(model)
@@ -374,15 +344,20 @@ def main() -> int:
         zipf = Scenario("Zipf(1.1)", "zipf", n_entities=min(len(ids), 200_000), ids=tuple(ids))
         py = sys.executable
 
-        def serve(name, argv, ready, extra_env=None):
+        def serve(name: str, argv: list[str] | None, ready: str, extra_env: dict | None = None) -> ServerProcess:
+            """Start an app on a free port and wait for ``ready``; ``argv`` None: Tessera's prediction service."""
             port = free_port()
             e = dict(env, TESSERA_SERVING__PORT=str(port), **(extra_env or {}))
-            full = [a.replace("{port}", str(port)) for a in argv]
-            server = Server(full, e, port, ready, tmp / f"{name}.log")
+            log = tmp / f"{name}.log"
+            if argv is None:
+                server: ServerProcess = PredictionService(e, port, log)
+            else:
+                server = ServerProcess([a.replace("{port}", str(port)) for a in argv], e, port, log)
             servers.append(server)
+            server.wait_ready(ready, timeout=90, method="POST" if ready == "/hello" else "GET")
             return server
 
-        def stop(server: Server) -> None:
+        def stop(server: ServerProcess) -> None:
             server.stop()
             servers.remove(server)
 
@@ -392,7 +367,7 @@ def main() -> int:
                 for i in range(hit.warm):
                     c.post("/v1/predictions", json={"entity_id": hit.entity(i)}).raise_for_status()
 
-        def scenarios(server: Server, chosen, results: dict, rates: dict) -> None:
+        def scenarios(server: ServerProcess, chosen, results: dict, rates: dict) -> None:
             for sc in chosen:
                 rc.flushdb()
                 if sc.kind == "hit":
@@ -401,13 +376,13 @@ def main() -> int:
                 # Misses stay never-cached: Redis is emptied before every step (each worker's memory tier holds
                 # fewer entities than a step skips ahead).
                 before = rc.flushdb if sc.kind == "miss" else (lambda: None)
-                res = ramp(server.proc.pid, server.port, sc, args.step_seconds, counter, rates[sc.kind], before)
+                res = ramp(server.pid, server.port, sc, args.step_seconds, counter, rates[sc.kind], before)
                 top = best(res, 50)
                 entry = {"best_50ms": top, "best_20ms": best(res, 20), "steps": [r.__dict__ for r in res]}
                 if top:
                     before()
                     time.sleep(2)
-                    r = load_step(server.proc.pid, server.port, sc, top, args.sustain_seconds, counter[0])
+                    r = load_step(server.pid, server.port, sc, top, args.sustain_seconds, counter[0])
                     if sc.kind == "miss":
                         counter[0] += int(top * args.sustain_seconds) + 10
                     report(sc.name, r, f" sustained {args.sustain_seconds:.0f} s")
@@ -466,7 +441,7 @@ def main() -> int:
             scenarios(s, [Scenario("hello", "hello", path="/hello")], result["hello"], rates)
             stop(s)
             print(f"== Tessera: Litestar on Granian ({args.workers} worker(s)), in-process MOJO, Redis cache")
-            s = serve("tessera", [py, "-m", "serving"], "/readyz")
+            s = serve("tessera", None, "/readyz")
             result["tessera"] = {}
             scenarios(s, [hit, miss, zipf], result["tessera"], rates)
             print("== invalidation latency (Tessera): feature write -> cache entry gone / new answer")

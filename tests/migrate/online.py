@@ -1,5 +1,5 @@
 """What the online-migration tests share: a stack of their own, one tiny H2O model promoted in its registry,
-the real prediction service (Granian, started as tests/serving starts it) and the traffic of ``testkit.traffic``
+the real prediction service (Granian, started by ``testkit.serving``) and the traffic of ``testkit.traffic``
 around a migration run by the real engine."""
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from shardctl.store import FeatureStore
 from shardctl.store.registry import ModelRegistry
 from shardctl.store.shardmap import ShardMapStore
 from shardctl.store.writer import FeatureRow
+from testkit.serving import PredictionService, service_env
 from testkit.traffic import (
     T0,
     Audit,
@@ -35,7 +36,6 @@ from testkit.traffic import (
     rows_moved,
     rows_per_logical_shard,
 )
-from tests.serving.conftest import Service, service_env
 
 SERVED_SET = "online_serving_v1"
 FEATURES = ["spend", "visits"]
@@ -84,7 +84,7 @@ def train_tiny_model(out: Path) -> tuple[str, str]:
 class OnlineEnv:
     stack: Stack
     settings: TesseraSettings
-    service: Service
+    service: PredictionService
 
     @property
     def catalog_dsn(self) -> str:
@@ -116,14 +116,19 @@ def online_env(stack: Stack, settings: TesseraSettings, models_dir: Path, log_di
         genmodel_jar=jar,
     )
     registry.promote(settings.model_name, version.version)
-    redis_url = settings.redis_url
     port = free_port()
-    service = Service(service_env(settings, redis_url, port), port, log_dir / "serving.log")
-    try:
+    env = service_env(
+        stack.settings_file,
+        port,
+        TESSERA_CATALOG_DSN=settings.catalog_dsn or "",
+        TESSERA_REDIS_URL=settings.redis_url,
+        TESSERA_SERVING__WORKERS="1",
+        # Cached features older than a second are read again: the service keeps reading the moving shards.
+        TESSERA_SERVING__FEATURE_VERSION_TTL_SECONDS="1.0",
+    )
+    with PredictionService(env, port, log_dir / "serving.log") as service:
         service.wait_ready("/readyz")
         yield OnlineEnv(stack, settings, service)
-    finally:
-        service.stop()
 
 
 @dataclass

@@ -8,8 +8,6 @@ import dataclasses
 import json
 import os
 import random
-import subprocess
-import sys
 import time
 import warnings
 from collections.abc import Iterator
@@ -17,7 +15,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-import httpx
 import pytest
 from filelock import FileLock
 
@@ -30,8 +27,9 @@ from shardctl.stack.redis_server import RedisServer
 from shardctl.store import FeatureStore
 from shardctl.store.registry import ModelRegistry, ModelVersion
 from shardctl.store.writer import FeatureRow
+from testkit.serving import PredictionService
+from testkit.serving import service_env as launcher_env
 
-REPO = Path(__file__).resolve().parents[2]
 FEATURE_SET = "serving_test_v1"
 FEATURES = ["spend", "visits", "tier", "tenure"]
 N_ENTITIES = 120
@@ -187,80 +185,27 @@ def models(serving_stack, trained: TrainedModels) -> list[ModelVersion]:
     return versions
 
 
-class Service:
-    """A running ``python -m serving`` subprocess."""
-
-    def __init__(self, env: dict[str, str], port: int, log: Path, args: tuple[str, ...] = ()):
-        self.port = port
-        self.url = f"http://127.0.0.1:{port}"
-        self.log = log
-        with log.open("wb") as sink:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-m", "serving", *args],
-                cwd=REPO,
-                env=env,
-                stdout=sink,
-                stderr=subprocess.STDOUT,
-                start_new_session=True,
-            )
-        self.client = httpx.Client(base_url=self.url, timeout=10)
-
-    def wait_ready(self, path: str = "/healthz", timeout: float = 60) -> None:
-        def answers() -> bool:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"service exited:\n{self.log.read_text()[-3000:]}")
-            try:
-                return self.client.get(path).status_code == 200
-            except httpx.HTTPError:
-                return False
-
-        assert wait_until(answers, timeout, 0.2), f"service not ready:\n{self.log.read_text()[-3000:]}"
-
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of a metric's samples, over those carrying every given label value."""
-        wanted = [f'{key}="{value}"' for key, value in labels.items()]
-        total = 0.0
-        for line in self.client.get("/metrics").text.splitlines():
-            if line.startswith(name) and not line.startswith("#"):
-                head, value = line.rsplit(" ", 1)
-                if (head == name or head.startswith(name + "{")) and all(w in head for w in wanted):
-                    total += float(value)
-        return total
-
-    def stop(self) -> None:
-        self.client.close()
-        assert stop_pid(self.proc.pid, timeout=20), f"service {self.proc.pid} did not stop"
-        self.proc.wait(timeout=5)
-
-
 def service_env(settings: TesseraSettings, redis_url: str, port: int, **extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
-    env.update(
-        PYTHONPATH=str(REPO),
-        TESSERA_SETTINGS_FILE=str(Path(settings.data_dir) / "settings.json"),
-        TESSERA_CATALOG_DSN=settings.catalog_dsn or "",
-        TESSERA_REDIS_URL=redis_url,
-        TESSERA_SERVING__PORT=str(port),
-        TESSERA_SERVING__WORKERS="1",
-        TESSERA_SERVING__MAX_BATCH="150",
-        TESSERA_SERVING__FEATURE_VERSION_TTL_SECONDS=str(VERSION_TTL),
-        TESSERA_SERVING__RETRY_AFTER_SECONDS="7",
-        JAVA_HOME=str(find_java_home()),
-    )
-    env.update(extra)
-    return env
+    """The tests' service: their stack and Redis, one worker, a short staleness bound (``VERSION_TTL``)."""
+    defaults = {
+        "TESSERA_CATALOG_DSN": settings.catalog_dsn or "",
+        "TESSERA_REDIS_URL": redis_url,
+        "TESSERA_SERVING__WORKERS": "1",
+        "TESSERA_SERVING__MAX_BATCH": "150",
+        "TESSERA_SERVING__FEATURE_VERSION_TTL_SECONDS": str(VERSION_TTL),
+        "TESSERA_SERVING__RETRY_AFTER_SECONDS": "7",
+    }
+    return launcher_env(Path(settings.data_dir) / "settings.json", port, **(defaults | extra))  # extra wins
 
 
 @pytest.fixture(scope="session")
-def service(serving_stack, own_redis, models, tmp_path_factory) -> Iterator[Service]:
+def service(serving_stack, own_redis, models, tmp_path_factory) -> Iterator[PredictionService]:
     _stack, settings = serving_stack
     port = free_port()
-    svc = Service(service_env(settings, own_redis.url, port), port, tmp_path_factory.mktemp("svc") / "serving.log")
-    try:
+    log = tmp_path_factory.mktemp("svc") / "serving.log"
+    with PredictionService(service_env(settings, own_redis.url, port), port, log) as svc:
         svc.wait_ready("/readyz")
         yield svc
-    finally:
-        svc.stop()
 
 
 def wait_for(predicate, timeout: float = 15.0) -> bool:
@@ -272,4 +217,4 @@ def wait_for(predicate, timeout: float = 15.0) -> bool:
     return False
 
 
-__all__ = ["BUMP", "FEATURE_SET", "T0", "VERSION_TTL", "Service", "entity_features", "entity_id", "timedelta"]
+__all__ = ["BUMP", "FEATURE_SET", "T0", "VERSION_TTL", "entity_features", "entity_id", "timedelta"]

@@ -6,7 +6,8 @@ from __future__ import annotations
 import pytest
 
 from shardctl.process import free_port
-from tests.serving.conftest import Service, entity_id, service_env
+from testkit.serving import PredictionService
+from tests.serving.conftest import entity_id, service_env
 
 BAD_BODIES = [
     ("malformed json", b'{"entity_id": '),
@@ -142,7 +143,7 @@ def test_no_promoted_model_is_503_with_a_message(serving_stack, own_redis, model
     _, settings = serving_stack
     port = free_port()
     env = service_env(settings, own_redis.url, port, TESSERA_MODEL_NAME="never_promoted")
-    svc = Service(env, port, tmp_path / "serving.log")
+    svc = PredictionService(env, port, tmp_path / "serving.log")
     try:
         svc.wait_ready("/healthz")
         response = svc.client.post("/v1/predictions", json={"entity_id": entity_id(1)})

@@ -16,13 +16,13 @@ from shardctl.store import FeatureStore
 from shardctl.store.changes import CHANGE_TABLE, LOG_FUNCTION, change_log_ddl
 from shardctl.store.schema import FEATURE_TABLE
 from shardctl.store.writer import FeatureRow
+from testkit.serving import PredictionService
 from tests.serving.conftest import (
     BUMP,
     FEATURE_SET,
     N_ENTITIES,
     T0,
     VERSION_TTL,
-    Service,
     entity_features,
     entity_id,
     service_env,
@@ -51,19 +51,19 @@ def _served(models, answer: dict) -> int:
     return [m.version for m in models].index(answer["model_version"])
 
 
-def _predict(service: Service, i: int) -> dict:
+def _predict(service: PredictionService, i: int) -> dict:
     response = service.client.post("/v1/predictions", json={"entity_id": entity_id(i)})
     assert response.status_code == 200, response.text
     return response.json()
 
 
 @pytest.fixture(scope="module")
-def hour_bound_service(serving_stack, own_redis, models, tmp_path_factory) -> Iterator[Service]:
+def hour_bound_service(serving_stack, own_redis, models, tmp_path_factory) -> Iterator[PredictionService]:
     """A service whose time bound is an hour: only the change stream can explain a fresh answer."""
     _, settings = serving_stack
     port = free_port()
     env = service_env(settings, own_redis.url, port, TESSERA_SERVING__FEATURE_VERSION_TTL_SECONDS="3600")
-    svc = Service(env, port, tmp_path_factory.mktemp("svc-hour") / "serving.log")
+    svc = PredictionService(env, port, tmp_path_factory.mktemp("svc-hour") / "serving.log")
     try:
         svc.wait_ready("/readyz")
         assert wait_for(lambda: svc.metric("tessera_change_stream_live") == 1, timeout=30)

@@ -14,7 +14,8 @@ import pytest
 
 from shardctl.process import free_port, pid_alive
 from shardctl.store.registry import ModelRegistry
-from tests.serving.conftest import N_ENTITIES, Service, entity_id, service_env, wait_for
+from testkit.serving import PredictionService
+from tests.serving.conftest import N_ENTITIES, entity_id, service_env, wait_for
 
 ALL_IDS = [entity_id(i) for i in range(N_ENTITIES)]
 SLOW_APP = ("--app", "tests.serving.slow_scoring:create_app")
@@ -22,7 +23,7 @@ SLOW_APP = ("--app", "tests.serving.slow_scoring:create_app")
 SLOW_REPEAT = "30000"
 
 
-def _ready(service: Service) -> dict:
+def _ready(service: PredictionService) -> dict:
     response = service.client.get("/readyz")
     assert response.status_code == 200, response.text
     return response.json()
@@ -63,14 +64,14 @@ def test_a_catalog_outage_leaves_the_service_ready_and_answering(service, servin
         assert item["prediction"]["score"] == pytest.approx(trained.expected[n][item["entity_id"]], abs=1e-6)
 
 
-def _slow_service(serving_stack, own_redis, tmp_path: Path, redis_db: int, **extra: str) -> Service:
+def _slow_service(serving_stack, own_redis, tmp_path: Path, redis_db: int, **extra: str) -> PredictionService:
     """A service whose scoring calls are long, with a Redis database of its own (so its first answers are
     misses whatever the other tests cached)."""
     _, settings = serving_stack
     port = free_port()
     redis_url = own_redis.url.rsplit("/", 1)[0] + f"/{redis_db}"
     env = service_env(settings, redis_url, port, SLOW_SCORING_REPEAT=SLOW_REPEAT, **extra)
-    svc = Service(env, port, tmp_path / "serving.log", args=SLOW_APP)
+    svc = PredictionService(env, port, tmp_path / "serving.log", args=SLOW_APP)
     svc.wait_ready("/readyz")
     return svc
 
