@@ -63,6 +63,14 @@ LAYER_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("orchestration", ("testkit", "tests")),
     ("testkit", ("tests",)),
     ("bench", ("tests",)),
+    # Inside the stack: its base modules < ha/ (the local HA cluster) < manager.py, which composes them.
+    ("shardctl/stack/ha", ("shardctl.stack.manager",)),
+    ("shardctl/stack/binaries.py", ("shardctl.stack.ha", "shardctl.stack.manager")),
+    ("shardctl/stack/users.py", ("shardctl.stack.ha", "shardctl.stack.manager")),
+    ("shardctl/stack/postgres.py", ("shardctl.stack.ha", "shardctl.stack.manager")),
+    ("shardctl/stack/redis_server.py", ("shardctl.stack.ha", "shardctl.stack.manager")),
+    ("shardctl/stack/server_runtime.py", ("shardctl.stack.ha", "shardctl.stack.manager")),
+    ("shardctl/stack/settings.py", ("shardctl.stack.ha", "shardctl.stack.manager")),
 )
 
 

@@ -23,15 +23,12 @@ from pathlib import Path
 
 import shardctl
 from shardctl.stack.binaries import MissingBinaryError, PostgresBinaries
-from shardctl.stack.ha import patroni_entry
 from shardctl.stack.users import as_user
 
 PROJECT_ROOT = Path(shardctl.__file__).resolve().parent.parent
 LOCK_FILE = PROJECT_ROOT / "requirements.lock"
 RUNTIME_ROOT = Path(os.environ.get("TESSERA_SERVER_RUNTIME_ROOT", "/var/lib/tessera/server-runtime"))
 PATRONI_REQUIREMENT = "patroni[psycopg3,etcd3]"
-# The entry point runs as a plain file (not ``-m shardctl...``): the server user may not be able to read shardctl.
-ENTRY_SOURCE = Path(patroni_entry.__file__)
 
 
 def user_can_run(user: str | None, argv: list[str]) -> bool:
@@ -98,11 +95,12 @@ def _uv() -> str:
     return str(uv) if uv.exists() else (shutil.which("uv") or "uv")
 
 
-def patroni_runtime(user: str) -> list[str]:
-    """The command prefix that starts Patroni as ``user``: ``[python, -P, patroni_entry.py]`` in the runtime."""
+def patroni_runtime(user: str, entry_file: Path) -> list[str]:
+    """The command prefix that starts Patroni as ``user``: ``[python, -P, patroni_entry.py]`` in the runtime,
+    the entry point a copy of ``entry_file`` (the HA package's; passed in, so this module does not import it)."""
     python = _interpreter_for(user)
     constraints = _lock_pins()
-    entry_source = ENTRY_SOURCE.read_text()
+    entry_source = entry_file.read_text()
     root = RUNTIME_ROOT / f"patroni-{_key(python, constraints, entry_source)}"
     venv_python = root / "venv" / "bin" / "python"
     entry = root / "patroni_entry.py"

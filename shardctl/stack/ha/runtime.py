@@ -12,7 +12,11 @@ import sys
 from functools import lru_cache
 from pathlib import Path
 
-from shardctl.stack.server_runtime import ENTRY_SOURCE, patroni_runtime
+from shardctl.stack.ha import patroni_entry
+from shardctl.stack.server_runtime import patroni_runtime
+
+# The entry point runs as a plain file (not ``-m shardctl...``): the server user may not be able to read shardctl.
+ENTRY_SOURCE = Path(patroni_entry.__file__)
 
 
 @lru_cache(maxsize=4)
@@ -20,7 +24,7 @@ def patroni_command(user: str | None) -> list[str]:
     """The command prefix (before the member's YAML) that starts Patroni as ``user`` (None: ourselves)."""
     if user is None:
         return [sys.executable, "-P", str(ENTRY_SOURCE)]
-    return patroni_runtime(user)
+    return patroni_runtime(user, ENTRY_SOURCE)
 
 
 def patroni_environment(user_home: Path) -> dict[str, str]:
