@@ -12,35 +12,24 @@ import pytest
 
 from orchestration.definitions import defs
 
-
-@pytest.fixture
-def stack_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    path = tmp_path / "settings.json"
-    path.write_text(
-        json.dumps(
-            {
-                "catalog_dsn": "host=127.0.0.1 port=1 dbname=catalog",
-                "data_dir": str(tmp_path),
-                "pipeline": {"start_date": "2026-10-01", "rows_per_day": 123, "db_user": "tessera_pipeline"},
-            }
-        )
-    )
-    monkeypatch.setenv("TESSERA_SETTINGS_FILE", str(path))
-    for name in ("TESSERA_CATALOG_DSN", "TESSERA_PIPELINE__ROWS_PER_DAY", "TESSERA_PIPELINE__START_DATE"):
-        monkeypatch.delenv(name, raising=False)
-    return path
+CATALOG = "host=127.0.0.1 port=1 dbname=catalog"
+STACK_FILE = {"catalog_dsn": CATALOG, "pipeline": {"start_date": "2026-10-01", "rows_per_day": 123, "db_user": "p"}}
 
 
 @pytest.mark.req("PLAT.settings")
 def test_the_code_location_takes_the_settings_once_when_it_is_built(
-    stack_file: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    (tmp_path / "settings.json").write_text(json.dumps({**STACK_FILE, "data_dir": str(tmp_path)}))
+    monkeypatch.setenv("TESSERA_SETTINGS_FILE", str(tmp_path / "settings.json"))
+    for name in ("TESSERA_CATALOG_DSN", "TESSERA_PIPELINE__ROWS_PER_DAY", "TESSERA_PIPELINE__START_DATE"):
+        monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("TESSERA_PIPELINE__DB_PASSWORD", "planted-secret")
     built = defs()
     calendar = built.resolve_job_def("daily_partitions").partitions_def
     assert calendar.get_first_partition_key() == "2026-10-01"
     tessera, source = built.resources["tessera"], built.resources["raw_data"]
-    assert (tessera.catalog_dsn, tessera.db_user) == ("host=127.0.0.1 port=1 dbname=catalog", "tessera_pipeline")
+    assert (tessera.catalog_dsn, tessera.db_user) == (CATALOG, "p")
     assert source.rows_per_day == 123
     assert tessera.db_password == dg.EnvVar("TESSERA_PIPELINE__DB_PASSWORD")
     assert "planted-secret" not in repr(built.resources)
