@@ -38,20 +38,20 @@ def run(
     days: int, rows_per_day: int | None, entities: int | None, ntrees: int | None, horizon_days: int | None
 ) -> None:
     """Materialize DAYS daily partitions from the start date, then label, build the point-in-time training set,
-    train and promote; print a summary with the out-of-time AUC."""
-    if rows_per_day:
-        os.environ["TESSERA_PIPELINE__ROWS_PER_DAY"] = str(rows_per_day)
-    if entities:
-        os.environ["TESSERA_PIPELINE__ENTITIES"] = str(entities)
+    train and promote; print a summary with the out-of-time AUC. The options reach the assets as run config."""
     settings = load_settings()
     try:
+        # Where the Dagster instance is (DAGSTER_HOME, DAGSTER_PG_*: its dagster.yaml reads them), not options.
         apply_env(prepare_home(settings))
     except InstanceConfigError as exc:
         raise click.ClickException(str(exc)) from exc
     import dagster as dg  # after DAGSTER_HOME is set
 
     from orchestration.definitions import defs
-    from orchestration.run_graph import GraphRunError, run_days, run_model, summarize
+    from orchestration.defs.churn_model import TrainConfig
+    from orchestration.defs.point_in_time import LabelConfig
+    from orchestration.defs.resources import raw_data_resource
+    from orchestration.run_graph import QUIET_LOGGERS, GraphRunError, run_days, run_model, summarize
 
     pipeline = PipelineSettings()
     start = pipeline.start_date
@@ -66,28 +66,31 @@ def run(
             f"{days} days are too few for an out-of-time split with a {horizon}-day horizon: "
             f"need at least {3 * horizon} (two as-of dates, each with a horizon of data after it)"
         )
-    rows = pipeline.rows_per_day
+    scale = {"rows_per_day": rows_per_day, "entities": entities}
+    source = raw_data_resource(pipeline, **{k: v for k, v in scale.items() if v is not None})
     click.echo(
-        f"materializing {days} daily partitions x {rows:,} rows ({days * rows:,} raw rows), then labels "
-        f"(churn = no event within {horizon} days), the point-in-time training set and the model"
+        f"materializing {days} daily partitions x {source.rows_per_day:,} rows ({days * source.rows_per_day:,} raw "
+        f"rows), then labels (churn = no event within {horizon} days), the point-in-time training set and the model"
     )
     started = time.monotonic()
-    quiet = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
-    ops: dict = {"churn_labels": {"config": {"horizon_days": horizon, "every_days": horizon, "warmup_days": horizon}}}
+    daily_config = dg.RunConfig(resources={"raw_data": source}, loggers=QUIET_LOGGERS)
+    ops: dict[str, dg.Config] = {
+        "churn_labels": LabelConfig(horizon_days=horizon, every_days=horizon, warmup_days=horizon)
+    }
     if ntrees:
-        ops["churn_model"] = {"config": {"ntrees": ntrees}}
-    model_config = {**quiet, "ops": ops}
+        ops["churn_model"] = TrainConfig(ntrees=ntrees)
+    model_config = dg.RunConfig(ops=ops, loggers=QUIET_LOGGERS)
     try:
         definitions = defs()
         with dg.DagsterInstance.get() as instance:
             for i, day in enumerate(day_list, 1):
-                run_days(definitions, [day], instance, quiet)
+                run_days(definitions, [day], instance, daily_config)
                 click.echo(f"  [{i}/{days}] {day} done ({time.monotonic() - started:.0f} s)")
             run_model(definitions, instance, model_config)
     except GraphRunError as exc:
         raise click.ClickException(str(exc)) from exc
     click.echo(f"\nSummary ({time.monotonic() - started:.0f} s):")
-    for line in summarize(load_settings()).lines():
+    for line in summarize(settings).lines():
         click.echo(f"  {line}")
 
 

@@ -1,60 +1,63 @@
-"""Dagster resources: configurable wrappers around shardctl (catalog, feature store, registry) and H2O.
+"""Dagster resources: configurable wrappers around shardctl (catalog, feature store, registry, control plane), H2O
+and the synthetic source of raw events.
 
-Their fields are real config (the Launchpad shows them); ``defs/resources.py`` binds them from the environment
-(``dg.EnvVar``) or the part's settings when the code location loads. A field left ``None`` is resolved when a
-step runs, from ``TesseraSettings`` (the stack's file), so the code location loads and ``dg check defs`` passes
-without a running stack.
+Every field is real config (the UI shows it, a run may override it). ``defs/resources.py`` fills the fields once,
+when the code location loads, from the parts' settings; secrets are bound as ``dg.EnvVar`` so they are resolved when
+a step runs and never shown. Nothing here reads the settings again: a step sees what the code location was built
+with (reload the code location after `shardctl stack up` rewrote the stack's settings file).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import date
 from pathlib import Path
 
 import dagster as dg
 import h2o
+import pandas as pd
 from pydantic import Field
 
 from orchestration import h2o_runtime
-from orchestration.settings import DEFAULT_H2O_MAX_MEM, H2OSettings, PipelineSettings
-from shardctl.credentials import with_credentials
-from shardctl.settings import TesseraSettings, load_settings
+from orchestration.settings import DEFAULT_H2O_MAX_MEM
+from orchestration.synthetic import generate_day
+from shardctl.credentials import DbCredentials, with_credentials
+from shardctl.settings import TesseraSettings
 from shardctl.store import FeatureStore
 from shardctl.store.registry import ModelRegistry
 
 
-class TesseraResource(dg.ConfigurableResource):
-    """The catalog, the shard topology and the model registry, as the settings describe them."""
+class CatalogResource(dg.ConfigurableResource):
+    """The catalog (where the shard map, the journal and the registry are), connected to as one Postgres role."""
 
-    catalog_dsn: str | None = Field(
-        default=None, description="The catalog's libpq DSN; unset: TESSERA_CATALOG_DSN or the stack's settings.json."
-    )
+    catalog_dsn: str | None = Field(default=None, description="The catalog's libpq DSN (a location; no password).")
+    db_user: str | None = Field(default=None, description="The role to connect as; unset: as the DSN says.")
+    db_password: str | None = Field(default=None, description="Its password (bound from the environment only).")
+    db_passfile: str | None = Field(default=None, description="A libpq passfile instead of a password.")
 
-    def settings(self) -> TesseraSettings:
-        return load_settings()
+    def credentials(self) -> DbCredentials:
+        return DbCredentials(self.db_user, self.db_password, self.db_passfile)
 
     def dsn(self) -> str:
-        """The catalog, connected to as the pipeline's role (``TESSERA_PIPELINE__DB_*``)."""
-        dsn = self.catalog_dsn or self.settings().catalog_dsn
-        if not dsn:
-            raise dg.Failure("no catalog DSN: run `shardctl stack up` or set TESSERA_CATALOG_DSN")
-        return with_credentials(dsn, PipelineSettings().db_credentials())
+        """The catalog as this resource's role."""
+        if not self.catalog_dsn:
+            raise dg.Failure(
+                "no catalog DSN: run `shardctl stack up` (then reload the code location) or set TESSERA_CATALOG_DSN"
+            )
+        return with_credentials(self.catalog_dsn, self.credentials())
 
-    def control_dsn(self) -> str:
-        """The catalog as the control plane (``TESSERA_CONTROL__DB_*``): what moves data between servers
-        (resharding creates subscriptions and raises fences) runs with its rights, not the pipeline's."""
-        from shardctl.control.settings import ControlSettings
 
-        dsn = self.catalog_dsn or self.settings().catalog_dsn
-        if not dsn:
-            raise dg.Failure("no catalog DSN: run `shardctl stack up` or set TESSERA_CATALOG_DSN")
-        return with_credentials(dsn, ControlSettings().db_credentials())
+class TesseraResource(CatalogResource):
+    """The catalog, the shard topology and the model registry as the pipeline's role (``TESSERA_PIPELINE__DB_*``),
+    and the names the pipeline shares with serving (feature set, model) and where it keeps its files."""
 
-    def shard_dsns(self) -> list[str]:
-        """The shards of the current shard map, connected to as the pipeline's role."""
-        with self.feature_store() as store:
-            return list(store.shard_map.dsns)
+    feature_set: str = Field(description="The feature set the pipeline writes.")
+    model_name: str = Field(description="The registry's model the pipeline trains and promotes.")
+    data_dir: str = Field(description="Where model artifacts are published (models/<name>/<version>).")
+    configured_servers: int = Field(
+        default=0, ge=0, description="Servers the settings name: the shard count before the catalog has a shard map."
+    )
 
     def registry(self) -> ModelRegistry:
         """The model registry as the pipeline's role. Its tables are the control plane's to create (`shardctl
@@ -65,22 +68,42 @@ class TesseraResource(dg.ConfigurableResource):
     def feature_store(self) -> Iterator[FeatureStore]:
         """The shardctl feature store (shard map watcher, writer, reader) as the pipeline's role; closed after use.
         The topology is the control plane's to prepare (`shardctl stack up`, `shardctl roles ensure`)."""
-        settings = self.settings()
-        if self.catalog_dsn:
-            settings = settings.model_copy(update={"catalog_dsn": self.catalog_dsn})
-        store = FeatureStore.open(settings, prepare_topology=False, credentials=PipelineSettings().db_credentials())
+        self.dsn()  # the same message as every other step when there is no catalog
+        # Without preparing the topology, opening the store needs only the catalog's location.
+        location = TesseraSettings.model_construct(catalog_dsn=self.catalog_dsn)
+        store = FeatureStore.open(location, prepare_topology=False, credentials=self.credentials())
         try:
             yield store
         finally:
             store.close()
 
 
+class ControlPlaneResource(CatalogResource):
+    """The catalog as the control plane's role (``TESSERA_CONTROL__DB_*``): what moves data between servers
+    (resharding creates subscriptions and raises fences) runs with its rights, not the pipeline's."""
+
+
+class RawDataResource(dg.ConfigurableResource):
+    """The source of raw events: a deterministic synthetic population (its seed and size) and a day's volume.
+
+    A resource rather than per-asset run config because every daily partition must come from the same population:
+    the values are the deployment's (``TESSERA_PIPELINE__SEED``, ``__ENTITIES``, ``__ROWS_PER_DAY``), and a run
+    that wants another scale (`python -m orchestration run --rows-per-day`) passes the whole resource as run config.
+    """
+
+    seed: int = Field(description="Seed of the population and of every day's events.")
+    rows_per_day: int = Field(ge=1, description="Raw events per daily partition.")
+    entities: int = Field(ge=1, description="Customers in the population.")
+
+    def generate(self, day: date, first_day: date) -> pd.DataFrame:
+        """The events of ``day``; ``first_day`` (the calendar's first partition) is the population's day 0."""
+        return generate_day(day, start_date=first_day, seed=self.seed, rows=self.rows_per_day, entities=self.entities)
+
+
 class H2OResource(dg.ConfigurableResource):
     """An H2O cluster: the one at ``url``, or a local JVM started for the step and stopped by PID after it."""
 
-    url: str | None = Field(
-        default=None, description="An existing H2O cluster; unset: TESSERA_H2O__URL, else a local JVM."
-    )
+    url: str | None = Field(default=None, description="An existing H2O cluster; unset: a local JVM per step.")
     max_mem: str = Field(
         default=DEFAULT_H2O_MAX_MEM,
         pattern=r"^\d+[mMgG]$",
@@ -88,20 +111,17 @@ class H2OResource(dg.ConfigurableResource):
     )
     nthreads: int = Field(default=2, ge=1, le=256, description="Threads of a local JVM.")
     java_home: str | None = Field(default=None, description="Java 8-17 home for a local JVM; unset: found.")
+    work_dir: str = Field(default=".tessera/h2o", description="Where a local JVM keeps its logs.")
 
     @contextmanager
     def cluster(self, log: dg.DagsterLogManager | None = None) -> Iterator[str]:
         """Connect the h2o client for the duration of the block; yields the cluster URL."""
-        url = self.url or H2OSettings().url
-        if url:
-            h2o_runtime.connect(url)
-            yield url
+        if self.url:
+            h2o_runtime.connect(self.url)
+            yield self.url
             return
         local = h2o_runtime.start_local_h2o(
-            Path(load_settings().data_dir) / "h2o",
-            max_mem=self.max_mem,
-            nthreads=self.nthreads,
-            java_home=self.java_home or H2OSettings().java_home,
+            Path(self.work_dir), max_mem=self.max_mem, nthreads=self.nthreads, java_home=self.java_home
         )
         if log:
             log.info(f"started H2O (pid {local.pid}) at {local.url}")

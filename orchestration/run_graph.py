@@ -14,6 +14,10 @@ from shardctl.settings import TesseraSettings
 from shardctl.store.registry import ModelRegistry
 from shardctl.store.schema import FEATURE_TABLE
 
+RunConfigLike = dg.RunConfig | dict[str, Any] | None
+# Run config for the console logger: warnings and errors only (a demo run prints its own progress).
+QUIET_LOGGERS: dict[str, Any] = {"console": {"config": {"log_level": "WARNING"}}}
+
 
 class GraphRunError(RuntimeError):
     """A run of the graph failed; the message names the job, the partition and the failing step."""
@@ -51,7 +55,7 @@ def _failure(result: dg.ExecuteInProcessResult, what: str) -> GraphRunError:
 
 
 def run_days(
-    defs: dg.Definitions, days: list[date], instance: dg.DagsterInstance, run_config: dict[str, Any] | None = None
+    defs: dg.Definitions, days: list[date], instance: dg.DagsterInstance, run_config: RunConfigLike = None
 ) -> list[dg.ExecuteInProcessResult]:
     job = defs.resolve_job_def("daily_partitions")
     results = []
@@ -66,7 +70,7 @@ def run_days(
 
 
 def run_model(
-    defs: dg.Definitions, instance: dg.DagsterInstance, run_config: dict[str, Any] | None = None
+    defs: dg.Definitions, instance: dg.DagsterInstance, run_config: RunConfigLike = None
 ) -> dg.ExecuteInProcessResult:
     result = defs.resolve_job_def("profile_and_train").execute_in_process(
         instance=instance, run_config=run_config or {}, raise_on_error=False

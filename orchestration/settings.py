@@ -13,7 +13,6 @@ from pydantic import Field
 from shardctl.credentials import DbCredentialFields
 from shardctl.java import JavaSettings
 from shardctl.settings import SectionSettings, section_config
-from shardctl.store.promotion import PromotionMetric
 
 # The heap of an H2O JVM the pipeline starts itself (this section's default, and so the H2O resource's). 1 GB
 # trains the pipeline's GBM; on a 2-core development box a bigger heap only takes memory from Postgres.
@@ -21,9 +20,10 @@ DEFAULT_H2O_MAX_MEM = "1G"
 
 
 class PipelineSettings(SectionSettings, DbCredentialFields):
-    """The Dagster pipeline's synthetic raw data (seed, calendar, scale: tests use less, the demo more), the
-    rule its promotion step applies, and the database role its steps and Dagster's storage connect as
-    (``db_user``, ``db_password`` or ``db_passfile``)."""
+    """The Dagster pipeline's synthetic raw data (seed, calendar, scale: tests use less, the demo more) and the
+    database role its steps and Dagster's storage connect as (``db_user``, ``db_password`` or ``db_passfile``).
+    Read once, when the code location loads (``defs/resources.py``, ``defs/daily.py``); per-run choices (the
+    profile's method, the promotion rule, training) are the assets' run config instead."""
 
     section: ClassVar[str] = "pipeline"
     model_config = section_config(section)
@@ -32,11 +32,6 @@ class PipelineSettings(SectionSettings, DbCredentialFields):
     start_date: date = date(2026, 9, 1)
     rows_per_day: int = Field(default=1000, ge=1)
     entities: int = Field(default=2000, ge=1)
-    exact_profile_max_rows: int = Field(default=500_000, ge=0)
-    # A candidate is promoted only when it beats the serving model, both scored on the candidate's out-of-time
-    # validation rows, by more than the margin on this metric (auc/aucpr: higher is better; logloss: lower).
-    promotion_metric: PromotionMetric = "auc"
-    promotion_margin: float = Field(default=0.0, ge=0.0)
 
 
 class H2OSettings(JavaSettings):

@@ -2,9 +2,10 @@
 Litestar app of ``create_app()`` behind the single-prediction fast path (``serving.fast_path``), every request
 counted for the graceful drain.
 
-One init plugin assembles the app: routes, the middleware, error mapping, and the dependencies handlers ask for
-by type (the predictor, the model holder, the worker's runtime, the service's limits). Every worker process
-opens its own runtime (model holder, JVM, pools, Redis client) in the lifespan and closes it at shutdown.
+One init plugin assembles the app: the controllers (``serving.controllers``), the middleware, error mapping,
+and the dependencies handlers ask for by type (the predictor, the model holder, the worker's runtime, the
+service's limits). Every worker process opens its own runtime (model holder, JVM, pools, Redis client) in the
+lifespan and closes it at shutdown.
 """
 
 from __future__ import annotations
@@ -17,25 +18,18 @@ from litestar.config.app import AppConfig
 from litestar.di import Provide
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins import InitPluginProtocol
-from litestar.plugins.prometheus import PrometheusController
 from litestar.types import ASGIApp
 
+from serving.controllers import CONTROLLERS
 from serving.drain import CountInFlight, InFlight
 from serving.fast_path import PredictionFastPath
 from serving.http_errors import exception_handlers, problem_details_plugin
 from serving.request_metrics import RequestMetrics
-from serving.routes import ROUTES
 from serving.runtime import ServingRuntime
 from serving.schemas import BatchItem, BatchResponse, ModelInfo, Prediction, PredictionRequest
 from serving.scoring import ModelHolder
 from serving.settings import ServingSettings
 from shardctl.settings import TesseraSettings, get_settings
-
-
-class MetricsController(PrometheusController):
-    """``/metrics`` for Prometheus (text exposition format): an operator's endpoint, not in the API's schema."""
-
-    include_in_schema = False
 
 
 class ServingPlugin(InitPluginProtocol):
@@ -73,7 +67,7 @@ class ServingPlugin(InitPluginProtocol):
         return self.runtime().predictor.holder
 
     def on_app_init(self, app_config: AppConfig) -> AppConfig:
-        app_config.route_handlers.extend([*ROUTES, MetricsController])
+        app_config.route_handlers.extend(CONTROLLERS)
         app_config.dependencies.update(
             {
                 "runtime": Provide(self.runtime, sync_to_thread=False),

@@ -12,8 +12,8 @@ from orchestration import automl, labels, model_artifacts, out_of_time, promotio
 from orchestration.defs.point_in_time import churn_training_set
 from orchestration.feature_engineering import FEATURES
 from orchestration.resources import H2OResource, TesseraResource
-from orchestration.settings import PipelineSettings
 from shardctl.store.export import export_feature_set
+from shardctl.store.promotion import PromotionMetric
 
 
 class TrainConfig(dg.Config):
@@ -44,7 +44,7 @@ def _fit(config: TrainConfig, train, valid) -> out_of_time.Fitted:
 def _latest_state_auc(config: TrainConfig, tessera: TesseraResource, frame, horizon: int) -> float:
     """The same labels and split with each entity's latest stored features (what training used before)."""
     with tessera.feature_store() as store:
-        exported = list(export_feature_set(store.shard_map, tessera.settings().feature_set))
+        exported = list(export_feature_set(store.shard_map, tessera.feature_set))
     latest = out_of_time.latest_state_frame(exported, frame)
     train, valid = out_of_time.split(latest, horizon, config.validation_dates)
     fitted = out_of_time.fit_gbm(train, valid, ntrees=config.ntrees, max_depth=config.max_depth, seed=config.seed)
@@ -57,7 +57,6 @@ def churn_model(
 ) -> dg.MaterializeResult:
     """A GBM (or an AutoML search) on the point-in-time training set, validated out of time (the newest as-of
     dates; training labels end before them); MOJO exported and registered as the next version of the model."""
-    settings = tessera.settings()
     frame = training_sets.load(tessera.dsn())
     horizon = labels.stored_horizon(tessera.dsn())
     try:
@@ -68,7 +67,7 @@ def churn_model(
         f"out of time: validation as-of {valid['as_of'].min():%Y-%m-%d} and later; training as-of dates whose "
         f"{horizon}-day label window ends by then"
     )
-    models_dir = Path(settings.data_dir).absolute() / "models" / settings.model_name
+    models_dir = Path(tessera.data_dir) / "models" / tessera.model_name
     staging = models_dir / f"staging-{uuid.uuid4().hex[:12]}"
     with h2o_cluster.cluster(context.log):
         trained = _fit(config, train, valid)
@@ -82,10 +81,10 @@ def churn_model(
 
     # The registry numbers the version and, under the same lock, publish() moves the artifacts to its folder.
     version = tessera.registry().register_published(
-        settings.model_name,
+        tessera.model_name,
         publish,
         algorithm=trained.algorithm,
-        feature_set=settings.feature_set,
+        feature_set=tessera.feature_set,
         features=list(FEATURES),
         metrics={**trained.metrics, **({"latest_state_auc": latest_auc} if latest_auc is not None else {})},
         details={
@@ -120,23 +119,35 @@ def churn_model(
     )
 
 
+class PromotionConfig(dg.Config):
+    metric: PromotionMetric = Field(
+        default="auc",
+        description="What is compared: both MOJOs scored on the candidate's out-of-time rows (auc, aucpr: higher is "
+        "better; logloss: lower).",
+    )
+    margin: float = Field(
+        default=0.0,
+        ge=0.0,
+        description="The candidate must improve the metric by more than this (0: any strict improvement; an equal "
+        "model never replaces the serving one).",
+    )
+
+
 @dg.asset(deps=[churn_model], group_name="pipeline", kinds={"h2o", "postgres"})
 def production_model(
-    context: dg.AssetExecutionContext, tessera: TesseraResource, h2o_cluster: H2OResource
+    context: dg.AssetExecutionContext, config: PromotionConfig, tessera: TesseraResource, h2o_cluster: H2OResource
 ) -> dg.MaterializeResult:
     """Promote the newest version only when it beats the serving one on the newest version's out-of-time rows:
-    both MOJOs scored on those same rows, on ``pipeline.promotion_metric`` by more than
-    ``pipeline.promotion_margin``; kept in the registry with both figures, promoted as a compare-and-set."""
-    settings = tessera.settings()
-    knobs = PipelineSettings()
+    both MOJOs scored on those same rows, on the run config's ``metric`` by more than its ``margin``; kept in the
+    registry with both figures, promoted as a compare-and-set."""
     registry = tessera.registry()
-    versions = registry.versions(settings.model_name)
+    versions = registry.versions(tessera.model_name)
     if not versions:
-        raise dg.Failure(f"no version of {settings.model_name!r} is registered: materialize churn_model first")
+        raise dg.Failure(f"no version of {tessera.model_name!r} is registered: materialize churn_model first")
     newest = versions[-1]
     if not Path(newest.artifact_path).exists():
         raise dg.Failure(f"version {newest.version}'s MOJO {newest.artifact_path} is missing: not promoting it")
-    serving = registry.current(settings.model_name)
+    serving = registry.current(tessera.model_name)
     if serving is not None and serving.version == newest.version:
         return dg.MaterializeResult(
             metadata={"candidate_version": newest.version, "promoted": False, "reason": "already serving"}
@@ -145,13 +156,13 @@ def production_model(
         rows = promotion.validation_rows(training_sets.load(tessera.dsn()), newest)
         with h2o_cluster.cluster(context.log):
             decision = promotion.promote_if_better(
-                registry, newest, serving, rows, metric=knobs.promotion_metric, margin=knobs.promotion_margin
+                registry, newest, serving, rows, metric=config.metric, margin=config.margin
             )
     except promotion.PromotionInputError as exc:
         raise dg.Failure(str(exc)) from exc
     evaluation = decision.evaluation
     context.log.info(decision.reason)
-    current = registry.current(settings.model_name)
+    current = registry.current(tessera.model_name)
     return dg.MaterializeResult(
         metadata={
             "candidate_version": newest.version,

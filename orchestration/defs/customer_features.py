@@ -1,15 +1,17 @@
 """Features per shard (JTBD-03 step 3): rolling per-entity features of each day, written through the
 shardctl writer, with an asset check over every server of the shard map's current epoch (row counts,
 completeness, placement by logical shard). The check reads the topology when it runs, not when the code
-location loads, so a migration that adds or removes servers needs no reload."""
+location loads, so a migration that adds or removes servers needs no reload.
+
+The asset is built by ``customer_features_asset`` for the calendar ``defs/daily.py`` makes; other assets name it
+by ``CUSTOMER_FEATURES``, its key."""
 
 from datetime import date
 
 import dagster as dg
 import psycopg
 
-from orchestration.defs.partitions import daily_partitions
-from orchestration.defs.raw_events import raw_events
+from orchestration.defs.raw_events import RAW_EVENTS
 from orchestration.defs.shard_key import shard_key
 from orchestration.feature_engineering import FEATURES, features_as_of
 from orchestration.resources import TesseraResource
@@ -18,37 +20,45 @@ from shardctl.store.schema import FEATURE_TABLE, placement_query
 from shardctl.store.shardmap import ShardMap, ShardMapStore
 from shardctl.store.writer import FeatureRow
 
+CUSTOMER_FEATURES = dg.AssetKey("customer_features")
 PLACEMENT_CHECK = "rows_and_placement"
 
 
-@dg.asset(
-    partitions_def=daily_partitions,
-    # Same-day lineage: partition D needs raw D; its 30-day window also reads the earlier days landed so far.
-    deps=[raw_events, shard_key],
-    group_name="pipeline",
-    kinds={"postgres"},
-    description="Features as of the day for every entity active that day, upserted on the entity's shard.",
-    check_specs=[
-        dg.AssetCheckSpec(
-            PLACEMENT_CHECK,
-            asset="customer_features",
-            description="Every server of the current epoch holds every active entity placed on it, and only those.",
-        )
-    ],
-)
-def customer_features(context: dg.AssetExecutionContext, tessera: TesseraResource) -> dg.MaterializeResult:
-    day = context.partition_time_window.start.date()
-    settings = tessera.settings()
+def customer_features_asset(calendar: dg.TimeWindowPartitionsDefinition) -> dg.AssetsDefinition:
+    @dg.asset(
+        key=CUSTOMER_FEATURES,
+        partitions_def=calendar,
+        # Same-day lineage: partition D needs raw D; its 30-day window also reads the earlier days landed so far.
+        deps=[RAW_EVENTS, shard_key],
+        group_name="pipeline",
+        kinds={"postgres"},
+        description="Features as of the day for every entity active that day, upserted on the entity's shard.",
+        check_specs=[
+            dg.AssetCheckSpec(
+                PLACEMENT_CHECK,
+                asset=CUSTOMER_FEATURES,
+                description="Every server of the current epoch holds every active entity placed on it, and only those.",
+            )
+        ],
+    )
+    def customer_features(context: dg.AssetExecutionContext, tessera: TesseraResource) -> dg.MaterializeResult:
+        return _write_day(tessera, context.partition_time_window.start.date())
+
+    return customer_features
+
+
+def _write_day(tessera: TesseraResource, day: date) -> dg.MaterializeResult:
+    """The day's features written to their shards, with the placement check over every server."""
     computed = features_as_of(tessera.dsn(), day)
     rows = [FeatureRow(r["entity_id"], r["event_ts"], {f: r[f] for f in FEATURES}) for r in computed]
     with tessera.feature_store() as store:
-        report = store.write(settings.feature_set, rows)
+        report = store.write(tessera.feature_set, rows)
         servers = store.shard_map.servers
     per_shard = {i: report.rows_per_shard.get(i, 0) for i in range(len(servers))}
     return dg.MaterializeResult(
         metadata={
             "dagster/row_count": len(rows),
-            "feature_set": settings.feature_set,
+            "feature_set": tessera.feature_set,
             "rows": len(rows),
             "shard_map_epoch": report.epoch,
             "inserted": report.inserted,
@@ -104,7 +114,6 @@ def shard_check_results(tessera: TesseraResource, day: date | None) -> list[dict
     whose stored logical shard or hash their id does not give (0), and entities active on ``day`` (every day
     when None) placed here without features (0). Judging only the partition's own entities keeps the check
     exact while other partitions run concurrently in a backfill."""
-    settings = tessera.settings()
     shard_map = ShardMapStore(tessera.dsn()).current()
     migrating = _migration_running(tessera.dsn())
     expected = _expected_entities(tessera.dsn(), shard_map, day)
@@ -117,14 +126,14 @@ def shard_check_results(tessera: TesseraResource, day: date | None) -> list[dict
             stored = {
                 r[0]
                 for r in conn.execute(
-                    f"SELECT entity_id FROM {FEATURE_TABLE} WHERE feature_set = %s", (settings.feature_set,)
+                    f"SELECT entity_id FROM {FEATURE_TABLE} WHERE feature_set = %s", (tessera.feature_set,)
                 )
             }
         missing = expected.get(i, set()) - stored
         passed = (misplaced == 0 or migrating) and wrong_shard == 0 and wrong_hash == 0 and not missing
         in_flight = f" ({misplaced:,} of them copies of a running migration)" if migrating and misplaced else ""
         description = (
-            f"{server}: {len(stored):,} rows of {settings.feature_set}, all on their logical shards' server{in_flight}"
+            f"{server}: {len(stored):,} rows of {tessera.feature_set}, all on their logical shards' server{in_flight}"
             if passed
             else f"{server}: {misplaced:,} rows belong on another server, {wrong_shard + wrong_hash:,} with a wrong "
             f"stored logical shard or hash, {len(missing):,} active entities without features "

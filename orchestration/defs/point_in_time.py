@@ -7,8 +7,8 @@ import dagster as dg
 from pydantic import Field
 
 from orchestration import labels, skew, training_sets
-from orchestration.defs.customer_features import customer_features
-from orchestration.defs.raw_events import raw_events
+from orchestration.defs.customer_features import CUSTOMER_FEATURES
+from orchestration.defs.raw_events import RAW_EVENTS
 from orchestration.point_in_time import LeakageError, build_training_set
 from orchestration.resources import TesseraResource
 
@@ -19,7 +19,7 @@ class LabelConfig(dg.Config):
     warmup_days: int = Field(default=7, ge=1, le=365, description="days of history before the first as-of date")
 
 
-@dg.asset(deps=[raw_events], group_name="pipeline", kinds={"postgres"})
+@dg.asset(deps=[RAW_EVENTS], group_name="pipeline", kinds={"postgres"})
 def churn_labels(config: LabelConfig, tessera: TesseraResource) -> dg.MaterializeResult:
     """For each as-of date t: the entities active in (t - horizon, t], labelled churned when they have no event
     in (t, t + horizon]; as-of dates without a full horizon of landed data after them are left out."""
@@ -44,7 +44,7 @@ def churn_labels(config: LabelConfig, tessera: TesseraResource) -> dg.Materializ
     )
 
 
-@dg.asset(deps=[churn_labels, raw_events], group_name="pipeline", kinds={"postgres"})
+@dg.asset(deps=[churn_labels, RAW_EVENTS], group_name="pipeline", kinds={"postgres"})
 def churn_training_set(tessera: TesseraResource) -> dg.MaterializeResult:
     """Each label joined to the features as of its as-of time (historical retrieval from the raw events, with
     the definition the shards are written with), stored for training and inspection."""
@@ -77,7 +77,7 @@ class SkewCheckConfig(dg.Config):
 @dg.asset_check(
     asset=churn_training_set,
     blocking=True,
-    additional_deps=[customer_features],  # what serving reads
+    additional_deps=[CUSTOMER_FEATURES],  # what serving reads
     description="For a sample of entities, the features serving reads from the shards now equal the historical "
     "builder's features as of now (a mismatch names the entities and the features).",
 )
@@ -96,9 +96,8 @@ def online_offline_skew(config: SkewCheckConfig, tessera: TesseraResource) -> dg
 
 def check_skew(tessera: TesseraResource, entity_ids: list[str]) -> skew.SkewReport:
     """Read ``entity_ids`` through the serving read path and compare with the builder as of now."""
-    settings = tessera.settings()
     with tessera.feature_store() as store:
-        result = store.get_features(entity_ids, settings.feature_set)
+        result = store.get_features(entity_ids, tessera.feature_set)
     if result.failed:
         raise dg.Failure(f"shards {sorted(result.failed)} could not be read for the skew check")
     online = {e: (r.event_ts, r.features) for e, r in result.records.items()}

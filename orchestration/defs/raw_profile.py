@@ -6,16 +6,17 @@ import dagster as dg
 from pydantic import Field
 
 from orchestration import cardinality
-from orchestration.defs.raw_events import raw_events
+from orchestration.defs.raw_events import RAW_EVENTS
 from orchestration.resources import TesseraResource
-from orchestration.settings import PipelineSettings
 
 
 class ProfileConfig(dg.Config):
     method: Literal["auto", "exact", "hll"] = Field(
         default="auto",
-        description="exact (count DISTINCT), hll (merged sketches), or auto: exact up to "
-        "TESSERA_PIPELINE__EXACT_PROFILE_MAX_ROWS rows",
+        description="exact (count DISTINCT), hll (merged sketches), or auto: exact up to exact_max_rows rows",
+    )
+    exact_max_rows: int = Field(
+        default=500_000, ge=0, description="With auto: up to this many raw rows the profile counts exactly."
     )
 
 
@@ -24,15 +25,13 @@ def _table(rows: list[dict[str, object]], types: dict[str, str]) -> dg.TableMeta
     return dg.MetadataValue.table([dg.TableRecord(r) for r in rows], schema=schema)
 
 
-@dg.asset(deps=[raw_events], group_name="pipeline", kinds={"postgres"})
+@dg.asset(deps=[RAW_EVENTS], group_name="pipeline", kinds={"postgres"})
 def raw_profile(config: ProfileConfig, tessera: TesseraResource) -> dg.MaterializeResult:
     """Distinct counts (exact, or merged HyperLogLog sketches for large data), null fractions, top values,
     and whether each candidate key keeps its entity attributes immutable."""
     dsn = tessera.dsn()
     previous = cardinality.previous_profile(dsn)
-    profile = cardinality.profile_raw(
-        dsn, PipelineSettings().exact_profile_max_rows, None if config.method == "auto" else config.method
-    )
+    profile = cardinality.profile_raw(dsn, config.exact_max_rows, None if config.method == "auto" else config.method)
     profile_id = cardinality.store_profile(dsn, profile)
     entity = profile.column("entity_id")
     return dg.MaterializeResult(

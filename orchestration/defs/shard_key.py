@@ -69,7 +69,7 @@ def _server_count(tessera: TesseraResource) -> int:
     try:
         return ShardMapStore(tessera.dsn()).current().server_count
     except (ShardMapError, psycopg.Error):
-        count = tessera.settings().server_count
+        count = tessera.configured_servers
     if count < 1:
         raise dg.Failure("no servers: run `shardctl stack up` or set TESSERA_SERVERS")
     return count

@@ -14,7 +14,7 @@ from typing import Any
 import dagster as dg
 from pydantic import Field
 
-from orchestration.resources import TesseraResource
+from orchestration.resources import ControlPlaneResource
 from shardctl.control.migration.engine import MigrationEngine
 from shardctl.control.migration.journal import PHASES, Journal, JournalError
 
@@ -44,7 +44,7 @@ def scrub(value: Any) -> Any:
     return value
 
 
-def _engine(context: dg.OpExecutionContext, tessera: TesseraResource) -> MigrationEngine:
+def _engine(context: dg.OpExecutionContext, control_plane: ControlPlaneResource) -> MigrationEngine:
     """The engine, logging its progress events at most every few seconds."""
     last = [0.0]
 
@@ -54,15 +54,15 @@ def _engine(context: dg.OpExecutionContext, tessera: TesseraResource) -> Migrati
             last[0] = now
             context.log.info(f"progress: {scrub(str(event))}")
 
-    return MigrationEngine(tessera.control_dsn(), on_progress=on_progress)
+    return MigrationEngine(control_plane.dsn(), on_progress=on_progress)
 
 
 @dg.op(out=dg.Out(int, description="The migration's id in the catalog's journal."))
-def plan_shard_migration(context: dg.OpExecutionContext, config: MigrationTarget, tessera: TesseraResource):
+def plan_shard_migration(context: dg.OpExecutionContext, config: MigrationTarget, control_plane: ControlPlaneResource):
     """Plan the move to ``to_servers`` and record it (phase ``planned``); with ``resume`` take the running one."""
-    engine = _engine(context, tessera)
+    engine = _engine(context, control_plane)
     if config.resume:
-        running = Journal(tessera.control_dsn()).running()
+        running = Journal(control_plane.dsn()).running()
         if running is None:
             raise dg.Failure("resume: no migration is running")
         context.log.info(f"resuming migration {running.id} at phase {running.phase}")
@@ -88,8 +88,8 @@ def _phase_op(phase: str) -> dg.OpDefinition:
         out=dg.Out(int),
         description=f"Run the migration's phase `{phase}` (idempotent: a finished phase is a no-op).",
     )
-    def run_phase(context: dg.OpExecutionContext, migration_id: int, tessera: TesseraResource):
-        engine = _engine(context, tessera)
+    def run_phase(context: dg.OpExecutionContext, migration_id: int, control_plane: ControlPlaneResource):
+        engine = _engine(context, control_plane)
         started = time.monotonic()
         try:
             detail = engine.run_phase(migration_id, phase)

@@ -10,7 +10,10 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
+from orchestration.defs.resources import raw_data_resource, tessera_resource
 from orchestration.h2o_runtime import LocalH2O, start_local_h2o
+from orchestration.resources import TesseraResource
+from orchestration.run_graph import QUIET_LOGGERS
 from orchestration.settings import PipelineSettings
 
 DAYS = 10
@@ -23,26 +26,27 @@ SMALL_GBM = {
         "churn_model": {"config": {"ntrees": 20, "max_depth": 4}},
     }
 }
-QUIET = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+QUIET = {"loggers": QUIET_LOGGERS}
 
 
 @pytest.fixture(scope="session")
-def pipeline_env(local_stack) -> Iterator[dict[str, str]]:
-    """Small-scale pipeline settings for every Dagster process of the session (in-process or spawned)."""
-    env = {"TESSERA_PIPELINE__ROWS_PER_DAY": str(ROWS_PER_DAY), "TESSERA_PIPELINE__ENTITIES": str(ENTITIES)}
-    previous = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    yield env
-    for key, value in previous.items():
-        if value is None:
-            os.environ.pop(key, None)
-        else:
-            os.environ[key] = value
+def pipeline_env(local_stack) -> dict[str, str]:
+    """Small-scale pipeline settings for the Dagster processes a test spawns (the UI's code location reads them
+    when it loads); in-process runs get the same scale as run config (``small_data``)."""
+    return {"TESSERA_PIPELINE__ROWS_PER_DAY": str(ROWS_PER_DAY), "TESSERA_PIPELINE__ENTITIES": str(ENTITIES)}
+
+
+@pytest.fixture(scope="session")
+def small_data(pipeline_env) -> dict:
+    """Run config for the daily job: the raw data source at the tests' scale, and quiet logs."""
+    source = raw_data_resource(PipelineSettings(), rows_per_day=ROWS_PER_DAY, entities=ENTITIES)
+    return dg.RunConfig(resources={"raw_data": source}, loggers=QUIET_LOGGERS).to_config_dict()
 
 
 @pytest.fixture(scope="session")
 def h2o_server(tmp_path_factory: pytest.TempPathFactory, pipeline_env) -> Iterator[LocalH2O]:
-    """One H2O JVM (1 GB, 2 threads) for the session, on a free port, stopped by PID at the end."""
+    """One H2O JVM (1 GB, 2 threads) for the session, on a free port, stopped by PID at the end; its URL is in
+    the environment, as a deployment gives it (the code location binds it as ``dg.EnvVar``)."""
     server = start_local_h2o(Path(tmp_path_factory.mktemp("h2o")), max_mem="1G", nthreads=2)
     os.environ["TESSERA_H2O__URL"] = server.url
     try:
@@ -53,11 +57,18 @@ def h2o_server(tmp_path_factory: pytest.TempPathFactory, pipeline_env) -> Iterat
 
 
 @pytest.fixture(scope="session")
-def defs(pipeline_env):
-    """The code location, imported once the stack's settings exist (it reads the shard count at load)."""
+def defs(pipeline_env, h2o_server):
+    """The code location, built once the stack's settings and the H2O cluster's URL exist (its resources take
+    them when it loads)."""
     from orchestration.definitions import defs
 
     return defs()
+
+
+@pytest.fixture(scope="session")
+def tessera(settings, pipeline_env) -> TesseraResource:
+    """The pipeline's view of the stack, as the code location binds it, for calling asset helpers directly."""
+    return tessera_resource(settings, PipelineSettings())
 
 
 @pytest.fixture(scope="session")
@@ -67,11 +78,11 @@ def days(pipeline_env):
 
 
 @pytest.fixture(scope="session")
-def graph(defs, days, settings, h2o_server):
+def graph(defs, days, settings, h2o_server, small_data):
     """Materialize every day's partitions and then the model job, once for the session."""
     from orchestration.run_graph import run_days, run_model, summarize
 
     instance = dg.DagsterInstance.ephemeral()
-    daily = run_days(defs, days, instance, QUIET)
+    daily = run_days(defs, days, instance, small_data)
     model = run_model(defs, instance, {**SMALL_GBM, **QUIET})
     return {"instance": instance, "daily": daily, "model": model, "summary": summarize(settings)}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from datetime import UTC, datetime, timedelta
 
 from click.testing import CliRunner
@@ -35,3 +36,13 @@ def test_run_with_too_few_days_for_an_out_of_time_split_says_so_before_anything_
     assert result.exit_code == 1
     assert "2 days are too few for an out-of-time split with a 1-day horizon: need at least 3" in result.output
     assert "materializing" not in result.output
+
+
+def test_run_options_are_run_config_and_leave_the_environment_alone(settings, monkeypatch) -> None:
+    for name in ("TESSERA_PIPELINE__ROWS_PER_DAY", "TESSERA_PIPELINE__ENTITIES"):
+        monkeypatch.delenv(name, raising=False)
+    before = dict(os.environ)
+    result = CliRunner().invoke(main, ["run", "--days", "2", "--rows-per-day", "5", "--entities", "9"])
+    assert result.exit_code == 1  # too few days: refused before anything runs
+    changed = {k for k in set(before) | set(os.environ) if before.get(k) != os.environ.get(k)}
+    assert not {k for k in changed if k.startswith("TESSERA_PIPELINE__")}, changed

@@ -79,7 +79,9 @@ def _run_status(dev: DagsterDev, run_id: str) -> str:
 
 @pytest.mark.req("PLAT.dagster-ui")
 @pytest.mark.req("PLAT.backfills")
-def test_run_and_backfill_launched_through_graphql_succeed_with_postgres_storage(dagster_dev, settings, days) -> None:
+def test_run_and_backfill_launched_through_graphql_succeed_with_postgres_storage(
+    dagster_dev, settings, days, pipeline_env
+) -> None:
     dev = dagster_dev
     launched = dev.graphql(
         LAUNCH_RUN,
@@ -106,8 +108,9 @@ def test_run_and_backfill_launched_through_graphql_succeed_with_postgres_storage
     assert backfill["__typename"] == "LaunchBackfillSuccess", backfill
     backfill_id = backfill["backfillId"]
 
-    # The same kind of backfill from the command line (what an operator types), queued for the daemon.
-    env = {**os.environ, **prepare_home(settings), "PYTHONPATH": str(REPO_ROOT)}
+    # The same kind of backfill from the command line (what an operator types), queued for the daemon; its code
+    # location is loaded with the same settings as the webserver's.
+    env = {**os.environ, **prepare_home(settings), **pipeline_env, "PYTHONPATH": str(REPO_ROOT)}
     dagster = Path(sys.executable).parent / "dagster"
     cli = subprocess.run(
         [

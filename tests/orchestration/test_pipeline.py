@@ -13,7 +13,6 @@ import pytest
 from orchestration import cardinality
 from orchestration.defs.customer_features import placement_check_result, shard_check_results
 from orchestration.feature_engineering import FEATURES
-from orchestration.resources import TesseraResource
 from orchestration.run_graph import run_days
 from shardctl.store.hashing import logical_shard_for, shard_for
 from shardctl.store.registry import ModelRegistry
@@ -164,8 +163,7 @@ def test_shard_key_check_fails_when_an_entity_changes_its_country(graph, defs, s
 
 
 @pytest.mark.req("PLAT.features-per-shard")
-def test_shard_check_fails_on_a_misplaced_row_and_on_a_missing_entity(graph, settings, days) -> None:
-    tessera = TesseraResource()
+def test_shard_check_fails_on_a_misplaced_row_and_on_a_missing_entity(graph, settings, days, tessera) -> None:
     wrong = next(f"planted-{i}" for i in range(100) if shard_for(f"planted-{i}", 2) == 1)
     with psycopg.connect(settings.shard_dsns()[0]) as conn:  # a shard-1 entity written to shard 0
         conn.execute(
@@ -227,9 +225,9 @@ def _fingerprints(settings) -> list:
 
 
 @pytest.mark.req("PLAT.backfills")
-def test_rematerializing_partitions_is_idempotent(graph, defs, days, settings) -> None:
+def test_rematerializing_partitions_is_idempotent(graph, defs, days, settings, small_data) -> None:
     before = _fingerprints(settings)
-    run_days(defs, [days[3], days[-1]], graph["instance"], QUIET)
+    run_days(defs, [days[3], days[-1]], graph["instance"], small_data)
     assert _fingerprints(settings) == before
 
 

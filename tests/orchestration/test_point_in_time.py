@@ -23,7 +23,6 @@ from orchestration.point_in_time import (
     build_training_set,
     get_historical_features,
 )
-from orchestration.resources import TesseraResource
 from orchestration.skew import MISSING_ONLINE, sample_entities
 from shardctl.store.hashing import logical_shard_for, shard_for
 from shardctl.store.schema import FEATURE_TABLE
@@ -199,12 +198,11 @@ def _skew_check(result: dg.ExecuteInProcessResult) -> dg.AssetCheckEvaluation:
 
 
 @pytest.mark.req("PLAT.skew-check")
-def test_skew_check_passes_on_good_data_and_names_a_planted_mismatch(graph, defs, settings) -> None:
+def test_skew_check_passes_on_good_data_and_names_a_planted_mismatch(graph, defs, settings, tessera) -> None:
     check = _skew_check(graph["model"])
     assert check.passed, check.description
     assert check.metadata["sampled_entities"].value == 200
 
-    tessera = TesseraResource()
     sample = sample_entities(settings.catalog_dsn, 40)
     assert check_skew(tessera, sample).passed
     changed, lost = sample[0], sample[1]

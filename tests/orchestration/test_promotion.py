@@ -16,10 +16,12 @@ from shardctl.store.registry import ModelRegistry, ModelVersion
 from tests.orchestration.conftest import HORIZON_DAYS, QUIET
 
 
-def _promote_newest(defs, graph) -> dict:
-    """Materialize production_model alone (it judges the newest registered version)."""
+def _promote_newest(defs, graph, rule: dict | None = None) -> dict:
+    """Materialize production_model alone (it judges the newest registered version), with the promotion ``rule``
+    as its run config (unset: the asset's defaults)."""
+    ops = {"production_model": {"config": rule}} if rule else {}
     result = defs.resolve_job_def("profile_and_train").execute_in_process(
-        instance=graph["instance"], asset_selection=[dg.AssetKey("production_model")], run_config=QUIET
+        instance=graph["instance"], asset_selection=[dg.AssetKey("production_model")], run_config={**QUIET, "ops": ops}
     )
     [event] = result.get_asset_materialization_events()
     return event.materialization.metadata
@@ -83,15 +85,12 @@ def test_a_worse_model_is_refused_and_both_figures_are_recorded(
 
 
 @pytest.mark.req("PLAT.model-promotion")
-def test_a_margin_the_candidate_cannot_meet_refuses_it(
-    graph, defs, settings, h2o_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_margin_the_candidate_cannot_meet_refuses_it(graph, defs, settings, h2o_server, tmp_path: Path) -> None:
     registry = ModelRegistry(settings.catalog_dsn)
     serving = registry.current(settings.model_name)
     candidate = _register_trained(registry, settings, h2o_server, tmp_path, flip_labels=False, seed=11)
-    monkeypatch.setenv("TESSERA_PIPELINE__PROMOTION_METRIC", "logloss")
-    monkeypatch.setenv("TESSERA_PIPELINE__PROMOTION_MARGIN", "5.0")  # logloss can never drop by more than that
-    meta = _promote_newest(defs, graph)
+    # logloss can never drop by more than 5
+    meta = _promote_newest(defs, graph, {"metric": "logloss", "margin": 5.0})
     assert meta["promoted"].value is False
     assert (meta["metric"].value, meta["margin"].value) == ("logloss", 5.0)
     [evaluation] = registry.evaluations(settings.model_name, candidate.version)

@@ -1,18 +1,18 @@
 """How the app is put together, without servers: which status and problem detail each domain error becomes,
-and that no handler asks for more than one injected dependency (two or more cost an anyio task group per
-request)."""
+that no handler asks for more than one injected dependency (two or more cost an anyio task group per
+request), and that the OpenAPI names every operation with the id its controller gives it."""
 
 from __future__ import annotations
 
 import inspect
 
 import pytest
+from litestar import Litestar
 from litestar.testing import RequestFactory
 
 from serving.app import create_app
 from serving.errors import NoModelError, PredictionError, ShardDownError, UnknownEntityError
 from serving.http_errors import PROBLEM_JSON, exception_handlers, problem_details_plugin, status_of
-from serving.routes import ROUTES
 from serving.settings import ServingSettings
 from shardctl.settings import TesseraSettings
 
@@ -56,10 +56,28 @@ def test_any_other_exception_is_a_problem_detail_500_without_its_message() -> No
     assert "secret" not in str(response.content)
 
 
+def _app() -> Litestar:
+    return create_app(TesseraSettings(catalog_dsn="postgresql://unused"), ServingSettings())
+
+
 def test_every_handler_asks_for_at_most_one_injected_dependency() -> None:
-    app = create_app(TesseraSettings(catalog_dsn="postgresql://unused"), ServingSettings())
+    app = _app()
     provided = set(app.dependencies)
     assert provided, "the init plugin registers the providers"
-    for handler in ROUTES:
+    handlers = [h for route in app.routes for h in route.route_handlers]
+    assert {h.fn.__name__ for h in handlers} >= {"predict", "current", "healthz", "readyz"}
+    for handler in handlers:
         wanted = set(inspect.signature(handler.fn).parameters) & provided
         assert len(wanted) <= 1, f"{handler.fn.__name__} asks for {sorted(wanted)}"
+
+
+@pytest.mark.req("JTBD-02.openapi")
+def test_every_operation_in_the_openapi_has_the_operation_id_its_controller_gives_it() -> None:
+    paths = _app().openapi_schema.to_schema()["paths"]
+    ids = {(path, method): op.get("operationId") for path, ops in paths.items() for method, op in ops.items()}
+    assert ids == {
+        ("/v1/predictions", "post"): "predict",
+        ("/v1/models/current", "get"): "getCurrentModel",
+        ("/healthz", "get"): "checkLiveness",
+        ("/readyz", "get"): "checkReadiness",
+    }

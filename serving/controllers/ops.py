@@ -1,0 +1,43 @@
+"""The operator's endpoints: liveness and readiness for the orchestrator's probes, metrics for Prometheus."""
+
+from __future__ import annotations
+
+from litestar import Controller, Response, get
+from litestar.openapi import ResponseSpec
+from litestar.plugins.prometheus import PrometheusController
+
+from serving.controllers.openapi import Runtime
+from serving.schemas import Health
+
+
+class OpsController(Controller):
+    """``/healthz`` and ``/readyz`` (at the root, where probes look for them)."""
+
+    path = "/"
+    tags = ["operations"]
+
+    @get("/healthz", operation_id="checkLiveness", summary="Liveness: the process answers")
+    async def healthz(self) -> Health:
+        return Health("ok")
+
+    @get(
+        "/readyz",
+        operation_id="checkReadiness",
+        summary="Readiness: a model is loaded and the worker serves; the catalog's state is reported, not required",
+        responses={503: ResponseSpec(Health, description="No model is loaded yet")},
+    )
+    async def readyz(self, runtime: Runtime) -> Response[Health]:
+        # Predictions need the shards, Redis and the loaded model, not the catalog: a catalog outage must not take
+        # every pod out of the load balancer at once. Its state comes from the promotion listener's connection
+        # (no connection per probe).
+        model = runtime.predictor.holder.current
+        catalog = "connected" if runtime.catalog_connected() else "unreachable"
+        if model is None:
+            return Response(Health("not ready", None, "no model promoted", catalog), status_code=503)
+        return Response(Health("ready", model.key, catalog=catalog))
+
+
+class MetricsController(PrometheusController):
+    """``/metrics`` for Prometheus (text exposition format): an operator's endpoint, not in the API's schema."""
+
+    include_in_schema = False
