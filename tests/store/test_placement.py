@@ -11,6 +11,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 import psycopg
 import pytest
@@ -36,16 +37,17 @@ CREATE TABLE tessera_shard_map (epoch bigint NOT NULL REFERENCES tessera_shard_e
 """
 
 
-def reader_sessions(dsn: str) -> set[int]:
-    """Backend PIDs of the sessions on ``dsn``'s database whose last statement was a feature read: a
-    reader's pooled connections (a pool rebuilt for an epoch would show new PIDs)."""
+def reader_sessions(dsn: str) -> dict[int, datetime]:
+    """The sessions on ``dsn``'s database whose last statement was a feature read (a reader's pooled
+    connections), by backend PID, with when each connected."""
     prefix = READ_SQL.split("%s")[0]
     with psycopg.connect(dsn, autocommit=True) as conn:
         rows = conn.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database() AND starts_with(query, %s)",
+            "SELECT pid, backend_start FROM pg_stat_activity "
+            "WHERE datname = current_database() AND starts_with(query, %s)",
             (prefix,),
         )
-        return {pid for (pid,) in rows}
+        return dict(rows.fetchall())
 
 
 @pytest.fixture
@@ -164,8 +166,9 @@ def test_reads_and_writes_follow_the_placement_and_pools_survive_a_placement_onl
     with maps.watch(role="test") as watcher, FeatureWriter(watcher) as writer, FeatureReader(watcher) as reader:
         writer.write("fs", make_rows(400))
         assert len(reader.get_features([f"e{i}" for i in range(400)], "fs").records) == 400
-        read_sessions = reader_sessions(scratch["a"])
-        assert read_sessions  # the reader's pooled connection(s) to server-0
+        assert reader_sessions(scratch["a"])  # the reader reads server-0 through a pooled connection
+        with psycopg.connect(scratch["a"]) as conn:
+            before_move = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # the server's clock
         # Move every logical shard to server-0 (rows copied by hand: what a migration's copy does).
         with psycopg.connect(scratch["b"]) as src, psycopg.connect(scratch["a"]) as dst:
             rows = src.execute(
@@ -184,7 +187,9 @@ def test_reads_and_writes_follow_the_placement_and_pools_survive_a_placement_onl
         read = reader.get_features([f"e{i}" for i in range(400)], "fs")
         assert len(read.records) == 400
         assert {r.shard for r in read.records.values()} == {0}
-        assert reader_sessions(scratch["a"]) == read_sessions  # server-0 kept its pool: no new connection
+        sessions = reader_sessions(scratch["a"])
+        assert sessions  # the read just made
+        assert max(sessions.values()) < before_move  # server-0 kept its pool: no connection opened since
         report = writer.write("fs", make_rows(10, prefix="after"))
         assert report.rows_per_shard == {0: 10}
         wait_until(lambda: maps.unacknowledged(moved.epoch, heartbeat_within_s=30) == [], 15)
