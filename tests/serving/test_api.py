@@ -6,6 +6,7 @@ import json
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
 import httpx
 import pytest
@@ -164,37 +165,71 @@ def test_feature_write_changes_the_answer_within_the_bound(service, serving_stac
     assert after["score"] != pytest.approx(before["score"], abs=1e-3)
 
 
+@dataclass(frozen=True)
+class Answer:
+    """One hammer request: when it was sent and answered (monotonic), its status, and the model that answered."""
+
+    sent: float
+    answered: float
+    status: int
+    body: dict
+
+
 @pytest.mark.req("JTBD-02.hot-swap")
 def test_promotion_hot_swaps_with_no_failed_request(service, serving_stack, trained, models):
-    """Requests keep flowing while v2 is promoted: all 200, then v2's scores (H2O's predict of model 2)."""
+    """Requests keep flowing while v2 is promoted: every one answered 200 with the scores of the model it names,
+    answers from v1 and from v2 both seen, requests in flight across the swap; then v2's scores (H2O's predict
+    of model 2)."""
     _, settings = serving_stack
+    batch = ALL_IDS[30:40]
     stop = threading.Event()
-    statuses: list[int] = []
+    answers: list[Answer] = []  # every thread's, in order of arrival
+    answers_lock = threading.Lock()
 
-    def hammer():
+    def hammer() -> int:
         with httpx.Client(base_url=service.url, timeout=10) as client:
-            n = 0
+            sent = 0
             while not stop.is_set():
-                statuses.append(client.post("/v1/predictions", json={"entity_ids": ALL_IDS[30:40]}).status_code)
-                n += 1
+                at = time.monotonic()
+                response = client.post("/v1/predictions", json={"entity_ids": batch})
+                answer = Answer(at, time.monotonic(), response.status_code, response.json())
+                with answers_lock:
+                    answers.append(answer)
+                sent += 1
+            return sent
 
-    threads = [threading.Thread(target=hammer) for _ in range(3)]
-    for t in threads:
-        t.start()
-    try:
-        time.sleep(0.5)
-        ModelRegistry(settings.catalog_dsn).promote(settings.model_name, models[1].version)
-        assert wait_for(
-            lambda: service.client.get("/v1/models/current").json()["version"] == models[1].version, timeout=20
-        )
-        time.sleep(0.5)
-    finally:
-        stop.set()
-        for t in threads:
-            t.join()
-    assert statuses
-    assert set(statuses) == {200}
-    body = service.client.post("/v1/predictions", json={"entity_ids": ALL_IDS[30:40]}).json()
+    def answered_by(key: str, since: float = 0.0) -> int:
+        with answers_lock:
+            return sum(1 for a in answers if a.body.get("model") == key and a.sent >= since)
+
+    with ThreadPoolExecutor(3) as pool:
+        threads = [pool.submit(hammer) for _ in range(3)]
+        try:
+            assert wait_for(lambda: answered_by(models[0].key) >= 3, timeout=20), "no answer from v1 before the swap"
+            swap_started = time.monotonic()
+            ModelRegistry(settings.catalog_dsn).promote(settings.model_name, models[1].version)
+            assert wait_for(
+                lambda: service.client.get("/v1/models/current").json()["version"] == models[1].version, timeout=20
+            )
+            swap_done = time.monotonic()
+            # Traffic goes on past the swap: requests sent after it are answered by v2.
+            assert wait_for(lambda: answered_by(models[1].key, since=swap_done) >= 3, timeout=20), "no answer from v2"
+        finally:
+            stop.set()
+            sent = [t.result(timeout=30) for t in threads]  # a thread's exception fails the test here
+    assert all(n > 0 for n in sent), sent
+    assert len(answers) == sum(sent)
+    assert [a for a in answers if a.status != 200] == []
+    index = {models[0].key: 0, models[1].key: 1}
+    for answer in answers:
+        expected = trained.expected[index[answer.body["model"]]]
+        assert [item["status"] for item in answer.body["items"]] == [200] * len(batch), answer.body
+        for item in answer.body["items"]:
+            assert item["prediction"]["score"] == pytest.approx(expected[item["entity_id"]], abs=1e-6)
+    assert {a.body["model"] for a in answers} == set(index)  # both versions answered the hammer
+    assert any(a.sent <= swap_started and a.answered >= swap_started for a in answers), "nothing in flight at the swap"
+    assert any(swap_started <= a.sent <= swap_done for a in answers), "no request sent during the swap"
+    body = service.client.post("/v1/predictions", json={"entity_ids": batch}).json()
     assert body["model"] == models[1].key
     for item in body["items"]:
         assert item["prediction"]["score"] == pytest.approx(trained.expected[1][item["entity_id"]], abs=1e-6)

@@ -8,10 +8,10 @@ servers: they have different DSNs), so nothing here disturbs the shared store.
 
 from __future__ import annotations
 
-import threading
-import time
 import uuid
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime
 
 import psycopg
 import pytest
@@ -22,11 +22,12 @@ from shardctl.process import wait_until
 from shardctl.settings import TesseraSettings
 from shardctl.store.fence import FencedError, raise_fence
 from shardctl.store.hashing import TOTAL_LOGICAL_SHARDS, install_sql_functions, logical_shard_for, shard_for
-from shardctl.store.reader import FeatureReader
+from shardctl.store.reader import READ_SQL, FeatureReader
 from shardctl.store.schema import FENCE_DDL, MIGRATIONS, MIGRATIONS_TABLE, apply_schema, feature_table_ddl
 from shardctl.store.shardmap import ShardMap, ShardMapError, ShardMapStore
 from shardctl.store.writer import FeatureWriter
 from tests.store.conftest import make_rows
+from tests.store.fence_gate import fence_gate, transaction_ended, wait_for_blocked_session
 
 OLD_CATALOG_DDL = """
 CREATE TABLE tessera_shard_epochs (epoch bigint PRIMARY KEY, total_shards integer NOT NULL,
@@ -34,6 +35,19 @@ CREATE TABLE tessera_shard_epochs (epoch bigint PRIMARY KEY, total_shards intege
 CREATE TABLE tessera_shard_map (epoch bigint NOT NULL REFERENCES tessera_shard_epochs (epoch),
     shard_index integer NOT NULL, dsn text NOT NULL, PRIMARY KEY (epoch, shard_index));
 """
+
+
+def reader_sessions(dsn: str) -> dict[int, datetime]:
+    """The sessions on ``dsn``'s database whose last statement was a feature read (a reader's pooled
+    connections), by backend PID, with when each connected."""
+    prefix = READ_SQL.split("%s")[0]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        rows = conn.execute(
+            "SELECT pid, backend_start FROM pg_stat_activity "
+            "WHERE datname = current_database() AND starts_with(query, %s)",
+            (prefix,),
+        )
+        return dict(rows.fetchall())
 
 
 @pytest.fixture
@@ -152,7 +166,9 @@ def test_reads_and_writes_follow_the_placement_and_pools_survive_a_placement_onl
     with maps.watch(role="test") as watcher, FeatureWriter(watcher) as writer, FeatureReader(watcher) as reader:
         writer.write("fs", make_rows(400))
         assert len(reader.get_features([f"e{i}" for i in range(400)], "fs").records) == 400
-        pools_before = list(reader._pools.pools_for(watcher.current))
+        assert reader_sessions(scratch["a"])  # the reader reads server-0 through a pooled connection
+        with psycopg.connect(scratch["a"]) as conn:
+            before_move = conn.execute("SELECT clock_timestamp()").fetchone()[0]  # the server's clock
         # Move every logical shard to server-0 (rows copied by hand: what a migration's copy does).
         with psycopg.connect(scratch["b"]) as src, psycopg.connect(scratch["a"]) as dst:
             rows = src.execute(
@@ -171,7 +187,9 @@ def test_reads_and_writes_follow_the_placement_and_pools_survive_a_placement_onl
         read = reader.get_features([f"e{i}" for i in range(400)], "fs")
         assert len(read.records) == 400
         assert {r.shard for r in read.records.values()} == {0}
-        assert reader._pools.pools_for(watcher.current)[0] is pools_before[0]  # server-0 kept its pool
+        sessions = reader_sessions(scratch["a"])
+        assert sessions  # the read just made
+        assert max(sessions.values()) < before_move  # server-0 kept its pool: no connection opened since
         report = writer.write("fs", make_rows(10, prefix="after"))
         assert report.rows_per_shard == {0: 10}
         wait_until(lambda: maps.unacknowledged(moved.epoch, heartbeat_within_s=30) == [], 15)
@@ -192,14 +210,14 @@ def test_a_write_to_a_fenced_logical_shard_waits_for_the_next_epoch_then_lands(s
     with psycopg.connect(scratch["a"]) as conn:
         assert conn.execute("SELECT count(*) FROM entity_features").fetchone()[0] == 0
 
-    def publish_later() -> None:
-        time.sleep(1.0)
+    with maps.watch(role="test") as watcher, FeatureWriter(watcher) as writer, ThreadPoolExecutor(1) as pool:
+        # Seen at its fence check, then let through: refused, the write rolls back and waits for an epoch.
+        with fence_gate(scratch["a"], fenced) as gate:
+            writing = pool.submit(writer.write, "fs", rows)
+            writer_pid = wait_for_blocked_session(scratch["a"], gate)
+        assert wait_until(lambda: transaction_ended(scratch["a"], writer_pid), 30), "the fenced write never rolled back"
+        assert not writing.done(), writing.result()
         maps.publish_placement(first.placement_by_name(), expected_epoch=first.epoch, note="cutover")
-
-    with maps.watch(role="test") as watcher, FeatureWriter(watcher) as writer:
-        later = threading.Thread(target=publish_later)
-        later.start()
-        report = writer.write("fs", rows)
-        later.join()
+        report = writing.result(30)
     assert report.retries >= 1
     assert (report.epoch, report.inserted) == (first.epoch + 1, 100)
