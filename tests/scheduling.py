@@ -29,6 +29,7 @@ SHARED_FIXTURE_GROUPS: dict[str, tuple[str, ...]] = {
     ),
     # `graph`: every day's partitions and the model job materialized on the worker's stack.
     "asset-graph-pipeline": (
+        "tests/orchestration/test_automl.py",
         "tests/orchestration/test_least_privilege.py",
         "tests/orchestration/test_pipeline.py",
         "tests/orchestration/test_point_in_time.py",
@@ -43,12 +44,11 @@ SHARED_FIXTURE_GROUPS: dict[str, tuple[str, ...]] = {
 # Units measured at a minute or more on 2 cores, longest first; every other unit follows in collection order.
 LONGEST_FIRST: tuple[str, ...] = (
     "tests/serving/test_bench_harness.py",
+    "asset-graph-pipeline",
     "asset-graph-ui",
     "ha-stack-failover",
     "tests/test_fallback_runtimes.py",
-    "asset-graph-pipeline",
     "ha-stack-heal",
-    "tests/orchestration/test_automl.py",
     "tests/ha/test_nemesis.py",
     "tests/test_stack_servers.py",
     "tests/migrate/test_online_migration.py",
