@@ -20,6 +20,7 @@ from litestar.openapi import OpenAPIConfig
 from litestar.plugins import InitPluginProtocol
 from litestar.types import ASGIApp
 
+from serving.body_framing import CompleteBodies
 from serving.controllers import CONTROLLERS
 from serving.drain import CountInFlight, InFlight
 from serving.fast_path import PredictionFastPath
@@ -75,7 +76,7 @@ class ServingPlugin(InitPluginProtocol):
             }
         )
         app_config.lifespan.append(self.lifespan)
-        app_config.middleware.append(RequestMetrics)
+        app_config.middleware.extend([RequestMetrics, CompleteBodies])
         app_config.plugins.append(problem_details_plugin(self.serving.retry_after_seconds))
         app_config.exception_handlers.update(exception_handlers())
         app_config.openapi_config = OpenAPIConfig(title="Tessera prediction service", version="1.0.0")

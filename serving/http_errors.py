@@ -1,6 +1,7 @@
 """The one place errors become HTTP: a status per domain error type, ``Retry-After`` on retryable ones, and every
 error body an RFC 9457 problem detail (``application/problem+json``: ``status``, ``title``, the message in
-``detail``; a malformed body's field errors in ``errors``). A malformed request is 422, never 400.
+``detail``; a malformed body's field errors in ``errors``). A malformed body is 422; a body that never arrived
+whole (broken framing: ``serving.body_framing``) is 400.
 
 Litestar's ``ProblemDetailsPlugin`` renders them: each exception type converts to a ``ProblemDetailsException``.
 """
@@ -16,6 +17,7 @@ from litestar.exceptions import HTTPException, ValidationException
 from litestar.plugins.problem_details import ProblemDetailsConfig, ProblemDetailsException, ProblemDetailsPlugin
 from litestar.types import ExceptionHandlersMap
 
+from serving.body_framing import IncompleteBodyError
 from serving.errors import NoModelError, PredictionError, ShardDownError, UnknownEntityError
 
 log = logging.getLogger(__name__)
@@ -47,6 +49,10 @@ def _invalid_body(exc: ValidationException) -> ProblemDetailsException:
     return problem(422, str(exc.detail), errors=exc.extra if isinstance(exc.extra, list) else None)
 
 
+def _incomplete_body(exc: IncompleteBodyError) -> ProblemDetailsException:
+    return problem(400, str(exc.detail))
+
+
 def _http_error(exc: HTTPException) -> ProblemDetailsException:
     """Litestar's own errors (unknown route, wrong method, body too large...); its 400s are 422 here."""
     status = 422 if exc.status_code == 400 else exc.status_code
@@ -75,6 +81,7 @@ def problem_details_plugin(retry_after_seconds: int) -> ProblemDetailsPlugin:
             exception_to_problem_detail_map={
                 PredictionError: domain_error,
                 ValidationException: _invalid_body,
+                IncompleteBodyError: _incomplete_body,
                 HTTPException: _http_error,
             }
         )

@@ -3,6 +3,9 @@
 
 from __future__ import annotations
 
+import contextlib
+import socket
+
 import pytest
 
 from shardctl.process import free_port
@@ -157,3 +160,64 @@ def test_no_promoted_model_is_503_with_a_message(serving_stack, own_redis, model
         assert ready.json()["detail"] == "no model promoted"
     finally:
         svc.stop()
+
+
+def _raw_exchange(port: int, request: bytes, *, close_write: bool = False) -> bytes:
+    """Send ``request`` bytes as they are on a new connection; return all the server answers before closing."""
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as conn:
+        conn.sendall(request)
+        if close_write:
+            conn.shutdown(socket.SHUT_WR)
+        answer = b""
+        with contextlib.suppress(ConnectionResetError):
+            while chunk := conn.recv(65536):
+                answer += chunk
+                if b"\r\n\r\n" in answer and len(answer.split(b"\r\n\r\n", 1)[1]) >= _content_length(answer):
+                    break
+        return answer
+
+
+def _content_length(answer: bytes) -> int:
+    for line in answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+HEAD = b"POST /v1/predictions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+BROKEN_FRAMING = [
+    (
+        "malformed chunk size",
+        HEAD + b"Transfer-Encoding: chunked\r\n\r\nzz\r\n" + b'{"entity_id": "c"}' + b"\r\n0\r\n\r\n",
+    ),
+    ("chunk longer than its size", HEAD + b'Transfer-Encoding: chunked\r\n\r\n2\r\n{"entity_id": "c"}\r\n0\r\n\r\n'),
+    ("body shorter than its Content-Length", HEAD + b'Content-Length: 200\r\n\r\n{"entity_id": "c'),
+]
+
+
+@pytest.mark.req("JTBD-02.errors")
+@pytest.mark.parametrize(("case", "request_bytes"), BROKEN_FRAMING, ids=[c for c, _ in BROKEN_FRAMING])
+def test_a_broken_body_framing_is_the_clients_error_never_a_5xx(service, case, request_bytes):
+    """Granian reports a body that never arrives whole as a disconnect; the answer is a 400 problem detail (or
+    a closed connection, if the server gives up on the framing first), never a 5xx, and the worker serves on."""
+    server_errors = service.metric("tessera_serving_requests_total", status_code="500")
+    answer = _raw_exchange(service.port, request_bytes, close_write=True)
+    if answer:
+        status_line, _, rest = answer.partition(b"\r\n")
+        status = int(status_line.split()[1])
+        assert 400 <= status < 500, f"{case}: {answer[:300]!r}"
+        assert b"application/problem+json" in rest.split(b"\r\n\r\n", 1)[0].lower(), answer[:300]
+        assert b"body ended before it was complete" in rest, answer[:300]
+    assert service.metric("tessera_serving_requests_total", status_code="500") == server_errors
+    assert service.client.post("/v1/predictions", json={"entity_id": entity_id(1)}).status_code == 200
+
+
+@pytest.mark.req("JTBD-02.errors")
+def test_a_client_that_leaves_mid_body_costs_no_server_error_and_others_are_served(service):
+    server_errors = service.metric("tessera_serving_requests_total", status_code="500")
+    for _ in range(5):
+        with socket.create_connection(("127.0.0.1", service.port), timeout=10) as conn:
+            conn.sendall(HEAD + b'Content-Length: 500\r\n\r\n{"entity_id": ')
+    assert service.client.post("/v1/predictions", json={"entity_id": entity_id(2)}).status_code == 200
+    assert service.metric("tessera_serving_requests_total", status_code="500") == server_errors
