@@ -559,7 +559,8 @@ class Stack:
         return failed
 
     def remove_server(self, name: str) -> StackState:
-        """Stop and delete server ``name`` (e.g. ``server-2``) and forget it in the state and settings files.
+        """Stop and delete server ``name`` (e.g. ``server-2``) and forget it in the catalog's server registry and
+        in the state and settings files.
 
         Refused, with what to do, while the catalog places any logical shard on it, while it still holds
         rows, or while a migration runs: removing a server never loses a row. An HA stack removes its last
@@ -575,6 +576,8 @@ class Stack:
         if state.ha is not None and name != names[-1]:
             raise StackError(f"an HA stack removes its last server only ({names[-1]}), not {name}")
         self._check_removable(state, name)
+        # The catalog forgets it first: it refuses, under the publishers' lock, a server a placement still uses.
+        ShardMapStore(self.postgres_servers(state)[0].dsn()).unregister_server(name)
         position = names.index(name)
         if state.ha is None:
             server = self.postgres_servers(state)[1 + position]
@@ -595,10 +598,6 @@ class Stack:
         self._save_state(state)
         self._write_settings(state)
         self._drop_data(before, [name])
-        maps = ShardMapStore(self.postgres_servers(state)[0].dsn())
-        forget = getattr(maps, "unregister_server", None)  # the catalog forgets it where the store can
-        if forget is not None:
-            forget(name)
         return state
 
     def _check_removable(self, state: StackState, name: str) -> None:

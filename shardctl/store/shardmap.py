@@ -251,6 +251,25 @@ class ShardMapStore:
                 return {}
         return {name: with_credentials(dsn, caller) for name, dsn in rows}
 
+    def unregister_server(self, name: str) -> bool:
+        """Forget server ``name``, so `servers list` and plans no longer offer it; returns whether it was known.
+
+        Refused (``ShardMapError``) while the current epoch places a logical shard on it: its rows would have
+        nowhere to be read from. Under the publishers' lock, so no publish can place logical shards on it
+        between the check and the delete."""
+        check_server_name(name)
+        self.ensure_schema()
+        with self._connect() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PUBLISH_LOCK_KEY,))
+            current = _read_current(conn)
+            held = current.logical_shards_on(name) if current is not None else []
+            if current is not None and held:
+                raise ShardMapError(
+                    f"server {name} holds {len(held)} logical shards in epoch {current.epoch}: move them away "
+                    f"first (`shardctl migrate run --remove-server {name}`)"
+                )
+            return conn.execute("DELETE FROM tessera_servers WHERE name = %s", (name,)).rowcount > 0
+
     # --- publishing ----------------------------------------------------------------------------------------------
 
     def publish_placement(self, placement: Mapping[int, str], *, expected_epoch: int, note: str = "") -> ShardMap:
