@@ -3,7 +3,6 @@ shard's open transaction and COPY), ``commit`` (all shards merge, then commit, o
 Row validation is ``shardctl.store.validation``, shared with the readers and the export."""
 
 from shardctl.store.errors import BadFeatureRowError, FeatureWriteError, PartialCommitError
-from shardctl.store.shardmap import StaleShardMapError
 from shardctl.store.validation import FeatureRow
 from shardctl.store.writer.feature_writer import FeatureWriter, WriteReport
 
@@ -13,6 +12,5 @@ __all__ = [
     "FeatureWriteError",
     "FeatureWriter",
     "PartialCommitError",
-    "StaleShardMapError",
     "WriteReport",
 ]

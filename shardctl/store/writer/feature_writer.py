@@ -3,14 +3,13 @@
 The batch is all-or-nothing as far as Postgres can make it without two-phase commit:
 
 1. Rows are validated in chunks (a bad row raises ``BadFeatureRowError`` naming its position and id) and
-   each valid chunk is routed and streamed at once into every server's open transaction: server fence check
-   (the write's shard-map epoch), then binary ``COPY`` into a temporary staging table (or, for fresh entities,
-   straight into the table under a savepoint). A bad row anywhere aborts every shard's COPY and rolls
-   every shard back: nothing of the batch is ever committed anywhere. Validation completes before any
-   commit, and overlapping it with the COPY keeps the writer near raw ``COPY`` speed. Before the merge each
-   server's transaction checks the per-logical-shard fence of every logical shard it wrote
-   (``shardctl/store/fence.py``): a cutover that fenced one of them refuses the batch, which rolls back, waits
-   for the new epoch and is routed again (the caller sees latency, not an error).
+   each valid chunk is routed and streamed at once into every server's open transaction: binary ``COPY``
+   into a temporary staging table (or, for fresh entities, straight into the table under a savepoint). A bad
+   row anywhere aborts every shard's COPY and rolls every shard back: nothing of the batch is ever committed
+   anywhere. Validation completes before any commit, and overlapping it with the COPY keeps the writer near
+   raw ``COPY`` speed. Before the merge each server's transaction checks the per-logical-shard fence of every
+   logical shard it wrote (``shardctl/store/fence.py``): a cutover that fenced one of them refuses the batch,
+   which rolls back, waits for the new epoch and is routed again (the caller sees latency, not an error).
 2. Staged rows are merged with ``INSERT ... ON CONFLICT DO UPDATE`` in sub-batches, on a pool thread
    while the next rows are validated; the last sub-batch of every shard is merged in parallel. No shard
    commits until every shard has merged; if any fails, all roll back (``FeatureWriteError``).
@@ -44,7 +43,7 @@ from shardctl.store import fence
 from shardctl.store.errors import BadFeatureRowError, FeatureWriteError, ShardUnavailableError
 from shardctl.store.hashing import TOTAL_LOGICAL_SHARDS
 from shardctl.store.pools import ShardPools
-from shardctl.store.shardmap import ShardMap, ShardMapWatcher, StaleShardMapError
+from shardctl.store.shardmap import ShardMap, ShardMapWatcher
 from shardctl.store.validation import CopyRow, FeatureRow, RowValidator, validate_feature_set
 from shardctl.store.writer.commit import (
     classify,
@@ -125,11 +124,6 @@ class FeatureWriter:
     def shard_map(self) -> ShardMap:
         return self._maps.current if isinstance(self._maps, ShardMapWatcher) else self._maps
 
-    def _refresh(self) -> ShardMap | None:
-        if isinstance(self._maps, ShardMapWatcher):
-            return self._maps.refresh()
-        return None
-
     def write(self, feature_set: str, rows: Iterable[FeatureRow]) -> WriteReport:
         """Upsert ``rows`` for ``feature_set``; see the module docstring for the guarantees."""
         started = time.perf_counter()
@@ -162,12 +156,6 @@ class FeatureWriter:
                 # the cutover gives up, the one that keeps them) and route again.
                 shard_map = self._wait_for_epoch(exc, shard_map, started)
                 retries += 1
-            except StaleShardMapError as exc:
-                refreshed = self._refresh()
-                if retries or refreshed is None or refreshed.epoch <= shard_map.epoch:
-                    raise
-                log.info("%s; retrying on epoch %s", exc, refreshed.epoch)
-                shard_map, retries = refreshed, retries + 1
         report.retries = retries
         report.seconds = time.perf_counter() - started
         return report
@@ -229,7 +217,6 @@ class FeatureWriter:
                                 stream = streams[i] = open_stream(
                                     conns[i],
                                     i,
-                                    shard_map.epoch,
                                     feature_set,
                                     group,
                                     fresh_fast_path=self.fresh_fast_path,
