@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -66,25 +66,20 @@ def _plain_ids(state: StackState) -> list[int]:
     return list(state.server_ids) if state.server_ids is not None else list(range(len(state.shard_ports)))
 
 
+@dataclass
 class StackLayout:
-    """The stack rooted at ``data_dir``: its files, and the servers, ports and folders a state describes."""
+    """The stack rooted at ``data_dir``: its files, and the servers, ports and folders a state describes. The
+    other fields say where to find binaries and Java, and how to lay out a new stack."""
 
-    def __init__(
-        self,
-        data_dir: Path,
-        *,
-        postgres_bin_dir: str | None = None,
-        run_as_user: str | None = None,
-        ha_settings: HASettings | None = None,
-        java_home: str | None = None,
-        ha_proxied: bool = False,
-    ):
-        self.ha_proxied = ha_proxied  # members talk through fault-injection proxies (nemesis runs only)
-        self.data_dir = Path(data_dir).absolute()
-        self.java_home = java_home
-        self.postgres_bin_dir = postgres_bin_dir
-        self.run_as_user = run_as_user
-        self.ha_settings = ha_settings or HASettings()
+    data_dir: Path
+    postgres_bin_dir: str | None = None
+    run_as_user: str | None = None
+    ha_settings: HASettings = field(default_factory=HASettings)
+    java_home: str | None = None
+    ha_proxied: bool = False  # members talk through fault-injection proxies (nemesis runs only)
+
+    def __post_init__(self) -> None:
+        self.data_dir = Path(self.data_dir).absolute()
 
     # -- files -----------------------------------------------------------------------------------------
     @property

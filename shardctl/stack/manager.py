@@ -40,12 +40,7 @@ class Stack:
         ha_proxied: bool = False,
     ):
         self.layout = StackLayout(
-            data_dir,
-            postgres_bin_dir=postgres_bin_dir,
-            run_as_user=run_as_user,
-            ha_settings=ha_settings,
-            java_home=java_home,
-            ha_proxied=ha_proxied,
+            data_dir, postgres_bin_dir, run_as_user, ha_settings or HASettings(), java_home, ha_proxied
         )
         self.default_shards = default_shards
 
