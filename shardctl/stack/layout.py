@@ -22,6 +22,7 @@ from shardctl.stack.redis_server import RedisServer
 from shardctl.stack.server_runtime import reachable_postgres
 from shardctl.stack.users import chown_tree, server_user, user_can_write
 from shardctl.store.grants import PIPELINE_ROLE, SERVING_ROLE, WRITER_ROLE
+from shardctl.store.shardmap import server_name  # server n of the stack is server-n in the catalog
 
 STATE_FILE_NAME = "stack.json"
 CATALOG = "catalog"
@@ -30,11 +31,6 @@ DAGSTER_DATABASE = "dagster"
 
 class StackError(RuntimeError):
     """A request the stack cannot honour; the message says why and what to do."""
-
-
-def server_name(number: int) -> str:
-    """The catalog's name of the stack's server ``number`` (the store names a fresh store's servers so)."""
-    return f"server-{number}"
 
 
 @dataclass

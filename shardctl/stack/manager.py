@@ -17,12 +17,12 @@ from shardctl.stack import lifecycle, topology
 from shardctl.stack import status as stack_status
 from shardctl.stack.ha.cluster import HACluster
 from shardctl.stack.ha.settings import HASettings
-from shardctl.stack.layout import STATE_FILE_NAME, StackError, StackLayout, StackState, server_name
+from shardctl.stack.layout import STATE_FILE_NAME, StackError, StackLayout, StackState
 from shardctl.stack.postgres import PostgresServer
 from shardctl.stack.redis_server import RedisServer
 from shardctl.stack.status import ServerStatus
 
-__all__ = ["STATE_FILE_NAME", "ServerStatus", "Stack", "StackError", "StackState", "server_name"]
+__all__ = ["STATE_FILE_NAME", "ServerStatus", "Stack", "StackError", "StackState"]
 
 
 class Stack:

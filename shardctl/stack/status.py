@@ -13,8 +13,8 @@ from shardctl.control.ha import HAError, leader, shard_members
 from shardctl.java import JavaUnavailableError, check_runtime
 from shardctl.process import pid_alive
 from shardctl.stack.ha.cluster import HACluster
-from shardctl.stack.layout import CATALOG, StackLayout, StackState, server_name
-from shardctl.store.shardmap import ShardMapError, ShardMapStore
+from shardctl.stack.layout import CATALOG, StackLayout, StackState
+from shardctl.store.shardmap import ShardMapError, ShardMapStore, server_name
 
 
 @dataclass

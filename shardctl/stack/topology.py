@@ -15,8 +15,8 @@ from shardctl.control.migration.journal import Journal
 from shardctl.process import allocate_ports
 from shardctl.stack import lifecycle
 from shardctl.stack.ha.etcd import forget_scope
-from shardctl.stack.layout import StackError, StackLayout, StackState, server_name
-from shardctl.store.shardmap import ShardMapStore
+from shardctl.stack.layout import StackError, StackLayout, StackState
+from shardctl.store.shardmap import ShardMapStore, server_name
 
 
 def add_servers(layout: StackLayout, count: int) -> StackState:
