@@ -19,6 +19,7 @@ from shardctl.control.roles import RoleSetupError, ensure_roles
 from shardctl.credentials import DbCredentials, location_only, with_credentials
 from shardctl.process import free_port
 from shardctl.settings import TesseraSettings
+from shardctl.stack.binaries import find_postgres
 from shardctl.stack.manager import Stack
 from shardctl.stack.postgres import PostgresServer
 from shardctl.store import FeatureStore, prepare
@@ -249,9 +250,8 @@ def scram_server(local_stack: Stack, tmp_path) -> Iterator[PostgresServer]:
     state = local_stack.load_state()
     assert state is not None
     root = Path(state.pg_root)
-    server = PostgresServer(
-        "scram", free_port(), root / f"scram-{uuid.uuid4().hex[:6]}", local_stack._binaries(state), state.user
-    )
+    binaries = find_postgres(state.postgres["bin_dir"])  # the binaries the stack recorded it runs
+    server = PostgresServer("scram", free_port(), root / f"scram-{uuid.uuid4().hex[:6]}", binaries, state.user)
     server.init_from(root / "template")
     hba = server.data_dir / "pg_hba.conf"
     with hba.open("r+") as conf:  # rewritten in place: the server user keeps owning it
