@@ -29,7 +29,8 @@ _CHANGE_LOG_WRITE = ("SELECT", "INSERT", "DELETE")
 SHARD_GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "entity_features": {SERVING_ROLE: ("SELECT",), WRITER_ROLE: _FEATURE_WRITE, PIPELINE_ROLE: _FEATURE_WRITE},
     # Migration 2's whole-server fence: no part reads or moves it any more (the per-logical-shard fence below
-    # replaced it); the table stays because applied migrations are history.
+    # replaced it). The table stays for now: writers of an older Tessera still lock it during an upgrade (their
+    # grants, given before, are kept); a later migration can drop it once none runs.
     "tessera_shard_fence": {},
     # The per-logical-shard fence (resharding's cutover): locked FOR SHARE by writes, which Postgres allows only
     # with UPDATE on some column; only the control plane raises it. UPDATE of ``changed_at`` alone is what lets
