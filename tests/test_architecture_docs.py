@@ -45,6 +45,8 @@ def test_scenarios_name_tests_that_exist() -> None:
 # Layers: base helpers (settings, process, java) < store < control < stack < cli; serving and orchestration
 # sit on the store (and the control plane) and never reach the local stack at run time.
 _NOT_ABOVE_STORE = ("shardctl.control", "shardctl.stack", "shardctl.cli", "serving", "orchestration")
+_STACK_JOBS = tuple(f"shardctl.stack.{job}" for job in ("layout", "lifecycle", "status", "topology", "manager"))
+_STACK_BASE = ("binaries", "users", "postgres", "redis_server", "server_runtime", "settings")
 LAYER_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("shardctl/settings.py", ("shardctl.store", *_NOT_ABOVE_STORE)),
     ("shardctl/process.py", ("shardctl.store", *_NOT_ABOVE_STORE)),
@@ -63,14 +65,10 @@ LAYER_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("orchestration", ("testkit", "tests")),
     ("testkit", ("tests",)),
     ("bench", ("tests",)),
-    # Inside the stack: its base modules < ha/ (the local HA cluster) < manager.py, which composes them.
-    ("shardctl/stack/ha", ("shardctl.stack.manager",)),
-    ("shardctl/stack/binaries.py", ("shardctl.stack.ha", "shardctl.stack.manager")),
-    ("shardctl/stack/users.py", ("shardctl.stack.ha", "shardctl.stack.manager")),
-    ("shardctl/stack/postgres.py", ("shardctl.stack.ha", "shardctl.stack.manager")),
-    ("shardctl/stack/redis_server.py", ("shardctl.stack.ha", "shardctl.stack.manager")),
-    ("shardctl/stack/server_runtime.py", ("shardctl.stack.ha", "shardctl.stack.manager")),
-    ("shardctl/stack/settings.py", ("shardctl.stack.ha", "shardctl.stack.manager")),
+    # Inside the stack: its base modules < ha/ (the local HA cluster) < the stack's jobs (layout, lifecycle,
+    # status, topology) < manager.py, the facade that composes them.
+    ("shardctl/stack/ha", _STACK_JOBS),
+    *((f"shardctl/stack/{base}.py", ("shardctl.stack.ha", *_STACK_JOBS)) for base in _STACK_BASE),
 )
 
 

@@ -17,14 +17,28 @@ from psycopg.conninfo import conninfo_to_dict
 
 from shardctl.process import pid_alive
 from shardctl.stack.manager import Stack
-from shardctl.store.shardmap import ShardMapStore
+from shardctl.store.shardmap import ShardMapError, ShardMapStore
 from tests.conftest import _random_base_port
 
 
-def _shardctl(*args: str) -> subprocess.CompletedProcess[str]:
+def _shardctl(*args: str, settings_file: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """Run the CLI; with ``settings_file``, against that stack's catalog (commands that take no --data-dir)."""
+    env = dict(os.environ)
+    if settings_file is not None:
+        env["TESSERA_SETTINGS_FILE"] = str(settings_file)
+        env.pop("TESSERA_CATALOG_DSN", None)
     return subprocess.run(
-        [sys.executable, "-m", "shardctl.cli", *args], capture_output=True, text=True, env=dict(os.environ), check=False
+        [sys.executable, "-m", "shardctl.cli", *args], capture_output=True, text=True, env=env, check=False
     )
+
+
+def _listed_servers(stack: Stack) -> tuple[set[str], str]:
+    """`shardctl servers list`: the names its ``--json`` gives, and its table."""
+    as_json = _shardctl("servers", "list", "--json", settings_file=stack.settings_file)
+    assert as_json.returncode == 0, as_json.stderr
+    table = _shardctl("servers", "list", settings_file=stack.settings_file)
+    assert table.returncode == 0, table.stderr
+    return {row["name"] for row in json.loads(as_json.stdout)["servers"]}, table.stdout
 
 
 @pytest.fixture
@@ -80,6 +94,9 @@ def test_up_adds_empty_registered_servers_and_remove_server_refuses_a_placed_one
         "server-2": 0,
     }
     assert all(rows[n]["healthy"] for n in ("server-0", "server-1", "server-2"))
+    names, table = _listed_servers(stack)
+    assert names == {"server-0", "server-1", "server-2"}
+    assert "server-1" in table
 
     fewer = _shardctl("stack", "up", "--servers", "2", "--data-dir", str(stack.data_dir))
     placed = _shardctl("stack", "remove-server", "server-0", "--data-dir", str(stack.data_dir))
@@ -118,3 +135,13 @@ def test_up_adds_empty_registered_servers_and_remove_server_refuses_a_placed_one
     assert "server-0" in listed
     assert "server-2" in listed
     assert "server-1" not in listed
+    # The catalog forgot it too: `servers list` (both forms) no longer offers it, and the registry has no row.
+    names, table = _listed_servers(stack)
+    assert names == {"server-0", "server-2"}
+    assert "server-1" not in table
+    assert "server-0" in table
+    assert set(ShardMapStore(catalog).registered_servers()) == {"server-0", "server-2"}
+    # The catalog itself refuses to forget a server the placement still uses, whoever asks.
+    with pytest.raises(ShardMapError, match=r"server-0 holds 256 logical shards"):
+        ShardMapStore(catalog).unregister_server("server-0")
+    assert "server-0" in ShardMapStore(catalog).registered_servers()

@@ -22,18 +22,19 @@ PIPELINE_ROLE = "tessera_pipeline"  # writes features, registers models, owns or
 PART_ROLES = (SERVING_ROLE, WRITER_ROLE, PIPELINE_ROLE)
 
 _FEATURE_WRITE = ("SELECT", "INSERT", "UPDATE")
-# The writer reads the fence FOR SHARE, which Postgres allows only with UPDATE on some column: UPDATE of
-# ``singleton`` alone, whose CHECK admits only true, lets it lock the row without being able to move the fence.
-_FENCE_LOCK = ("SELECT", "UPDATE (singleton)")
 _LOGICAL_FENCE_LOCK = ("SELECT", "UPDATE (changed_at)")
 _CHANGE_LOG_WRITE = ("SELECT", "INSERT", "DELETE")
 
 # table -> role -> privileges, on every shard. Tables the parts never touch map to {}.
 SHARD_GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "entity_features": {SERVING_ROLE: ("SELECT",), WRITER_ROLE: _FEATURE_WRITE, PIPELINE_ROLE: _FEATURE_WRITE},
-    "tessera_shard_fence": {WRITER_ROLE: _FENCE_LOCK, PIPELINE_ROLE: _FENCE_LOCK},
-    # The per-logical-shard fence (resharding's cutover): locked FOR SHARE by writes; only the control plane
-    # raises it. UPDATE of ``changed_at`` alone is what lets a writer take the lock without moving the fence.
+    # Migration 2's whole-server fence: no part reads or moves it any more (the per-logical-shard fence below
+    # replaced it). The table stays for now: writers of an older Tessera still lock it during an upgrade (their
+    # grants, given before, are kept); a later migration can drop it once none runs.
+    "tessera_shard_fence": {},
+    # The per-logical-shard fence (resharding's cutover): locked FOR SHARE by writes, which Postgres allows only
+    # with UPDATE on some column; only the control plane raises it. UPDATE of ``changed_at`` alone is what lets
+    # a writer take the lock without moving the fence.
     "tessera_logical_shard_fence": {WRITER_ROLE: _LOGICAL_FENCE_LOCK, PIPELINE_ROLE: _LOGICAL_FENCE_LOCK},
     # The change log serving follows (cache invalidation): writes log their batch and prune old entries.
     "tessera_feature_changes": {

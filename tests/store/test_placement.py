@@ -197,6 +197,7 @@ def test_reads_and_writes_follow_the_placement_and_pools_survive_a_placement_onl
     assert watcher.process not in maps.acknowledgements(heartbeat_within_s=30)  # stopped: gone
 
 
+@pytest.mark.req("JTBD-03.shard-map")
 @pytest.mark.req("JTBD-03.migration")
 def test_a_write_to_a_fenced_logical_shard_waits_for_the_next_epoch_then_lands(scratch: dict[str, str]) -> None:
     apply_schema(scratch["a"])

@@ -1,6 +1,6 @@
-"""Shard map epochs, the stale-write fence, and failures, on a private 2-shard stack.
+"""Shard map epochs and failures, on a private 2-shard stack.
 
-These tests publish epochs, raise fences, add constraints and stop a shard: things that would disturb the
+These tests publish epochs, add constraints and stop a shard: things that would disturb the
 session stack other tests share, so this module starts (and stops) a small stack of its own.
 """
 
@@ -23,8 +23,7 @@ from shardctl.store import FeatureStore
 from shardctl.store.async_reader import AsyncFeatureReader
 from shardctl.store.errors import BadEntityIdError, FeatureWriteError, ShardUnavailableError
 from shardctl.store.reader import ReadResult
-from shardctl.store.shardmap import ShardMap, ShardMapError, ShardMapStore, ShardMapWatcher, StaleShardMapError
-from shardctl.store.writer import FeatureWriter
+from shardctl.store.shardmap import ShardMap, ShardMapError, ShardMapStore
 from tests.store.conftest import T0, make_rows, private_stack, shard_snapshot
 
 
@@ -97,25 +96,6 @@ def test_a_published_epoch_reaches_a_running_reader_within_one_second(own_stack:
             await on_loop.close()
 
     asyncio.run(both_readers())
-
-
-@pytest.mark.req("JTBD-03.shard-map")
-def test_a_write_routed_on_a_stale_epoch_is_refused_then_retried_on_the_new_map(own_stack: OwnStack) -> None:
-    maps = ShardMapStore(own_stack.settings.catalog_dsn)
-    follower = ShardMapWatcher(maps)  # never started: it knows only the epoch it read, until refreshed
-    frozen = maps.current()
-    with FeatureWriter(follower) as writer, FeatureWriter(frozen) as frozen_writer:
-        fenced = maps.publish(frozen.dsns, note="test: fence", fence_shards=True)
-        for dsn in frozen.dsns:
-            with psycopg.connect(dsn) as conn:
-                assert conn.execute("SELECT min_epoch FROM tessera_shard_fence").fetchone()[0] == fenced.epoch
-        before = shard_snapshot(frozen.dsns, "fs_stale")
-        with pytest.raises(StaleShardMapError, match=f"epoch {frozen.epoch}"):
-            frozen_writer.write("fs_stale", make_rows(30))  # a static map cannot refresh: refused, nothing written
-        assert shard_snapshot(frozen.dsns, "fs_stale") == before
-        report = writer.write("fs_stale", make_rows(30))
-    assert (report.retries, report.epoch, report.inserted) == (1, fenced.epoch, 30)
-    assert follower.current.epoch == fenced.epoch
 
 
 @pytest.mark.req("JTBD-03.writer")

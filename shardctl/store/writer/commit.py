@@ -17,7 +17,7 @@ from psycopg_pool import PoolTimeout
 from shardctl.store.errors import FeatureWriteError, PartialCommitError, ShardUnavailableError
 from shardctl.store.fence import FencedError
 from shardctl.store.retry import failover_in, is_multi_host
-from shardctl.store.shardmap import ShardMap, StaleShardMapError
+from shardctl.store.shardmap import ShardMap
 from shardctl.store.writer.streaming import ShardResult, ShardStream
 
 
@@ -50,10 +50,11 @@ def merge_all(
 
 
 def raise_failures(failures: dict[int, BaseException]) -> None:
-    """Raise what the caller should see: a stale map first, one shard's outage as itself, else all of them."""
-    stale = [f for f in failures.values() if isinstance(f, StaleShardMapError | FencedError)]
-    if stale:
-        raise stale[0]
+    """Raise what the caller should see: a fence first (the batch waits and re-routes), one shard's outage as
+    itself, else all of them."""
+    fenced = [f for f in failures.values() if isinstance(f, FencedError)]
+    if fenced:
+        raise fenced[0]
     if len(failures) == 1:
         only = next(iter(failures.values()))
         if isinstance(only, ShardUnavailableError):
@@ -103,7 +104,7 @@ def failover_retryable(exc: ShardUnavailableError | FeatureWriteError, shard_map
 
 def classify(shard: int, dsn: str, exc: BaseException) -> BaseException:
     """A lost connection or an exhausted pool is the shard being unavailable; anything else stays itself."""
-    if isinstance(exc, StaleShardMapError | FencedError | ShardUnavailableError):
+    if isinstance(exc, FencedError | ShardUnavailableError):
         return exc
     if isinstance(exc, psycopg.OperationalError | PoolTimeout):
         return ShardUnavailableError(shard, dsn, exc)

@@ -3,14 +3,13 @@
 The batch is all-or-nothing as far as Postgres can make it without two-phase commit:
 
 1. Rows are validated in chunks (a bad row raises ``BadFeatureRowError`` naming its position and id) and
-   each valid chunk is routed and streamed at once into every server's open transaction: server fence check
-   (the write's shard-map epoch), then binary ``COPY`` into a temporary staging table (or, for fresh entities,
-   straight into the table under a savepoint). A bad row anywhere aborts every shard's COPY and rolls
-   every shard back: nothing of the batch is ever committed anywhere. Validation completes before any
-   commit, and overlapping it with the COPY keeps the writer near raw ``COPY`` speed. Before the merge each
-   server's transaction checks the per-logical-shard fence of every logical shard it wrote
-   (``shardctl/store/fence.py``): a cutover that fenced one of them refuses the batch, which rolls back, waits
-   for the new epoch and is routed again (the caller sees latency, not an error).
+   each valid chunk is routed and streamed at once into every server's open transaction: binary ``COPY``
+   into a temporary staging table (or, for fresh entities, straight into the table under a savepoint). A bad
+   row anywhere aborts every shard's COPY and rolls every shard back: nothing of the batch is ever committed
+   anywhere. Validation completes before any commit, and overlapping it with the COPY keeps the writer near
+   raw ``COPY`` speed. Before the merge each server's transaction checks the per-logical-shard fence of every
+   logical shard it wrote (``shardctl/store/fence.py``): a cutover that fenced one of them refuses the batch,
+   which rolls back, waits for the new epoch and is routed again (the caller sees latency, not an error).
 2. Staged rows are merged with ``INSERT ... ON CONFLICT DO UPDATE`` in sub-batches, on a pool thread
    while the next rows are validated; the last sub-batch of every shard is merged in parallel. No shard
    commits until every shard has merged; if any fails, all roll back (``FeatureWriteError``).
@@ -41,29 +40,18 @@ import psycopg
 from psycopg.types.json import set_json_dumps
 
 from shardctl.store import fence
-from shardctl.store.errors import BadFeatureRowError, FeatureWriteError, ShardUnavailableError
-from shardctl.store.hashing import TOTAL_LOGICAL_SHARDS
+from shardctl.store.errors import FeatureWriteError, ShardUnavailableError
 from shardctl.store.pools import ShardPools
-from shardctl.store.shardmap import ShardMap, ShardMapWatcher, StaleShardMapError
+from shardctl.store.shardmap import ShardMap, ShardMapWatcher
 from shardctl.store.validation import CopyRow, FeatureRow, RowValidator, validate_feature_set
-from shardctl.store.writer.commit import (
-    classify,
-    commit_all,
-    failover_retryable,
-    merge_all,
-    raise_failures,
-    rollback_all,
-)
-from shardctl.store.writer.streaming import ShardStream, open_stream
+from shardctl.store.writer.batch import RoutedBatch
+from shardctl.store.writer.commit import failover_retryable
+from shardctl.store.writer.streaming import ShardResult
 
 log = logging.getLogger(__name__)
 
 _CHUNK_ROWS = 1000  # small chunks keep the shards fed while the next chunk is validated
 _MERGE_ROWS = 50_000  # a shard merges staged rows in sub-batches this size, overlapping the next validation
-
-
-class _StopStreaming(Exception):
-    """A shard failed while rows were streaming: stop, roll every shard back."""
 
 
 @dataclass
@@ -125,11 +113,6 @@ class FeatureWriter:
     def shard_map(self) -> ShardMap:
         return self._maps.current if isinstance(self._maps, ShardMapWatcher) else self._maps
 
-    def _refresh(self) -> ShardMap | None:
-        if isinstance(self._maps, ShardMapWatcher):
-            return self._maps.refresh()
-        return None
-
     def write(self, feature_set: str, rows: Iterable[FeatureRow]) -> WriteReport:
         """Upsert ``rows`` for ``feature_set``; see the module docstring for the guarantees."""
         started = time.perf_counter()
@@ -162,12 +145,6 @@ class FeatureWriter:
                 # the cutover gives up, the one that keeps them) and route again.
                 shard_map = self._wait_for_epoch(exc, shard_map, started)
                 retries += 1
-            except StaleShardMapError as exc:
-                refreshed = self._refresh()
-                if retries or refreshed is None or refreshed.epoch <= shard_map.epoch:
-                    raise
-                log.info("%s; retrying on epoch %s", exc, refreshed.epoch)
-                shard_map, retries = refreshed, retries + 1
         report.retries = retries
         report.seconds = time.perf_counter() - started
         return report
@@ -202,75 +179,22 @@ class FeatureWriter:
         One thread does all the Python work (validation, encoding, writing to the sockets) while the shards'
         Postgres backends work in parallel: a second Python thread would only fight it for the GIL.
         """
-        n = shard_map.server_count
-        placement = shard_map.placement
-        report = WriteReport(feature_set, shard_map.epoch, {})
-        written: list[set[int]] = [set() for _ in range(n)]  # logical shards each server's transaction wrote
-        pools = self._pools.pools_for(shard_map)
-        streams: dict[int, ShardStream] = {}
-        conns: dict[int, psycopg.Connection] = {}
-        failures: dict[int, BaseException] = {}
+        batch = RoutedBatch(
+            shard_map,
+            feature_set,
+            self._pools.pools_for(shard_map),
+            self._pool_executor(),
+            fresh_fast_path=self.fresh_fast_path,
+            merge_rows=self.merge_rows,
+        )
         try:
-            try:
-                for chunk, chunk_hashes in self._chunks(validator, source, prepared, hashes):
-                    groups: list[list] = [[] for _ in range(n)]
-                    for (eid, features, ts), h in zip(chunk, chunk_hashes, strict=True):
-                        shard = h % TOTAL_LOGICAL_SHARDS
-                        groups[placement[shard]].append((shard, eid, features, ts))
-                    for i, group in enumerate(groups):
-                        if not group:
-                            continue
-                        report.rows_per_shard[i] = report.rows_per_shard.get(i, 0) + len(group)
-                        written[i].update(row[0] for row in group)
-                        try:
-                            stream = streams.get(i)
-                            if stream is None:
-                                conns[i] = pools[i].getconn()
-                                stream = streams[i] = open_stream(
-                                    conns[i],
-                                    i,
-                                    shard_map.epoch,
-                                    feature_set,
-                                    group,
-                                    fresh_fast_path=self.fresh_fast_path,
-                                    executor=self._pool_executor(),
-                                    sub_batch=self.merge_rows,
-                                )
-                            stream.send(group, feature_set)
-                        except Exception as exc:
-                            failures[i] = classify(i, shard_map.dsns[i], exc)
-                            raise _StopStreaming() from None
-            except (BadFeatureRowError, _StopStreaming) as exc:
-                for stream in streams.values():
-                    stream.abort()
-                rollback_all(conns)
-                if isinstance(exc, BadFeatureRowError):
-                    raise
-                raise_failures(failures)
-            for i, stream in streams.items():
-                try:
-                    stream.finish_copy()
-                    fence.check(stream.conn, written[i], shard_map.epoch)
-                except Exception as exc:
-                    failures[i] = classify(i, shard_map.dsns[i], exc)
-            results = {}
-            if not failures:
-                results = merge_all(streams, feature_set, shard_map, failures, self._pool_executor())
-            if failures:
-                rollback_all(conns)
-                raise_failures(failures)
-            commit_all(conns, shard_map)
+            batch.stream(self._chunks(validator, source, prepared, hashes))
+            batch.finish_and_check_fences()
+            results = batch.merge()
+            batch.commit()
         finally:
-            for i, conn in conns.items():
-                pools[i].putconn(conn)
-        for i, result in sorted(results.items()):
-            report.inserted += result.inserted
-            report.updated += result.updated
-            report.unchanged += report.rows_per_shard[i] - result.inserted - result.updated
-            if result.fast_path:
-                report.fast_path_shards.append(i)
-        report.rows_per_shard = dict(sorted(report.rows_per_shard.items()))
-        return report
+            batch.release()
+        return _report(shard_map, feature_set, batch.rows_per_shard, results)
 
     def _pool_executor(self) -> ThreadPoolExecutor:
         if self._executor is None:
@@ -288,6 +212,21 @@ class FeatureWriter:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def _report(
+    shard_map: ShardMap, feature_set: str, rows_per_shard: dict[int, int], results: dict[int, ShardResult]
+) -> WriteReport:
+    """What the committed batch did: rows per server, and the merge's counts (a row neither inserted nor updated
+    was already stored with the same features: the merge left it alone)."""
+    report = WriteReport(feature_set, shard_map.epoch, dict(sorted(rows_per_shard.items())))
+    for i, result in sorted(results.items()):
+        report.inserted += result.inserted
+        report.updated += result.updated
+        report.unchanged += rows_per_shard[i] - result.inserted - result.updated
+        if result.fast_path:
+            report.fast_path_shards.append(i)
+    return report
 
 
 @contextlib.contextmanager

@@ -1,5 +1,5 @@
-"""One server's side of a batch write: its open transaction, the fence checks, and the COPY that streams rows
-into it (straight into the table for fresh entities, else into a staging table merged in sub-batches).
+"""One server's side of a batch write: its open transaction and the COPY that streams rows into it (straight
+into the table for fresh entities, else into a staging table merged in sub-batches).
 Rows arrive as ``(logical_shard, entity_id, features, event_ts)``: the logical shard leads the key.
 
 Nothing here commits: ``shardctl.store.writer.commit`` decides, across all shards.
@@ -16,7 +16,6 @@ import psycopg
 
 from shardctl.store.changes import LOG_BATCH_SQL, MARK_LOGGED_SQL
 from shardctl.store.schema import FEATURE_TABLE
-from shardctl.store.shardmap import check_fence
 
 RoutedRow = tuple[int, str, bytes, datetime]  # logical shard, entity id, JSON-encoded features, event time
 
@@ -172,7 +171,6 @@ class ShardResult:
 def open_stream(
     conn: psycopg.Connection,
     shard: int,
-    epoch: int,
     feature_set: str,
     first_rows: list[RoutedRow],
     *,
@@ -180,9 +178,8 @@ def open_stream(
     executor: ThreadPoolExecutor,
     sub_batch: int,
 ) -> ShardStream:
-    """Open the shard's transaction: fence check, then a COPY into the table (no stored key among the
-    probed ones: fresh entities, under a savepoint) or into a temporary staging table."""
-    check_fence(conn, shard, epoch)
+    """Open the shard's transaction: a COPY into the table (no stored key among the probed ones: fresh
+    entities, under a savepoint) or into a temporary staging table."""
     conn.execute(MARK_LOGGED_SQL)  # this transaction logs its own changes: the row trigger stays off
     fast = fresh_fast_path and not _any_stored(conn, feature_set, first_rows)
     if fast:

@@ -1,42 +1,22 @@
-"""The shard map: which server holds each logical shard, under a monotonically increasing epoch, in the catalog.
-
-Routing is ``entity id -> logical shard -> server``: ``logical_shard = Hash(entity_id) % 256`` never changes,
-and each epoch places the 256 logical shards on named servers (``placement``; the first epoch puts logical
-shard ``l`` on server ``l % N``, which for a power-of-two N is exactly where ``hash % N`` put every row before
-logical shards existed). Servers are registered by name (``tessera_servers``); plans, the CLI and run config
-name servers, never DSNs.
-
-Readers and writers cache the current map. A new epoch is announced with ``NOTIFY`` on commit, and a
-``ShardMapWatcher`` thread blocked in ``LISTEN`` picks it up (no polling loop); each watcher also records the
-epoch it follows in ``tessera_epoch_acks`` (a heartbeat), so a migration knows when every live process has
-moved on. Every write carries the epoch it routed with; each server keeps two fences that the writer reads
-``FOR SHARE`` in its own transaction: the whole-server fence (``tessera_shard_fence``, ``check_fence``) and the
-per-logical-shard fence a cutover raises on the moving logical shards only (``shardctl/store/fence.py``).
-"""
+"""``ShardMapStore``: the shard map in the catalog database. Reads the newest epoch, publishes the next one
+(compare-and-set, under an advisory lock that serializes publishers, with a NOTIFY on commit), registers and
+unregisters servers by name, and keeps the epoch acknowledgements migrations wait on."""
 
 from __future__ import annotations
 
 import logging
-import os
-import re
-import socket
-import threading
-import time
-import uuid
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 
 import psycopg
 
 from shardctl.credentials import credentials_of, location_only, with_credentials
-from shardctl.store.hashing import TOTAL_LOGICAL_SHARDS, entity_hash
-from shardctl.store.notify import NotificationListener
+from shardctl.store.hashing import TOTAL_LOGICAL_SHARDS
+from shardctl.store.shardmap.value import ShardMap, ShardMapError, check_server_name, server_name
+from shardctl.store.shardmap.watcher import NOTIFY_CHANNEL, ShardMapWatcher
 
 log = logging.getLogger(__name__)
 
-NOTIFY_CHANNEL = "tessera_shard_map"
 _PUBLISH_LOCK_KEY = 0x7E55E7A1  # advisory lock serializing publishers (any constant unique to Tessera)
-SERVER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 # Idempotent: creates a fresh catalog, and brings a catalog from before logical shards up to date (its servers
 # get the names server-0, server-1, ... for their indices; an epoch without placement rows places logical
@@ -76,100 +56,6 @@ CREATE TABLE IF NOT EXISTS tessera_epoch_acks (
     heartbeat_at timestamptz NOT NULL DEFAULT now()
 );
 """
-
-
-class ShardMapError(RuntimeError):
-    """The catalog has no usable shard map (not initialized, or inconsistent), or a publish lost a race."""
-
-
-class StaleShardMapError(RuntimeError):
-    """A write was routed with an epoch older than the server's fence: refresh the map and route again."""
-
-    def __init__(self, shard: int, write_epoch: int, fence_epoch: int):
-        super().__init__(
-            f"shard {shard}: write routed with shard-map epoch {write_epoch}, "
-            f"but the shard is fenced at epoch {fence_epoch}; refresh the shard map and retry"
-        )
-        self.shard = shard
-        self.write_epoch = write_epoch
-        self.fence_epoch = fence_epoch
-
-
-def server_name(index: int) -> str:
-    """The name a server gets when none is given: ``server-<index>``."""
-    return f"server-{index}"
-
-
-def check_server_name(name: str) -> str:
-    if not isinstance(name, str) or not SERVER_NAME.match(name):
-        raise ShardMapError(f"bad server name {name!r}: use lower-case letters, digits, - and _ (max 63)")
-    return name
-
-
-def initial_placement(server_count: int) -> tuple[int, ...]:
-    """Logical shard ``l`` on server ``l % server_count``."""
-    return tuple(shard % server_count for shard in range(TOTAL_LOGICAL_SHARDS))
-
-
-@dataclass(frozen=True)
-class ShardMap:
-    """One epoch of the topology: server ``i`` is named ``servers[i]`` and reached at ``dsns[i]`` (a libpq DSN,
-    possibly multi-host); ``placement[l]`` is the index of the server holding logical shard ``l``."""
-
-    epoch: int
-    dsns: tuple[str, ...]
-    servers: tuple[str, ...] = ()
-    placement: tuple[int, ...] = ()
-
-    def __post_init__(self) -> None:
-        if self.epoch < 1:
-            raise ValueError(f"epoch must be >= 1, got {self.epoch}")
-        if not self.dsns:
-            raise ValueError("a shard map needs at least one server")
-        if any(not isinstance(d, str) or not d.strip() for d in self.dsns):
-            raise ValueError("every server DSN must be a non-empty string")
-        if not self.servers:
-            object.__setattr__(self, "servers", tuple(server_name(i) for i in range(len(self.dsns))))
-        if not self.placement:
-            object.__setattr__(self, "placement", initial_placement(len(self.dsns)))
-        if len(self.servers) != len(self.dsns) or len(set(self.servers)) != len(self.servers):
-            raise ValueError(f"servers {self.servers} must be unique and one per DSN")
-        if len(self.placement) != TOTAL_LOGICAL_SHARDS or not all(0 <= i < len(self.dsns) for i in self.placement):
-            raise ValueError(f"a placement names a server index for each of the {TOTAL_LOGICAL_SHARDS} logical shards")
-
-    @property
-    def server_count(self) -> int:
-        return len(self.dsns)
-
-    @property
-    def total_shards(self) -> int:
-        """Deprecated name of ``server_count`` (it counted servers before logical shards existed)."""
-        return len(self.dsns)
-
-    @staticmethod
-    def logical_shard_for(entity_id: str) -> int:
-        return entity_hash(entity_id) % TOTAL_LOGICAL_SHARDS
-
-    def server_index_for(self, entity_id: str) -> int:
-        return self.placement[entity_hash(entity_id) % TOTAL_LOGICAL_SHARDS]
-
-    shard_for = server_index_for  # the name from before logical shards; callers move to server_index_for
-
-    def dsn_for(self, entity_id: str) -> str:
-        return self.dsns[self.server_index_for(entity_id)]
-
-    def placement_by_name(self) -> dict[int, str]:
-        return {shard: self.servers[index] for shard, index in enumerate(self.placement)}
-
-    def logical_shards_on(self, name: str) -> list[int]:
-        index = self.servers.index(name) if name in self.servers else -1
-        return [shard for shard, held in enumerate(self.placement) if held == index]
-
-    def logical_shards_of(self, index: int) -> list[int]:
-        return [shard for shard, held in enumerate(self.placement) if held == index]
-
-    def dsn_of(self, name: str) -> str:
-        return self.dsns[self.servers.index(name)]
 
 
 class ShardMapStore:
@@ -251,6 +137,25 @@ class ShardMapStore:
                 return {}
         return {name: with_credentials(dsn, caller) for name, dsn in rows}
 
+    def unregister_server(self, name: str) -> bool:
+        """Forget server ``name``, so `servers list` and plans no longer offer it; returns whether it was known.
+
+        Refused (``ShardMapError``) while the current epoch places a logical shard on it: its rows would have
+        nowhere to be read from. Under the publishers' lock, so no publish can place logical shards on it
+        between the check and the delete."""
+        check_server_name(name)
+        self.ensure_schema()
+        with self._connect() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PUBLISH_LOCK_KEY,))
+            current = _read_current(conn)
+            held = current.logical_shards_on(name) if current is not None else []
+            if current is not None and held:
+                raise ShardMapError(
+                    f"server {name} holds {len(held)} logical shards in epoch {current.epoch}: move them away "
+                    f"first (`shardctl migrate run --remove-server {name}`)"
+                )
+            return conn.execute("DELETE FROM tessera_servers WHERE name = %s", (name,)).rowcount > 0
+
     # --- publishing ----------------------------------------------------------------------------------------------
 
     def publish_placement(self, placement: Mapping[int, str], *, expected_epoch: int, note: str = "") -> ShardMap:
@@ -284,12 +189,11 @@ class ShardMapStore:
             _insert_map(conn, published, note)
         return self._as_caller(published)
 
-    def publish(self, dsns: Sequence[str], *, note: str = "", fence_shards: bool = False) -> ShardMap:
+    def publish(self, dsns: Sequence[str], *, note: str = "") -> ShardMap:
         """Store ``dsns`` as the servers of the next epoch and NOTIFY listeners on commit.
 
         The same servers as now keep their placement; another server list gets the initial placement
-        (``l % N``). With ``fence_shards``, every server of the previous and the new map then gets its fence
-        raised to the new epoch (``raise_fence``), so writes still routed on an older map are refused.
+        (``l % N``).
         """
         dsns = tuple(location_only(d) for d in dsns)
         ShardMap(1, dsns)  # validates the DSNs before touching the catalog
@@ -304,13 +208,7 @@ class ShardMapStore:
             else:
                 published = ShardMap(epoch, tuple(dsns), servers)
             _insert_map(conn, published, note)
-        published = self._as_caller(published)
-        if fence_shards:
-            previous = self._as_caller(previous) if previous else None
-            targets = dict.fromkeys((*(previous.dsns if previous else ()), *published.dsns))
-            for dsn in targets:
-                raise_fence(dsn, epoch)
-        return published
+        return self._as_caller(published)
 
     def initialize_from_settings(self, settings) -> ShardMap:  # settings: TesseraSettings
         """Publish the settings' servers as epoch 1 if the catalog has no map yet; else return the current map.
@@ -438,143 +336,3 @@ def _insert_map(conn: psycopg.Connection, shard_map: ShardMap, note: str) -> Non
             list(((epoch, shard, index) for shard, index in enumerate(shard_map.placement))),
         )
     conn.execute("SELECT pg_notify(%s, %s)", (NOTIFY_CHANNEL, str(epoch)))
-
-
-FENCE_READ_SQL = "SELECT min_epoch FROM tessera_shard_fence WHERE singleton FOR SHARE"
-
-
-def check_fence(conn: psycopg.Connection, shard: int, write_epoch: int) -> None:
-    """Inside the write's transaction: refuse the write if the shard is fenced beyond its epoch.
-
-    ``FOR SHARE`` keeps the fence row from changing until this transaction ends, so ``raise_fence`` waits
-    for every write that already passed the check.
-    """
-    row = conn.execute(FENCE_READ_SQL).fetchone()
-    fence_epoch = row[0] if row else 0
-    if write_epoch < fence_epoch:
-        raise StaleShardMapError(shard, write_epoch, fence_epoch)
-
-
-def raise_fence(dsn: str, epoch: int, *, connect_timeout: int = 5) -> int:
-    """Refuse, from now on, writes routed with an epoch below ``epoch`` on this shard; returns the fence.
-
-    Waits for in-flight writes on the shard to commit (they hold the fence row ``FOR SHARE``).
-    Never lowers a fence.
-    """
-    with psycopg.connect(dsn, connect_timeout=connect_timeout) as conn:
-        row = conn.execute(
-            "UPDATE tessera_shard_fence SET min_epoch = greatest(min_epoch, %s), changed_at = now() "
-            "WHERE singleton RETURNING min_epoch",
-            (epoch,),
-        ).fetchone()
-    if row is None:
-        raise ShardMapError(
-            f"shard {dsn!r} has no fence row: apply the schema first (shardctl.store.schema.apply_schema)"
-        )
-    return row[0]
-
-
-class ShardMapWatcher:
-    """Holds the current shard map and follows the catalog's NOTIFYs (``shardctl/store/notify.py``'s listener
-    thread blocks in ``LISTEN``: no polling loop). Each notification, and each reconnection (a notification
-    may have been missed meanwhile), re-reads the map; listeners hear of every newer epoch."""
-
-    HEARTBEAT_S = 3.0
-
-    def __init__(self, store: ShardMapStore, on_change: Callable[[ShardMap], None] | None = None, *, role: str = ""):
-        self.store = store
-        self._listeners: list[Callable[[ShardMap], None]] = [on_change] if on_change else []
-        self._lock = threading.Lock()
-        self._changed = threading.Condition(self._lock)
-        self._listener: NotificationListener | None = None
-        self._current = store.current()
-        self.process = f"{role or 'process'}@{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:6]}"
-        self._stop_beating = threading.Event()
-        self._beating: threading.Thread | None = None
-
-    @property
-    def current(self) -> ShardMap:
-        with self._lock:
-            return self._current
-
-    def refresh(self) -> ShardMap:
-        """Re-read the catalog now (the writer calls this after a stale-epoch refusal)."""
-        self._update(self.store.current())
-        return self.current
-
-    def _refresh_quietly(self, _payload: str = "") -> None:
-        try:
-            self.refresh()
-        except (psycopg.Error, ShardMapError) as exc:
-            log.warning("could not re-read the shard map (%s); keeping epoch %s", exc, self.current.epoch)
-
-    def wait_for_epoch(self, epoch: int, timeout: float) -> ShardMap:
-        """Block until the map reaches ``epoch`` (a NOTIFY, or a re-read every 0.5 s) or ``timeout`` passes;
-        returns the current map either way."""
-        deadline = time.monotonic() + timeout
-        while True:
-            left = deadline - time.monotonic()
-            if self.current.epoch >= epoch or left <= 0:
-                return self.current
-            with self._changed:
-                self._changed.wait(min(0.5, left))
-            if self.current.epoch < epoch:
-                self._refresh_quietly()
-
-    def _update(self, latest: ShardMap) -> None:
-        with self._lock:
-            if latest.epoch <= self._current.epoch:
-                return
-            self._current = latest
-            self._changed.notify_all()
-        log.info("shard map epoch %s (%s servers)", latest.epoch, latest.server_count)
-        self._acknowledge()
-        for listener in list(self._listeners):
-            try:
-                listener(latest)
-            except Exception:
-                log.exception("shard map listener failed")
-
-    def start(self) -> ShardMapWatcher:
-        if self._listener is None:
-            self._listener = NotificationListener(
-                self.store.catalog_dsn, NOTIFY_CHANNEL, self._refresh_quietly, on_reconnect=self._refresh_quietly
-            ).start()
-            self._refresh_quietly()  # an epoch published between reading the map and LISTEN taking effect
-            self._stop_beating.clear()
-            self._beating = threading.Thread(target=self._heartbeat, name="shard-map-heartbeat", daemon=True)
-            self._beating.start()
-        return self
-
-    def _acknowledge(self) -> None:
-        if self._beating is None:
-            return  # a watcher that was never started follows nothing on its own
-        try:
-            self.store.acknowledge(self.process, self.current.epoch)
-        except psycopg.Error as exc:
-            log.warning("could not record epoch %s in the catalog (%s)", self.current.epoch, exc)
-
-    def _heartbeat(self) -> None:
-        """Tell the catalog which epoch this process follows, every few seconds (migrations wait for it)."""
-        while not self._stop_beating.is_set():
-            self._acknowledge()
-            self._stop_beating.wait(self.HEARTBEAT_S)
-
-    def stop(self) -> None:
-        if self._listener is not None:
-            self._listener.stop()
-            self._listener = None
-        if self._beating is not None:
-            self._stop_beating.set()
-            self._beating.join(5)
-            self._beating = None
-            try:
-                self.store.forget(self.process)
-            except psycopg.Error as exc:
-                log.warning("could not remove %s from the epoch acknowledgements (%s)", self.process, exc)
-
-    def __enter__(self) -> ShardMapWatcher:
-        return self.start()
-
-    def __exit__(self, *exc) -> None:
-        self.stop()

@@ -1,0 +1,192 @@
+"""Starting and stopping the local stack's servers: `up` starts whatever of a state is not running (all or
+nothing: a failed or interrupted start stops what it started), `down` stops every server by PID. Growing or
+shrinking the set of servers is ``topology``'s job, which starts added servers through ``bring_up`` here."""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import psycopg
+
+from shardctl.control.roles import ensure_roles, own_database
+from shardctl.process import pid_alive
+from shardctl.stack.ha.cluster import HACluster
+from shardctl.stack.layout import DAGSTER_DATABASE, StackError, StackLayout, StackState
+from shardctl.stack.postgres import DATABASE, make_template
+from shardctl.store import prepare as prepare_feature_store
+from shardctl.store.hashing import install_sql_functions
+from shardctl.store.schema import apply_schema
+from shardctl.store.shardmap import ShardMapError, ShardMapStore
+
+
+def refuse_unsupported_up(
+    layout: StackLayout, state: StackState | None, servers: int | None, ha: bool, replicas: int | None
+) -> None:
+    """`up` on a running stack never changes its kind (HA or not, replicas per server) and never drops servers:
+    ``StackError`` saying what to do instead."""
+    if state is None:
+        return
+    if (ha or replicas is not None) and state.ha is None:
+        raise StackError(f"the stack in {layout.data_dir} runs without HA; run `shardctl stack down --purge` first")
+    if state.ha and replicas is not None and replicas != state.ha["replicas"]:
+        raise StackError(
+            f"the stack in {layout.data_dir} runs {state.ha['replicas']} replicas per server; "
+            f"run `shardctl stack down --purge` first to change that"
+        )
+    count = layout.shard_count(state)
+    if servers is not None and servers < count:
+        raise StackError(
+            f"the stack in {layout.data_dir} already has {count} servers; a stack never "
+            f"drops servers on `up`: move their logical shards away (`shardctl migrate`), then "
+            f"`shardctl stack remove-server NAME`"
+        )
+
+
+def start(layout: StackLayout, state: StackState, *, fresh: bool) -> StackState:
+    """Start whatever of ``state`` is not running (harmless when everything already is). A ``fresh`` state (a
+    new stack's) that fails to start is forgotten, so the next `up` plans afresh."""
+    with all_or_nothing(
+        layout, state, set(running_pids(layout, state)), "stack up", lambda: fresh and forget(layout, state)
+    ):
+        bring_up(layout, state)
+    return state
+
+
+def plan(layout: StackLayout, shards: int, base_port: int, ha: bool = False, replicas: int | None = None) -> StackState:
+    """Lay out a new stack and save it without starting anything; a later `up` starts it. Fault-injection
+    runs use the gap to start the proxies their members will talk through."""
+    if layout.load_state() is not None:
+        raise StackError(f"a stack is already laid out in {layout.data_dir}")
+    state = layout.plan(shards, base_port, ha, replicas)
+    layout.save_state(state)
+    return state
+
+
+@contextlib.contextmanager
+def all_or_nothing(
+    layout: StackLayout, state: StackState, running_before: set[int], what: str, undo: Callable[[], object]
+) -> Iterator[None]:
+    """Run the body; if it fails (Ctrl-C too: an interrupted `up` must not leave servers behind), stop every
+    server of ``state`` it started and, if all stopped, ``undo()`` what it recorded."""
+    try:
+        yield
+    except BaseException as exc:
+        left = stop_started(layout, state, running_before)
+        if not left:
+            undo()
+        stopped = "stopped every server it had started" if not left else f"could not stop {', '.join(left)}"
+        if isinstance(exc, Exception):
+            raise StackError(f"{what} failed ({exc}); {stopped}") from exc
+        raise
+
+
+def bring_up(layout: StackLayout, state: StackState, added: tuple[str, ...] = ()) -> None:
+    """Start every server of ``state`` (idempotent), record it in the state and settings files, and make the
+    catalog know every server (``added`` names servers new to a running stack: they get their DSN even if a
+    removed server used the name before)."""
+    layout.save_state(state)
+    template = Path(state.pg_root) / "template"
+    make_template(layout.binaries(state), template, state.user)
+    for server in layout.postgres_servers(state):
+        if not server.initialized():
+            server.init_from(template)
+        server.start()
+        server.ensure_database(DATABASE)
+        ensure_roles(server.dsn("postgres"))
+        with psycopg.connect(server.dsn()) as conn:
+            install_sql_functions(conn)
+    catalog = layout.postgres_servers(state)[0]
+    catalog.ensure_database(DAGSTER_DATABASE)
+    own_database(catalog.dsn("postgres"), DAGSTER_DATABASE)  # Dagster's storage is the pipeline's
+    cluster = layout.ha_cluster(state)
+    if cluster is not None:
+        _ha_up(cluster)
+    redis_server = layout.redis_server(state)
+    state.redis_pid = redis_server.start()
+    layout.save_state(state)
+    layout.write_settings(state)
+    entries = layout.shard_entries(state)
+    maps = ShardMapStore(layout.catalog_dsn(state))
+    maps.ensure_schema()
+    try:
+        maps.current()  # once a map exists the catalog is the truth: the stack only adds servers to it
+    except ShardMapError:
+        prepare_feature_store(layout.catalog_dsn(state), [e["dsn"] for e in entries])
+    for entry in entries:  # servers added to a running stack: schema, then known to the catalog (unplaced)
+        apply_schema(entry["dsn"])
+        # A name the stack used before (a removed server's) gets the new server's DSN.
+        maps.register_server(entry["name"], entry["dsn"], replace=entry["name"] in added)
+
+
+def _ha_up(cluster: HACluster) -> None:
+    cluster.up()
+    for shard in range(cluster.shard_count()):
+        cluster.ensure_database(shard, DATABASE)
+        ensure_roles(cluster.shard_dsn(shard, "postgres"))  # on the primary; replicas replay them
+        with psycopg.connect(cluster.shard_dsn(shard)) as conn:
+            install_sql_functions(conn)
+
+
+def stop_started(layout: StackLayout, state: StackState, running_before: set[int]) -> list[str]:
+    """Stop, newest first, every server of ``state`` that was not running before; returns those left running."""
+
+    def started(pid: int | None) -> bool:
+        return pid_alive(pid) and pid not in running_before
+
+    left = []
+    redis_server = layout.redis_server(state)
+    if started(redis_server.pid) and not redis_server.stop():
+        left.append("redis")
+    cluster = layout.ha_cluster(state)
+    if cluster is not None:
+        for member in cluster.all_members():  # Patroni first: it would restart a Postgres stopped under it
+            if (started(member.patroni_pid()) or started(member.postgres_pid())) and not member.stop():
+                left.append(member.name)
+        if started(cluster.etcd.pid) and not cluster.etcd.stop():
+            left.append("etcd")
+    for server in reversed(layout.postgres_servers(state)):
+        if started(server.pid()) and not server.stop():
+            left.append(server.name)
+    return left
+
+
+def forget(layout: StackLayout, state: StackState) -> None:
+    """Remove what a failed first `up` created, so the next `up` plans afresh."""
+    shutil.rmtree(state.pg_root, ignore_errors=True)
+    layout.state_file.unlink(missing_ok=True)
+    layout.settings_file.unlink(missing_ok=True)
+
+
+def down(layout: StackLayout, purge: bool = False) -> list[str]:
+    """Stop every server by PID; with ``purge`` also delete their data. Returns what failed to stop."""
+    state = layout.load_state()
+    if state is None:
+        return []
+    failed = []
+    cluster = layout.ha_cluster(state)
+    if cluster is not None:
+        failed += cluster.down()
+    failed += [s.name for s in layout.postgres_servers(state) if not s.stop()]
+    if not layout.redis_server(state).stop():
+        failed.append("redis")
+    else:
+        state.redis_pid = None
+        layout.save_state(state)
+    if purge and not failed:
+        shutil.rmtree(state.pg_root, ignore_errors=True)
+        shutil.rmtree(layout.data_dir, ignore_errors=True)
+    return failed
+
+
+def running_pids(layout: StackLayout, state: StackState) -> list[int]:
+    """Running PIDs in start order: Postgres servers, then etcd and Patroni members, then Redis."""
+    pids = [p for s in layout.postgres_servers(state) if (p := s.pid())]
+    cluster = layout.ha_cluster(state)
+    if cluster is not None:
+        pids += cluster.pids()
+    if pid_alive(state.redis_pid):
+        pids.append(state.redis_pid)  # type: ignore[arg-type]
+    return pids
