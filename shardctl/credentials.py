@@ -15,6 +15,8 @@ from pathlib import Path
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import BaseModel, SecretStr
 
+from shardctl.errors import SettingsError
+
 CREDENTIAL_KEYS = ("user", "password", "passfile")
 
 
@@ -28,9 +30,9 @@ class DbCredentials:
 
     def __post_init__(self) -> None:
         if self.password is not None and self.passfile is not None:
-            raise ValueError("give a password or a passfile, not both")
+            raise SettingsError("give a password or a passfile, not both")
         if (self.password is not None or self.passfile is not None) and not self.user:
-            raise ValueError("a password or passfile needs a user")
+            raise SettingsError("a password or passfile needs a user")
 
     def __repr__(self) -> str:  # never print a password
         secret = ", password=***" if self.password is not None else ""

@@ -20,6 +20,7 @@ import psycopg
 from shardctl.control.ha import HAError, leader, shard_members
 from shardctl.control.migration.journal import Journal
 from shardctl.control.roles import ensure_roles, own_database
+from shardctl.errors import LocalStackError
 from shardctl.java import JavaUnavailableError, check_runtime, find_java
 from shardctl.process import allocate_ports, pid_alive
 from shardctl.settings import SETTINGS_FILE_NAME
@@ -35,14 +36,9 @@ from shardctl.store import prepare as prepare_feature_store
 from shardctl.store.grants import PIPELINE_ROLE, SERVING_ROLE, WRITER_ROLE
 from shardctl.store.hashing import install_sql_functions
 from shardctl.store.schema import apply_schema
-from shardctl.store.shardmap import ShardMapError, ShardMapStore
+from shardctl.store.shardmap import ShardMapError, ShardMapStore, server_name
 
 STATE_FILE_NAME = "stack.json"
-
-
-def server_name(number: int) -> str:
-    """The catalog's name of the stack's server ``number`` (the store names a fresh store's servers so)."""
-    return f"server-{number}"
 
 
 CATALOG = "catalog"
@@ -58,7 +54,7 @@ def _placed_detail(placed: dict[str, int] | None, name: str) -> str:
     return "; placement unknown (catalog unreadable)" if placed is None else f"; {placed.get(name, 0)} logical shards"
 
 
-class StackError(RuntimeError):
+class StackError(LocalStackError, RuntimeError):
     """A request the stack cannot honour; the message says why and what to do."""
 
 

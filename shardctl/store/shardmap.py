@@ -29,6 +29,9 @@ from dataclasses import dataclass
 import psycopg
 
 from shardctl.credentials import credentials_of, location_only, with_credentials
+from shardctl.errors import StoreError
+from shardctl.store.connection import connect
+from shardctl.store.errors import describe_dsn
 from shardctl.store.hashing import TOTAL_LOGICAL_SHARDS, entity_hash
 from shardctl.store.notify import NotificationListener
 
@@ -78,11 +81,11 @@ CREATE TABLE IF NOT EXISTS tessera_epoch_acks (
 """
 
 
-class ShardMapError(RuntimeError):
+class ShardMapError(StoreError, RuntimeError):
     """The catalog has no usable shard map (not initialized, or inconsistent), or a publish lost a race."""
 
 
-class StaleShardMapError(RuntimeError):
+class StaleShardMapError(StoreError, RuntimeError):
     """A write was routed with an epoch older than the server's fence: refresh the map and route again."""
 
     def __init__(self, shard: int, write_epoch: int, fence_epoch: int):
@@ -182,7 +185,7 @@ class ShardMapStore:
         self.connect_timeout = connect_timeout
 
     def _connect(self, **kwargs) -> psycopg.Connection:
-        return psycopg.connect(self.catalog_dsn, connect_timeout=max(1, int(self.connect_timeout)), **kwargs)
+        return connect(self.catalog_dsn, connect_timeout=max(1, int(self.connect_timeout)), **kwargs)
 
     def ensure_schema(self) -> None:
         """Create the catalog tables if missing and bring an older catalog up to date (idempotent)."""
@@ -289,7 +292,7 @@ class ShardMapStore:
 
         The same servers as now keep their placement; another server list gets the initial placement
         (``l % N``). With ``fence_shards``, every server of the previous and the new map then gets its fence
-        raised to the new epoch (``raise_fence``), so writes still routed on an older map are refused.
+        raised to the new epoch (``raise_server_fence``), so writes still routed on an older map are refused.
         """
         dsns = tuple(location_only(d) for d in dsns)
         ShardMap(1, dsns)  # validates the DSNs before touching the catalog
@@ -309,7 +312,7 @@ class ShardMapStore:
             previous = self._as_caller(previous) if previous else None
             targets = dict.fromkeys((*(previous.dsns if previous else ()), *published.dsns))
             for dsn in targets:
-                raise_fence(dsn, epoch)
+                raise_server_fence(dsn, epoch)
         return published
 
     def initialize_from_settings(self, settings) -> ShardMap:  # settings: TesseraSettings
@@ -446,7 +449,7 @@ FENCE_READ_SQL = "SELECT min_epoch FROM tessera_shard_fence WHERE singleton FOR 
 def check_fence(conn: psycopg.Connection, shard: int, write_epoch: int) -> None:
     """Inside the write's transaction: refuse the write if the shard is fenced beyond its epoch.
 
-    ``FOR SHARE`` keeps the fence row from changing until this transaction ends, so ``raise_fence`` waits
+    ``FOR SHARE`` keeps the fence row from changing until this transaction ends, so ``raise_server_fence`` waits
     for every write that already passed the check.
     """
     row = conn.execute(FENCE_READ_SQL).fetchone()
@@ -455,7 +458,7 @@ def check_fence(conn: psycopg.Connection, shard: int, write_epoch: int) -> None:
         raise StaleShardMapError(shard, write_epoch, fence_epoch)
 
 
-def raise_fence(dsn: str, epoch: int, *, connect_timeout: int = 5) -> int:
+def raise_server_fence(dsn: str, epoch: int, *, connect_timeout: int = 5) -> int:
     """Refuse, from now on, writes routed with an epoch below ``epoch`` on this shard; returns the fence.
 
     Waits for in-flight writes on the shard to commit (they hold the fence row ``FOR SHARE``).
@@ -469,7 +472,7 @@ def raise_fence(dsn: str, epoch: int, *, connect_timeout: int = 5) -> int:
         ).fetchone()
     if row is None:
         raise ShardMapError(
-            f"shard {dsn!r} has no fence row: apply the schema first (shardctl.store.schema.apply_schema)"
+            f"shard {describe_dsn(dsn)} has no fence row: apply the schema first (shardctl.store.schema.apply_schema)"
         )
     return row[0]
 
