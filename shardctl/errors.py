@@ -18,6 +18,13 @@ class SettingsError(ShardctlError, ValueError):
     """Settings or credentials that cannot work (base helpers: settings, credentials, Java)."""
 
 
+class BadDsnError(SettingsError):
+    """A DSN libpq cannot parse. The message never quotes it: libpq's own may quote a part of it, a password too."""
+
+    def __init__(self) -> None:
+        super().__init__("cannot parse a DSN: give key=value pairs or a postgresql:// URL")
+
+
 class StoreError(ShardctlError):
     """The store layer (``shardctl/store``): shard map, schema, writes, reads, the model registry."""
 

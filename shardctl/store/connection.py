@@ -8,7 +8,8 @@ from typing import Any
 
 import psycopg
 
-from shardctl.store.errors import BadDsnError, ServerUnreachableError
+from shardctl.errors import BadDsnError
+from shardctl.store.errors import ServerUnreachableError
 
 
 def connect(dsn: str, **kwargs: Any) -> psycopg.Connection:

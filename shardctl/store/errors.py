@@ -66,10 +66,3 @@ class ServerUnreachableError(StoreError, psycopg.OperationalError):
 
     def __init__(self, dsn: str, cause: BaseException):
         super().__init__(f"cannot connect to {describe_dsn(dsn)}: {first_line(cause)}")
-
-
-class BadDsnError(StoreError, psycopg.ProgrammingError):
-    """A DSN libpq cannot parse. The message never quotes it (libpq's own message may quote a password)."""
-
-    def __init__(self) -> None:
-        super().__init__("cannot parse a DSN: give key=value pairs or a postgresql:// URL")
