@@ -111,18 +111,26 @@ def test_imports_flow_one_way() -> None:
     assert layer_violations(ROOT) == []
 
 
+def _plant(root: Path, files: dict[str, str]) -> None:
+    """A tree of modules at ``root`` for the checks to read (path: source)."""
+    for path, source in files.items():
+        (root / path).parent.mkdir(parents=True, exist_ok=True)
+        (root / path).write_text(source)
+
+
 @pytest.mark.req("JTBD-01.view-development")
 def test_the_layer_check_catches_a_wrong_way_import(tmp_path: Path) -> None:
     """A planted import against the layers (a function-local one, one through ``from shardctl import ...``
     and a relative one) fails the check that guards the real tree."""
-    store = tmp_path / "shardctl" / "store"
-    store.mkdir(parents=True)
-    (store / "__init__.py").write_text("")
-    (store / "reader.py").write_text("def helper():\n    from shardctl.stack import manager\n    return manager\n")
-    (store / "writer.py").write_text("from shardctl import control\nfrom ..stack.ha import drill\n")
-    serving = tmp_path / "serving"
-    serving.mkdir()
-    (serving / "app.py").write_text("import shardctl.store.reader\nimport shardctl.stack.binaries\n")
+    _plant(
+        tmp_path,
+        {
+            "shardctl/store/__init__.py": "",
+            "shardctl/store/reader.py": "def helper():\n    from shardctl.stack import manager\n    return manager\n",
+            "shardctl/store/writer.py": "from shardctl import control\nfrom ..stack.ha import drill\n",
+            "serving/app.py": "import shardctl.store.reader\nimport shardctl.stack.binaries\n",
+        },
+    )
     assert layer_violations(tmp_path) == [
         "shardctl/store/reader.py imports shardctl.stack.manager (layer rule: no shardctl.stack)",
         "shardctl/store/writer.py imports shardctl.control (layer rule: no shardctl.control)",
@@ -203,17 +211,18 @@ def test_no_import_cycle_anywhere() -> None:
 def test_the_cycle_check_catches_a_planted_cycle(tmp_path: Path) -> None:
     """A planted three-module cycle (one edge a function-local import, one relative) and a two-module one fail
     the check that guards the real tree; a package importing its own submodule is no cycle."""
-    cli = tmp_path / "shardctl" / "cli"
-    cli.mkdir(parents=True)
-    (cli / "__init__.py").write_text("from shardctl.cli.options import json_option\n")
-    (cli / "options.py").write_text("json_option = None\n")
-    (cli / "a.py").write_text("def run():\n    from shardctl.cli import b\n    return b\n")
-    (cli / "b.py").write_text("from .c import thing\n")
-    (cli / "c.py").write_text("import shardctl.cli.a\nthing = 1\n")
-    serving = tmp_path / "serving"
-    serving.mkdir()
-    (serving / "x.py").write_text("from serving.y import f\n")
-    (serving / "y.py").write_text("from serving import x\nf = 1\n")
+    _plant(
+        tmp_path,
+        {
+            "shardctl/cli/__init__.py": "from shardctl.cli.options import json_option\n",
+            "shardctl/cli/options.py": "json_option = None\n",
+            "shardctl/cli/a.py": "def run():\n    from shardctl.cli import b\n    return b\n",
+            "shardctl/cli/b.py": "from .c import thing\n",
+            "shardctl/cli/c.py": "import shardctl.cli.a\nthing = 1\n",
+            "serving/x.py": "from serving.y import f\n",
+            "serving/y.py": "from serving import x\nf = 1\n",
+        },
+    )
     assert import_cycles(tmp_path) == [
         "serving.x <-> serving.y",
         "shardctl.cli.a <-> shardctl.cli.b <-> shardctl.cli.c",
