@@ -15,6 +15,12 @@ CACHE_LOOKUPS = Counter(
 )
 REDIS_ERRORS = Counter("tessera_redis_errors_total", "Redis calls that failed (answered uncached)")
 SCORED_ROWS = Counter("tessera_scored_rows_total", "Rows scored by the MOJO")
+UNSCORABLE_FEATURES = Counter(
+    "tessera_unscorable_features_total",
+    "Feature values scored as NA because the model cannot read them (not a number in a numeric column), by "
+    "feature (the served models' feature names only: bounded)",
+    ["feature"],
+)
 SCORING_SECONDS = Histogram(
     "tessera_scoring_seconds",
     "Time to score one call's rows on the scoring pool",

@@ -12,6 +12,7 @@ import logging
 import math
 import os
 import threading
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 import jpype
 
 from serving.errors import NoModelError
+from serving.metrics import UNSCORABLE_FEATURES
 from shardctl.java import find_java_home
 from shardctl.store.registry import ModelRegistry, ModelVersion
 
@@ -29,6 +31,38 @@ _jvm_lock = threading.Lock()
 
 class ModelLoadError(RuntimeError):
     """The promoted model's MOJO could not be loaded (missing file, wrong jar)."""
+
+
+class UnscorableFeatures:
+    """Counts feature values the model cannot score (``tessera_unscorable_features_total{feature}``) and logs a
+    warning per feature at most once per ``interval_s``: a client sending text for a number gets an answer
+    (NA, as EasyPredict scores it), the operator a figure and a line, and the log no flood."""
+
+    def __init__(self, model_key: str, interval_s: float = 60.0):
+        self._model_key = model_key
+        self._interval_s = interval_s
+        self._last_warned: dict[str, float] = {}
+        self._since_warned: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def record(self, feature: str, value: object) -> None:
+        UNSCORABLE_FEATURES.labels(feature=feature).inc()
+        now = time.monotonic()
+        with self._lock:
+            skipped = self._since_warned.get(feature, 0)
+            last = self._last_warned.get(feature)
+            if last is not None and now - last < self._interval_s:
+                self._since_warned[feature] = skipped + 1
+                return
+            self._last_warned[feature] = now
+            self._since_warned[feature] = 0
+        log.warning(
+            "model %s: feature %r got a %s, not a number: scored as NA (%d more since the last warning)",
+            self._model_key,
+            feature,
+            type(value).__name__,
+            skipped,
+        )
 
 
 def ensure_jvm(genmodel_jar: str, java_home: str | None = None) -> None:
@@ -90,6 +124,7 @@ class LoadedModel:
         self._preds_size = int(mojo.getPredsSize())
         self._doubles = jpype.JArray(jpype.JDouble)
         self._local = threading.local()
+        self.unscorable = UnscorableFeatures(version.key)
 
     @property
     def key(self) -> str:
@@ -105,10 +140,10 @@ class LoadedModel:
             if levels is not None:
                 row[i] = levels.get(str(value), math.nan)
             else:
-                try:  # noqa: SIM105 - hot loop: a bare try is cheaper than contextlib.suppress
+                try:
                     row[i] = float(value)
                 except (TypeError, ValueError):
-                    pass  # not a number: NA
+                    self.unscorable.record(name, value)  # not a number: NA, counted and logged
         return row
 
     def score(self, rows: Sequence[Mapping[str, Any]]) -> list[Score]:

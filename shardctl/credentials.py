@@ -12,8 +12,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from pydantic import BaseModel, SecretStr
+
+from shardctl.errors import BadDsnError, SettingsError
 
 CREDENTIAL_KEYS = ("user", "password", "passfile")
 
@@ -28,9 +31,9 @@ class DbCredentials:
 
     def __post_init__(self) -> None:
         if self.password is not None and self.passfile is not None:
-            raise ValueError("give a password or a passfile, not both")
+            raise SettingsError("give a password or a passfile, not both")
         if (self.password is not None or self.passfile is not None) and not self.user:
-            raise ValueError("a password or passfile needs a user")
+            raise SettingsError("a password or passfile needs a user")
 
     def __repr__(self) -> str:  # never print a password
         secret = ", password=***" if self.password is not None else ""
@@ -55,17 +58,25 @@ def with_credentials(dsn: str, credentials: DbCredentials | None) -> str:
 
 def location_only(dsn: str) -> str:
     """``dsn`` without user, password and passfile: where a server is, for the catalog's shard map."""
-    params = {k: v for k, v in conninfo_to_dict(dsn).items() if k not in CREDENTIAL_KEYS}
+    params = {k: v for k, v in _params(dsn).items() if k not in CREDENTIAL_KEYS}
     return make_conninfo("", **params)
 
 
 def credentials_of(dsn: str) -> DbCredentials:
     """The credentials a DSN carries (empty if it names no user)."""
-    params = conninfo_to_dict(dsn)
+    params = _params(dsn)
     user = params.get("user")
     if not user:
         return DbCredentials()
     return DbCredentials(str(user), _str_or_none(params.get("password")), _str_or_none(params.get("passfile")))
+
+
+def _params(dsn: str) -> dict[str, object]:
+    """The DSN's parameters; ``BadDsnError`` (which never quotes the DSN) if libpq cannot parse it."""
+    try:
+        return conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        raise BadDsnError from None
 
 
 def _str_or_none(value: object) -> str | None:

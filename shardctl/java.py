@@ -16,6 +16,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import ClassVar
 
+from shardctl.errors import ShardctlError, first_line
 from shardctl.settings import SectionSettings, section_config
 
 
@@ -33,7 +34,7 @@ class JavaSettings(SectionSettings):
 SUPPORTED_MAJORS = range(8, 18)
 
 
-class JavaUnavailableError(RuntimeError):
+class JavaUnavailableError(ShardctlError, RuntimeError):
     """No usable Java runtime; the message lists what was tried and what to do."""
 
 
@@ -67,7 +68,9 @@ def _probe(home: Path) -> tuple[str, int]:
         )
     except (subprocess.CalledProcessError, subprocess.TimeoutExpired) as exc:
         raise OSError(f"{home / 'bin' / 'java'} -version failed: {exc}") from exc
-    first = (out.stderr or out.stdout).splitlines()[0]
+    first = first_line(out.stderr or out.stdout)
+    if not first:
+        raise OSError(f"{home / 'bin' / 'java'} -version printed nothing")
     match = re.search(r'"([^"]+)"', first)
     version = match.group(1) if match else first.strip()
     return version, _major_of(version)

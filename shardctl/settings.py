@@ -27,6 +27,8 @@ from pydantic_settings import (
     SettingsConfigDict,
 )
 
+from shardctl.errors import SettingsError
+
 DEFAULT_DATA_DIR = Path(".tessera")
 SETTINGS_FILE_NAME = "settings.json"
 
@@ -136,7 +138,7 @@ class StoreSettings(BaseSettings):
         """DSNs ordered by shard index; raises if the indices are not exactly 0..N-1."""
         ordered = sorted(self.servers, key=lambda s: s.index)
         if [s.index for s in ordered] != list(range(len(ordered))):
-            raise ValueError(f"shard indices must be 0..N-1, got {[s.index for s in ordered]}")
+            raise SettingsError(f"shard indices must be 0..N-1, got {[s.index for s in ordered]}")
         return [s.dsn for s in ordered]
 
 

@@ -12,8 +12,10 @@ import urllib.request
 from dataclasses import dataclass
 from typing import Any
 
+from shardctl.errors import ControlError
 
-class HAError(RuntimeError):
+
+class HAError(ControlError, RuntimeError):
     """An HA request that cannot be honoured; the message says why."""
 
 

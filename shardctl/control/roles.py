@@ -13,12 +13,14 @@ from collections.abc import Mapping
 import psycopg
 from psycopg import sql
 
+from shardctl.errors import ControlError, first_line
+from shardctl.store.connection import connect
 from shardctl.store.grants import PART_ROLES, PIPELINE_ROLE
 
 _ATTRIBUTES = "LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION NOBYPASSRLS INHERIT"
 
 
-class RoleSetupError(RuntimeError):
+class RoleSetupError(ControlError, RuntimeError):
     """The roles could not be created (not a superuser, or the server refused)."""
 
 
@@ -34,13 +36,13 @@ def ensure_roles(dsn: str, passwords: Mapping[str, str | None] | None = None, *,
     if unknown:
         raise RoleSetupError(f"no such part role: {', '.join(sorted(unknown))} (known: {', '.join(PART_ROLES)})")
     try:
-        with psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout) as conn:
+        with connect(dsn, autocommit=True, connect_timeout=connect_timeout) as conn:
             if not conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = current_user").fetchone()[0]:
                 raise RoleSetupError(f"creating roles needs a superuser; {conn.info.user!r} is not one")
             for role in PART_ROLES:
                 _ensure_role(conn, role, passwords.get(role))
     except psycopg.Error as exc:
-        raise RoleSetupError(f"could not create the part roles: {exc}") from exc
+        raise RoleSetupError(f"could not create the part roles: {first_line(exc)}") from exc
 
 
 def _ensure_role(conn: psycopg.Connection, role: str, password: str | None) -> None:
@@ -55,5 +57,5 @@ def _ensure_role(conn: psycopg.Connection, role: str, password: str | None) -> N
 
 def own_database(dsn: str, database: str, role: str = PIPELINE_ROLE, *, connect_timeout: int = 5) -> None:
     """Make ``role`` the owner of ``database`` (Dagster's storage belongs to the pipeline that runs Dagster)."""
-    with psycopg.connect(dsn, autocommit=True, connect_timeout=connect_timeout) as conn:
+    with connect(dsn, autocommit=True, connect_timeout=connect_timeout) as conn:
         conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(database), sql.Identifier(role)))

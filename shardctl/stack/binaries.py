@@ -13,8 +13,10 @@ import subprocess
 from dataclasses import dataclass
 from pathlib import Path
 
+from shardctl.errors import LocalStackError
 
-class MissingBinaryError(RuntimeError):
+
+class MissingBinaryError(LocalStackError, RuntimeError):
     """A server binary the stack needs is not on this machine; the message says how to get it."""
 
 

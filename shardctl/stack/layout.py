@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from shardctl.errors import LocalStackError
 from shardctl.java import find_java
 from shardctl.process import allocate_ports
 from shardctl.settings import SETTINGS_FILE_NAME
@@ -29,7 +30,7 @@ CATALOG = "catalog"
 DAGSTER_DATABASE = "dagster"
 
 
-class StackError(RuntimeError):
+class StackError(LocalStackError, RuntimeError):
     """A request the stack cannot honour; the message says why and what to do."""
 
 

@@ -11,6 +11,7 @@ from pathlib import Path
 
 import psycopg
 
+from shardctl.errors import LocalStackError
 from shardctl.process import log_tail, pid_alive, stop_pid, wait_until
 from shardctl.stack.binaries import PostgresBinaries
 from shardctl.stack.users import as_user, chown_tree
@@ -32,7 +33,7 @@ logging_collector = off
 """
 
 
-class PostgresStartError(RuntimeError):
+class PostgresStartError(LocalStackError, RuntimeError):
     """The server did not come up; the message carries the tail of its log."""
 
 

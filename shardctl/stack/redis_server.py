@@ -8,10 +8,11 @@ from pathlib import Path
 
 import redis
 
+from shardctl.errors import LocalStackError
 from shardctl.process import log_tail, pid_alive, spawn_in_own_session, stop_pid, wait_until
 
 
-class RedisStartError(RuntimeError):
+class RedisStartError(LocalStackError, RuntimeError):
     """Redis did not come up; the message carries the tail of its log."""
 
 

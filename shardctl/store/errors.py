@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import psycopg
 from psycopg.conninfo import conninfo_to_dict
+
+from shardctl.errors import StoreError, first_line
 
 
 def describe_dsn(dsn: str) -> str:
@@ -14,7 +17,7 @@ def describe_dsn(dsn: str) -> str:
     return f"{parts.get('host', 'localhost')}:{parts.get('port', '5432')}/{parts.get('dbname', '')}"
 
 
-class BadFeatureRowError(ValueError):
+class BadFeatureRowError(StoreError, ValueError):
     """A row of a write batch is invalid; nothing of the batch was written on any shard."""
 
     def __init__(self, index: int, entity_id: object, reason: str):
@@ -24,11 +27,11 @@ class BadFeatureRowError(ValueError):
         self.reason = reason
 
 
-class BadEntityIdError(ValueError):
+class BadEntityIdError(StoreError, ValueError):
     """A read asked for an entity id that cannot exist (not a non-empty string)."""
 
 
-class ShardUnavailableError(RuntimeError):
+class ShardUnavailableError(StoreError, RuntimeError):
     """A shard could not be reached or failed the request; callers answer 503 for its entities."""
 
     def __init__(self, shard: int, dsn: str, cause: BaseException | str):
@@ -37,7 +40,7 @@ class ShardUnavailableError(RuntimeError):
         self.cause = cause
 
 
-class FeatureWriteError(RuntimeError):
+class FeatureWriteError(StoreError, RuntimeError):
     """A write batch failed on a shard before commit; every shard rolled back, the batch can be re-run."""
 
     def __init__(self, message: str, failures: dict[int, BaseException] | None = None):
@@ -55,3 +58,11 @@ class PartialCommitError(FeatureWriteError):
             failures,
         )
         self.committed = committed
+
+
+class ServerUnreachableError(StoreError, psycopg.OperationalError):
+    """A Postgres server could not be connected to (down, refused, bad credentials); named by ``host:port/db``
+    only. Still a ``psycopg.OperationalError``, so code that retries those keeps doing so."""
+
+    def __init__(self, dsn: str, cause: BaseException):
+        super().__init__(f"cannot connect to {describe_dsn(dsn)}: {first_line(cause)}")

@@ -14,6 +14,8 @@ from collections.abc import Iterable
 
 import psycopg
 
+from shardctl.errors import StoreError
+
 FENCE_TABLE = "tessera_logical_shard_fence"
 FENCE_DDL = f"""
 CREATE TABLE IF NOT EXISTS {FENCE_TABLE} (
@@ -27,7 +29,7 @@ _CHECK_SQL = (
 )
 
 
-class FencedError(RuntimeError):
+class FencedError(StoreError, RuntimeError):
     """A write routed with an epoch below the fence of some of its logical shards: refresh and re-route."""
 
     def __init__(self, shards: dict[int, int], write_epoch: int):

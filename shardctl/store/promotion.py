@@ -11,6 +11,8 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
+from shardctl.errors import ModelLifecycleError
+
 # Metrics a promotion may be judged on, and whether a higher figure is the better one.
 HIGHER_IS_BETTER: dict[str, bool] = {"auc": True, "aucpr": True, "logloss": False}
 PromotionMetric = Literal["auc", "aucpr", "logloss"]
@@ -19,7 +21,7 @@ PROMOTE = "promote"
 ROLLBACK = "rollback"
 
 
-class PromotionError(ValueError):
+class PromotionError(ModelLifecycleError, ValueError):
     """A promotion or rollback that cannot happen as asked (the message says why; nothing was changed)."""
 
 

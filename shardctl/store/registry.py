@@ -14,10 +14,11 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
+from shardctl.errors import ModelLifecycleError
+from shardctl.store.connection import connect
 from shardctl.store.promotion import (
     PROMOTE,
     ROLLBACK,
@@ -95,7 +96,7 @@ CREATE INDEX IF NOT EXISTS model_promotions_by_alias ON model_promotions (model_
 UNCHECKED: object = object()
 
 
-class ModelNotFoundError(LookupError):
+class ModelNotFoundError(ModelLifecycleError, LookupError):
     """The named model version is not in the registry."""
 
 
@@ -125,7 +126,7 @@ class ModelRegistry:
         self.dsn = catalog_dsn
 
     def ensure_schema(self) -> None:
-        with psycopg.connect(self.dsn) as conn:
+        with connect(self.dsn) as conn:
             conn.execute(SCHEMA)
 
     def register(
@@ -166,7 +167,7 @@ class ModelRegistry:
         says and returns (MOJO path, genmodel jar path). The one place versions are numbered: the number, the
         artifacts' place and the row are decided under one lock, so concurrent trainers cannot swap them. If
         ``publish`` raises, nothing is recorded."""
-        with psycopg.connect(self.dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+        with connect(self.dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
             # Serialize version numbering per model without a sequence per model (released at commit).
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"model_versions:{model_name}",))
             cur.execute(
@@ -196,7 +197,7 @@ class ModelRegistry:
             return ModelVersion(**cur.fetchone())  # type: ignore[arg-type]
 
     def get(self, model_name: str, version: int) -> ModelVersion:
-        with psycopg.connect(self.dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+        with connect(self.dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
             cur.execute("SELECT * FROM model_versions WHERE model_name = %s AND version = %s", (model_name, version))
             row = cur.fetchone()
         if row is None:
@@ -204,13 +205,13 @@ class ModelRegistry:
         return ModelVersion(**row)
 
     def versions(self, model_name: str) -> list[ModelVersion]:
-        with psycopg.connect(self.dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+        with connect(self.dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
             cur.execute("SELECT * FROM model_versions WHERE model_name = %s ORDER BY version", (model_name,))
             return [ModelVersion(**r) for r in cur.fetchall()]
 
     def current(self, model_name: str, alias: str = PRODUCTION) -> ModelVersion | None:
         """The version serving should use, or None if none was promoted."""
-        with psycopg.connect(self.dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+        with connect(self.dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
                 """
                 SELECT v.* FROM model_aliases a
@@ -238,7 +239,7 @@ class ModelRegistry:
         nothing), else ``PromotionConflictError`` and nothing changes. The change, its record (with the
         evaluation's figures) and the announcement (NOTIFY, delivered at commit) are one transaction."""
         self.get(model_name, version)  # an unknown version fails before anything is locked
-        with psycopg.connect(self.dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+        with connect(self.dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
             # One promotion of an alias at a time: the read below and the write after it cannot interleave.
             cur.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"model_aliases:{model_name}:{alias}",))
             cur.execute("SELECT version FROM model_aliases WHERE model_name = %s AND alias = %s", (model_name, alias))
@@ -289,7 +290,7 @@ class ModelRegistry:
 
     def promotions(self, model_name: str, alias: str = PRODUCTION) -> list[Promotion]:
         """Every promotion and rollback of ``alias``, oldest first."""
-        with psycopg.connect(self.dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+        with connect(self.dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
                 "SELECT * FROM model_promotions WHERE model_name = %s AND alias = %s ORDER BY id", (model_name, alias)
             )
@@ -310,7 +311,7 @@ class ModelRegistry:
         details: dict[str, Any] | None = None,
     ) -> Evaluation:
         """Keep a comparison of ``candidate`` with the ``serving`` version (both scored on the same rows)."""
-        with psycopg.connect(self.dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+        with connect(self.dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
                 """
                 INSERT INTO model_evaluations (model_name, candidate, serving, metric, candidate_score,
@@ -335,7 +336,7 @@ class ModelRegistry:
 
     def evaluations(self, model_name: str, candidate: int | None = None) -> list[Evaluation]:
         """Comparisons kept for ``model_name`` (of one candidate, if given), oldest first."""
-        with psycopg.connect(self.dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+        with connect(self.dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
             cur.execute(
                 """
                 SELECT * FROM model_evaluations

@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
+from shardctl.errors import StoreError
+
 T = TypeVar("T")
 
 # SQLSTATEs that mean "this server is not (or no longer) the primary you can write to".
@@ -29,7 +31,7 @@ _FAILOVER_STATES = {
 }
 
 
-class FailoverTimeout(RuntimeError):
+class FailoverTimeout(StoreError, RuntimeError):
     """No primary accepted the work before the deadline; the message carries the last error."""
 
 

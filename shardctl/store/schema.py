@@ -18,7 +18,10 @@ import psycopg
 import sqlglot
 from sqlglot import exp
 
+from shardctl.errors import StoreError
 from shardctl.store.changes import change_log_ddl
+from shardctl.store.connection import connect
+from shardctl.store.errors import describe_dsn
 from shardctl.store.fence import FENCE_DDL as FENCE_TABLE_DDL
 from shardctl.store.fence import FENCE_ROWS_SQL
 from shardctl.store.grants import grant_shard_privileges
@@ -40,7 +43,7 @@ TUNED_STORAGE: Mapping[str, int | float] = {
 }
 
 
-class SchemaError(RuntimeError):
+class SchemaError(StoreError, RuntimeError):
     """Unsafe identifier, invalid DDL, or a shard whose recorded migrations disagree with the code."""
 
 
@@ -170,7 +173,7 @@ _MIGRATIONS_DDL = f"""CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
 def apply_schema(dsn: str, *, connect_timeout: int = 5) -> list[int]:
     """Bring one server to the newest schema; returns the versions applied now (empty when up to date)."""
     applied_now: list[int] = []
-    with psycopg.connect(dsn, connect_timeout=connect_timeout, autocommit=True) as conn:
+    with connect(dsn, connect_timeout=connect_timeout, autocommit=True) as conn:
         # A session-level lock: a migration's online steps run outside any transaction.
         conn.execute("SELECT pg_advisory_lock(%s)", (_SCHEMA_LOCK_KEY,))
         try:
@@ -207,7 +210,7 @@ def _recorded(conn: psycopg.Connection, dsn: str, migration: Migration) -> bool:
         return False
     if row[0] != migration.checksum:
         raise SchemaError(
-            f"shard {dsn!r}: migration {migration.version} ({migration.name}) was applied with "
+            f"shard {describe_dsn(dsn)}: migration {migration.version} ({migration.name}) was applied with "
             f"checksum {row[0]}, the code now has {migration.checksum}: add a new migration instead"
         )
     return True

@@ -2,7 +2,8 @@
 
 ``plan`` decides which logical shards move (pure logic), ``estimate`` sizes the moves, ``replication``
 copies them and keeps them in sync through a row-filtered publication and a subscription, ``verify`` compares
-source and target, ``cleanup`` removes moved rows from the source without leaving bloat. Design and measured
-facts: docs/architecture/resharding.md. Imports stay at psycopg and the standard library so the package can
-move (``shardctl/control/``) without dragging the store along.
+source and target, ``cleanup`` removes moved rows from the source without leaving bloat; ``journal`` keeps the
+phases in the catalog and ``engine`` drives them. Design and measured facts: docs/architecture/resharding.md.
+The package sits on the store (the shard map, the schema, the logical-shard fence, connections), as the control
+plane does: it never imports the local stack or the CLI.
 """

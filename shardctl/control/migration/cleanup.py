@@ -17,9 +17,10 @@ import psycopg
 from psycopg import sql
 
 from shardctl.control.migration.table import SHARD_COLUMN, MovedTable
+from shardctl.errors import ControlError
 
 
-class CleanupError(RuntimeError):
+class CleanupError(ControlError, RuntimeError):
     """Deleting now would do harm: a publication still carries the table's deletes to a target."""
 
 

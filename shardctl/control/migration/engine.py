@@ -28,6 +28,7 @@ from shardctl.control.migration.journal import ABORTABLE, PHASES, Journal, Journ
 from shardctl.control.migration.plan import Move, PlanError, apply_moves, plan_moves
 from shardctl.control.migration.table import MovedTable, check_layout, count_rows
 from shardctl.control.migration.verify import verify
+from shardctl.errors import ControlError, first_line
 from shardctl.store.fence import fence_epochs, raise_fence
 from shardctl.store.schema import apply_schema
 from shardctl.store.shardmap import ShardMap, ShardMapError, ShardMapStore, ShardMapWatcher
@@ -35,8 +36,13 @@ from shardctl.store.shardmap import ShardMap, ShardMapError, ShardMapStore, Shar
 log = logging.getLogger(__name__)
 
 
-class MigrationError(RuntimeError):
+class MigrationError(ControlError, RuntimeError):
     """A migration cannot start or continue; the message says why and what to do (one line)."""
+
+
+class FinalCheckError(MigrationError):
+    """The cutover's final check found moved logical shards whose row counts differ between source and target:
+    the cutover stops (no retry can fix a copy that lost rows)."""
 
 
 @contextmanager
@@ -46,7 +52,7 @@ def _servers_reachable(action: str) -> Iterator[None]:
     try:
         yield
     except psycopg.OperationalError as exc:
-        said = replication.first_line(exc)
+        said = first_line(exc)
         raise MigrationError(
             f"{action} stopped: a server of this migration has no writable primary or cannot be reached (a failover "
             f"in progress?); run it again once `shardctl ha status` shows every shard healthy ({said})"
@@ -259,7 +265,7 @@ class MigrationEngine:
                 try:
                     state = replication.progress(link)
                 except psycopg.OperationalError as exc:
-                    links.append({"link": link.name, "error": str(exc).splitlines()[0]})
+                    links.append({"link": link.name, "error": first_line(exc)})
                     continue
                 rows = pair["rows"] if state.synced else state.copying_rows
                 copied += rows
@@ -397,7 +403,7 @@ class MigrationEngine:
             for link in links:
                 differing = _count_mismatches(link, self.table)
                 if differing:
-                    raise MigrationError(
+                    raise FinalCheckError(
                         f"final check of {link.name} failed: row counts differ on logical shards {differing}"
                     )
             published = self.maps.publish_placement(
@@ -407,10 +413,10 @@ class MigrationEngine:
             if not isinstance(exc, psycopg.errors.LockNotAvailable | replication.ReplicationError | MigrationError):
                 self._release_fences(record)  # never leave writers held at a fence no epoch will reach
                 raise
-            log.warning("cutover attempt gave up (%s); lowering the fence", str(exc).splitlines()[0])
-            self.on_progress(ProgressEvent("cut_over", f"attempt gave up: {str(exc).splitlines()[0]}"))
+            log.warning("cutover attempt gave up (%s); lowering the fence", first_line(exc))
+            self.on_progress(ProgressEvent("cut_over", f"attempt gave up: {first_line(exc)}"))
             self._release_fences(record)
-            if isinstance(exc, MigrationError) and "final check" in str(exc):
+            if isinstance(exc, FinalCheckError):
                 raise
             return None
         done = time.monotonic()
@@ -503,7 +509,7 @@ class MigrationEngine:
                 with psycopg.connect(dsn, connect_timeout=3) as conn:
                     conn.execute("SELECT 1")
             except psycopg.OperationalError as exc:
-                raise MigrationError(f"server {name} is unreachable: {str(exc).splitlines()[0]}") from None
+                raise MigrationError(f"server {name} is unreachable: {first_line(exc)}") from None
 
 
 def _checked_servers(to_servers: Sequence[str], registry: Mapping[str, str]) -> list[str]:

@@ -16,6 +16,9 @@ from typing import Any
 
 import psycopg
 
+from shardctl.errors import ControlError
+from shardctl.store.connection import connect
+
 PHASES = ("planned", "provisioned", "copying", "synced", "verified", "cut_over", "cleaned")
 ABORTABLE = frozenset(PHASES[: PHASES.index("cut_over")])
 
@@ -39,7 +42,7 @@ CREATE TABLE IF NOT EXISTS tessera_migration_events (
 """
 
 
-class JournalError(RuntimeError):
+class JournalError(ControlError, RuntimeError):
     """A migration is already running, or a phase change is not allowed."""
 
 
@@ -58,7 +61,7 @@ class Journal:
         self.catalog_dsn = catalog_dsn
 
     def _connect(self) -> psycopg.Connection:
-        return psycopg.connect(self.catalog_dsn, connect_timeout=5)
+        return connect(self.catalog_dsn, connect_timeout=5)
 
     def ensure_schema(self) -> None:
         with self._connect() as conn:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
+from shardctl.errors import ControlError
 from shardctl.store.hashing import TOTAL_LOGICAL_SHARDS
 
 DEFAULT_TOTAL_SHARDS = TOTAL_LOGICAL_SHARDS  # a power of two: why in docs/architecture/logical.md
@@ -17,7 +18,7 @@ DEFAULT_TOTAL_SHARDS = TOTAL_LOGICAL_SHARDS  # a power of two: why in docs/archi
 Placement = Mapping[int, str]
 
 
-class PlanError(ValueError):
+class PlanError(ControlError, ValueError):
     """The placement or the target server set cannot be planned (empty, unknown shards, bad count)."""
 
 

@@ -20,11 +20,12 @@ from psycopg import sql
 
 from shardctl.control.migration import table as table_sql
 from shardctl.control.migration.table import SHARD_COLUMN, MovedTable, check_layout, identifier
+from shardctl.errors import ControlError, first_line
 
 NAME_PREFIX = "tessera_mv_"
 
 
-class ReplicationError(RuntimeError):
+class ReplicationError(ControlError, RuntimeError):
     """A link cannot be set up or does not progress (conflicting objects, disabled subscription, timeout)."""
 
 
@@ -456,8 +457,3 @@ def _drop_slot(conn: psycopg.Connection, slot: str, timeout: float) -> bool:
         if time.monotonic() > deadline:
             raise ReplicationError(f"slot {slot} still in use after {timeout:.0f} s")
         time.sleep(0.1)
-
-
-def first_line(exc: BaseException) -> str:
-    """An error's first line for a one-line message (its type's name when it says nothing)."""
-    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import psycopg
 from psycopg import sql
 
+from shardctl.errors import ControlError
+
 SHARD_COLUMN = "logical_shard"
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 
@@ -29,7 +31,7 @@ FLAT_TABLE_DDL = """CREATE TABLE {table} (
 ) WITH (fillfactor = 50)"""
 
 
-class LayoutError(RuntimeError):
+class LayoutError(ControlError, RuntimeError):
     """The table cannot be moved by logical shard (missing, or ``logical_shard`` not leading its key)."""
 
 

@@ -14,11 +14,12 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from shardctl.errors import LocalStackError
 from shardctl.process import log_tail, pid_alive, spawn_in_own_session, stop_pid, wait_until
 from shardctl.stack.binaries import MissingBinaryError
 
 
-class EtcdStartError(RuntimeError):
+class EtcdStartError(LocalStackError, RuntimeError):
     """etcd did not come up; the message carries the tail of its log."""
 
 

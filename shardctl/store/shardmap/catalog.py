@@ -10,6 +10,7 @@ from collections.abc import Callable, Mapping, Sequence
 import psycopg
 
 from shardctl.credentials import credentials_of, location_only, with_credentials
+from shardctl.store.connection import connect
 from shardctl.store.hashing import TOTAL_LOGICAL_SHARDS
 from shardctl.store.shardmap.value import ShardMap, ShardMapError, check_server_name, server_name
 from shardctl.store.shardmap.watcher import NOTIFY_CHANNEL, ShardMapWatcher
@@ -68,7 +69,7 @@ class ShardMapStore:
         self.connect_timeout = connect_timeout
 
     def _connect(self, **kwargs) -> psycopg.Connection:
-        return psycopg.connect(self.catalog_dsn, connect_timeout=max(1, int(self.connect_timeout)), **kwargs)
+        return connect(self.catalog_dsn, connect_timeout=max(1, int(self.connect_timeout)), **kwargs)
 
     def ensure_schema(self) -> None:
         """Create the catalog tables if missing and bring an older catalog up to date (idempotent)."""

@@ -6,12 +6,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from shardctl.errors import StoreError
 from shardctl.store.hashing import TOTAL_LOGICAL_SHARDS, entity_hash
 
 SERVER_NAME = re.compile(r"^[a-z0-9][a-z0-9_-]{0,62}$")
 
 
-class ShardMapError(RuntimeError):
+class ShardMapError(StoreError, RuntimeError):
     """The catalog has no usable shard map (not initialized, or inconsistent), or a publish lost a race."""
 
 

@@ -8,14 +8,19 @@ Nothing here commits: ``shardctl.store.writer.commit`` decides, across all shard
 from __future__ import annotations
 
 import contextlib
+import logging
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime
 
 import psycopg
 
+from shardctl.errors import first_line
 from shardctl.store.changes import LOG_BATCH_SQL, MARK_LOGGED_SQL
+from shardctl.store.errors import describe_dsn
 from shardctl.store.schema import FEATURE_TABLE
+
+log = logging.getLogger(__name__)
 
 RoutedRow = tuple[int, str, bytes, datetime]  # logical shard, entity id, JSON-encoded features, event time
 
@@ -63,6 +68,7 @@ class ShardStream:
     def __init__(self, shard: int, conn: psycopg.Connection, fast: bool, executor: ThreadPoolExecutor, sub_batch: int):
         self.shard = shard
         self.conn = conn
+        self.where = describe_dsn(conn.info.dsn)  # host:port/db for the logs, never a password
         self.fast = fast
         self.rows: list[RoutedRow] = []  # fast path: kept to stage them if it fails
         self._executor = executor
@@ -122,11 +128,17 @@ class ShardStream:
             merging.result()
 
     def abort(self) -> None:
-        with contextlib.suppress(Exception):
+        """Make the open COPY fail, or wait out the running merge, so the rollback can follow. It runs while the
+        batch's own error is on its way up: a failure here is logged, never raised over that error."""
+        try:
             if self.fast:
                 self._copying.__exit__(_Aborted, _Aborted(), None)
             else:
                 self._wait_for_merge()  # the connection must be idle before the rollback
+        except psycopg.Error as exc:  # the connection broke, or the merge had failed on the server
+            log.warning("shard %s (%s): aborting its write failed: %s", self.shard, self.where, first_line(exc))
+        except Exception:  # a merge that failed in our code: a bug, logged with its traceback
+            log.exception("shard %s (%s): aborting its write failed", self.shard, self.where)
 
     def finish_copy(self) -> None:
         """End the COPY. A stored key met on the fast path rolls back to the savepoint and stages instead."""

@@ -1,7 +1,6 @@
-"""`shardctl servers` (the catalog's server registry) and `shardctl migrate` (online resharding), registered on
-the root group by ``shardctl/cli.py``, whose group turns the known failures into one line and exit 1. Servers are
-names; DSNs are given once, to `servers add`, and never printed with their credentials. Progress bars go to
-stderr and are off with ``--json`` (machine output on stdout)."""
+"""`shardctl migrate` (online resharding: plan, run, resume, status, abort). Progress bars go to stderr and are
+off with ``--json`` (machine output on stdout); failures are ``ShardctlError``s the root group prints as one
+line (``shardctl/cli/options.py``)."""
 
 from __future__ import annotations
 
@@ -10,87 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
+from shardctl.cli.options import catalog_dsn, force_option, json_option
+
 if TYPE_CHECKING:
     from shardctl.control.migration.engine import MigrationEngine, ProgressEvent
-
-
-def _catalog_dsn() -> str:
-    from shardctl.cli import catalog_dsn
-
-    return catalog_dsn()
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
-
-
-# --- servers -------------------------------------------------------------------------------------------------------
-
-
-@click.group()
-def servers() -> None:
-    """The servers the catalog knows, by name (placed or not)."""
-
-
-@servers.command("list")
-@json_option
-def servers_list(as_json: bool) -> None:
-    """Each registered server: where it is (host:port/db), how many logical shards it holds, reachable or not."""
-    import psycopg
-
-    from shardctl.store.errors import describe_dsn
-    from shardctl.store.shardmap import ShardMapStore
-
-    maps = ShardMapStore(_catalog_dsn())
-    maps.ensure_schema()
-    current = maps.current()
-    rows = []
-    for name, dsn in maps.registered_servers().items():
-        try:
-            with psycopg.connect(dsn, connect_timeout=2):
-                reachable = True
-        except psycopg.OperationalError:
-            reachable = False
-        rows.append(
-            {
-                "name": name,
-                "server": describe_dsn(dsn),
-                "logical_shards": len(current.logical_shards_on(name)),
-                "reachable": reachable,
-            }
-        )
-    if as_json:
-        click.echo(json.dumps({"epoch": current.epoch, "servers": rows}, indent=2))
-        return
-    click.echo(f"epoch {current.epoch}")
-    click.echo(f"{'name':<16} {'logical shards':>14}  {'reachable':<9} server")
-    for r in rows:
-        click.echo(f"{r['name']:<16} {r['logical_shards']:>14}  {'yes' if r['reachable'] else 'NO':<9} {r['server']}")
-
-
-@servers.command("add")
-@click.argument("name")
-@click.option("--dsn", required=True, help="libpq DSN of the server (may be multi-host: a Patroni cluster).")
-@click.option("--replace", is_flag=True, help="Point an existing name at a new DSN.")
-def servers_add(name: str, dsn: str, replace: bool) -> None:
-    """Register server NAME at DSN (it must be reachable). Placing logical shards on it is `shardctl migrate`'s
-    job: `shardctl migrate run --add-server NAME`."""
-    import psycopg
-
-    from shardctl.control.migration.engine import MigrationError
-    from shardctl.store.errors import describe_dsn
-    from shardctl.store.shardmap import ShardMapStore, check_server_name
-
-    check_server_name(name)
-    try:
-        with psycopg.connect(dsn, connect_timeout=3):
-            pass
-    except psycopg.OperationalError as exc:
-        raise MigrationError(f"server {name} is unreachable: {str(exc).strip().splitlines()[0]}") from None
-    ShardMapStore(_catalog_dsn()).register_server(name, dsn, replace=replace)
-    click.echo(f"server {name} registered at {describe_dsn(dsn)}")
-
-
-# --- migrate -------------------------------------------------------------------------------------------------------
 
 
 @click.group()
@@ -148,7 +70,7 @@ def migrate_plan(to_servers: str | None, add_server: str | None, remove_server: 
     """Which logical shards would move from where to where, and the rows and bytes that would move."""
     from shardctl.control.migration.engine import MigrationEngine
 
-    engine = MigrationEngine(_catalog_dsn())
+    engine = MigrationEngine(catalog_dsn())
     report = engine.plan(resolve_target(_placed_servers(engine), to_servers, add_server, remove_server))
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
@@ -205,7 +127,7 @@ def _engine(as_json: bool) -> tuple[MigrationEngine, _Bars | None]:
     from shardctl.control.migration.engine import MigrationEngine
 
     bars = None if as_json else _Bars()
-    return MigrationEngine(_catalog_dsn(), on_progress=bars), bars
+    return MigrationEngine(catalog_dsn(), on_progress=bars), bars
 
 
 def _finish(engine: MigrationEngine, migration_id: int, as_json: bool, bars: _Bars | None) -> None:
@@ -265,7 +187,7 @@ def migrate_status(as_json: bool) -> None:
     """Phase, rows copied, replication lag and ETA of the running migration (else the last one)."""
     from shardctl.control.migration.engine import MigrationEngine
 
-    status = MigrationEngine(_catalog_dsn()).status()
+    status = MigrationEngine(catalog_dsn()).status()
     if as_json:
         click.echo(json.dumps(status, indent=2, default=str))
         return
@@ -296,13 +218,13 @@ def migrate_status(as_json: bool) -> None:
 
 
 @migrate.command("abort")
-@click.option("--force", is_flag=True, help="Do not ask for confirmation.")
+@force_option
 @json_option
 def migrate_abort(force: bool, as_json: bool) -> None:
     """Before cutover: drop the copy (subscriptions, slots, publications, copied rows); traffic never moved."""
     from shardctl.control.migration.engine import MigrationEngine, MigrationError
 
-    engine = MigrationEngine(_catalog_dsn())
+    engine = MigrationEngine(catalog_dsn())
     running = engine.journal.running()
     if running is None:
         raise MigrationError("no migration is running")

@@ -3,7 +3,7 @@
 version it replaces and fails, changing nothing, if another promotion got there first.
 
 Promote and rollback ask no question: each is recorded and undone by the next rollback or promotion. Errors are
-one line and exit 1 (the root group in shardctl/cli.py translates them, as for every command). Only click is
+one line and exit 1 (the root group, ``shardctl/cli/options.py``, prints them, as for every command). Only click is
 imported at load (`shardctl --help` stays light); the rest when a command runs.
 """
 
@@ -13,6 +13,8 @@ import json
 from typing import TYPE_CHECKING, Any
 
 import click
+
+from shardctl.cli.options import catalog_dsn, json_option, read_settings
 
 if TYPE_CHECKING:
     from shardctl.store.promotion import Evaluation, Promotion
@@ -30,22 +32,14 @@ def models(ctx: click.Context, model_name: str | None) -> None:
 def _open(ctx: click.Context, *, writes: bool = False) -> tuple[ModelRegistry, str]:
     """The registry and the model name; a command that writes first creates the lifecycle tables a catalog made
     before them lacks (reads never run DDL: a read-only role can list)."""
-    from shardctl.control.settings import ControlSettings
-    from shardctl.credentials import with_credentials
     from shardctl.settings import StoreSettings
     from shardctl.store.registry import ModelRegistry
 
-    settings = StoreSettings()
-    if not settings.catalog_dsn:
-        raise click.ClickException("no catalog DSN: set TESSERA_CATALOG_DSN or run `shardctl stack up`")
     # An operator's command: as the control plane (TESSERA_CONTROL__DB_*), like every `shardctl` command.
-    registry = ModelRegistry(with_credentials(settings.catalog_dsn, ControlSettings().db_credentials()))
+    registry = ModelRegistry(catalog_dsn())
     if writes:
         registry.ensure_schema()
-    return registry, ctx.obj["model_name"] or settings.model_name
-
-
-json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+    return registry, ctx.obj["model_name"] or read_settings(StoreSettings).model_name
 
 
 def _figure(value: float | None) -> str:
