@@ -13,7 +13,7 @@ from tests.k8s.conftest import route_to_stack
 from tests.k8s.pods import Cluster, Container, copy_model
 from tests.k8s.render import find
 
-PROBE_CAP = 120.0  # seconds a probe may take to pass here (2 shared cores); the manifests allow more
+PROBE_CAP = 240.0  # seconds a probe may take to pass here (2 shared cores); the manifests allow as much
 JOB_TIMEOUT = 120.0
 
 
