@@ -64,6 +64,16 @@ def hidden_interpreter() -> list[str]:
     return []
 
 
+GRPC_CHECK = """
+import sys, grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+target, service, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
+with grpc.insecure_channel(target) as channel:
+    reply = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service), timeout=timeout)
+sys.exit(0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1)
+"""
+
+
 class PodError(AssertionError):
     """The pod would not start, or a probe did not pass."""
 
@@ -443,7 +453,19 @@ class Container:
             return None
         if "exec" in probe:
             return self.exec(probe["exec"]["command"], timeout)
+        if "grpc" in probe:
+            return self.grpc_health(probe["grpc"]["port"], probe["grpc"].get("service", ""), timeout)
         raise PodError(f"{self.name}: probe kind not emulated: {sorted(probe)}")
+
+    def grpc_health(self, port: int, service: str, timeout: float) -> str | None:
+        """The kubelet's gRPC probe: grpc.health.v1 Check on the pod IP, from the node (here: in the pod network)."""
+        argv = ["nsenter", "-t", str(self.proc.pid), "-n", "--", sys.executable, "-P", "-c", GRPC_CHECK]
+        argv += [f"{self.net.ip}:{port}", service, str(timeout)]
+        try:
+            result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout + 5, check=False)
+        except subprocess.TimeoutExpired:
+            return f"grpc {port}: no answer in {timeout} s"
+        return None if result.returncode == 0 else f"grpc {port}: {(result.stdout + result.stderr)[-300:]}"
 
     def exec(self, command: list[str], timeout: float) -> str | None:
         """Run ``command`` in the container (its namespaces, user, environment), as an exec probe does."""

@@ -5,16 +5,21 @@ Secrets, as its user, with only its declared volumes writable; then each probe, 
 from __future__ import annotations
 
 import concurrent.futures
+import copy
+from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 
 from shardctl.store.registry import ModelRegistry
 from tests.k8s.conftest import route_to_stack
-from tests.k8s.pods import Cluster, Container, copy_model
+from tests.k8s.pods import Cluster, Container, PodError, copy_model
 from tests.k8s.render import find
 
 PROBE_CAP = 240.0  # seconds a probe may take to pass here (2 shared cores); the manifests allow as much
 JOB_TIMEOUT = 120.0
+MODELS = "/var/lib/tessera/models"  # the tessera-models volume in the serving pods
+PLANTED_CAP = 45.0  # a planted fault must fail within this (the real manifests pass within PROBE_CAP)
 
 
 def run_job(cluster: Cluster, docs: list[dict], name: str) -> Container:
@@ -26,21 +31,22 @@ def run_job(cluster: Cluster, docs: list[dict], name: str) -> Container:
 
 def promote_model(cluster: Cluster, stack_settings, trained) -> None:
     """The state a first training run leaves: a model's files on the tessera-models volume, registered with the
-    paths the serving pods see, and promoted."""
-    mojo, jar = trained.paths[0]
+    paths the serving pods see, and promoted (once per stack)."""
+    mojo, jar = (Path(p) for p in trained.paths[0])
     claim = cluster.claim_dir("tessera-models")
-    seen = "/var/lib/tessera/models"
-    copy_model(__import__("pathlib").Path(mojo), claim, "churn-1")
-    copy_model(__import__("pathlib").Path(jar), claim, "churn-1")
+    copy_model(mojo, claim, "churn-1")
+    copy_model(jar, claim, "churn-1")
     registry = ModelRegistry(stack_settings.catalog_dsn)
+    if registry.current(stack_settings.model_name) is not None:
+        return
     version = registry.register(
         stack_settings.model_name,
         algorithm="gbm",
         feature_set="k8s_test_v1",
         features=["spend", "visits", "tier", "tenure"],
         metrics={"auc": 0.5},
-        artifact_path=f"{seen}/churn-1/{__import__('pathlib').Path(mojo).name}",
-        genmodel_jar=f"{seen}/churn-1/h2o-genmodel.jar",
+        artifact_path=f"{MODELS}/churn-1/{mojo.name}",
+        genmodel_jar=f"{MODELS}/churn-1/{jar.name}",
     )
     registry.promote(stack_settings.model_name, version.version)
 
@@ -76,3 +82,69 @@ def test_every_tessera_container_starts_from_the_rendered_manifests_and_passes_i
     }
     for name, pod in pods.items():
         assert pod.running(), f"{name} exited after its probes passed:\n{pod.tail()}"
+
+
+def _serving(docs: list[dict]) -> dict:
+    return find(docs, "Deployment", "serving")["spec"]["template"]["spec"]["containers"][0]
+
+
+def misspelt_module(docs: list[dict]) -> None:
+    _serving(docs)["command"] = ["python", "-m", "servng"]
+
+
+def misspelt_env_name(docs: list[dict]) -> None:
+    data = find(docs, "ConfigMap", "tessera-config")["data"]
+    data["TESSERA_CATALOG_DNS"] = data.pop("TESSERA_CATALOG_DSN")
+
+
+def wrong_port(docs: list[dict]) -> None:
+    _serving(docs)["ports"][0]["containerPort"] = 8080
+
+
+def wrong_probe_path(docs: list[dict]) -> None:
+    _serving(docs)["readinessProbe"]["httpGet"]["path"] = "/ready"
+
+
+def undeclared_write(docs: list[dict]) -> None:
+    """The serving container, asked to write where no volume is (its root filesystem is read-only)."""
+    _serving(docs)["command"] = ["python", "-c", "open('/app/probe-cache', 'w')"]
+
+
+PLANTED: list[Callable[[list[dict]], None]] = [
+    misspelt_module,
+    misspelt_env_name,
+    wrong_port,
+    wrong_probe_path,
+    undeclared_write,
+]
+
+
+@pytest.mark.req("PLAT.k8s-containers")
+def test_a_planted_fault_in_a_manifest_fails_the_container_test(rendered, k8s_stack, make_cluster, trained) -> None:
+    """Each plant on its own copy of the rendered output, the serving pods started side by side: every one fails."""
+    stack, settings = k8s_stack
+    failures: dict[str, str] = {}
+    pods = {}
+    for plant in PLANTED:
+        docs = copy.deepcopy(rendered)
+        plant(docs)
+        cluster = make_cluster(docs, plant.__name__)
+        route_to_stack(cluster, stack)
+        promote_model(cluster, settings, trained)
+        pods[plant.__name__] = cluster.start("serving", find(docs, "Deployment", "serving"))
+
+    def outcome(pod: Container) -> str:
+        try:
+            pod.probes(PLANTED_CAP)
+        except PodError as exc:
+            return str(exc).splitlines()[0]
+        return "passed"
+
+    with concurrent.futures.ThreadPoolExecutor(len(pods)) as pool:
+        failures = dict(zip(pods, pool.map(outcome, pods.values()), strict=True))
+    assert "passed" not in failures.values(), failures
+    assert "exited" in failures["misspelt_module"]
+    assert "exited" in failures["undeclared_write"]
+    assert "readinessProbe" in failures["misspelt_env_name"]  # no catalog: no model loaded
+    assert "startupProbe" in failures["wrong_port"]
+    assert "HTTP 404" in failures["wrong_probe_path"]
