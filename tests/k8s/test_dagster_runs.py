@@ -96,3 +96,13 @@ def test_the_run_image_follows_a_kustomize_image_change(tmp_path: Path) -> None:
     current = next(e["value"] for e in code["env"] if e["name"] == "DAGSTER_CURRENT_IMAGE")
     assert code["image"] == current == "ghcr.io/tessera-data/tessera:9.9.9"
     assert pod_spec(run_job(docs, {}, ARGS))["containers"][0]["image"] == current
+
+
+@pytest.mark.req("PLAT.k8s-dagster")
+def test_a_run_pod_can_write_where_the_pipeline_writes(rendered) -> None:
+    """Its root filesystem is read-only: the model files (orchestration/defs/churn_model.py) and the local H2O
+    JVM's folder (orchestration/resources.py), both under TESSERA_DATA_DIR, are volumes."""
+    data_dir = find(rendered, "ConfigMap", "tessera-config")["data"]["TESSERA_DATA_DIR"]
+    container = pod_spec(run_job(rendered, dict(model_job.tags), ARGS))["containers"][0]
+    mounts = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
+    assert {f"{data_dir}/models", f"{data_dir}/h2o", "/tmp"} <= mounts
