@@ -62,3 +62,5 @@ def test_the_resharding_job_targets_the_new_cluster_as_the_superuser_from_env(re
     assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "tessera-postgres"
     for rule in rules.RULES:
         assert rule([job]) == [], rule.__name__
+    for version in SUPPORTED:
+        assert validation_errors([job], version) == []
