@@ -149,3 +149,31 @@ def test_a_planted_fault_in_a_manifest_fails_the_container_test(rendered, k8s_st
     assert "exited" in failures["misspelt_env_name"] or "readinessProbe" in failures["misspelt_env_name"]
     assert "startupProbe" in failures["wrong_port"]
     assert "HTTP 404" in failures["wrong_probe_path"]
+
+
+@pytest.mark.req("PLAT.k8s-containers")
+def test_a_run_pod_as_the_launcher_builds_it_materializes_a_partition(
+    rendered, k8s_stack, make_cluster, generated, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The Job the K8sRunLauncher would create for a run (tests/k8s/run_pod.py), its container started like the
+    others: `dagster api execute_run` loads the code from the image, reaches storage by Service names and
+    materializes one partition of raw_events as the pipeline's role."""
+    from tests.k8s.dagster_run import execute_run_args, run_status
+    from tests.k8s.run_pod import run_job as launcher_job
+
+    stack, _ = k8s_stack
+    state = stack.load_state()
+    assert state is not None
+    password = generated.secrets["tessera-pipeline-db"]["TESSERA_PIPELINE__DB_PASSWORD"]
+    monkeypatch.setenv("TESSERA_PIPELINE__DB_PASSWORD", password)  # as this process reads the same storage
+    from orchestration.defs.partitions import daily_partitions
+
+    first_day = daily_partitions.get_first_partition_key()
+    args, run_id = execute_run_args(rendered, state.catalog_port, tmp_path, first_day)
+    job = launcher_job(rendered, {}, args, run_id=run_id[:8])
+    cluster = make_cluster(rendered)
+    route_to_stack(cluster, stack)
+    pod = cluster.start(job["metadata"]["name"], job)
+    code = pod.wait_exit(PROBE_CAP)
+    assert code == 0, f"run pod exited {code}:\n{pod.tail()}"
+    assert run_status(state.catalog_port, tmp_path, run_id) == "SUCCESS", pod.tail()
