@@ -196,7 +196,7 @@ class Cluster:
         Tessera image)."""
         template = workload["spec"]["template"]
         spec = template["spec"]
-        chosen = next(c for c in spec["containers"] if container in (None, c["name"]))
+        chosen = next(c for c in spec.get("initContainers", []) + spec["containers"] if container in (None, c["name"]))
         net = self.network(pod_name)
         self.wire(net, pod_name)
         claims = [t["metadata"]["name"] for t in workload["spec"].get("volumeClaimTemplates", [])]

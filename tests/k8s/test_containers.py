@@ -13,6 +13,7 @@ import pytest
 
 from shardctl.store.registry import ModelRegistry
 from tests.k8s.conftest import route_to_stack
+from tests.k8s.netns import Endpoint
 from tests.k8s.pods import Cluster, Container, PodError, copy_model
 from tests.k8s.render import find
 
@@ -177,3 +178,33 @@ def test_a_run_pod_as_the_launcher_builds_it_materializes_a_partition(
     code = pod.wait_exit(PROBE_CAP)
     assert code == 0, f"run pod exited {code}:\n{pod.tail()}"
     assert run_status(state.catalog_port, tmp_path, run_id) == "SUCCESS", pod.tail()
+
+
+@pytest.mark.req("PLAT.k8s-resharding")
+def test_the_resharding_job_registers_a_new_server_and_moves_logical_shards_onto_it(
+    rendered, k8s_stack, make_cluster, tmp_path: Path
+) -> None:
+    """`k8s/postgres/new-server.sh shard2`, then the tessera-migrate Job (both its containers, in order) with
+    shard2's Service led to a server the stack adds: it registers shard2 and places logical shards there."""
+    import subprocess
+
+    from shardctl.store.shardmap import ShardMapStore
+    from tests.k8s.render import K8S, copy_tree, render
+
+    stack, settings = k8s_stack
+    tree = copy_tree(tmp_path)
+    subprocess.run(["bash", str(tree / "postgres" / "new-server.sh"), "shard2"], check=True, capture_output=True)
+    docs = render(tree) + render(K8S / "resharding")
+    state = stack.add_servers(1)
+    cluster = make_cluster(docs)
+    route_to_stack(cluster, stack)
+    cluster.route("shard2-pg", {5432: Endpoint("127.0.0.1", state.shard_ports[-1])})
+    cluster.loopback = [state.catalog_port, *state.shard_ports]
+    job = find(docs, "Job", "tessera-migrate")
+    register = cluster.start("tessera-migrate-register", job, container="register")
+    assert register.wait_exit(JOB_TIMEOUT) == 0, register.tail()
+    migrate = cluster.start("tessera-migrate", job, container="migrate")
+    assert migrate.wait_exit(PROBE_CAP) == 0, migrate.tail()
+    current = ShardMapStore(settings.catalog_dsn).current()
+    placed = {current.servers[index] for index in current.placement}
+    assert "shard2" in placed, placed
