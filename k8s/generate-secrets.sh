@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # Create the database Secrets Tessera's manifests reference, each with a new random password, in the
 # `tessera` namespace (or $NAMESPACE). Nothing here is committed: the passwords exist only in the cluster.
-# A Secret that already exists is left as it is (rotate one by deleting it, running this again, then the
-# tessera-roles Job, then restarting the pods that use it). Run it before `kubectl apply -k k8s/`.
+# A password never appears on a command line (where `ps` would show it): each Secret is written as a manifest
+# to kubectl's stdin by the shell's own printf. A Secret that already exists is left as it is (rotate one by
+# deleting it, running this again, then the tessera-roles Job, then restarting the pods that use it).
+# Run it before `kubectl apply -k k8s/`.
 set -euo pipefail
 NAMESPACE="${NAMESPACE:-tessera}"
 
@@ -14,14 +16,14 @@ create() {  # create NAME KEY [KEY...]: one random password per key
         echo "secret/$name exists: kept"
         return
     fi
-    local args=()
-    for key in "$@"; do args+=("--from-literal=$key=$(random_password)"); done
-    kubectl -n "$NAMESPACE" create secret generic "$name" "${args[@]}" \
-        --dry-run=client -o yaml | kubectl -n "$NAMESPACE" label --local -f - \
-        app.kubernetes.io/part-of=tessera -o yaml | kubectl -n "$NAMESPACE" apply -f -
+    {
+        printf 'apiVersion: v1\nkind: Secret\ntype: Opaque\nmetadata:\n  name: %s\n' "$name"
+        printf '  labels: {app.kubernetes.io/part-of: tessera}\nstringData:\n'
+        for key in "$@"; do printf '  %s: "%s"\n' "$key" "$(random_password)"; done
+    } | kubectl -n "$NAMESPACE" apply -f -
 }
 
-kubectl get namespace "$NAMESPACE" >/dev/null 2>&1 || kubectl create namespace "$NAMESPACE"
+kubectl get namespace "$NAMESPACE" >/dev/null 2>&1 || kubectl apply -f "$(dirname "$0")/namespace.yaml"
 create tessera-postgres superuser-password replication-password      # Patroni (Spilo): superuser, replication
 create tessera-serving-db TESSERA_SERVING__DB_PASSWORD                # serving: reads features and the registry
 create tessera-writer-db TESSERA_WRITER__DB_PASSWORD                  # a standalone feature writer

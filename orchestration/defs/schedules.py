@@ -15,7 +15,14 @@ model_job = dg.define_asset_job(
     ),
     description="Profile all raw data, check the shard key, label, build the point-in-time training set (skew "
     "check), train, register and promote.",
-    tags={"tessera/h2o": "train"},
+    tags={
+        "tessera/h2o": "train",
+        # On Kubernetes (k8s/dagster/instance.yaml) the run pod is sized for the H2O JVM (TESSERA_H2O__MAX_MEM and
+        # its threads) plus the Python process; the run queue lets one tessera/h2o run at a time.
+        "dagster-k8s/config": {
+            "container_config": {"resources": {"requests": {"cpu": "2", "memory": "3Gi"}, "limits": {"memory": "4Gi"}}},
+        },
+    },
 )
 
 model_schedule = dg.ScheduleDefinition(
