@@ -44,6 +44,7 @@ SHARED_FIXTURE_GROUPS: dict[str, tuple[str, ...]] = {
 # Units measured at a minute or more on 2 cores, longest first; every other unit follows in collection order.
 LONGEST_FIRST: tuple[str, ...] = (
     "tests/serving/test_bench_harness.py",
+    "tests/k8s/test_containers.py",
     "asset-graph-pipeline",
     "asset-graph-ui",
     "ha-stack-failover",

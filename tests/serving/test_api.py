@@ -29,6 +29,22 @@ from tests.serving.conftest import (
 ALL_IDS = [entity_id(i) for i in range(N_ENTITIES)]
 
 
+@pytest.fixture(autouse=True)
+def first_model_served(service, serving_stack, models):
+    """Each test here starts from the first model, promoted and served: tests of other files that share this
+    service (its lifecycle, a catalog outage) promote the other one, and the parallel run orders files freely."""
+    _, settings = serving_stack
+    registry = ModelRegistry(settings.catalog_dsn)
+    current = registry.current(settings.model_name)
+    if current is None or current.version != models[0].version:
+        registry.promote(settings.model_name, models[0].version, note="test_api starts from the first model")
+
+    def served() -> bool:
+        return service.client.get("/v1/models/current").json().get("version") == models[0].version
+
+    assert wait_for(served, timeout=30), "the service never served the first model again"
+
+
 @pytest.mark.req("PLAT.rest-predictions")
 @pytest.mark.req("JTBD-02.threadpool")
 def test_predictions_equal_h2o_predict(service, trained, models):
