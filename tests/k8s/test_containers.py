@@ -167,9 +167,10 @@ def test_a_run_pod_as_the_launcher_builds_it_materializes_a_partition(
     assert state is not None
     password = generated.secrets["tessera-pipeline-db"]["TESSERA_PIPELINE__DB_PASSWORD"]
     monkeypatch.setenv("TESSERA_PIPELINE__DB_PASSWORD", password)  # as this process reads the same storage
-    from orchestration.defs.partitions import daily_partitions
+    from orchestration.defs.daily import daily_calendar
+    from orchestration.settings import PipelineSettings
 
-    first_day = daily_partitions.get_first_partition_key()
+    first_day = daily_calendar(PipelineSettings()).get_first_partition_key()
     args, run_id = execute_run_args(rendered, state.catalog_port, tmp_path, first_day)
     job = launcher_job(rendered, {}, args, run_id=run_id[:8])
     cluster = make_cluster(rendered)

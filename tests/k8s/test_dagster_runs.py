@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from orchestration.defs.schedules import daily_partitions_job, model_job
+from orchestration.definitions import defs
+from orchestration.defs.schedules import model_job
 from tests.k8s import rules
 from tests.k8s.render import find, pod_spec
 from tests.k8s.run_pod import run_job
@@ -46,7 +47,7 @@ def test_a_training_run_pod_is_sized_labelled_and_restricted(rendered) -> None:
 
 @pytest.mark.req("PLAT.k8s-dagster")
 def test_other_runs_get_the_launchers_defaults_and_the_rules_catch_a_run_without_them(rendered) -> None:
-    job = run_job(rendered, dict(daily_partitions_job.tags or {}), ARGS)
+    job = run_job(rendered, dict(defs().get_job_def("daily_partitions").tags or {}), ARGS)
     assert pod_spec(job)["containers"][0]["resources"]["requests"] == {"cpu": "500m", "memory": "1Gi"}
     instance = find(rendered, "ConfigMap", "dagster-instance")
     loose = copy.deepcopy(rendered)

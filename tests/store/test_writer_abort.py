@@ -27,7 +27,7 @@ def test_aborting_a_stream_whose_merge_failed_logs_why(
     set_json_dumps(lambda encoded: encoded, conn)  # rows come JSON-encoded, as the writer's pools pass them
     try:
         with ThreadPoolExecutor(1) as pool:
-            stream = open_stream(conn, 0, 1, feature_set, rows, fresh_fast_path=False, executor=pool, sub_batch=20)
+            stream = open_stream(conn, 0, feature_set, rows, fresh_fast_path=False, executor=pool, sub_batch=20)
             stream.send(rows, feature_set)  # a full sub-batch: staged, then merged on the pool's thread
             with caplog.at_level(logging.WARNING, logger="shardctl.store.writer.streaming"):
                 stream.abort()  # raises nothing: the batch's own error is the one on its way up
