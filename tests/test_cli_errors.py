@@ -29,7 +29,7 @@ def _ensure_handled(result: Result, args: list[str]) -> None:
 
 
 @pytest.mark.req("PLAT.cli-errors")
-def test_an_expected_error_is_one_line_and_a_bug_keeps_its_traceback() -> None:
+def test_an_expected_error_is_one_line_and_a_bug_keeps_its_traceback_in_a_file_it_names() -> None:
     @click.group(cls=ShardctlGroup)
     def root() -> None:
         """A root group as `shardctl`'s."""
@@ -46,8 +46,17 @@ def test_an_expected_error_is_one_line_and_a_bug_keeps_its_traceback() -> None:
     _ensure_handled(said, ["expected"])
     assert said.output == "Error: server-9 is unreachable\n"
     crashed = CliRunner().invoke(root, ["bug"])
-    assert isinstance(crashed.exception, ValueError)  # not turned into a message: its traceback shows
-    assert crashed.exit_code == 1
+    assert crashed.exit_code == 70, crashed.output  # EX_SOFTWARE: not an expected failure's 1
+    [line] = crashed.output.splitlines()
+    assert line.startswith("Error: unexpected ValueError: a bug, not an expected failure (a bug, or a case")
+    saved = Path(line.rsplit("the traceback is in ", 1)[1].rstrip(")"))
+    try:
+        assert saved.stat().st_mode & 0o777 == 0o600
+        kept = saved.read_text()
+        assert kept.startswith("Traceback")
+        assert 'raise ValueError("a bug, not an expected failure")' in kept
+    finally:
+        saved.unlink()
 
 
 def _planted_settings(tmp_path: Path, catalog_dsn: str) -> Path:

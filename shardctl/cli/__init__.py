@@ -1,8 +1,8 @@
 """`shardctl`: the control plane's command line, one module per command group (``shardctl/cli/``). The root
 group prints an expected failure (a ``shardctl.errors.ShardctlError``) as one message and exits 1; anything
-else keeps its traceback. Each command imports what it needs when it runs: `shardctl --help` must not pay for
-pydantic, psycopg, sqlglot, Patroni's cluster code and the stack manager (1.7 s together; the help answers in
-~0.1 s)."""
+else is one line naming the file that keeps its traceback (exit 70). Each command imports what it needs when it
+runs: `shardctl --help` must not pay for pydantic, psycopg, sqlglot, Patroni's cluster code and the stack
+manager (1.7 s together; the help answers in ~0.1 s)."""
 
 from __future__ import annotations
 

@@ -4,24 +4,50 @@ when a command runs."""
 
 from __future__ import annotations
 
+import os
 from typing import TypeVar
 
 import click
 
-from shardctl.errors import SettingsError, ShardctlError
+from shardctl.errors import SettingsError, ShardctlError, first_line
 
 SettingsT = TypeVar("SettingsT")
 
 
+class UnexpectedError(click.ClickException):
+    """A failure no ``ShardctlError`` describes: a bug, or a case shardctl does not handle yet. The user gets one
+    line naming a file (mode 0600) that holds the traceback, so the bug keeps its traceback and the terminal
+    stays readable; exit 70 (EX_SOFTWARE) tells it apart from an expected failure's 1."""
+
+    exit_code = 70
+
+    def __init__(self, exc: BaseException):
+        import tempfile
+        import traceback
+
+        fd, path = tempfile.mkstemp(prefix="shardctl-error-", suffix=".log")
+        with os.fdopen(fd, "w") as log:
+            traceback.print_exception(exc, file=log)
+        self.traceback_file = path
+        super().__init__(
+            f"unexpected {type(exc).__name__}: {first_line(exc)} (a bug, or a case shardctl does not handle yet; "
+            f"the traceback is in {path})"
+        )
+
+
 class ShardctlGroup(click.Group):
     """The root group: an expected failure (a ``ShardctlError``) is its message on stderr and exit 1; anything
-    else is a bug and keeps its traceback."""
+    else is a bug, whose one line names the file its traceback was written to (``UnexpectedError``)."""
 
     def invoke(self, ctx: click.Context):
         try:
             return super().invoke(ctx)
         except ShardctlError as exc:
             raise click.ClickException(str(exc).strip() or type(exc).__name__) from exc
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:
+            raise UnexpectedError(exc) from exc
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Machine-readable output on stdout.")
