@@ -149,6 +149,9 @@ def main() -> None:
     image_user(spec["uid"], spec["gid"], spec.get("passwd_line"))
     # Hold every source before the first mount: a volume at /tmp would hide sources that live under /tmp.
     sources = {m["target"]: os.open(m["source"], os.O_PATH) for m in mounts}
+    # The same for the image's own files (this checkout and its venv): in the image they sit outside every volume,
+    # here a clone under /tmp would vanish beneath the pod's /tmp volume.
+    image_files = {path: os.open(path, os.O_PATH) for path in spec.get("image_paths", [])}
     make_tree_read_only()
     for m in mounts:
         target = Path(m["target"])
@@ -158,6 +161,11 @@ def main() -> None:
         # A bind mount copies its source mount's flags (read-only by now): set the volume's own.
         read_only = MS_RDONLY if m["read_only"] else 0
         mount(None, m["target"], None, MS_REMOUNT | MS_BIND | MS_NOSUID | MS_NODEV | read_only)
+    for path, fd in image_files.items():
+        if any(Path(m["target"]) in Path(path).parents for m in mounts):  # hidden by a volume: show it again
+            Path(path).mkdir(parents=True, exist_ok=True)
+            mount(f"/proc/self/fd/{fd}", path, None, MS_BIND | MS_REC)
+            mount(None, path, None, MS_REMOUNT | MS_BIND | MS_RDONLY)
     os.chdir(workdir)
     groups = ",".join(str(g) for g in spec["groups"]) if spec["groups"] else None
     setpriv = ["setpriv", f"--reuid={spec['uid']}", f"--regid={spec['gid']}"]

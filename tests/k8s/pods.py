@@ -27,6 +27,7 @@ from tests.k8s.netns import Endpoint, PodNetwork, ServiceNetwork, socket_in
 
 ENTER = Path(__file__).with_name("enter.py")
 VENV_BIN = Path(sys.executable).parent
+PROJECT = Path(__file__).resolve().parents[2]  # this checkout, with its venv: the image's installed files
 SA_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
 FAKE_API = {"KUBERNETES_SERVICE_HOST": "10.96.0.1", "KUBERNETES_SERVICE_PORT": "443"}
 PROBE_SPACING = 2.0  # seconds between attempts at most (a probe's period can be longer: its handler is the point)
@@ -249,6 +250,7 @@ class Container:
             "argv": self.argv,
             "scratch": str(self._scratch()),
             "expose": hidden_interpreter() if image.ours else [],
+            "image_paths": [str(PROJECT)] if image.ours else [],
             "env": self.env,
             "no_new_privs": self._security("allowPrivilegeEscalation") is False,
             "drop_all_capabilities": "ALL" in (self._security("capabilities") or {}).get("drop", []),
