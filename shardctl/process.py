@@ -145,6 +145,24 @@ def spawn_in_own_session(argv: list[str], log_file: Path | None = None) -> int:
     return proc.pid
 
 
+COORDINATION_NICENESS = -5
+
+
+def favour_coordination(pid: int) -> bool:
+    """Give a coordination process of the local HA stack (etcd, Patroni and the Postgres it starts) the CPU
+    before other work on a shared machine. Why: Patroni reads etcd with a timeout of about a second (the
+    local stack's ttl is 8 s), and two cores busy with training, tests or load generators can make etcd miss
+    it, which Patroni takes for a lost DCS: a spurious demotion. Only root may raise a priority; for anyone
+    else this is a no-op (False)."""
+    if os.geteuid() != 0:
+        return False
+    try:
+        os.setpriority(os.PRIO_PROCESS, pid, COORDINATION_NICENESS)
+    except OSError:
+        return False
+    return True
+
+
 def log_tail(log_file: Path, lines: int = 20) -> str:
     """The last lines of a server's log, for start-failure messages."""
     try:

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 
 from shardctl.control.ha import HAError, MemberStatus, is_healthy, shard_members
-from shardctl.process import pid_alive, stop_pid
+from shardctl.process import favour_coordination, pid_alive, stop_pid
 from shardctl.stack.ha import leftovers
 from shardctl.stack.ha.config import MemberPlan, multi_host_dsn, render
 from shardctl.stack.ha.etcd import EtcdServer, find_etcd
@@ -160,6 +160,7 @@ class PatroniMember:
                 close_fds=True,
                 **user_kwargs,
             )
+        favour_coordination(proc.pid)  # before it starts Postgres, which inherits the priority
         self.pid_file.write_text(f"{proc.pid}\n")
         return proc.pid
 

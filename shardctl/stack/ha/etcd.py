@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shardctl.errors import LocalStackError
-from shardctl.process import log_tail, pid_alive, spawn_in_own_session, stop_pid, wait_until
+from shardctl.process import favour_coordination, log_tail, pid_alive, spawn_in_own_session, stop_pid, wait_until
 from shardctl.stack.binaries import MissingBinaryError
 
 
@@ -78,6 +78,7 @@ class EtcdServer:
             "1000",
         ]
         self.pid = spawn_in_own_session(argv, self.log_file)
+        favour_coordination(self.pid)
         if not wait_until(self.healthy, timeout, interval=0.2):
             self.stop()
             raise EtcdStartError(f"etcd on port {self.client_port} did not start:\n{log_tail(self.log_file)}")
