@@ -131,7 +131,7 @@ def test_run_and_backfill_launched_through_graphql_succeed_with_postgres_storage
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,  # the CLI loads the code location in process: minutes on a machine busy with a parallel run
         check=False,
     )
     assert cli.returncode == 0, cli.stdout + cli.stderr
