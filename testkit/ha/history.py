@@ -25,6 +25,7 @@ from typing import Any
 
 import psycopg
 
+from shardctl.errors import first_line
 from testkit.ha.drill import PROBE_TABLE
 
 OK, FAIL, INFO = "ok", "fail", "info"
@@ -76,7 +77,7 @@ class HistoryWriter:
             try:
                 conn = psycopg.connect(self.dsn, autocommit=True)
             except psycopg.Error as exc:
-                return Op(n, invoked, time.monotonic(), FAIL, error=f"connect: {exc}".splitlines()[0]), None
+                return Op(n, invoked, time.monotonic(), FAIL, error=first_line(f"connect: {exc}")), None
         timer = threading.Timer(self.op_timeout, _cut, (conn,))
         timer.start()
         try:
@@ -85,7 +86,7 @@ class HistoryWriter:
             outcome = FAIL if getattr(exc, "sqlstate", None) == _READ_ONLY else INFO
             with contextlib.suppress(psycopg.Error):
                 conn.close()
-            return Op(n, invoked, time.monotonic(), outcome, error=str(exc).splitlines()[0] if str(exc) else ""), None
+            return Op(n, invoked, time.monotonic(), outcome, error=first_line(str(exc))), None
         finally:
             timer.cancel()
         timeline = row[0] if row else None
