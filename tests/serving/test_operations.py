@@ -116,7 +116,7 @@ class _Attempt:
 def _attempt(url: str, number: int, entity: str) -> _Attempt:
     sent = time.monotonic()
     try:
-        with httpx.Client(base_url=url, timeout=60) as client:  # a connection per request: "accepted" is clear
+        with httpx.Client(base_url=url, timeout=200) as client:  # a connection per request: "accepted" is clear
             response = client.post("/v1/predictions", json={"entity_id": entity}, headers={"x-attempt": str(number)})
         body = response.json()
         outcome = "ok" if response.status_code == 200 and body["entity_id"] == entity else f"{response.status_code}"
@@ -146,10 +146,12 @@ def test_sigterm_under_load_answers_every_accepted_request(serving_stack, own_re
         own_redis,
         tmp_path,
         redis_db=4,
-        TESSERA_SERVING__DRAIN_SECONDS="30",
+        # The drain's bound is generous: the backlog at the signal is JVM work, and on two shared, busy cores it
+        # once took over 30 s. What this test proves is that nothing read is dropped, not how fast the drain is.
+        TESSERA_SERVING__DRAIN_SECONDS="150",
         SLOW_SCORING_ARRIVALS=str(arrivals),
     )
-    interval, before_signal, after_signal = 0.05, 60, 60
+    interval, before_signal, after_signal = 0.05, 40, 40
     attempts: list[Future[_Attempt]] = []
     signalled = 0.0
     try:
@@ -162,7 +164,7 @@ def test_sigterm_under_load_answers_every_accepted_request(serving_stack, own_re
                 time.sleep(max(0.0, start + i * interval - time.monotonic()))
                 attempts.append(pool.submit(_attempt, svc.url, i, ALL_IDS[i % N_ENTITIES]))
             results = [a.result() for a in attempts]
-        assert svc.proc.wait(timeout=90) == 0, svc.log.read_text()[-3000:]
+        assert svc.proc.wait(timeout=200) == 0, svc.log.read_text()[-3000:]
     finally:
         if svc.proc.poll() is None:
             svc.stop()
