@@ -35,10 +35,8 @@ SHARED_FIXTURE_GROUPS: dict[str, tuple[str, ...]] = {
         "tests/orchestration/test_point_in_time.py",
         "tests/orchestration/test_promotion.py",
     ),
-    "asset-graph-ui": (
-        "tests/orchestration/test_dagster_ui.py",
-        "tests/orchestration/test_shard_migration_job.py",
-    ),
+    # (`tests/orchestration/test_shard_migration_job.py` runs its own stack and webserver: a unit of its own.)
+    "asset-graph-ui": ("tests/orchestration/test_dagster_ui.py",),
 }
 
 # Units measured at a minute or more on 2 cores, longest first; every other unit follows in collection order.
@@ -52,6 +50,7 @@ LONGEST_FIRST: tuple[str, ...] = (
     "ha-stack-heal",
     "tests/ha/test_nemesis.py",
     "tests/test_stack_servers.py",
+    "tests/orchestration/test_shard_migration_job.py",
     "tests/migrate/test_online_migration.py",
     "tests/migrate/test_engine.py",
     "tests/serving/test_lifecycle.py",

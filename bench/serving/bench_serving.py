@@ -372,7 +372,9 @@ def main() -> int:
                 rc.flushdb()
                 if sc.kind == "hit":
                     warm(server.port)
-                time.sleep(3)  # let a previous overloaded step drain: it must not spill into this scenario
+                # Let a previous overloaded step drain: it must not spill into this scenario (a step's length is
+                # enough; --tiny's rates never overload).
+                time.sleep(min(3.0, args.step_seconds))
                 # Misses stay never-cached: Redis is emptied before every step (each worker's memory tier holds
                 # fewer entities than a step skips ahead).
                 before = rc.flushdb if sc.kind == "miss" else (lambda: None)
@@ -381,7 +383,7 @@ def main() -> int:
                 entry = {"best_50ms": top, "best_20ms": best(res, 20), "steps": [r.__dict__ for r in res]}
                 if top:
                     before()
-                    time.sleep(2)
+                    time.sleep(min(2.0, args.step_seconds))
                     r = load_step(server.pid, server.port, sc, top, args.sustain_seconds, counter[0])
                     if sc.kind == "miss":
                         counter[0] += int(top * args.sustain_seconds) + 10
