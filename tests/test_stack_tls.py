@@ -52,10 +52,11 @@ def tls_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack,
 @pytest.mark.req("PLAT.tls-postgres")
 def test_tls_parameters_survive_credentials_and_the_shard_map_location() -> None:
     """No server: a part's credentials replace user and password and keep every TLS parameter; the catalog's
-    location keeps them too and drops the password."""
+    location keeps them too and drops the passwords (the role's and the client key's)."""
     given = (
         "host=db.example port=5432 dbname=tessera user=someone password=old sslmode=verify-full "
-        "sslrootcert=/etc/tessera/ca.crt sslcert=/etc/tessera/client.crt sslkey=/etc/tessera/client.key"
+        "sslrootcert=/etc/tessera/ca.crt sslcert=/etc/tessera/client.crt sslkey=/etc/tessera/client.key "
+        "sslpassword=client-key-secret"
     )
     as_serving = conninfo_to_dict(with_credentials(given, DbCredentials(SERVING_ROLE, SECRET)))
     located = conninfo_to_dict(location_only(given))
@@ -63,8 +64,10 @@ def test_tls_parameters_survive_credentials_and_the_shard_map_location() -> None
         assert {k: params[k] for k in TLS_KEYS} == {k: conninfo_to_dict(given)[k] for k in TLS_KEYS}
     assert as_serving["user"] == SERVING_ROLE
     assert as_serving["password"] == SECRET
+    assert as_serving["sslpassword"] == "client-key-secret"  # the caller's own client key, kept
     assert "user" not in located
     assert "password" not in located
+    assert "sslpassword" not in located  # no secret in the catalog
     assert hostssl_only("# host comment\nlocal all all trust\nhost all all 127.0.0.1/32 trust\n") == (
         "# host comment\nlocal all all trust\nhostssl all all 127.0.0.1/32 trust\n"
     )
