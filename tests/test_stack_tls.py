@@ -151,10 +151,34 @@ def test_a_wrong_ca_or_host_name_is_refused_with_a_clear_error(tls_stack, tmp_pa
 
 
 @pytest.mark.req("PLAT.tls-postgres")
-def test_tls_is_chosen_with_a_new_plain_stack(tmp_path: Path) -> None:
-    """`--tls` with `--ha` is refused before anything starts (one line, exit 1)."""
-    result = CliRunner().invoke(main, ["stack", "up", "--data-dir", str(tmp_path / "s"), "--tls", "--ha"])
+def test_tls_is_chosen_when_a_stack_is_new(tmp_path: Path) -> None:
+    """`up --tls` on a stack laid out without TLS is refused (one line, exit 1), nothing started."""
+    Stack(tmp_path / "s").plan(shards=1, base_port=_random_base_port())
+    result = CliRunner().invoke(main, ["stack", "up", "--data-dir", str(tmp_path / "s"), "--tls"])
     assert result.exit_code == 1, result.output
-    assert "--tls" in result.output
-    assert "HA" in result.output
-    assert not (tmp_path / "s" / "stack.json").exists()
+    assert "runs without TLS" in result.output
+    assert Stack(tmp_path / "s").pids() == []
+
+
+@pytest.mark.req("PLAT.tls-postgres")
+def test_an_ha_tls_stack_replicates_over_tls_and_takes_verify_full_only(tmp_path: Path) -> None:
+    """With `--ha`, every member takes TLS only with the stack's certificate: the shard's multi-host DSN verifies
+    it, the replica streams from the primary over TLS, and a client that does not encrypt is refused."""
+    stack = Stack(tmp_path / "ha")
+    try:
+        state = stack.up(servers=1, base_port=_random_base_port(), ha=True, replicas=1, tls=True)
+        ca = str(stack.layout.tls(state).ca_file)
+        settings = TesseraSettings(**json.loads(stack.settings_file.read_text()))
+        (shard,) = settings.shard_dsns()
+        assert (conninfo_to_dict(shard)["sslmode"], conninfo_to_dict(shard)["sslrootcert"]) == ("verify-full", ca)
+        with psycopg.connect(shard) as conn:
+            assert conn.execute("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()").fetchone() == (True,)
+            streaming = conn.execute(
+                "SELECT s.ssl FROM pg_stat_replication r JOIN pg_stat_ssl s USING (pid) WHERE r.state = 'streaming'"
+            ).fetchall()
+        assert streaming == [(True,)]
+        with pytest.raises(psycopg.OperationalError, match="no encryption"):
+            psycopg.connect(make_conninfo(shard, sslmode="disable"), connect_timeout=5).close()
+    finally:
+        failed = stack.down(purge=True)
+        assert not failed, f"servers left running: {failed}"

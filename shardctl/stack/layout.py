@@ -180,6 +180,8 @@ class StackLayout:
             if ha
             else None
         )
+        if ha_state is not None and tls:
+            ha_state["tls"] = str(pg_root / "tls")
         # H2O trains and serving scores with this Java: a stack without a usable one fails here, before any
         # server starts, with what to do (JavaUnavailableError's message).
         java_home = str(find_java(self.java_home).home)

@@ -27,8 +27,6 @@ def refuse_unsupported_up(
 ) -> None:
     """`up` on a running stack never changes its kind (HA or not, replicas per server, TLS or not) and never drops
     servers: ``StackError`` saying what to do instead."""
-    if tls and (ha or replicas is not None or (state is not None and state.ha is not None)):
-        raise StackError("`stack up --tls` is built for plain servers, not for HA ones (docs/architecture/physical.md)")
     if state is None:
         return
     if tls and not state.tls:
