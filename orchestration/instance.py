@@ -16,6 +16,7 @@ from shardctl.settings import TesseraSettings
 REPO_ROOT = Path(__file__).resolve().parent.parent
 INSTANCE_YAML = Path(__file__).resolve().parent / "dagster.yaml"
 WORKSPACE_YAML = REPO_ROOT / "workspace.yaml"
+LIBPQ_TLS_KEYS = ("sslmode", "sslrootcert", "sslcert", "sslkey")
 
 
 class InstanceConfigError(RuntimeError):
@@ -36,6 +37,9 @@ def dagster_env(settings: TesseraSettings) -> dict[str, str]:
         "DAGSTER_PG_USER": str(parts.get("user", "postgres")),
         "DAGSTER_PG_DB": str(parts.get("dbname", "dagster")),
         "TESSERA_DATA_DIR": str(Path(settings.data_dir).absolute()),
+        # dagster-postgres takes no libpq options from its config fields: its psycopg2 reads TLS from libpq's
+        # variables, so a DSN's sslmode=verify-full and its CA reach Dagster's storage too.
+        **{f"PG{key.upper()}": str(parts[key]) for key in LIBPQ_TLS_KEYS if parts.get(key)},
     }
 
 

@@ -4,6 +4,7 @@ model name) stays in ``shardctl.settings.TesseraSettings``."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar, Literal
 
 from pydantic import Field
@@ -52,3 +53,7 @@ class ServingSettings(SectionSettings, DbCredentialFields):
     # Graceful drain on SIGTERM: how long a worker waits for its in-flight requests before it closes its pools
     # (Granian stops accepting at once); Granian kills a worker that has not exited 10 s after this.
     drain_seconds: float = Field(default=20.0, gt=0, le=600)
+    # HTTPS (serving/tls.py checks them before Granian starts): a PEM certificate (chain) and its unencrypted key,
+    # readable by the service alone (Granian 2.8 cannot load an encrypted key: its worker panics).
+    tls_certificate: Path | None = None
+    tls_key: Path | None = None

@@ -19,6 +19,9 @@ from pydantic import BaseModel, SecretStr
 from shardctl.errors import BadDsnError, SettingsError
 
 CREDENTIAL_KEYS = ("user", "password", "passfile")
+# What the catalog's shard map never stores: the credentials, and the password of a client key (``sslkey``).
+# TLS parameters (sslmode, sslrootcert, sslcert, sslkey) are locations of files and stay.
+SECRET_KEYS = (*CREDENTIAL_KEYS, "sslpassword")
 
 
 @dataclass(frozen=True)
@@ -52,14 +55,18 @@ def with_credentials(dsn: str, credentials: DbCredentials | None) -> str:
     """
     if credentials is None or credentials.empty:
         return dsn
-    location = location_only(dsn)
+    location = _without(dsn, CREDENTIAL_KEYS)
     return make_conninfo(location, user=credentials.user, password=credentials.password, passfile=credentials.passfile)
 
 
 def location_only(dsn: str) -> str:
-    """``dsn`` without user, password and passfile: where a server is, for the catalog's shard map."""
-    params = {k: v for k, v in _params(dsn).items() if k not in CREDENTIAL_KEYS}
-    return make_conninfo("", **params)
+    """``dsn`` without user, password, passfile and sslpassword: where a server is, for the catalog's shard map
+    (TLS parameters included: every part verifies the server the same way)."""
+    return _without(dsn, SECRET_KEYS)
+
+
+def _without(dsn: str, keys: tuple[str, ...]) -> str:
+    return make_conninfo("", **{k: v for k, v in _params(dsn).items() if k not in keys})
 
 
 def credentials_of(dsn: str) -> DbCredentials:

@@ -8,6 +8,7 @@ measure is the real server; one launcher keeps them starting it the same way.
 from __future__ import annotations
 
 import os
+import ssl
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -34,17 +35,19 @@ def service_env(settings_file: Path | str, port: int | None = None, **extra: str
 
 
 class ServerProcess:
-    """An HTTP server started from ``argv`` in the repository, its stdout and stderr in ``log``."""
+    """An HTTP server started from ``argv`` in the repository, its stdout and stderr in ``log``. With ``ca_file``
+    it speaks HTTPS and ``client`` trusts only that CA (it verifies the certificate names 127.0.0.1)."""
 
-    def __init__(self, argv: Sequence[str], env: dict[str, str], port: int, log: Path):
+    def __init__(self, argv: Sequence[str], env: dict[str, str], port: int, log: Path, ca_file: Path | None = None):
         self.port = port
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if ca_file else 'http'}://127.0.0.1:{port}"
         self.log = log
         with log.open("wb") as sink:
             self.proc = subprocess.Popen(
                 list(argv), cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
             )
-        self.client = httpx.Client(base_url=self.url, timeout=10)
+        verify = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
+        self.client = httpx.Client(base_url=self.url, timeout=10, verify=verify)
 
     @property
     def pid(self) -> int:
@@ -86,10 +89,15 @@ class ServerProcess:
 
 class PredictionService(ServerProcess):
     """``python -m serving``: Tessera's prediction service on Granian, configured by ``env``
-    (see `service_env`); ``args`` go to its command line."""
+    (see `service_env`); ``args`` go to its command line. When ``env`` asks for HTTPS
+    (``TESSERA_SERVING__TLS_CERTIFICATE``), ``ca_file`` is the CA its client verifies the service with."""
 
-    def __init__(self, env: dict[str, str], port: int, log: Path, args: Sequence[str] = ()):
-        super().__init__([sys.executable, "-m", "serving", *args], env, port, log)
+    def __init__(
+        self, env: dict[str, str], port: int, log: Path, args: Sequence[str] = (), ca_file: Path | None = None
+    ):
+        if bool(env.get("TESSERA_SERVING__TLS_CERTIFICATE")) != (ca_file is not None):
+            raise ValueError("an HTTPS service needs the CA its client verifies it with, and only an HTTPS one")
+        super().__init__([sys.executable, "-m", "serving", *args], env, port, log, ca_file)
 
     def __enter__(self) -> PredictionService:
         return self

@@ -54,8 +54,20 @@ def open_stack(data_dir: str | None) -> Stack:
 @click.option("--base-port", type=click.IntRange(1024, 65000), default=None, help="First port to try.")
 @click.option("--ha", is_flag=True, help="Each server a Patroni cluster (primary + replicas) with etcd.")
 @click.option("--replicas", type=click.IntRange(1, 4), default=None, help="Replicas per server in HA mode (default 1).")
+@click.option(
+    "--tls",
+    is_flag=True,
+    help="A new stack's servers take TLS only (a local CA signs their certificate) and every DSN written verifies "
+    "them (sslmode=verify-full).",
+)
 def stack_up(
-    data_dir: str | None, servers: int | None, shards: int | None, base_port: int | None, ha: bool, replicas: int | None
+    data_dir: str | None,
+    servers: int | None,
+    shards: int | None,
+    base_port: int | None,
+    ha: bool,
+    replicas: int | None,
+    tls: bool,
 ) -> None:
     """Start every server that is not running (harmless when all are), then print their status."""
     from shardctl.stack.settings import StackSettings
@@ -73,7 +85,7 @@ def stack_up(
         servers = knobs.shards
     before = the_stack.load_state()
     had = set(the_stack.server_names(before)) if before is not None else None
-    state = the_stack.up(servers=servers, base_port=base_port or knobs.base_port, ha=ha, replicas=replicas)
+    state = the_stack.up(servers=servers, base_port=base_port or knobs.base_port, ha=ha, replicas=replicas, tls=tls)
     _print_status(the_stack, as_json=False)
     for name in [n for n in the_stack.server_names(state) if had is not None and n not in had]:
         click.echo(f"{name} added, empty: `shardctl migrate run --add-server {name}` moves logical shards onto it")

@@ -21,6 +21,7 @@ from shardctl.stack.ha.settings import HASettings
 from shardctl.stack.postgres import SUPERUSER, PostgresServer
 from shardctl.stack.redis_server import RedisServer
 from shardctl.stack.server_runtime import reachable_postgres
+from shardctl.stack.tls import StackTLS
 from shardctl.stack.users import chown_tree, server_user, user_can_write
 from shardctl.store.grants import PIPELINE_ROLE, SERVING_ROLE, WRITER_ROLE
 from shardctl.store.shardmap import server_name  # server n of the stack is server-n in the catalog
@@ -52,6 +53,8 @@ class StackState:
     # ``server-n`` in the catalog and lives in ``shard<n>``); None in states written before servers could be
     # removed, meaning 0..N-1. HA stacks number their Patroni clusters by position.
     server_ids: list[int] | None = None
+    # `up --tls`: every Postgres server takes TLS only and clients verify it (shardctl/stack/tls.py).
+    tls: bool = False
 
     def copy(self) -> StackState:
         """A deep copy, to change while the original is kept (to restore, or to find what was removed)."""
@@ -110,12 +113,19 @@ class StackLayout:
         """The catalog first, then shards in index order."""
         binaries = self.binaries(state)
         root = Path(state.pg_root)
-        servers = [PostgresServer(CATALOG, state.catalog_port, root / CATALOG, binaries, state.user)]
+        tls = self.tls(state)
+        ca = str(tls.ca_file) if tls is not None else None
+        servers = [PostgresServer(CATALOG, state.catalog_port, root / CATALOG, binaries, state.user, ca)]
         servers += [
-            PostgresServer(f"shard{n}", port, root / f"shard{n}", binaries, state.user)
+            PostgresServer(f"shard{n}", port, root / f"shard{n}", binaries, state.user, ca)
             for n, port in zip(_plain_ids(state), state.shard_ports, strict=True)
         ]
         return servers
+
+    @staticmethod
+    def tls(state: StackState) -> StackTLS | None:
+        """The stack's CA and server certificate (``up --tls``), or None for a stack without TLS."""
+        return StackTLS(Path(state.pg_root) / "tls") if state.tls else None
 
     def catalog_dsn(self, state: StackState) -> str:
         return self.postgres_servers(state)[0].dsn()
@@ -152,7 +162,9 @@ class StackLayout:
         return ports
 
     # -- planning a new stack --------------------------------------------------------------------------
-    def plan(self, shards: int, base_port: int, ha: bool = False, replicas: int | None = None) -> StackState:
+    def plan(
+        self, shards: int, base_port: int, ha: bool = False, replicas: int | None = None, tls: bool = False
+    ) -> StackState:
         """A new stack's state (binaries, Java, free ports, folders), not saved and nothing started."""
         user = server_user(self.run_as_user)
         binaries = reachable_postgres(find_postgres(self.postgres_bin_dir), user)
@@ -168,6 +180,8 @@ class StackLayout:
             if ha
             else None
         )
+        if ha_state is not None and tls:
+            ha_state["tls"] = str(pg_root / "tls")
         # H2O trains and serving scores with this Java: a stack without a usable one fails here, before any
         # server starts, with what to do (JavaUnavailableError's message).
         java_home = str(find_java(self.java_home).home)
@@ -185,6 +199,7 @@ class StackLayout:
             redis_binary=find_redis_server(),
             java_home=java_home,
             ha=ha_state,
+            tls=tls,
         )
 
     def _pg_root(self, user: str | None) -> Path:

@@ -15,7 +15,7 @@ from shardctl.control.roles import ensure_roles, own_database
 from shardctl.process import pid_alive
 from shardctl.stack.ha.cluster import HACluster
 from shardctl.stack.layout import DAGSTER_DATABASE, StackError, StackLayout, StackState
-from shardctl.stack.postgres import DATABASE, make_template
+from shardctl.stack.postgres import DATABASE, enable_ssl, make_template
 from shardctl.store import prepare as prepare_feature_store
 from shardctl.store.hashing import install_sql_functions
 from shardctl.store.schema import apply_schema
@@ -23,12 +23,14 @@ from shardctl.store.shardmap import ShardMapError, ShardMapStore
 
 
 def refuse_unsupported_up(
-    layout: StackLayout, state: StackState | None, servers: int | None, ha: bool, replicas: int | None
+    layout: StackLayout, state: StackState | None, servers: int | None, ha: bool, replicas: int | None, tls: bool
 ) -> None:
-    """`up` on a running stack never changes its kind (HA or not, replicas per server) and never drops servers:
-    ``StackError`` saying what to do instead."""
+    """`up` on a running stack never changes its kind (HA or not, replicas per server, TLS or not) and never drops
+    servers: ``StackError`` saying what to do instead."""
     if state is None:
         return
+    if tls and not state.tls:
+        raise StackError(f"the stack in {layout.data_dir} runs without TLS; run `shardctl stack down --purge` first")
     if (ha or replicas is not None) and state.ha is None:
         raise StackError(f"the stack in {layout.data_dir} runs without HA; run `shardctl stack down --purge` first")
     if state.ha and replicas is not None and replicas != state.ha["replicas"]:
@@ -90,6 +92,10 @@ def bring_up(layout: StackLayout, state: StackState, added: tuple[str, ...] = ()
     layout.save_state(state)
     template = Path(state.pg_root) / "template"
     make_template(layout.binaries(state), template, state.user)
+    tls = layout.tls(state)
+    if tls is not None:  # in the template, so every server copied from it takes TLS only
+        tls.ensure(state.user)
+        enable_ssl(template, tls.cert_file, tls.key_file, state.user)
     for server in layout.postgres_servers(state):
         if not server.initialized():
             server.init_from(template)

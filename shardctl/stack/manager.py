@@ -85,18 +85,21 @@ class Stack:
         replicas: int | None = None,
         *,
         shards: int | None = None,
+        tls: bool = False,
     ) -> StackState:
         """Start whatever is not running; harmless when everything already is. ``shards`` is the deprecated
         name of ``servers``.
 
         With ``ha`` each server is a Patroni cluster of a primary and ``replicas`` replicas, with etcd. On a
-        stack with fewer than ``servers`` servers, the missing ones are added (`add_servers`).
+        stack with fewer than ``servers`` servers, the missing ones are added (`add_servers`). With ``tls`` (a
+        new stack's choice) the servers take TLS only and every DSN written verifies them (``shardctl.stack.tls``).
         """
         servers = servers if servers is not None else shards
         state = self.layout.load_state()
-        lifecycle.refuse_unsupported_up(self.layout, state, servers, ha, replicas)
+        lifecycle.refuse_unsupported_up(self.layout, state, servers, ha, replicas, tls)
         if state is None:
-            planned = self.layout.plan(servers or self.default_shards, base_port, ha or replicas is not None, replicas)
+            kind = {"ha": ha or replicas is not None, "replicas": replicas, "tls": tls}
+            planned = self.layout.plan(servers or self.default_shards, base_port, **kind)
             return lifecycle.start(self.layout, planned, fresh=True)
         if servers is not None and servers > self.layout.shard_count(state):
             return self.add_servers(servers - self.layout.shard_count(state))

@@ -3,6 +3,7 @@ user, and stopped by the postmaster's PID."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import subprocess
@@ -10,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from psycopg.conninfo import make_conninfo
 
 from shardctl.errors import LocalStackError
 from shardctl.process import log_tail, pid_alive, stop_pid, wait_until
@@ -37,8 +39,15 @@ class PostgresStartError(LocalStackError, RuntimeError):
     """The server did not come up; the message carries the tail of its log."""
 
 
-def dsn(port: int, dbname: str = DATABASE, host: str = "127.0.0.1") -> str:
-    return f"host={host} port={port} dbname={dbname} user={SUPERUSER}"
+def dsn(port: int, dbname: str = DATABASE, host: str = "127.0.0.1", root_cert: str | None = None) -> str:
+    """The superuser's DSN of a local server; with ``root_cert`` (a TLS stack) it verifies the server against it."""
+    plain = f"host={host} port={port} dbname={dbname} user={SUPERUSER}"
+    return plain if root_cert is None else verify_full(plain, root_cert)
+
+
+def verify_full(location: str, root_cert: str) -> str:
+    """``location`` over TLS, the server's certificate checked against ``root_cert`` and the host name."""
+    return make_conninfo(location, sslmode="verify-full", sslrootcert=root_cert)
 
 
 @dataclass
@@ -48,6 +57,7 @@ class PostgresServer:
     data_dir: Path  # the cluster directory (PGDATA)
     binaries: PostgresBinaries
     user: str | None
+    tls_root_cert: str | None = None  # a TLS stack's CA: clients verify the server with it (shardctl/stack/tls.py)
 
     @property
     def log_file(self) -> Path:
@@ -58,7 +68,7 @@ class PostgresServer:
         return self.data_dir / "sockets"
 
     def dsn(self, dbname: str = DATABASE) -> str:
-        return dsn(self.port, dbname)
+        return dsn(self.port, dbname, root_cert=self.tls_root_cert)
 
     def pid(self) -> int | None:
         """The postmaster's PID from postmaster.pid, if it is running."""
@@ -159,3 +169,36 @@ def make_template(binaries: PostgresBinaries, path: Path, user: str | None) -> P
         conf.write(SERVER_CONF)
     tmp.rename(path)
     return path
+
+
+def enable_ssl(data_dir: Path, cert_file: Path, key_file: Path, user: str | None) -> None:
+    """Turn TLS on in an initialized cluster directory (the stack's template: every server copied from it
+    inherits it): the certificate and its key in the data dir (the key 0600 and the server user's: PostgreSQL
+    refuses a key others may read), ``ssl = on``, and every TCP line of pg_hba made ``hostssl``, so a client that
+    does not encrypt finds no line that admits it. Idempotent."""
+    shutil.copyfile(cert_file, data_dir / "server.crt")
+    key = data_dir / "server.key"
+    key.unlink(missing_ok=True)
+    with os.fdopen(os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600), "wb") as sink:
+        sink.write(key_file.read_bytes())
+    conf = data_dir / "postgresql.conf"
+    if SSL_CONF not in conf.read_text():
+        with open(conf, "a") as sink:
+            sink.write(SSL_CONF)
+    hba = data_dir / "pg_hba.conf"
+    hba.write_text(hostssl_only(hba.read_text()))
+    chown_tree(data_dir, user)
+
+
+# server.crt and server.key in the data dir are PostgreSQL's defaults for ssl_cert_file and ssl_key_file.
+SSL_CONF = "\n# TLS (shardctl stack up --tls)\nssl = on\nssl_min_protocol_version = 'TLSv1.2'\n"
+
+
+def hostssl_only(hba: str) -> str:
+    """pg_hba.conf with each ``host`` line (TCP, encrypted or not) turned into ``hostssl`` (TCP with TLS only);
+    ``local`` (Unix socket) lines and comments stay."""
+    lines = []
+    for line in hba.splitlines():
+        words = line.split(None, 1)
+        lines.append(line.replace("host", "hostssl", 1) if words and words[0] == "host" else line)
+    return "\n".join(lines) + "\n"

@@ -28,6 +28,7 @@ from shardctl.stack.ha.config import MemberPlan, multi_host_dsn, render
 from shardctl.stack.ha.etcd import EtcdServer, find_etcd
 from shardctl.stack.ha.runtime import patroni_command, patroni_environment
 from shardctl.stack.ha.settings import HASettings
+from shardctl.stack.postgres import verify_full
 from shardctl.stack.users import chown_tree
 
 
@@ -47,6 +48,8 @@ class HAState:
     # Fault-injection runs only: per shard, per member [pg, api, etcd] proxy ports (see MemberPlan); empty
     # in every normal stack.
     proxies: list[list[list[int]]] = field(default_factory=list)
+    # `stack up --tls`: the folder of the stack's CA and server certificate (shardctl/stack/tls.py).
+    tls: str | None = None
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> HAState:
@@ -253,7 +256,8 @@ class HACluster:
         result = []
         for i, (pg_port, api_port) in enumerate(self.state.members[shard]):
             via = self.state.proxies[shard][i] if self.state.proxies else [None, None, None]
-            plan = MemberPlan(shard, i, pg_port, api_port, root / f"shard{shard}" / f"m{i}", *via)
+            tls_dir = Path(self.state.tls) if self.state.tls else None
+            plan = MemberPlan(shard, i, pg_port, api_port, root / f"shard{shard}" / f"m{i}", *via, tls_dir=tls_dir)
             result.append(PatroniMember(plan, self.user))
         return result
 
@@ -270,7 +274,8 @@ class HACluster:
         return [m.plan.api_url for m in self.members(shard)]
 
     def shard_dsn(self, shard: int, dbname: str = "tessera") -> str:
-        return multi_host_dsn([pg for pg, _ in self.state.members[shard]], dbname)
+        dsn = multi_host_dsn([pg for pg, _ in self.state.members[shard]], dbname)
+        return verify_full(dsn, str(Path(self.state.tls) / "ca.crt")) if self.state.tls else dsn
 
     def shard_count(self) -> int:
         return len(self.state.members)

@@ -13,7 +13,7 @@ from typing import Any
 import yaml
 
 from shardctl.stack.ha.settings import HASettings
-from shardctl.stack.postgres import SUPERUSER
+from shardctl.stack.postgres import SUPERUSER, hostssl_only
 
 REPLICATION_USER = "replicator"
 # Trust on loopback only: the local stack is for development and tests (as the plain stack is).
@@ -52,6 +52,8 @@ class MemberPlan:
     pg_connect_port: int | None = None
     api_connect_port: int | None = None
     etcd_port: int | None = None
+    # `stack up --tls`: the stack's CA and server certificate (shardctl/stack/tls.py); None without TLS.
+    tls_dir: Path | None = None
 
     @property
     def name(self) -> str:
@@ -142,7 +144,27 @@ def member_config(member: MemberPlan, ha: HASettings, etcd_url: str, bin_dir: st
 
 def render(member: MemberPlan, ha: HASettings, etcd_url: str, bin_dir: str) -> str:
     """The member's patroni.yml text."""
-    return yaml.safe_dump(member_config(member, ha, etcd_url, bin_dir), sort_keys=False)
+    config = member_config(member, ha, etcd_url, bin_dir)
+    if member.tls_dir is not None:
+        config = with_tls(config, member.tls_dir)
+    return yaml.safe_dump(config, sort_keys=False)
+
+
+def with_tls(config: dict[str, Any], tls_dir: Path) -> dict[str, Any]:
+    """``config`` taking TLS only (a TLS stack): ssl on with the stack's certificate, every TCP line of pg_hba
+    ``hostssl``, and Patroni's own connections (replication, rewind, its superuser's) verifying the other
+    member's certificate as every client does."""
+    postgresql = config["postgresql"]
+    postgresql["parameters"] = {
+        **postgresql["parameters"],
+        "ssl": "on",
+        "ssl_cert_file": str(tls_dir / "server.crt"),
+        "ssl_key_file": str(tls_dir / "server.key"),
+    }
+    postgresql["pg_hba"] = hostssl_only("\n".join(postgresql["pg_hba"])).splitlines()
+    for role in postgresql["authentication"].values():
+        role.update(sslmode="verify-full", sslrootcert=str(tls_dir / "ca.crt"))
+    return config
 
 
 def multi_host_dsn(pg_ports: list[int], dbname: str = "tessera", connect_timeout: int = 2) -> str:
