@@ -4,9 +4,10 @@ model name) stays in ``shardctl.settings.TesseraSettings``."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from shardctl.credentials import DbCredentialFields
 from shardctl.settings import SectionSettings, section_config
@@ -52,3 +53,17 @@ class ServingSettings(SectionSettings, DbCredentialFields):
     # Graceful drain on SIGTERM: how long a worker waits for its in-flight requests before it closes its pools
     # (Granian stops accepting at once); Granian kills a worker that has not exited 10 s after this.
     drain_seconds: float = Field(default=20.0, gt=0, le=600)
+    # Who serving is to Redis (an ACL user limited to serving's key prefix, shardctl.redis_acl): its user and
+    # either its password or a file holding it (the local stack writes the file's path, never the password).
+    # Unset user: Redis's default user, as the URL says.
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+    redis_password_file: Path | None = None
+
+    def redis_credentials(self) -> tuple[str | None, str | None]:
+        """(user, password) for redis-py; the password read from ``redis_password_file`` when that is given."""
+        if self.redis_password is not None:
+            return self.redis_username, self.redis_password.get_secret_value()
+        if self.redis_password_file is not None:
+            return self.redis_username, self.redis_password_file.read_text().strip()
+        return self.redis_username, None
