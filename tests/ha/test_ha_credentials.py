@@ -1,8 +1,11 @@
 """Passwords on the HA stack (the group's shared one): every member asks for SCRAM passwords (replication
-included), Patroni's REST API refuses an unsafe call without its credentials and `shardctl ha switchover`
-passes them, and no password shows in Patroni's logs, `ha status --json` or the settings."""
+included), etcd answers only the stack's users, Patroni's REST API refuses an unsafe call without its
+credentials and `shardctl ha switchover` passes them, and no password shows in Patroni's logs, `ha status
+--json` or the settings."""
 
 from __future__ import annotations
+
+import base64
 
 import psycopg
 import pytest
@@ -11,6 +14,7 @@ from click.testing import CliRunner
 from shardctl.cli import main
 from shardctl.control.ha import _request, leader, shard_members
 from shardctl.stack.ha.cluster import HACluster
+from shardctl.stack.ha.etcd import authenticate, post
 from shardctl.stack.manager import Stack
 from shardctl.stack.postgres import REPLICATION_USER, SUPERUSER
 from testkit.ha.drill import wait_healthy
@@ -31,6 +35,26 @@ def test_every_member_refuses_a_login_without_a_password_replication_included(cl
         ) as conn:
             methods = {m for (m,) in conn.execute("SELECT auth_method FROM pg_hba_file_rules")}
         assert methods == {"scram-sha-256"}, f"{member.name}: {methods}"
+
+
+@pytest.mark.req("PLAT.ha-auth")
+def test_etcd_answers_only_the_stacks_users_and_patroni_only_in_its_namespace(cluster: HACluster) -> None:
+    url = cluster.etcd.url
+
+    def key(name: bytes) -> dict[str, str]:
+        return {"key": base64.b64encode(name).decode()}
+
+    status, answer = post(url, "/v3/kv/range", {**key(b"\0"), "range_end": base64.b64encode(b"\0").decode()})
+    assert status != 200, answer
+    assert "user name is empty" in str(answer)
+    token = authenticate(url, "patroni", cluster.secrets.etcd_password("patroni"))
+    assert token is not None
+    status, answer = post(url, "/v3/kv/range", key(b"/elsewhere/"), token)
+    assert status != 200, answer
+    assert "permission denied" in str(answer)
+    status, answer = post(url, "/v3/kv/range", key(b"/tessera/shard0/leader"), token)
+    assert status == 200, answer
+    assert answer.get("kvs"), answer
 
 
 @pytest.mark.req("PLAT.ha-auth")

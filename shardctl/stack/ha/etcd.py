@@ -118,7 +118,7 @@ def _prefix_range(prefix: str) -> tuple[str, str]:
     return _b64(raw), _b64(raw[:-1] + bytes([raw[-1] + 1]))
 
 
-def _post(etcd_url: str, path: str, body: dict, token: str | None = None) -> tuple[int, dict]:
+def post(etcd_url: str, path: str, body: dict, token: str | None = None) -> tuple[int, dict]:
     """POST to etcd's v3 JSON gateway; (HTTP status, answer). The body may hold a password: never logged."""
     headers = {"Content-Type": "application/json", **({"Authorization": token} if token else {})}
     request = urllib.request.Request(f"{etcd_url}{path}", data=json.dumps(body).encode(), headers=headers)
@@ -134,7 +134,7 @@ def _post(etcd_url: str, path: str, body: dict, token: str | None = None) -> tup
 
 def authenticate(etcd_url: str, user: str, password: str) -> str | None:
     """A token for ``user``; None while etcd's authentication is not enabled."""
-    status, answer = _post(etcd_url, "/v3/auth/authenticate", {"name": user, "password": password})
+    status, answer = post(etcd_url, "/v3/auth/authenticate", {"name": user, "password": password})
     if status == 200 and answer.get("token"):
         return str(answer["token"])
     if "not enabled" in str(answer.get("error", answer.get("message", ""))):
@@ -162,7 +162,7 @@ def enable_auth(etcd_url: str, root_password: str, patroni_password: str, namesp
         ("/v3/auth/enable", {}),
     ]
     for path, body in steps:
-        status, answer = _post(etcd_url, path, body)
+        status, answer = post(etcd_url, path, body)
         if status != 200 and "already exists" not in str(answer.get("message", "")):
             raise EtcdAuthError(f"etcd refused {path} (HTTP {status}: {answer.get('message', '')})")
 
@@ -173,6 +173,6 @@ def forget_scope(etcd_url: str, scope: str, namespace: str = "/tessera/", root_p
     bootstraps instead of waiting to join the old one. Harmless when the keys are gone already."""
     token = authenticate(etcd_url, "root", root_password) if root_password is not None else None
     key, range_end = _prefix_range(f"{namespace}{scope}/")
-    status, answer = _post(etcd_url, "/v3/kv/deleterange", {"key": key, "range_end": range_end}, token)
+    status, answer = post(etcd_url, "/v3/kv/deleterange", {"key": key, "range_end": range_end}, token)
     if status != 200:
         raise OSError(f"etcd refused to forget {scope} (HTTP {status}: {answer.get('message', '')})")
