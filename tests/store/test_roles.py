@@ -105,7 +105,12 @@ def test_the_stack_writes_each_part_its_own_role(local_stack: Stack) -> None:
     assert written["serving"]["db_user"] == SERVING_ROLE
     assert written["writer"]["db_user"] == WRITER_ROLE
     assert written["pipeline"]["db_user"] == PIPELINE_ROLE
-    assert "password" not in json.dumps(written)
+    secrets = local_stack.layout.secrets
+    for part, role in (("serving", SERVING_ROLE), ("writer", WRITER_ROLE), ("pipeline", PIPELINE_ROLE)):
+        assert written[part]["db_passfile"] == str(secrets.pgpass(role))  # where its password is, not the password
+    text = json.dumps(written)
+    assert "password=" not in text
+    assert not [p for p in secrets.all_passwords() if p in text]
 
 
 @pytest.mark.req("PLAT.least-privilege")
