@@ -182,15 +182,18 @@ def make_template(binaries: PostgresBinaries, path: Path, user: str | None, pass
     return path
 
 
-def write_owned(path: Path, text: str, user: str | None) -> None:
-    """Write ``text`` to ``path`` readable by ``user`` (the server user) alone: 0600 from the first byte."""
-    path.unlink(missing_ok=True)
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+def write_owned(path: Path, text: str, user: str | None = None) -> None:
+    """Write ``text`` to ``path`` readable by ``user`` (None: ourselves) alone: 0600 from the first byte, and
+    replaced in one step, so a reader never sees half a password."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as out:
         out.write(text)
     if user is not None:
         entry = pwd.getpwnam(user)
-        os.chown(path, entry.pw_uid, entry.pw_gid)
+        os.chown(tmp, entry.pw_uid, entry.pw_gid)
+    tmp.replace(path)
 
 
 def pgpass_line(role: str, password: str) -> str:

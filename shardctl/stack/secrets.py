@@ -9,14 +9,13 @@ take them from here (docs/architecture/physical.md, "Passwords of the local stac
 
 from __future__ import annotations
 
-import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from shardctl.errors import LocalStackError
 from shardctl.redis_acl import ADMIN_USER, SERVING_USER, acl_lines
-from shardctl.stack.postgres import REPLICATION_USER, SUPERUSER, pgpass_line
+from shardctl.stack.postgres import REPLICATION_USER, SUPERUSER, pgpass_line, write_owned
 from shardctl.store.grants import PIPELINE_ROLE, SERVING_ROLE, WRITER_ROLE
 
 SECRETS_DIR_NAME = "secrets"
@@ -28,16 +27,6 @@ ETCD_USERS = ("root", "patroni")
 
 class SecretsMissingError(LocalStackError, RuntimeError):
     """A stack without its secrets folder: made before the stack had passwords, or the folder was removed."""
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by its owner only (0600 from the first byte, replaced atomically)."""
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.unlink(missing_ok=True)
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-    with os.fdopen(fd, "w") as out:
-        out.write(text)
-    tmp.replace(path)
 
 
 @dataclass(frozen=True)
@@ -63,18 +52,18 @@ class StackSecrets:
         for kind, name in names:
             path = self.dir / _password_file_name(kind, name)
             if not path.exists():
-                write_private(path, secrets.token_urlsafe(24))
+                write_owned(path, secrets.token_urlsafe(24))
         for role in PG_ROLES:
-            write_private(self.pgpass(role), pgpass_line(role, self.pg_password(role)))
+            write_owned(self.pgpass(role), pgpass_line(role, self.pg_password(role)))
         redis = {user: self.redis_password(user) for user in REDIS_USERS}
-        write_private(self.redis_acl_file, "\n".join(acl_lines(redis)) + "\n")
+        write_owned(self.redis_acl_file, "\n".join(acl_lines(redis)) + "\n")
         return self
 
     def preset_pg_password(self, role: str, password: str) -> None:
         """Give ``role`` this password instead of a generated one, before the stack is laid out (`ensure` keeps
         it): for a stack that must share a password with something else, e.g. the k8s tests' Secrets."""
         self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
-        write_private(self.dir / _password_file_name("postgres", role), password)
+        write_owned(self.dir / _password_file_name("postgres", role), password)
 
     def _read(self, kind: str, name: str) -> str:
         path = self.dir / _password_file_name(kind, name)
