@@ -23,8 +23,33 @@ create() {  # create NAME KEY [KEY...]: one random password per key
     } | kubectl -n "$NAMESPACE" apply -f -
 }
 
+digest() { printf '%s' "$1" | sha256sum | cut -d' ' -f1; }  # Redis's #<sha256> form: the ACL holds no password
+
+create_redis() {  # Redis's ACL users (shardctl/redis_acl.py): the default user off, admin, serving in its prefix
+    local name=tessera-redis admin serving
+    if kubectl -n "$NAMESPACE" get secret "$name" >/dev/null 2>&1; then
+        echo "secret/$name exists: kept"
+        return
+    fi
+    admin="$(random_password)"
+    serving="$(random_password)"
+    {
+        printf 'apiVersion: v1\nkind: Secret\ntype: Opaque\nmetadata:\n  name: %s\n' "$name"
+        printf '  labels: {app.kubernetes.io/part-of: tessera}\nstringData:\n'
+        printf '  admin-password: "%s"\n' "$admin"
+        printf '  TESSERA_SERVING__REDIS_PASSWORD: "%s"\n' "$serving"
+        printf '  users.acl: |\n'
+        printf '    user default off resetkeys resetchannels -@all\n'
+        printf '    user admin on #%s ~* &* +@all\n' "$(digest "$admin")"
+        printf '    user serving on #%s resetkeys ~serving:* resetchannels &serving:* -@all +@read +@write' \
+            "$(digest "$serving")"
+        printf ' +@keyspace +@scripting +@transaction +@connection +@pubsub -@dangerous\n'
+    } | kubectl -n "$NAMESPACE" apply -f -
+}
+
 kubectl get namespace "$NAMESPACE" >/dev/null 2>&1 || kubectl apply -f "$(dirname "$0")/namespace.yaml"
 create tessera-postgres superuser-password replication-password      # Patroni (Spilo): superuser, replication
 create tessera-serving-db TESSERA_SERVING__DB_PASSWORD                # serving: reads features and the registry
 create tessera-writer-db TESSERA_WRITER__DB_PASSWORD                  # a standalone feature writer
 create tessera-pipeline-db TESSERA_PIPELINE__DB_PASSWORD              # Dagster: its steps, its run pods, its storage
+create_redis                                                          # Redis: serving's ACL user, an admin

@@ -30,7 +30,10 @@ def dagster_env(settings: TesseraSettings) -> dict[str, str]:
     # Dagster's storage is the pipeline's: its role owns the database (`shardctl stack up`).
     parts = conninfo_to_dict(with_credentials(settings.dagster_dsn, PipelineSettings().db_credentials()))
     home = Path(settings.data_dir).absolute() / "dagster_home"
+    # A passfile (the local stack's) reaches dagster-postgres's libpq as PGPASSFILE: dagster.yaml names no password.
+    passfile = {"PGPASSFILE": str(parts["passfile"])} if parts.get("passfile") else {}
     return {
+        **passfile,
         "DAGSTER_HOME": str(home),
         "DAGSTER_PG_HOST": str(parts.get("host", "127.0.0.1")).split(",")[0],
         "DAGSTER_PG_PORT": str(parts.get("port", "5432")).split(",")[0],

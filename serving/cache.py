@@ -1,6 +1,7 @@
 """Redis look-aside cache of predictions, and single-flight so concurrent misses compute once.
 
-Two kinds of keys:
+Two kinds of keys, both under serving's prefix (``serving:``, ``shardctl.redis_acl.SERVING_PREFIX``: serving's
+Redis user may touch nothing else):
 
 - ``fv:{feature_set}:{entity}`` -> ``{feature version}:{read at, epoch ms}``, the entity's feature version and
   when it was read from its shard. How long it is trusted is ``serving/freshness.py``'s rule: while the change
@@ -32,6 +33,7 @@ import redis.asyncio as aioredis
 from redis.exceptions import NoScriptError
 
 from serving import metrics
+from shardctl.redis_acl import SERVING_PREFIX
 
 
 class CachedPrediction(msgspec.Struct, array_like=True, gc=False):
@@ -107,9 +109,18 @@ class PredictionCache:
         *,
         ttl_seconds: int,
         backoff_seconds: float = 1.0,
+        username: str | None = None,
+        password: str | None = None,
     ):
         self._redis = (
-            aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.2, retry_on_timeout=False)
+            aioredis.Redis.from_url(
+                url,
+                socket_timeout=0.5,
+                socket_connect_timeout=0.2,
+                retry_on_timeout=False,
+                username=username,
+                password=password,
+            )
             if url
             else None
         )
@@ -126,12 +137,12 @@ class PredictionCache:
 
     @staticmethod
     def version_key(feature_set: str, entity: str) -> str:
-        return f"fv:{feature_set}:{entity}"
+        return f"{SERVING_PREFIX}fv:{feature_set}:{entity}"
 
     @staticmethod
     def prediction_prefix(model_key: str, feature_set: str) -> str:
         """Every prediction key starts so; the lookup script appends ``{entity}:{feature version}``."""
-        return f"pred:{model_key}:{feature_set}:"
+        return f"{SERVING_PREFIX}pred:{model_key}:{feature_set}:"
 
     @classmethod
     def prediction_key(cls, model_key: str, feature_set: str, entity: str, feature_version: int) -> str:

@@ -79,7 +79,13 @@ class ServingRuntime:
         await loop.run_in_executor(io_pool, refresh)
         listener = NotificationListener(catalog_dsn, PROMOTION_CHANNEL, refresh, on_reconnect=refresh)
         features = await loop.run_in_executor(io_pool, FeatureSource, catalog_dsn, serving.read_target)
-        cache = PredictionCache(settings.redis_url, ttl_seconds=serving.cache_ttl_seconds)
+        redis_user, redis_password = serving.redis_credentials()
+        cache = PredictionCache(
+            settings.redis_url,
+            ttl_seconds=serving.cache_ttl_seconds,
+            username=redis_user,
+            password=redis_password,
+        )
         local = LocalPredictionCache(serving.local_cache_entries)
         freshness = Freshness(
             serving.feature_version_ttl_seconds, stale_after_seconds=serving.invalidation_stale_after_seconds

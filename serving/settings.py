@@ -7,7 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 
 from shardctl.credentials import DbCredentialFields
 from shardctl.settings import SectionSettings, section_config
@@ -57,3 +57,17 @@ class ServingSettings(SectionSettings, DbCredentialFields):
     # readable by the service alone (Granian 2.8 cannot load an encrypted key: its worker panics).
     tls_certificate: Path | None = None
     tls_key: Path | None = None
+    # Who serving is to Redis (an ACL user limited to serving's key prefix, shardctl.redis_acl): its user and
+    # either its password or a file holding it (the local stack writes the file's path, never the password).
+    # Unset user: Redis's default user, as the URL says.
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+    redis_password_file: Path | None = None
+
+    def redis_credentials(self) -> tuple[str | None, str | None]:
+        """(user, password) for redis-py; the password read from ``redis_password_file`` when that is given."""
+        if self.redis_password is not None:
+            return self.redis_username, self.redis_password.get_secret_value()
+        if self.redis_password_file is not None:
+            return self.redis_username, self.redis_password_file.read_text().strip()
+        return self.redis_username, None

@@ -18,6 +18,7 @@ SHARED_FIXTURE_GROUPS: dict[str, tuple[str, ...]] = {
     # `ha_stack`: etcd and a Patroni pair per shard. Two groups, each with an HA stack of its own.
     "ha-stack-heal": (
         "tests/ha/test_change_log_standby.py",
+        "tests/ha/test_ha_credentials.py",
         "tests/ha/test_member_heal.py",
         "tests/ha/test_member_rejoin.py",
     ),

@@ -46,12 +46,23 @@ def test_scenarios_name_tests_that_exist() -> None:
 # orchestration sit on the store (and the control plane) and never reach the local stack at run time.
 _NOT_ABOVE_STORE = ("shardctl.control", "shardctl.stack", "shardctl.cli", "serving", "orchestration")
 _STACK_JOBS = tuple(f"shardctl.stack.{job}" for job in ("layout", "lifecycle", "status", "topology", "manager"))
-_STACK_BASE = ("binaries", "users", "postgres", "redis_server", "server_runtime", "settings")
+_STACK_BASE = ("binaries", "users", "postgres", "redis_server", "secrets", "server_runtime", "settings")
 _BASE = ("shardctl.store", *_NOT_ABOVE_STORE)
 LAYER_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("shardctl/errors.py", ("shardctl.settings", "shardctl.credentials", "shardctl.process", "shardctl.java", *_BASE)),
+    (
+        "shardctl/errors.py",
+        (
+            "shardctl.settings",
+            "shardctl.credentials",
+            "shardctl.redis_acl",
+            "shardctl.process",
+            "shardctl.java",
+            *_BASE,
+        ),
+    ),
     ("shardctl/settings.py", _BASE),
     ("shardctl/credentials.py", _BASE),
+    ("shardctl/redis_acl.py", _BASE),
     ("shardctl/process.py", _BASE),
     ("shardctl/java.py", _BASE),
     ("shardctl/__init__.py", _NOT_ABOVE_STORE),

@@ -211,7 +211,10 @@ def test_each_part_connects_as_its_own_role_with_a_password_from_its_own_secret(
         return sources
 
     serving = _find("Deployment", "serving")["spec"]["template"]["spec"]["containers"][0]
-    assert password_sources(serving) == {"TESSERA_SERVING__DB_PASSWORD": "tessera-serving-db"}
+    assert password_sources(serving) == {
+        "TESSERA_SERVING__DB_PASSWORD": "tessera-serving-db",
+        "TESSERA_SERVING__REDIS_PASSWORD": "tessera-redis",
+    }
     for name in ("dagster-code", "dagster-daemon", "dagster-webserver"):
         container = _find("Deployment", name)["spec"]["template"]["spec"]["containers"][0]
         assert password_sources(container) == {"*": "tessera-pipeline-db"}, name
@@ -226,3 +229,20 @@ def test_each_part_connects_as_its_own_role_with_a_password_from_its_own_secret(
     generator = (K8S / "generate-secrets.sh").read_text()
     for secret in ("tessera-postgres", "tessera-serving-db", "tessera-writer-db", "tessera-pipeline-db"):
         assert f"create {secret} " in generator, f"{secret} is referenced but never generated"
+
+
+@pytest.mark.req("PLAT.redis-acl")
+def test_kubernetes_redis_has_the_stacks_acl_users_from_a_generated_secret(tmp_path: Path) -> None:
+    """k8s/generate-secrets.sh writes Redis's ACL file with the rules of shardctl/redis_acl.py (the default user
+    off, serving in its prefix), password digests only; Redis loads it and serving logs in as its user."""
+    from shardctl.redis_acl import ADMIN_USER, SERVING_USER, acl_lines
+    from tests.k8s.secrets import generate_secrets
+
+    generated = generate_secrets(tmp_path).secrets["tessera-redis"]
+    passwords = {ADMIN_USER: generated["admin-password"], SERVING_USER: generated["TESSERA_SERVING__REDIS_PASSWORD"]}
+    assert generated["users.acl"].splitlines() == acl_lines(passwords)
+    assert not [p for p in passwords.values() if p in generated["users.acl"]]
+    container = _find("Deployment", "redis")["spec"]["template"]["spec"]["containers"][0]
+    assert container["args"][-2:] == ["--aclfile", "/etc/redis/users.acl"]
+    serving = _find("Deployment", "serving")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "TESSERA_SERVING__REDIS_USERNAME", "value": SERVING_USER} in serving["env"]

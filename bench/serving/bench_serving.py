@@ -48,8 +48,10 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.serving.loadgen import LoadResult, Scenario, entity_name, run_load
+from serving.cache import PredictionCache
 from shardctl.java import find_java_home
 from shardctl.process import free_port, pid_alive, stop_pid, wait_until
+from shardctl.redis_acl import ADMIN_USER
 from shardctl.settings import TesseraSettings
 from shardctl.stack.manager import Stack
 from shardctl.store import FeatureStore
@@ -248,7 +250,7 @@ def invalidation_latency(settings: TesseraSettings, port: int, rc: redis.Redis, 
             entity = ids[k]
             first = client.post("/v1/predictions", json={"entity_id": entity}).json()
             client.post("/v1/predictions", json={"entity_id": entity})
-            key = f"fv:{model.feature_set}:{entity}"
+            key = PredictionCache.version_key(model.feature_set, entity)
             row = store.reader.get_features([entity], model.feature_set).records[entity]
             bumped = {
                 name: (v + 1 if isinstance(v, int | float) and not isinstance(v, bool) else v)
@@ -337,7 +339,10 @@ def main() -> int:
             miss_ids = ids[1000:]
         jvm_pid = h2o.connection().local_server._process.pid
         summary["model"] = model.key
-        rc = redis.Redis.from_url(settings.redis_url)
+        # The stack's Redis admits named users only: the benchmark reads and flushes as the stack's admin.
+        rc = redis.Redis.from_url(
+            settings.redis_url, username=ADMIN_USER, password=stack.layout.secrets.redis_password(ADMIN_USER)
+        )
         counter = [0]
         miss = Scenario("0% hits", "miss", n_entities=len(miss_ids), ids=tuple(miss_ids))
         hit = Scenario("100% hits", "hit", warm=1000, ids=tuple(ids))

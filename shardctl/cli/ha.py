@@ -21,12 +21,14 @@ def ha() -> None:
 
 
 def _ha_cluster(data_dir: str | None) -> HACluster:
+    from shardctl.stack.layout import refuse_stack_without_passwords
     from shardctl.stack.manager import StackError
 
     the_stack = open_stack(data_dir)
     state = the_stack.load_state()
     if state is None:
         raise StackError(f"no stack in {the_stack.data_dir}: run `shardctl stack up --ha`")
+    refuse_stack_without_passwords(the_stack.layout, state)
     cluster = the_stack.ha_cluster(state)
     if cluster is None:
         raise StackError(f"the stack in {the_stack.data_dir} runs without HA: start one with `shardctl stack up --ha`")
@@ -99,4 +101,4 @@ def ha_switchover(data_dir: str | None, shard: int, candidate: str | None) -> No
 
     cluster = _ha_cluster(data_dir)
     cluster.check_shard(shard)
-    click.echo(switchover(shard, cluster.api_urls(shard), candidate))
+    click.echo(switchover(shard, cluster.api_urls(shard), candidate, auth=cluster.api_auth))

@@ -1,11 +1,14 @@
 """A shard's cluster as Patroni's REST API reports it, and planned switchovers through that API.
 
 Any member answers for the whole cluster (``GET /cluster`` reads etcd), so we ask each member in turn
-until one answers: a dead primary does not hide the cluster's state.
+until one answers: a dead primary does not hide the cluster's state. Reads (``GET``) need no credentials;
+every change (switchover, restart, reinitialize, config) sends the REST API's user and password (``auth``)
+with HTTP Basic authentication, which Patroni asks for on its unsafe endpoints.
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import urllib.error
 import urllib.request
@@ -31,9 +34,17 @@ class MemberStatus:
     api_url: str
 
 
-def _request(method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 5.0) -> tuple[int, str]:
+ApiAuth = tuple[str, str]  # the REST API's user and password
+
+
+def _request(
+    method: str, url: str, body: dict[str, Any] | None = None, timeout: float = 5.0, auth: ApiAuth | None = None
+) -> tuple[int, str]:
     data = json.dumps(body).encode() if body is not None else None
-    request = urllib.request.Request(url, data=data, method=method, headers={"Content-Type": "application/json"})
+    headers = {"Content-Type": "application/json"}
+    if auth is not None:
+        headers["Authorization"] = "Basic " + base64.b64encode(f"{auth[0]}:{auth[1]}".encode()).decode()
+    request = urllib.request.Request(url, data=data, method=method, headers=headers)
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, response.read().decode()
@@ -92,7 +103,7 @@ def is_healthy(members: list[MemberStatus], expected: int, synchronous: bool = F
     return leader(members) is not None and len(streaming) == expected - 1 and (has_sync or not synchronous)
 
 
-def switchover(shard: int, api_urls: list[str], candidate: str | None = None) -> str:
+def switchover(shard: int, api_urls: list[str], candidate: str | None = None, auth: ApiAuth | None = None) -> str:
     """A planned switchover of ``shard``'s primary (to ``candidate`` if given); returns Patroni's answer."""
     members = shard_members(shard, api_urls)
     if candidate and candidate not in {m.name for m in members}:
@@ -103,17 +114,17 @@ def switchover(shard: int, api_urls: list[str], candidate: str | None = None) ->
     body: dict[str, Any] = {"leader": current.name}
     if candidate:
         body["candidate"] = candidate
-    status, text = _request("POST", f"{current.api_url}/switchover", body, timeout=60.0)
+    status, text = _request("POST", f"{current.api_url}/switchover", body, timeout=60.0, auth=auth)
     if status != 200:
         raise HAError(f"switchover of shard {shard} refused: {text.strip()}")
     return text.strip()
 
 
-def set_dynamic_config(api_urls: list[str], patch: dict[str, Any]) -> dict[str, Any]:
+def set_dynamic_config(api_urls: list[str], patch: dict[str, Any], auth: ApiAuth | None = None) -> dict[str, Any]:
     """PATCH the cluster-wide configuration (e.g. ``synchronous_mode_strict``) through any member."""
     for url in api_urls:
         try:
-            status, text = _request("PATCH", f"{url}/config", patch)
+            status, text = _request("PATCH", f"{url}/config", patch, auth=auth)
         except OSError:
             continue
         if status == 200:

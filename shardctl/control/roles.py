@@ -27,9 +27,9 @@ class RoleSetupError(ControlError, RuntimeError):
 def ensure_roles(dsn: str, passwords: Mapping[str, str | None] | None = None, *, connect_timeout: int = 5) -> None:
     """Create (or bring back to their least-privilege attributes) every part's role on the server at ``dsn``.
 
-    ``passwords`` maps a role to its password; a role absent or mapped to None gets no password (it can only
-    log in where pg_hba trusts it, e.g. the local stack's loopback). An existing role's password is replaced
-    only when one is given.
+    ``passwords`` maps a role to its password; a role absent or mapped to None gets no password (it cannot log
+    in where pg_hba asks for one, as every server of the local stack does). An existing role's password is
+    replaced only when one is given.
     """
     passwords = dict(passwords or {})
     unknown = set(passwords) - set(PART_ROLES)

@@ -14,12 +14,14 @@ from typing import Any
 from shardctl.errors import LocalStackError
 from shardctl.java import find_java
 from shardctl.process import allocate_ports
+from shardctl.redis_acl import ADMIN_USER, SERVING_USER
 from shardctl.settings import SETTINGS_FILE_NAME
 from shardctl.stack.binaries import PostgresBinaries, find_postgres, find_redis_server
 from shardctl.stack.ha.cluster import HACluster, HAState
 from shardctl.stack.ha.settings import HASettings
 from shardctl.stack.postgres import SUPERUSER, PostgresServer
 from shardctl.stack.redis_server import RedisServer
+from shardctl.stack.secrets import StackSecrets
 from shardctl.stack.server_runtime import reachable_postgres
 from shardctl.stack.tls import StackTLS
 from shardctl.stack.users import chown_tree, server_user, user_can_write
@@ -61,6 +63,19 @@ class StackState:
         return StackState(**json.loads(json.dumps(asdict(self))))
 
 
+NO_PASSWORDS = (
+    "this stack was created without passwords; run `shardctl stack down --purge` and `shardctl stack up` again"
+)
+
+
+def refuse_stack_without_passwords(layout: StackLayout, state: StackState | None) -> None:
+    """A stack laid out before its servers had passwords (no secrets folder) cannot be reached any more by the
+    parts, which now log in with them: ``StackError`` saying what to do. Every new state gets its secrets
+    when it is planned, so only such an old stack has a state without them."""
+    if state is not None and not layout.secrets.exists():
+        raise StackError(NO_PASSWORDS)
+
+
 def _plain_ids(state: StackState) -> list[int]:
     """The plain servers' numbers, parallel to ``shard_ports`` (empty on an HA stack)."""
     return list(state.server_ids) if state.server_ids is not None else list(range(len(state.shard_ports)))
@@ -90,6 +105,11 @@ class StackLayout:
     def settings_file(self) -> Path:
         return self.data_dir / SETTINGS_FILE_NAME
 
+    @property
+    def secrets(self) -> StackSecrets:
+        """The stack's passwords (``<data_dir>/secrets``)."""
+        return StackSecrets.of(self.data_dir)
+
     def load_state(self) -> StackState | None:
         try:
             recorded = json.loads(self.state_file.read_text())
@@ -113,11 +133,12 @@ class StackLayout:
         """The catalog first, then shards in index order."""
         binaries = self.binaries(state)
         root = Path(state.pg_root)
+        passfile = self.secrets.pgpass(SUPERUSER)
         tls = self.tls(state)
         ca = str(tls.ca_file) if tls is not None else None
-        servers = [PostgresServer(CATALOG, state.catalog_port, root / CATALOG, binaries, state.user, ca)]
+        servers = [PostgresServer(CATALOG, state.catalog_port, root / CATALOG, binaries, state.user, passfile, ca)]
         servers += [
-            PostgresServer(f"shard{n}", port, root / f"shard{n}", binaries, state.user, ca)
+            PostgresServer(f"shard{n}", port, root / f"shard{n}", binaries, state.user, passfile, ca)
             for n, port in zip(_plain_ids(state), state.shard_ports, strict=True)
         ]
         return servers
@@ -142,14 +163,24 @@ class StackLayout:
         """The HA shards (etcd + Patroni clusters), or None for a plain stack."""
         if state.ha is None:
             return None
-        return HACluster(HAState.from_dict(state.ha), state.user, state.postgres["bin_dir"])
+        return HACluster(HAState.from_dict(state.ha), state.user, state.postgres["bin_dir"], self.secrets)
 
     @staticmethod
     def shard_count(state: StackState) -> int:
         return len(state.ha["members"]) if state.ha else len(state.shard_ports)
 
     def redis_server(self, state: StackState) -> RedisServer:
-        return RedisServer(state.redis_port, self.data_dir / "redis", state.redis_binary, state.redis_pid)
+        """The stack's Redis: its ACL file from the secrets, answering to the admin user."""
+        secrets = self.secrets
+        return RedisServer(
+            state.redis_port,
+            self.data_dir / "redis",
+            state.redis_binary,
+            state.redis_pid,
+            acl_file=secrets.redis_acl_file,
+            username=ADMIN_USER,
+            password=secrets.redis_password(ADMIN_USER) if secrets.exists() else None,
+        )
 
     @staticmethod
     def ports(state: StackState) -> list[int]:
@@ -228,16 +259,24 @@ class StackLayout:
             "redis_url": self.redis_server(state).url,
             "h2o": {"java_home": state.java_home},
             "dagster_dsn": servers[0].dsn(DAGSTER_DATABASE),
-            # Each part's own role (shardctl/credentials.py). No passwords: the stack's servers trust loopback
-            # (docs/architecture/physical.md, "Database roles", says why). The top-level DSNs above name the
-            # stack's superuser: they are the operator's (tests, `shardctl` commands); the control plane runs
-            # as it, since PostgreSQL 15 lets only a superuser create the subscriptions resharding uses.
-            "serving": {"db_user": SERVING_ROLE},
-            "writer": {"db_user": WRITER_ROLE},
-            "pipeline": {"db_user": PIPELINE_ROLE},
-            "control": {"db_user": SUPERUSER},
+            # Each part's own role (shardctl/credentials.py) and the libpq passfile holding its password (a path:
+            # no password is ever written here; docs/architecture/physical.md, "Passwords of the local stack").
+            # The top-level DSNs above name the stack's superuser and its passfile: they are the operator's
+            # (tests, `shardctl` commands); the control plane runs as it, since PostgreSQL 15 lets only a
+            # superuser create the subscriptions resharding uses.
+            "serving": {
+                **self._login(SERVING_ROLE),
+                "redis_username": SERVING_USER,
+                "redis_password_file": str(self.secrets.redis_password_file(SERVING_USER)),
+            },
+            "writer": self._login(WRITER_ROLE),
+            "pipeline": self._login(PIPELINE_ROLE),
+            "control": self._login(SUPERUSER),
         }
         self.settings_file.write_text(json.dumps(settings, indent=2))
+
+    def _login(self, role: str) -> dict[str, str]:
+        return {"db_user": role, "db_passfile": str(self.secrets.pgpass(role))}
 
     def shard_entries(self, state: StackState) -> list[dict[str, Any]]:
         """Each server's settings entry: index, catalog name and DSN (multi-host for a Patroni cluster)."""

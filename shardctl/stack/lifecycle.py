@@ -14,9 +14,17 @@ import psycopg
 from shardctl.control.roles import ensure_roles, own_database
 from shardctl.process import pid_alive
 from shardctl.stack.ha.cluster import HACluster
-from shardctl.stack.layout import DAGSTER_DATABASE, StackError, StackLayout, StackState
-from shardctl.stack.postgres import DATABASE, enable_ssl, make_template
+from shardctl.stack.layout import (
+    DAGSTER_DATABASE,
+    StackError,
+    StackLayout,
+    StackState,
+    refuse_stack_without_passwords,
+)
+from shardctl.stack.postgres import DATABASE, SUPERUSER, enable_ssl, make_template
+from shardctl.stack.secrets import StackSecrets
 from shardctl.store import prepare as prepare_feature_store
+from shardctl.store.grants import PIPELINE_ROLE, SERVING_ROLE, WRITER_ROLE
 from shardctl.store.hashing import install_sql_functions
 from shardctl.store.schema import apply_schema
 from shardctl.store.shardmap import ShardMapError, ShardMapStore
@@ -29,6 +37,7 @@ def refuse_unsupported_up(
     servers: ``StackError`` saying what to do instead."""
     if state is None:
         return
+    refuse_stack_without_passwords(layout, state)
     if tls and not state.tls:
         raise StackError(f"the stack in {layout.data_dir} runs without TLS; run `shardctl stack down --purge` first")
     if (ha or replicas is not None) and state.ha is None:
@@ -50,6 +59,8 @@ def refuse_unsupported_up(
 def start(layout: StackLayout, state: StackState, *, fresh: bool) -> StackState:
     """Start whatever of ``state`` is not running (harmless when everything already is). A ``fresh`` state (a
     new stack's) that fails to start is forgotten, so the next `up` plans afresh."""
+    if fresh:
+        layout.secrets.ensure()
     with all_or_nothing(
         layout, state, set(running_pids(layout, state)), "stack up", lambda: fresh and forget(layout, state)
     ):
@@ -63,6 +74,7 @@ def plan(layout: StackLayout, shards: int, base_port: int, ha: bool = False, rep
     if layout.load_state() is not None:
         raise StackError(f"a stack is already laid out in {layout.data_dir}")
     state = layout.plan(shards, base_port, ha, replicas)
+    layout.secrets.ensure()
     layout.save_state(state)
     return state
 
@@ -90,18 +102,20 @@ def bring_up(layout: StackLayout, state: StackState, added: tuple[str, ...] = ()
     catalog know every server (``added`` names servers new to a running stack: they get their DSN even if a
     removed server used the name before)."""
     layout.save_state(state)
+    secrets = layout.secrets
     template = Path(state.pg_root) / "template"
-    make_template(layout.binaries(state), template, state.user)
+    make_template(layout.binaries(state), template, state.user, secrets.pg_password(SUPERUSER))
     tls = layout.tls(state)
     if tls is not None:  # in the template, so every server copied from it takes TLS only
         tls.ensure(state.user)
         enable_ssl(template, tls.cert_file, tls.key_file, state.user)
+    passwords = part_passwords(secrets)
     for server in layout.postgres_servers(state):
         if not server.initialized():
             server.init_from(template)
         server.start()
         server.ensure_database(DATABASE)
-        ensure_roles(server.dsn("postgres"))
+        ensure_roles(server.dsn("postgres"), passwords)
         with psycopg.connect(server.dsn()) as conn:
             install_sql_functions(conn)
     catalog = layout.postgres_servers(state)[0]
@@ -109,7 +123,7 @@ def bring_up(layout: StackLayout, state: StackState, added: tuple[str, ...] = ()
     own_database(catalog.dsn("postgres"), DAGSTER_DATABASE)  # Dagster's storage is the pipeline's
     cluster = layout.ha_cluster(state)
     if cluster is not None:
-        _ha_up(cluster)
+        _ha_up(cluster, passwords)
     redis_server = layout.redis_server(state)
     state.redis_pid = redis_server.start()
     layout.save_state(state)
@@ -127,11 +141,16 @@ def bring_up(layout: StackLayout, state: StackState, added: tuple[str, ...] = ()
         maps.register_server(entry["name"], entry["dsn"], replace=entry["name"] in added)
 
 
-def _ha_up(cluster: HACluster) -> None:
+def part_passwords(secrets: StackSecrets) -> dict[str, str | None]:
+    """Each part role's password, as `ensure_roles` sets it (a SCRAM verifier made on the client)."""
+    return {role: secrets.pg_password(role) for role in (SERVING_ROLE, WRITER_ROLE, PIPELINE_ROLE)}
+
+
+def _ha_up(cluster: HACluster, passwords: dict[str, str | None]) -> None:
     cluster.up()
     for shard in range(cluster.shard_count()):
         cluster.ensure_database(shard, DATABASE)
-        ensure_roles(cluster.shard_dsn(shard, "postgres"))  # on the primary; replicas replay them
+        ensure_roles(cluster.shard_dsn(shard, "postgres"), passwords)  # on the primary; replicas replay them
         with psycopg.connect(cluster.shard_dsn(shard)) as conn:
             install_sql_functions(conn)
 
@@ -162,6 +181,7 @@ def stop_started(layout: StackLayout, state: StackState, running_before: set[int
 def forget(layout: StackLayout, state: StackState) -> None:
     """Remove what a failed first `up` created, so the next `up` plans afresh."""
     shutil.rmtree(state.pg_root, ignore_errors=True)
+    shutil.rmtree(layout.secrets.dir, ignore_errors=True)
     layout.state_file.unlink(missing_ok=True)
     layout.settings_file.unlink(missing_ok=True)
 

@@ -1,9 +1,11 @@
 """One local PostgreSQL server: created from a template cluster, started with pg_ctl as an unprivileged
-user, and stopped by the postmaster's PID."""
+user, and stopped by the postmaster's PID. Every role logs in with a SCRAM password (pg_hba has no ``trust``
+line); clients name a libpq passfile, never the password."""
 
 from __future__ import annotations
 
 import os
+import pwd
 import shutil
 import signal
 import subprocess
@@ -19,7 +21,12 @@ from shardctl.stack.binaries import PostgresBinaries
 from shardctl.stack.users import as_user, chown_tree
 
 SUPERUSER = "tessera"
+REPLICATION_USER = "replicator"  # HA only: Patroni's streaming replicas connect as it
 DATABASE = "tessera"
+# The server's own passfile (the superuser's password), inside its data directory (0700, the server user's):
+# the subscriptions resharding creates connect from the server process to another server with it, since the
+# client's passfile path means nothing to the server (see shardctl.control.migration.replication).
+SERVER_PASSFILE = "tessera_server.pgpass"
 
 # Settings for a small shared machine; wal_level=logical leaves room for online resharding.
 SERVER_CONF = """
@@ -39,9 +46,17 @@ class PostgresStartError(LocalStackError, RuntimeError):
     """The server did not come up; the message carries the tail of its log."""
 
 
-def dsn(port: int, dbname: str = DATABASE, host: str = "127.0.0.1", root_cert: str | None = None) -> str:
-    """The superuser's DSN of a local server; with ``root_cert`` (a TLS stack) it verifies the server against it."""
-    plain = f"host={host} port={port} dbname={dbname} user={SUPERUSER}"
+def dsn(
+    port: int,
+    dbname: str = DATABASE,
+    host: str = "127.0.0.1",
+    passfile: Path | None = None,
+    root_cert: str | None = None,
+) -> str:
+    """The superuser's DSN of a local server: ``passfile`` (a libpq passfile holding its password) is a path, not
+    a secret; with ``root_cert`` (a TLS stack) it verifies the server against it."""
+    login = {"passfile": str(passfile)} if passfile is not None else {}
+    plain = make_conninfo(host=host, port=port, dbname=dbname, user=SUPERUSER, **login)
     return plain if root_cert is None else verify_full(plain, root_cert)
 
 
@@ -57,6 +72,7 @@ class PostgresServer:
     data_dir: Path  # the cluster directory (PGDATA)
     binaries: PostgresBinaries
     user: str | None
+    passfile: Path | None = None  # the client's passfile with the superuser's password
     tls_root_cert: str | None = None  # a TLS stack's CA: clients verify the server with it (shardctl/stack/tls.py)
 
     @property
@@ -68,7 +84,7 @@ class PostgresServer:
         return self.data_dir / "sockets"
 
     def dsn(self, dbname: str = DATABASE) -> str:
-        return dsn(self.port, dbname, root_cert=self.tls_root_cert)
+        return dsn(self.port, dbname, passfile=self.passfile, root_cert=self.tls_root_cert)
 
     def pid(self) -> int | None:
         """The postmaster's PID from postmaster.pid, if it is running."""
@@ -109,7 +125,8 @@ class PostgresServer:
                 str(int(timeout)),
             ],
         )
-        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+        env = {**os.environ, "PGPASSFILE": str(self.data_dir / SERVER_PASSFILE)}
+        result = subprocess.run(argv, capture_output=True, text=True, check=False, env=env)
         if result.returncode != 0 or not wait_until(self.accepts_connections, timeout):
             raise PostgresStartError(f"{self.name} (port {self.port}) did not start:\n{self.log_tail()}")
         return self.pid()  # type: ignore[return-value]
@@ -139,8 +156,9 @@ class PostgresServer:
         return log_tail(self.log_file, lines)
 
 
-def make_template(binaries: PostgresBinaries, path: Path, user: str | None) -> Path:
-    """initdb once into ``path``; every server of the stack starts as a copy of it."""
+def make_template(binaries: PostgresBinaries, path: Path, user: str | None, password: str) -> Path:
+    """initdb once into ``path``, the superuser's password ``password``; every server of the stack starts as a
+    copy of it. pg_hba asks every role, over TCP and the Unix socket alike, for a SCRAM password."""
     if (path / "PG_VERSION").exists():
         return path
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -148,6 +166,8 @@ def make_template(binaries: PostgresBinaries, path: Path, user: str | None) -> P
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     chown_tree(tmp, user)
+    pwfile = path.with_name(path.name + ".pw")  # initdb reads the password from a file, never from argv
+    write_owned(pwfile, password + "\n", user)
     argv = as_user(
         user,
         [
@@ -156,17 +176,22 @@ def make_template(binaries: PostgresBinaries, path: Path, user: str | None) -> P
             str(tmp),
             "-U",
             SUPERUSER,
-            "--auth=trust",
+            f"--pwfile={pwfile}",
+            "--auth=scram-sha-256",
             "--encoding=UTF8",
             "--locale=C",
             "--no-sync",
         ],
     )
-    result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    try:
+        result = subprocess.run(argv, capture_output=True, text=True, check=False)
+    finally:
+        pwfile.unlink(missing_ok=True)
     if result.returncode != 0:
         raise PostgresStartError(f"initdb failed:\n{result.stderr[-2000:]}")
     with open(tmp / "postgresql.conf", "a") as conf:
         conf.write(SERVER_CONF)
+    write_owned(tmp / SERVER_PASSFILE, pgpass_line(SUPERUSER, password), user)
     tmp.rename(path)
     return path
 
@@ -202,3 +227,23 @@ def hostssl_only(hba: str) -> str:
         words = line.split(None, 1)
         lines.append(line.replace("host", "hostssl", 1) if words and words[0] == "host" else line)
     return "\n".join(lines) + "\n"
+
+
+def write_owned(path: Path, text: str, user: str | None = None) -> None:
+    """Write ``text`` to ``path`` readable by ``user`` (None: ourselves) alone: 0600 from the first byte, and
+    replaced in one step, so a reader never sees half a password."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        out.write(text)
+    if user is not None:
+        entry = pwd.getpwnam(user)
+        os.chown(tmp, entry.pw_uid, entry.pw_gid)
+    tmp.replace(path)
+
+
+def pgpass_line(role: str, password: str) -> str:
+    """A libpq passfile line for ``role`` on any host, port and database (``:`` and ``\\`` escaped)."""
+    escaped = password.replace("\\", "\\\\").replace(":", "\\:")
+    return f"*:*:*:{role}:{escaped}\n"

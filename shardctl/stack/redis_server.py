@@ -1,9 +1,10 @@
-"""One local Redis server, run in the foreground of its own session so its PID is ours to stop."""
+"""One local Redis server, run in the foreground of its own session so its PID is ours to stop. With an ACL
+file (the stack's: ``shardctl.redis_acl``) its default user is off and every client names a user and password."""
 
 from __future__ import annotations
 
 import signal
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis
@@ -22,6 +23,9 @@ class RedisServer:
     dir: Path
     binary: str
     pid: int | None = None
+    acl_file: Path | None = None  # users and password digests; None: Redis's open default user
+    username: str | None = None  # who `answers` connects as (the stack's admin)
+    password: str | None = field(default=None, repr=False)
 
     @property
     def url(self) -> str:
@@ -56,6 +60,7 @@ class RedisServer:
             "512mb",
             "--maxmemory-policy",
             "allkeys-lru",
+            *(["--aclfile", str(self.acl_file)] if self.acl_file is not None else []),
         ]
         self.pid = spawn_in_own_session(argv)  # it writes its own --logfile
         # Stop waiting as soon as it answers or exits (a redis that cannot bind exits at once).
@@ -67,7 +72,8 @@ class RedisServer:
 
     def answers(self) -> bool:
         try:
-            return bool(redis.Redis.from_url(self.url, socket_timeout=1).ping())
+            client = redis.Redis.from_url(self.url, socket_timeout=1, username=self.username, password=self.password)
+            return bool(client.ping())
         except redis.RedisError:
             return False
 

@@ -13,7 +13,7 @@ from shardctl.control.ha import HAError, leader, shard_members
 from shardctl.java import JavaUnavailableError, check_runtime
 from shardctl.process import pid_alive
 from shardctl.stack.ha.cluster import HACluster
-from shardctl.stack.layout import CATALOG, StackLayout, StackState
+from shardctl.stack.layout import CATALOG, StackLayout, StackState, refuse_stack_without_passwords
 from shardctl.store.shardmap import ShardMapError, ShardMapStore, server_name
 
 
@@ -50,6 +50,7 @@ def status(layout: StackLayout) -> list[ServerStatus]:
     state = layout.load_state()
     if state is None:
         return []
+    refuse_stack_without_passwords(layout, state)
     rows = []
     servers = layout.postgres_servers(state)
     catalog = servers[0]

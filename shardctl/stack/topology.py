@@ -147,4 +147,4 @@ def _drop_data(layout: StackLayout, state: StackState, names: list[str]) -> None
             shutil.rmtree(Path(state.ha["root"]) / f"shard{number}", ignore_errors=True)
             cluster = layout.ha_cluster(state)
             assert cluster is not None
-            forget_scope(cluster.etcd.url, f"shard{number}")
+            forget_scope(cluster.etcd.url, f"shard{number}", root_password=cluster.secrets.etcd_password("root"))

@@ -210,7 +210,7 @@ def planned_switchover(cluster: HACluster, shard: int, timeout: float = 60.0) ->
     writer = AckWriter(cluster.shard_dsn(shard)).start()
     t0 = time.monotonic()
     try:
-        switchover(shard, cluster.api_urls(shard))
+        switchover(shard, cluster.api_urls(shard), auth=cluster.api_auth)
         result = _finish(cluster, shard, writer, "switchover", old, t0, timeout)
     finally:
         writer.stop()

@@ -234,7 +234,8 @@ class Nemesis:
         acked = {op.n for op in self.writer.ops if op.outcome == OK}
         replicas_ok = True
         for m in cluster.members(SHARD):
-            conninfo = f"host=127.0.0.1 port={m.plan.pg_port} dbname=tessera user={SUPERUSER} connect_timeout=3"
+            login = f"user={SUPERUSER} passfile={cluster.secrets.pgpass(SUPERUSER)}"
+            conninfo = f"host=127.0.0.1 port={m.plan.pg_port} dbname=tessera {login} connect_timeout=3"
             with psycopg.connect(conninfo) as conn:
                 rows = {
                     n for (n,) in conn.execute("SELECT n FROM tessera_ha_probe WHERE run = %s", (self.writer.run_id,))

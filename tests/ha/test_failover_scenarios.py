@@ -111,7 +111,7 @@ def test_replica_killed_strict_blocks_commits_until_a_sync_replica_returns(clust
     ensure_probe_table(dsn)
     member = cluster.member(replica)
     # Through the replica's API, so that only its own HA loop makes the primary's Patroni read etcd again.
-    set_dynamic_config([member.plan.api_url], {"synchronous_mode_strict": True})
+    set_dynamic_config([member.plan.api_url], {"synchronous_mode_strict": True}, auth=cluster.api_auth)
     patched = int(time.time())
     try:
         # The primary's Patroni applies the configuration it read at the start of a cycle begun after the change.
@@ -144,7 +144,7 @@ def test_replica_killed_strict_blocks_commits_until_a_sync_replica_returns(clust
         assert done.wait(60.0), "commit still blocked after the replica returned"
         assert outcome == ["committed"]
     finally:
-        set_dynamic_config(cluster.api_urls(0), {"synchronous_mode_strict": False})
+        set_dynamic_config(cluster.api_urls(0), {"synchronous_mode_strict": False}, auth=cluster.api_auth)
         if member.patroni_pid() is None:
             cluster.start_member(member)
     wait_healthy(cluster, 0)

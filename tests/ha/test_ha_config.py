@@ -15,13 +15,14 @@ import yaml
 from psycopg.conninfo import conninfo_to_dict
 from pydantic import ValidationError
 
-from shardctl.stack.ha.config import MemberPlan, dynamic_config, member_config, multi_host_dsn, render
+from shardctl.stack.ha.config import Logins, MemberPlan, dynamic_config, member_config, multi_host_dsn, render
 from shardctl.stack.ha.settings import HASettings
 from shardctl.store.pools import ShardPools
 from shardctl.store.retry import is_failover_error, is_multi_host
 from shardctl.store.shardmap import ShardMap
 
 MEMBER = MemberPlan(shard=2, index=1, pg_port=25001, api_port=25002, root=Path("/tmp/x/shard2/m1"))
+LOGINS = Logins(superuser="su-secret", replication="rep-secret", api_user="patroni", api_password="api-secret")
 
 
 @pytest.mark.req("JTBD-04.sync-commit")
@@ -48,8 +49,9 @@ def test_timings_are_fast_and_must_fit_patronis_rule() -> None:
 
 @pytest.mark.req("JTBD-04.patroni-etcd")
 def test_member_config_names_its_ports_etcd_and_data_dir() -> None:
-    config = yaml.safe_load(render(MEMBER, HASettings(), "http://127.0.0.1:24000", "/usr/lib/postgresql/15/bin"))
-    assert config == member_config(MEMBER, HASettings(), "http://127.0.0.1:24000", "/usr/lib/postgresql/15/bin")
+    bin_dir = "/usr/lib/postgresql/15/bin"
+    config = yaml.safe_load(render(MEMBER, HASettings(), "http://127.0.0.1:24000", bin_dir, LOGINS))
+    assert config == member_config(MEMBER, HASettings(), "http://127.0.0.1:24000", bin_dir, LOGINS)
     assert config["scope"] == "shard2"
     assert config["name"] == "shard2-m1"
     assert config["etcd3"]["hosts"] == ["127.0.0.1:24000"]
@@ -57,6 +59,24 @@ def test_member_config_names_its_ports_etcd_and_data_dir() -> None:
     assert config["postgresql"]["listen"] == "127.0.0.1:25001"
     assert config["postgresql"]["data_dir"] == "/tmp/x/shard2/m1/data"
     assert config["bootstrap"]["dcs"]["ttl"] == HASettings().ttl
+
+
+@pytest.mark.req("PLAT.stack-passwords")
+def test_every_member_asks_for_scram_passwords_and_guards_its_unsafe_api() -> None:
+    """No ``trust`` in a member's pg_hba; replication only as its own user; Patroni's superuser, replication and
+    rewind logins carry passwords; the REST API's unsafe endpoints ask for a user and password."""
+    config = member_config(MEMBER, HASettings(), "http://127.0.0.1:24000", "/usr/lib/postgresql/15/bin", LOGINS)
+    hba = config["postgresql"]["pg_hba"]
+    assert all(line.split()[-1] == "scram-sha-256" for line in hba), hba
+    assert [line for line in hba if " replication " in line] == [
+        "host replication replicator 127.0.0.1/32 scram-sha-256"
+    ]
+    auth = config["postgresql"]["authentication"]
+    assert auth["superuser"] == {"username": "tessera", "password": "su-secret"}
+    assert auth["replication"] == {"username": "replicator", "password": "rep-secret"}
+    assert auth["rewind"]["password"] == "su-secret"
+    assert config["restapi"]["authentication"] == {"username": "patroni", "password": "api-secret"}
+    assert "secret" not in repr(LOGINS)
 
 
 @pytest.mark.req("JTBD-04.client-failover")
@@ -77,7 +97,7 @@ def test_patroni_keeps_the_configured_ttl_only_through_our_entry_point(tmp_path:
     what the hook patches, "entry" fails here (and the entry point refuses to start)."""
     config_file = tmp_path / "patroni.yml"
     ha = HASettings()
-    config_file.write_text(render(MEMBER, ha, "http://127.0.0.1:24000", "/usr/lib/postgresql/15/bin"))
+    config_file.write_text(render(MEMBER, ha, "http://127.0.0.1:24000", "/usr/lib/postgresql/15/bin", LOGINS))
     probe = textwrap.dedent(
         f"""
         import json, sys
@@ -116,6 +136,7 @@ def test_only_lost_connections_and_demoted_primaries_are_retried() -> None:
 @pytest.mark.req("JTBD-04.replica")
 def test_plan_gives_every_member_of_every_shard_its_own_ports(tmp_path: Path) -> None:
     from shardctl.stack.ha.cluster import HACluster
+    from shardctl.stack.secrets import StackSecrets
 
     ports = list(range(30000, 30000 + HACluster.ports_needed(shards=2, replicas=2)))
     state = HACluster.plan(tmp_path, 2, HASettings(), ports, replicas=2)
@@ -123,7 +144,7 @@ def test_plan_gives_every_member_of_every_shard_its_own_ports(tmp_path: Path) ->
     assert [len(members) for members in state.members] == [3, 3]
     used = [state.etcd_client_port, state.etcd_peer_port] + [p for s in state.members for m in s for p in m]
     assert sorted(used) == ports
-    cluster = HACluster(state, None, "/usr/lib/postgresql/15/bin")
+    cluster = HACluster(state, None, "/usr/lib/postgresql/15/bin", StackSecrets(tmp_path / "secrets"))
     assert [m.name for m in cluster.members(1)] == ["shard1-m0", "shard1-m1", "shard1-m2"]
     assert conninfo_to_dict(cluster.shard_dsn(1))["port"] == ",".join(str(m[0]) for m in state.members[1])
 

@@ -13,6 +13,7 @@ import pytest
 from shardctl.process import free_port
 from shardctl.settings import TesseraSettings
 from shardctl.stack.manager import Stack
+from shardctl.stack.postgres import SUPERUSER
 from tests.k8s.netns import Endpoint
 from tests.k8s.pods import Cluster
 from tests.k8s.render import render
@@ -31,13 +32,18 @@ def generated(tmp_path_factory: pytest.TempPathFactory) -> Generated:
 
 
 @pytest.fixture(scope="module")
-def k8s_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Stack, TesseraSettings]]:
-    """A stack of the module's own: the tests register and promote a model in its catalog."""
+def k8s_stack(
+    tmp_path_factory: pytest.TempPathFactory, generated: Generated
+) -> Iterator[tuple[Stack, TesseraSettings]]:
+    """A stack of the module's own: the tests register and promote a model in its catalog. Its superuser has the
+    generated Secret's password, so the Jobs log in as they would as Patroni's superuser."""
     if os.geteuid() != 0:
         pytest.fail("the container tests need root (network and mount namespaces, setpriv)")
     root = tmp_path_factory.mktemp("k8s_stack")
     root.chmod(0o755)
     stack = Stack(root)
+    superuser_password = generated.secrets["tessera-postgres"]["superuser-password"]
+    stack.layout.secrets.preset_pg_password(SUPERUSER, superuser_password)
     stack.up(shards=2, base_port=free_port(block=10))
     try:
         yield stack, TesseraSettings(**json.loads(stack.settings_file.read_text()))

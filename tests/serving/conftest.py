@@ -20,6 +20,7 @@ from filelock import FileLock
 
 from shardctl.java import find_java_home
 from shardctl.process import free_port, pid_alive, stop_pid, wait_until
+from shardctl.redis_acl import ADMIN_USER
 from shardctl.settings import TesseraSettings
 from shardctl.stack.binaries import find_redis_server
 from shardctl.stack.manager import Stack
@@ -85,9 +86,18 @@ def serving_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[St
 
 
 @pytest.fixture(scope="session")
-def own_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    """A Redis of our own: a test kills it mid-run."""
-    server = RedisServer(free_port(), tmp_path_factory.mktemp("serving_redis"), find_redis_server())
+def own_redis(serving_stack, tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A Redis of our own (a test kills it mid-run) with the stack's users, so serving logs in as it does on
+    the stack's."""
+    secrets = serving_stack[0].layout.secrets
+    server = RedisServer(
+        free_port(),
+        tmp_path_factory.mktemp("serving_redis"),
+        find_redis_server(),
+        acl_file=secrets.redis_acl_file,
+        username=ADMIN_USER,
+        password=secrets.redis_password(ADMIN_USER),
+    )
     server.start()
     try:
         yield server

@@ -6,7 +6,9 @@ from __future__ import annotations
 import psutil
 import psycopg
 import pytest
+import redis
 
+from shardctl.redis_acl import SERVING_USER
 from shardctl.store.grants import SERVING_ROLE
 from tests.serving.conftest import entity_id
 
@@ -27,7 +29,10 @@ def backends_of(pids: set[int], dsn: str) -> list[str]:
 
 
 @pytest.mark.req("PLAT.least-privilege")
-def test_the_service_reads_the_catalog_and_every_shard_as_its_own_role(service, serving_stack, models) -> None:
+@pytest.mark.req("PLAT.redis-acl")
+def test_the_service_reads_the_catalog_and_every_shard_as_its_own_role(
+    service, serving_stack, own_redis, models
+) -> None:
     _stack, settings = serving_stack
     response = service.client.post("/v1/predictions", json={"entity_ids": [entity_id(i) for i in range(40)]})
     assert response.status_code == 200, response.text
@@ -38,3 +43,7 @@ def test_the_service_reads_the_catalog_and_every_shard_as_its_own_role(service, 
         roles = backends_of(pids, dsn)
         assert roles, f"the service holds no connection to {dsn}"
         assert set(roles) == {SERVING_ROLE}, f"{dsn}: the service connects as {sorted(set(roles))}"
+    # And to Redis as its own ACL user (limited to serving's key prefix), never the admin or the default user.
+    admin = redis.Redis.from_url(own_redis.url, username=own_redis.username, password=own_redis.password)
+    users = {c["user"] for c in admin.client_list()} - {own_redis.username}  # less this admin connection
+    assert users == {SERVING_USER}, f"the service's Redis connections log in as {sorted(users)}"

@@ -18,10 +18,11 @@ from psycopg.conninfo import make_conninfo
 from shardctl.control.roles import RoleSetupError, ensure_roles
 from shardctl.credentials import DbCredentials, location_only, with_credentials
 from shardctl.process import free_port
-from shardctl.settings import TesseraSettings
+from shardctl.settings import TesseraSettings, load_settings
 from shardctl.stack.binaries import find_postgres
 from shardctl.stack.manager import Stack
-from shardctl.stack.postgres import PostgresServer
+from shardctl.stack.postgres import SUPERUSER, PostgresServer
+from shardctl.stack.secrets import StackSecrets
 from shardctl.store import FeatureStore, prepare
 from shardctl.store.grants import PART_ROLES, PIPELINE_ROLE, SERVING_ROLE, SHARD_GRANTS, WRITER_ROLE
 from shardctl.store.registry import ModelRegistry
@@ -31,8 +32,13 @@ from shardctl.store.writer import FeatureRow
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
+def role_login(role: str) -> DbCredentials:
+    """``role`` with its password: the stack's passfile for it (every server asks for a SCRAM password)."""
+    return DbCredentials(role, passfile=str(StackSecrets.of(load_settings().data_dir).pgpass(role)))
+
+
 def as_role(dsn: str, role: str) -> str:
-    return with_credentials(dsn, DbCredentials(role))
+    return with_credentials(dsn, role_login(role))
 
 
 def servers(settings: TesseraSettings) -> list[str]:
@@ -73,7 +79,7 @@ def privilege_matrix(settings: TesseraSettings) -> list[tuple]:
 def written(settings: TesseraSettings) -> tuple[str, ModelRegistry]:
     """A feature set written through the store as the writer's role, and a registered, promoted model."""
     feature_set = f"roles_{uuid.uuid4().hex[:8]}"
-    with FeatureStore.open(settings, prepare_topology=False, credentials=DbCredentials(WRITER_ROLE)) as store:
+    with FeatureStore.open(settings, prepare_topology=False, credentials=role_login(WRITER_ROLE)) as store:
         store.write(feature_set, [FeatureRow(f"r{i}", T0, {"x": i}) for i in range(20)])
     registry = ModelRegistry(as_role(settings.catalog_dsn or "", PIPELINE_ROLE))
     return feature_set, registry
@@ -99,7 +105,12 @@ def test_the_stack_writes_each_part_its_own_role(local_stack: Stack) -> None:
     assert written["serving"]["db_user"] == SERVING_ROLE
     assert written["writer"]["db_user"] == WRITER_ROLE
     assert written["pipeline"]["db_user"] == PIPELINE_ROLE
-    assert "password" not in json.dumps(written)
+    secrets = local_stack.layout.secrets
+    for part, role in (("serving", SERVING_ROLE), ("writer", WRITER_ROLE), ("pipeline", PIPELINE_ROLE)):
+        assert written[part]["db_passfile"] == str(secrets.pgpass(role))  # where its password is, not the password
+    text = json.dumps(written)
+    assert "password=" not in text
+    assert not [p for p in secrets.all_passwords() if p in text]
 
 
 @pytest.mark.req("PLAT.least-privilege")
@@ -108,7 +119,7 @@ def test_the_shard_map_holds_locations_and_each_part_connects_as_itself(settings
         stored = [r[0] for r in conn.execute("SELECT dsn FROM tessera_shard_map").fetchall()]
     assert stored
     assert all(dsn == location_only(dsn) for dsn in stored)
-    with FeatureStore.open(settings, prepare_topology=False, credentials=DbCredentials(SERVING_ROLE)) as store:
+    with FeatureStore.open(settings, prepare_topology=False, credentials=role_login(SERVING_ROLE)) as store:
         for dsn in store.shard_map.dsns:
             with psycopg.connect(dsn) as conn:
                 assert conn.execute("SELECT current_user").fetchone()[0] == SERVING_ROLE
@@ -129,7 +140,7 @@ def test_serving_reads_features_and_the_registry_and_nothing_else(settings, writ
     registry.promote("roles_model", version.version)
     serving_catalog = as_role(settings.catalog_dsn or "", SERVING_ROLE)
     assert ModelRegistry(serving_catalog).current("roles_model").version == version.version
-    with FeatureStore.open(settings, prepare_topology=False, credentials=DbCredentials(SERVING_ROLE)) as store:
+    with FeatureStore.open(settings, prepare_topology=False, credentials=role_login(SERVING_ROLE)) as store:
         result = store.get_features([f"r{i}" for i in range(20)], feature_set)
         assert len(result.records) == 20
         assert not result.failed
@@ -157,7 +168,7 @@ def test_serving_reads_features_and_the_registry_and_nothing_else(settings, writ
 @pytest.mark.req("PLAT.least-privilege")
 def test_the_writer_writes_features_but_cannot_change_the_schema_or_the_fence(settings, written) -> None:
     feature_set, _ = written
-    with FeatureStore.open(settings, prepare_topology=False, credentials=DbCredentials(WRITER_ROLE)) as store:
+    with FeatureStore.open(settings, prepare_topology=False, credentials=role_login(WRITER_ROLE)) as store:
         assert store.get_features(["r1"], feature_set).records["r1"].features["x"] == 1
         shard_dsns = store.shard_map.dsns
     for dsn in shard_dsns:
@@ -246,18 +257,16 @@ def test_only_a_superuser_may_create_roles(settings) -> None:
 
 @pytest.fixture
 def scram_server(local_stack: Stack, tmp_path) -> Iterator[PostgresServer]:
-    """A server of the stack's kind whose pg_hba asks serving's role for a SCRAM password (the others: trust)."""
+    """A server of the stack's kind (pg_hba asks every role for a SCRAM password), of the test's own: its
+    serving role gets a password the stack's do not have."""
     state = local_stack.load_state()
     assert state is not None
     root = Path(state.pg_root)
     binaries = find_postgres(state.postgres["bin_dir"])  # the binaries the stack recorded it runs
-    server = PostgresServer("scram", free_port(), root / f"scram-{uuid.uuid4().hex[:6]}", binaries, state.user)
+    passfile = local_stack.layout.secrets.pgpass(SUPERUSER)
+    name = f"scram-{uuid.uuid4().hex[:6]}"
+    server = PostgresServer("scram", free_port(), root / name, binaries, state.user, passfile)
     server.init_from(root / "template")
-    hba = server.data_dir / "pg_hba.conf"
-    with hba.open("r+") as conf:  # rewritten in place: the server user keeps owning it
-        rules = conf.read()
-        conf.seek(0)
-        conf.write(f"host all {SERVING_ROLE} 127.0.0.1/32 scram-sha-256\n{rules}")
     server.start()
     try:
         yield server
@@ -308,24 +317,28 @@ def test_roles_ensure_sets_the_passwords_of_the_control_settings_and_refuses_a_n
 
     from shardctl.cli import main
 
+    def verifiers(dsn: str) -> dict[str, str]:
+        with psycopg.connect(dsn) as conn:
+            query = "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY(%s)"
+            return dict(conn.execute(query, (list(PART_ROLES),)).fetchall())
+
     monkeypatch.setenv("TESSERA_CONTROL__SERVING_PASSWORD", "from-a-secret")
     before = privilege_matrix(settings)
+    stack_verifiers = {dsn: verifiers(dsn) for dsn in servers(settings)}
     done = CliRunner().invoke(main, ["roles", "ensure"])
     assert done.exit_code == 0, done.output
     assert "roles ready on the catalog and 2 servers" in done.output
+    stack_passwords = StackSecrets.of(settings.data_dir)
     for dsn in servers(settings):
-        with psycopg.connect(dsn) as conn:
-            verifiers = dict(
-                conn.execute(
-                    "SELECT rolname, rolpassword FROM pg_authid WHERE rolname = ANY(%s)", (list(PART_ROLES),)
-                ).fetchall()
-            )
-            conn.execute(f"ALTER ROLE {SERVING_ROLE} PASSWORD NULL")  # the stack's roles have none
-        assert verifiers[SERVING_ROLE].startswith("SCRAM-SHA-256$")
-        assert verifiers[WRITER_ROLE] is None
+        now = verifiers(dsn)
+        assert now[SERVING_ROLE].startswith("SCRAM-SHA-256$")
+        assert now[SERVING_ROLE] != stack_verifiers[dsn][SERVING_ROLE]
+        assert now[WRITER_ROLE] == stack_verifiers[dsn][WRITER_ROLE]  # no password given: the stack's kept
+        ensure_roles(dsn, {SERVING_ROLE: stack_passwords.pg_password(SERVING_ROLE)})  # back to the stack's
     assert privilege_matrix(settings) == before
 
     monkeypatch.setenv("TESSERA_CONTROL__DB_USER", PIPELINE_ROLE)
+    monkeypatch.setenv("TESSERA_CONTROL__DB_PASSFILE", str(stack_passwords.pgpass(PIPELINE_ROLE)))
     refused_run = CliRunner().invoke(main, ["roles", "ensure"])
     assert refused_run.exit_code == 1
     assert "needs a superuser" in refused_run.output

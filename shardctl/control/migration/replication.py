@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import psycopg
 from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from shardctl.control.migration import table as table_sql
 from shardctl.control.migration.table import SHARD_COLUMN, MovedTable, check_layout, identifier
@@ -171,12 +172,21 @@ def ensure_subscription(link: Link) -> bool:
                 "WITH (create_slot = false, slot_name = {slot}, copy_data = true, disable_on_error = true)"
             ).format(
                 sub=sql.Identifier(link.name),
-                conninfo=sql.Literal(link.source_dsn),
+                conninfo=sql.Literal(subscriber_conninfo(link.source_dsn)),
                 pub=sql.Identifier(link.name),
                 slot=sql.Literal(link.name),
             )
         )
     return True
+
+
+def subscriber_conninfo(source_dsn: str) -> str:
+    """The source's DSN as the target's server process uses it: without a ``passfile``, a path on the client's
+    machine that the server process may not read; the server finds the password in its own passfile
+    (``PGPASSFILE`` of the server: the local stack's ``tessera_server.pgpass``) or in a ``password`` the DSN
+    carries (Kubernetes: the control plane's password from its Secret)."""
+    params = {k: v for k, v in conninfo_to_dict(source_dsn).items() if k != "passfile"}
+    return make_conninfo("", **params)
 
 
 def start(link: Link) -> None:

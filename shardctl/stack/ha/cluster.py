@@ -24,11 +24,19 @@ import psycopg
 from shardctl.control.ha import HAError, MemberStatus, is_healthy, shard_members
 from shardctl.process import favour_coordination, pid_alive, stop_pid
 from shardctl.stack.ha import leftovers
-from shardctl.stack.ha.config import MemberPlan, multi_host_dsn, render
-from shardctl.stack.ha.etcd import EtcdServer, find_etcd
+from shardctl.stack.ha.config import Logins, MemberPlan, multi_host_dsn, render
+from shardctl.stack.ha.etcd import EtcdServer, enable_auth, find_etcd
 from shardctl.stack.ha.runtime import patroni_command, patroni_environment
 from shardctl.stack.ha.settings import HASettings
-from shardctl.stack.postgres import verify_full
+from shardctl.stack.postgres import (
+    REPLICATION_USER,
+    SERVER_PASSFILE,
+    SUPERUSER,
+    pgpass_line,
+    verify_full,
+    write_owned,
+)
+from shardctl.stack.secrets import StackSecrets
 from shardctl.stack.users import chown_tree
 
 
@@ -134,11 +142,18 @@ class PatroniMember:
         if leftovers.interrupted_clone(self.plan.data_dir):
             leftovers.remove_data_dir(self.plan.data_dir)
 
-    def write_config(self, ha: HASettings, etcd_url: str, bin_dir: str) -> None:
+    @property
+    def server_passfile(self) -> Path:
+        """The superuser's passfile for the Postgres this member runs (its PGPASSFILE)."""
+        return self.plan.root / SERVER_PASSFILE
+
+    def write_config(self, ha: HASettings, etcd_url: str, bin_dir: str, logins: Logins) -> None:
+        """patroni.yml and the server's passfile, both 0600 in the member's 0700 folder (they hold passwords)."""
         self.plan.root.mkdir(parents=True, exist_ok=True)
-        self.plan.config_file.write_text(render(self.plan, ha, etcd_url, bin_dir))
-        chown_tree(self.plan.root, self.user)
         self.plan.root.chmod(0o700)
+        write_owned(self.plan.config_file, render(self.plan, ha, etcd_url, bin_dir, logins), self.user)
+        write_owned(self.server_passfile, pgpass_line(SUPERUSER, logins.superuser), self.user)
+        chown_tree(self.plan.root, self.user)
 
     def start(self) -> int:
         """Start Patroni (it initdb's or clones its Postgres as needed); returns Patroni's PID."""
@@ -155,7 +170,7 @@ class PatroniMember:
             proc = subprocess.Popen(
                 argv,
                 cwd=self.plan.root,
-                env=patroni_environment(self.plan.root),
+                env=patroni_environment(self.plan.root, self.server_passfile),
                 stdin=subprocess.DEVNULL,
                 stdout=out,
                 stderr=out,
@@ -204,10 +219,27 @@ class PatroniMember:
 class HACluster:
     """etcd plus one Patroni cluster per shard, as recorded in an `HAState`."""
 
-    def __init__(self, state: HAState, user: str | None, bin_dir: str):
+    def __init__(self, state: HAState, user: str | None, bin_dir: str, secrets: StackSecrets):
         self.state = state
         self.user = user
         self.bin_dir = bin_dir
+        self.secrets = secrets
+
+    @property
+    def api_auth(self) -> tuple[str, str]:
+        """What the REST API's unsafe endpoints (switchover, restart, reinitialize) ask for."""
+        return self.secrets.api_auth()
+
+    def logins(self) -> Logins:
+        api_user, api_password = self.api_auth
+        return Logins(
+            superuser=self.secrets.pg_password(SUPERUSER),
+            replication=self.secrets.pg_password(REPLICATION_USER),
+            api_user=api_user,
+            api_password=api_password,
+            etcd_user="patroni",
+            etcd_password=self.secrets.etcd_password("patroni"),
+        )
 
     @classmethod
     def plan(
@@ -274,7 +306,8 @@ class HACluster:
         return [m.plan.api_url for m in self.members(shard)]
 
     def shard_dsn(self, shard: int, dbname: str = "tessera") -> str:
-        dsn = multi_host_dsn([pg for pg, _ in self.state.members[shard]], dbname)
+        ports = [pg for pg, _ in self.state.members[shard]]
+        dsn = multi_host_dsn(ports, dbname, passfile=self.secrets.pgpass(SUPERUSER))
         return verify_full(dsn, str(Path(self.state.tls) / "ca.crt")) if self.state.tls else dsn
 
     def shard_count(self) -> int:
@@ -286,9 +319,11 @@ class HACluster:
 
     # -- lifecycle -----------------------------------------------------------------------------------
     def start_etcd(self) -> int:
+        """Start etcd (or keep the running one) with authentication on: only the stack's users reach it."""
         etcd = self.etcd
         pid = etcd.start()
         (etcd.dir / "etcd.pid").write_text(f"{pid}\n")
+        enable_auth(etcd.url, self.secrets.etcd_password("root"), self.secrets.etcd_password("patroni"))
         return pid
 
     def start_member(self, member: PatroniMember) -> int:
@@ -301,9 +336,10 @@ class HACluster:
         chown_tree(Path(self.state.root), self.user)
         self.start_etcd()
         ha = self.state.ha_settings
+        logins = self.logins()
         for member in self.all_members():
             member.forget_if_dead()
-            member.write_config(ha, self.etcd.url, self.bin_dir)
+            member.write_config(ha, self.etcd.url, self.bin_dir, logins)
         for shard in range(self.shard_count()):
             self.start_member(self.members(shard)[0])
         for shard in range(self.shard_count()):

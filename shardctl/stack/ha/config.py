@@ -6,22 +6,21 @@ choices (streaming replication, synchronous mode, pg_rewind, timings) are unit-t
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from psycopg.conninfo import make_conninfo
 
 from shardctl.stack.ha.settings import HASettings
-from shardctl.stack.postgres import SUPERUSER, hostssl_only
+from shardctl.stack.postgres import REPLICATION_USER, SUPERUSER, hostssl_only
 
-REPLICATION_USER = "replicator"
-# Trust on loopback only: the local stack is for development and tests (as the plain stack is).
+# Every connection, local socket included, logs in with a SCRAM password; replication only as its own user.
 PG_HBA = [
-    "local all all trust",
-    "host all all 127.0.0.1/32 trust",
-    "local replication all trust",
-    "host replication all 127.0.0.1/32 trust",
+    "local all all scram-sha-256",
+    "host all all 127.0.0.1/32 scram-sha-256",
+    f"host replication {REPLICATION_USER} 127.0.0.1/32 scram-sha-256",
 ]
 # Small servers for a shared 2-core machine; wal_level=logical leaves room for online resharding.
 PG_PARAMETERS: dict[str, Any] = {
@@ -80,6 +79,20 @@ class MemberPlan:
         return f"http://127.0.0.1:{self.api_port}"
 
 
+@dataclass(frozen=True)
+class Logins:
+    """The passwords a member's Patroni needs (from the stack's secrets; never in a repr): the superuser's (also
+    what pg_rewind connects as), the replication user's, the REST API's for its unsafe endpoints, and its etcd
+    user's."""
+
+    superuser: str = field(repr=False)
+    replication: str = field(repr=False)
+    api_user: str
+    api_password: str = field(repr=False)
+    etcd_user: str = "patroni"  # etcd's user with read-write on the Patroni namespace only
+    etcd_password: str = field(default="", repr=False)
+
+
 def dynamic_config(ha: HASettings) -> dict[str, Any]:
     """The cluster-wide (DCS) part: timings, replication mode, rewind; Patroni stores it in etcd at bootstrap."""
     return {
@@ -100,8 +113,8 @@ def dynamic_config(ha: HASettings) -> dict[str, Any]:
     }
 
 
-def member_config(member: MemberPlan, ha: HASettings, etcd_url: str, bin_dir: str) -> dict[str, Any]:
-    """The whole Patroni configuration of one member."""
+def member_config(member: MemberPlan, ha: HASettings, etcd_url: str, bin_dir: str, logins: Logins) -> dict[str, Any]:
+    """The whole Patroni configuration of one member (it holds passwords: its folder is the server user's, 0700)."""
     etcd_host = f"127.0.0.1:{member.etcd_port}" if member.etcd_port else etcd_url.removeprefix("http://")
     return {
         "scope": member.scope,
@@ -111,12 +124,25 @@ def member_config(member: MemberPlan, ha: HASettings, etcd_url: str, bin_dir: st
         "restapi": {
             "listen": f"127.0.0.1:{member.api_port}",
             "connect_address": f"127.0.0.1:{member.api_connect_port or member.api_port}",
+            # Unsafe endpoints (switchover, restart, reinitialize, config) need these; GETs stay open (status).
+            "authentication": {"username": logins.api_user, "password": logins.api_password},
         },
         # Through a proxy, Patroni must not discover etcd's own address and go around it.
-        "etcd3": {"hosts": [etcd_host], "protocol": "http", **({"use_proxies": True} if member.etcd_port else {})},
+        "etcd3": {
+            "hosts": [etcd_host],
+            "protocol": "http",
+            **({"username": logins.etcd_user, "password": logins.etcd_password} if logins.etcd_password else {}),
+            **({"use_proxies": True} if member.etcd_port else {}),
+        },
         "bootstrap": {
             "dcs": dynamic_config(ha),
-            "initdb": [{"encoding": "UTF8"}, {"locale": "C"}, "no-sync"],
+            "initdb": [
+                {"encoding": "UTF8"},
+                {"locale": "C"},
+                {"auth-host": "scram-sha-256"},
+                {"auth-local": "scram-sha-256"},
+                "no-sync",
+            ],
         },
         "postgresql": {
             "listen": f"127.0.0.1:{member.pg_port}",
@@ -126,9 +152,9 @@ def member_config(member: MemberPlan, ha: HASettings, etcd_url: str, bin_dir: st
             "pgpass": str(member.root / "pgpass"),
             "pg_hba": PG_HBA,
             "authentication": {
-                "superuser": {"username": SUPERUSER},
-                "replication": {"username": REPLICATION_USER},
-                "rewind": {"username": SUPERUSER},
+                "superuser": {"username": SUPERUSER, "password": logins.superuser},
+                "replication": {"username": REPLICATION_USER, "password": logins.replication},
+                "rewind": {"username": SUPERUSER, "password": logins.superuser},
             },
             "parameters": {"unix_socket_directories": str(member.root)},
             # A clone (a new replica, `ha reinit`) asks the primary for an immediate checkpoint instead of
@@ -142,9 +168,9 @@ def member_config(member: MemberPlan, ha: HASettings, etcd_url: str, bin_dir: st
     }
 
 
-def render(member: MemberPlan, ha: HASettings, etcd_url: str, bin_dir: str) -> str:
+def render(member: MemberPlan, ha: HASettings, etcd_url: str, bin_dir: str, logins: Logins) -> str:
     """The member's patroni.yml text."""
-    config = member_config(member, ha, etcd_url, bin_dir)
+    config = member_config(member, ha, etcd_url, bin_dir, logins)
     if member.tls_dir is not None:
         config = with_tls(config, member.tls_dir)
     return yaml.safe_dump(config, sort_keys=False)
@@ -167,11 +193,20 @@ def with_tls(config: dict[str, Any], tls_dir: Path) -> dict[str, Any]:
     return config
 
 
-def multi_host_dsn(pg_ports: list[int], dbname: str = "tessera", connect_timeout: int = 2) -> str:
-    """A libpq DSN naming every member: libpq tries each and keeps the one that accepts writes."""
+def multi_host_dsn(
+    pg_ports: list[int], dbname: str = "tessera", connect_timeout: int = 2, passfile: Path | None = None
+) -> str:
+    """A libpq DSN naming every member: libpq tries each and keeps the one that accepts writes. ``passfile``
+    (the superuser's libpq passfile) is a path, not a secret."""
     hosts = ",".join("127.0.0.1" for _ in pg_ports)
     ports = ",".join(str(p) for p in pg_ports)
-    return (
-        f"host={hosts} port={ports} dbname={dbname} user={SUPERUSER} "
-        f"target_session_attrs=read-write connect_timeout={connect_timeout}"
+    login = {"passfile": str(passfile)} if passfile is not None else {}
+    return make_conninfo(
+        host=hosts,
+        port=ports,
+        dbname=dbname,
+        user=SUPERUSER,
+        **login,
+        target_session_attrs="read-write",
+        connect_timeout=connect_timeout,
     )

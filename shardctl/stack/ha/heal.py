@@ -107,7 +107,7 @@ def restart(cluster: HACluster, name: str, timeout: float = 120.0) -> HealResult
     old_postmaster = member.postgres_pid()
     running = member.patroni_pid() is not None and leftovers.process_state(member.patroni_pid() or 0) != "T"
     if running and _answers(member):
-        status, text = _request("POST", f"{member.plan.api_url}/restart", {}, timeout=60.0)
+        status, text = _request("POST", f"{member.plan.api_url}/restart", {}, timeout=60.0, auth=cluster.api_auth)
         if status != 200:
             raise HAError(f"{name}: Patroni refused the restart ({text.strip()}); try `shardctl ha reinit {name}`")
         action = "restarted Postgres through Patroni"
@@ -139,7 +139,9 @@ def reinit(cluster: HACluster, name: str, timeout: float = 180.0) -> HealResult:
     old_postmaster = member.postgres_pid()
     if member.patroni_pid() is not None and leftovers.process_state(member.patroni_pid() or 0) != "T":
         with contextlib.suppress(OSError):
-            status, _ = _request("POST", f"{member.plan.api_url}/reinitialize", {"force": True}, timeout=30.0)
+            status, _ = _request(
+                "POST", f"{member.plan.api_url}/reinitialize", {"force": True}, timeout=30.0, auth=cluster.api_auth
+            )
             if status == 200:
                 action = "re-cloned through Patroni's /reinitialize"
     if not action:

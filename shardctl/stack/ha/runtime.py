@@ -27,8 +27,12 @@ def patroni_command(user: str | None) -> list[str]:
     return patroni_runtime(user, ENTRY_SOURCE)
 
 
-def patroni_environment(user_home: Path) -> dict[str, str]:
-    """Environment for a Patroni process: a HOME it can write, no inherited PG*/PATRONI_*/PYTHON* settings."""
+def patroni_environment(user_home: Path, passfile: Path | None = None) -> dict[str, str]:
+    """Environment for a Patroni process: a HOME it can write, no inherited PG*/PATRONI_*/PYTHON* settings, and
+    ``passfile`` as PGPASSFILE: the Postgres it starts inherits it, so the subscriptions resharding creates find
+    the superuser's password there (Patroni's own connections carry theirs)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "PATRONI_", "PYTHON"))}
     env.update(HOME=str(user_home), LC_ALL="C.UTF-8", LANG="C.UTF-8")
+    if passfile is not None:
+        env["PGPASSFILE"] = str(passfile)
     return env
