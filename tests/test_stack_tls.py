@@ -25,6 +25,7 @@ from shardctl.settings import TesseraSettings
 from shardctl.stack.certificates import new_authority, write_certificate
 from shardctl.stack.manager import Stack
 from shardctl.stack.postgres import hostssl_only
+from shardctl.stack.secrets import StackSecrets
 from shardctl.store import FeatureStore
 from shardctl.store.connection import connect
 from shardctl.store.errors import ServerUnreachableError
@@ -97,18 +98,23 @@ def test_a_tls_stack_takes_verify_full_connections_only(tls_stack) -> None:
         assert key.stat().st_uid == owner, key
 
 
+def _stack_role(stack: Stack, role: str) -> DbCredentials:
+    """``role`` logging in with the stack's passfile for it (every role of the stack has a password)."""
+    return DbCredentials(role, passfile=str(StackSecrets.of(stack.data_dir).pgpass(role)))
+
+
 @pytest.mark.req("PLAT.tls-postgres")
 def test_tls_parameters_reach_every_part_through_the_shard_map(tls_stack) -> None:
     """The catalog's shard map hands each part verify-full DSNs with its own role; the writer's connections to
     the shard are encrypted; Dagster's storage gets the same TLS through libpq's variables."""
     stack, settings = tls_stack
     ca = str(stack.layout.tls(stack.load_state()).ca_file)
-    as_serving = ShardMapStore(with_credentials(settings.catalog_dsn, DbCredentials(SERVING_ROLE))).current()
+    as_serving = ShardMapStore(with_credentials(settings.catalog_dsn, _stack_role(stack, SERVING_ROLE))).current()
     for dsn in as_serving.dsns:
         params = conninfo_to_dict(dsn)
         assert (params["sslmode"], params["sslrootcert"], params["user"]) == ("verify-full", ca, SERVING_ROLE)
 
-    with FeatureStore.open(settings, credentials=DbCredentials(WRITER_ROLE)) as store:
+    with FeatureStore.open(settings, credentials=_stack_role(stack, WRITER_ROLE)) as store:
         store.write("tls_v1", [FeatureRow("c1", datetime(2026, 1, 1, tzinfo=UTC), {"x": 1.0})])
         assert list(store.get_features(["c1"], "tls_v1").records) == ["c1"]
         with psycopg.connect(settings.shard_dsns()[0]) as conn:
