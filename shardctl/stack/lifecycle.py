@@ -11,11 +11,13 @@ from pathlib import Path
 
 import psycopg
 
+from shardctl.backup import archiving
+from shardctl.backup.archiving import CATALOG_STANZA
 from shardctl.control.roles import ensure_roles, own_database
 from shardctl.process import pid_alive
 from shardctl.stack.ha.cluster import HACluster
 from shardctl.stack.layout import DAGSTER_DATABASE, StackError, StackLayout, StackState
-from shardctl.stack.postgres import DATABASE, make_template
+from shardctl.stack.postgres import DATABASE, PostgresServer, make_template
 from shardctl.store import prepare as prepare_feature_store
 from shardctl.store.hashing import install_sql_functions
 from shardctl.store.schema import apply_schema
@@ -93,11 +95,15 @@ def bring_up(layout: StackLayout, state: StackState, added: tuple[str, ...] = ()
     for server in layout.postgres_servers(state):
         if not server.initialized():
             server.init_from(template)
+    repo = archiving.prepare(_archived(layout, state), state.pg_root, state.user, state.postgres)
+    for server in layout.postgres_servers(state):
         server.start()
         server.ensure_database(DATABASE)
         ensure_roles(server.dsn("postgres"))
         with psycopg.connect(server.dsn()) as conn:
             install_sql_functions(conn)
+    if repo is not None:
+        archiving.start(repo, [name for name, _ in _archived(layout, state)])
     catalog = layout.postgres_servers(state)[0]
     catalog.ensure_database(DAGSTER_DATABASE)
     own_database(catalog.dsn("postgres"), DAGSTER_DATABASE)  # Dagster's storage is the pipeline's
@@ -119,6 +125,13 @@ def bring_up(layout: StackLayout, state: StackState, added: tuple[str, ...] = ()
         apply_schema(entry["dsn"])
         # A name the stack used before (a removed server's) gets the new server's DSN.
         maps.register_server(entry["name"], entry["dsn"], replace=entry["name"] in added)
+
+
+def _archived(layout: StackLayout, state: StackState) -> list[tuple[str, PostgresServer]]:
+    """The servers whose WAL is archived into the stack's backup repository (``shardctl.backup``), by stanza: the
+    catalog, and the shard servers of a plain stack (an HA shard's Patroni cluster: not yet)."""
+    names = [CATALOG_STANZA, *([] if state.ha else layout.server_names(state))]
+    return list(zip(names, layout.postgres_servers(state), strict=True))
 
 
 def _ha_up(cluster: HACluster) -> None:
@@ -156,6 +169,7 @@ def stop_started(layout: StackLayout, state: StackState, running_before: set[int
 def forget(layout: StackLayout, state: StackState) -> None:
     """Remove what a failed first `up` created, so the next `up` plans afresh."""
     shutil.rmtree(state.pg_root, ignore_errors=True)
+    shutil.rmtree(archiving.default_root(state.pg_root), ignore_errors=True)
     layout.state_file.unlink(missing_ok=True)
     layout.settings_file.unlink(missing_ok=True)
 
@@ -177,6 +191,7 @@ def down(layout: StackLayout, purge: bool = False) -> list[str]:
         layout.save_state(state)
     if purge and not failed:
         shutil.rmtree(state.pg_root, ignore_errors=True)
+        shutil.rmtree(archiving.default_root(state.pg_root), ignore_errors=True)  # the backups kept beside it
         shutil.rmtree(layout.data_dir, ignore_errors=True)
     return failed
 
