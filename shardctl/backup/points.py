@@ -59,6 +59,7 @@ class RestorePoint:
     epoch: int
     lsns: dict[str, str]
     fence_held_ms: float
+    subscribed: tuple[str, ...] = ()  # servers with a migration's subscriptions at the point (a restore drops them)
 
     def to_json(self) -> str:
         return json.dumps({**asdict(self), "taken_at": self.taken_at.isoformat()}, indent=2)
@@ -134,6 +135,11 @@ def _try_point(target: BackupTarget, name: str, settings: BackupSettings) -> Res
             for stanza, conn in servers.items()
         }
         held_ms = round((time.monotonic() - started) * 1000, 1)
+        subscribed = tuple(
+            stanza
+            for stanza, conn in servers.items()
+            if conn.execute("SELECT count(*) FROM pg_subscription").fetchone()[0]  # type: ignore[index]
+        )
         with connect(target.catalog_dsn, connect_timeout=5, autocommit=True) as record:
             taken_at = record.execute(
                 f"INSERT INTO {POINTS_TABLE} (name, epoch, lsns, fence_held_ms) VALUES (%s, %s, %s, %s) "
@@ -141,7 +147,7 @@ def _try_point(target: BackupTarget, name: str, settings: BackupSettings) -> Res
                 (name, epoch, json.dumps(lsns), held_ms),
             ).fetchone()[0]  # type: ignore[index]
         lsns[CATALOG_STANZA] = catalog.execute("SELECT pg_create_restore_point(%s)::text", (name,)).fetchone()[0]  # type: ignore[index]
-    return RestorePoint(name, taken_at, epoch, {CATALOG_STANZA: lsns.pop(CATALOG_STANZA), **lsns}, held_ms)
+    return RestorePoint(name, taken_at, epoch, {CATALOG_STANZA: lsns.pop(CATALOG_STANZA), **lsns}, held_ms, subscribed)
 
 
 def wait_archived(target: BackupTarget, timeout_s: float) -> None:

@@ -4,9 +4,9 @@
 Each server is restored by pgBackRest from its newest base backup that ends before the point, then replays the
 archived WAL up to the point's name and is promoted. The restored catalog's shard map names the servers at their
 new places with the epochs and placement unchanged: the data is exactly what that epoch's placement says. A
-migration's subscriptions in the restored servers are dropped before any could connect (logical replication is
-off until then): they would point at the original stack. The restored stack archives into its own repository
-from its first start."""
+migration's subscriptions in the restored servers (the point lists the servers that had any) are dropped before
+any could connect (logical replication is off on those until then): they would point at the original stack. The
+restored stack archives into its own repository from its first start; the servers restore side by side."""
 
 from __future__ import annotations
 
@@ -87,15 +87,15 @@ def restore(
             _restore_server(source, stanza, server, bases[stanza], point, settings)
             archiving.configure(server, repo, stanza, settings)
             _recover(server, dsns[stanza], point, settings.restore_timeout_s)
+            repo.run(stanza, "stanza-create", timeout=120)  # its archiving works from now on
+            if stanza in point.subscribed:  # logical replication back on once the subscriptions are gone
+                _drop_subscriptions(dsns[stanza])
+                (server.data_dir / RESTORE_CONF).unlink()
+                server.stop()
+                server.start()
 
         with ThreadPoolExecutor(max_workers=len(servers)) as pool:  # the servers restore and replay side by side
             list(pool.map(bring_back, stanzas, servers))
-        for stanza, server in zip(stanzas, servers, strict=True):
-            _drop_subscriptions(dsns[stanza])
-            (server.data_dir / RESTORE_CONF).unlink()
-            server.stop()
-            server.start()
-            repo.run(stanza, "stanza-create", timeout=120)
         ShardMapStore(dsns[CATALOG_STANZA]).relocate_servers({n: servers[i + 1].dsn() for i, n in enumerate(names)})
         state.redis_pid = layout.redis_server(state).start()
         layout.save_state(state)
@@ -175,7 +175,8 @@ def _restore_server(
     server.socket_dir.mkdir(exist_ok=True)
     for stale in server.socket_dir.glob(".s.PGSQL.*"):
         stale.unlink()
-    (server.data_dir / RESTORE_CONF).write_text("max_logical_replication_workers = 0\n")
+    if stanza in point.subscribed:
+        (server.data_dir / RESTORE_CONF).write_text("max_logical_replication_workers = 0\n")
     with open(server.data_dir / "postgresql.conf", "a") as conf:
         conf.write(
             f"\n# restored from {stanza} at point {point.name}\nport = {server.port}\n"
