@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -22,7 +21,6 @@ from orchestration.resources import BackupResource
 from shardctl.backup.points import resolve
 from shardctl.backup.target import open_target
 from shardctl.cli import main
-from shardctl.process import free_port
 from shardctl.settings import load_settings
 from shardctl.stack.manager import Stack
 from shardctl.store import FeatureStore
@@ -31,16 +29,6 @@ from shardctl.store.writer import FeatureRow
 
 FEATURE_SET = "backup_test_v1"
 T0 = datetime(2026, 12, 1, tzinfo=UTC)
-
-
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    the_stack = Stack(tmp_path_factory.mktemp("backup-stack"))
-    the_stack.up(servers=2, base_port=free_port(block=10))
-    try:
-        yield the_stack
-    finally:
-        assert the_stack.down(purge=True) == []
 
 
 def _cli(stack_dir: Path, *args: str) -> Result:
