@@ -62,6 +62,7 @@ def raw_copy(stack: Stack, scratch: Path) -> dict[str, float]:
     assert state is not None
     dirs = [s.data_dir for s in stack.postgres_servers(state)]
     size = sum(_du(d) for d in dirs)
+    scratch.mkdir(parents=True)
     started = time.monotonic()
     for d in dirs:
         subprocess.run(["cp", "-a", str(d), str(scratch / d.name)], check=True)
@@ -99,7 +100,7 @@ def archive_lag(stack: Stack, seconds: float) -> dict[str, float]:
         while time.monotonic() < deadline:
             lsn, archived, at, segment = conn.execute(
                 "SELECT pg_current_wal_lsn()::text, last_archived_wal, last_archived_time, "
-                "current_setting('wal_segment_size')::bigint FROM pg_stat_archiver"
+                "(SELECT setting::bigint FROM pg_settings WHERE name = 'wal_segment_size') FROM pg_stat_archiver"
             ).fetchone()
             if not archived or len(archived) < 24 or archived.endswith(".history"):
                 time.sleep(0.5)
@@ -150,10 +151,10 @@ def main() -> None:
         done = restore(target, point, restored.data_dir)
         figures["restore"] = {"seconds": done.seconds, "mb_per_s": round(size / 1e6 / done.seconds, 1)}
     finally:
+        print(json.dumps(figures, indent=2), flush=True)  # what was measured, even if a later step failed
         restored.down(purge=True)
         stack.down(purge=True)
         shutil.rmtree(root, ignore_errors=True)
-    print(json.dumps(figures, indent=2))
     if args.json:
         args.json.write_text(json.dumps(figures, indent=2))
 
