@@ -9,10 +9,15 @@ with (reload the code location after `shardctl stack up` rewrote the stack's set
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import date
 from pathlib import Path
+from typing import Any
 
 import dagster as dg
 import h2o
@@ -81,6 +86,33 @@ class TesseraResource(CatalogResource):
 class ControlPlaneResource(CatalogResource):
     """The catalog as the control plane's role (``TESSERA_CONTROL__DB_*``): what moves data between servers
     (resharding creates subscriptions and raises fences) runs with its rights, not the pipeline's."""
+
+
+class BackupResource(dg.ConfigurableResource):
+    """The local stack's backups, through `shardctl backup` and `shardctl restore` (the control plane's command
+    line, run as a process: the pipeline never imports the local stack). On Kubernetes Spilo's WAL-G takes the
+    backups instead (docs/architecture/physical.md, "Backups")."""
+
+    data_dir: str = Field(description="The stack's data dir (TESSERA_DATA_DIR).")
+    timeout_s: float = Field(default=3600.0, gt=0, description="Longest a backup command may take.")
+
+    def shardctl(self, *args: str, data_dir: str | None = None, as_json: bool = True) -> Any:
+        """Run ``shardctl ARGS [--json]`` on the stack (or on ``data_dir``); its JSON output, or ``dg.Failure``
+        with its one-line error."""
+        env = {**os.environ, "TESSERA_DATA_DIR": data_dir or self.data_dir}
+        env.pop("TESSERA_SETTINGS_FILE", None)
+        done = subprocess.run(
+            [sys.executable, "-m", "shardctl.cli", *args, *(["--json"] if as_json else [])],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=self.timeout_s,
+            check=False,
+        )
+        if done.returncode != 0:
+            said = (done.stderr.strip().splitlines() or [f"exit {done.returncode}"])[-1]
+            raise dg.Failure(f"shardctl {' '.join(args)}: {said}")
+        return json.loads(done.stdout) if as_json and done.stdout.strip() else done.stdout
 
 
 class RawDataResource(dg.ConfigurableResource):

@@ -61,4 +61,6 @@ ensure_debian_package() {  # BINARY PACKAGE
 ensure_debian_package redis-server redis-server
 # HA mode (`shardctl stack up --ha`): etcd for Patroni.
 ensure_debian_package etcd etcd-server
+# Backups and point-in-time recovery (`shardctl backup`, `shardctl restore`): pgBackRest archives every server's WAL.
+ensure_debian_package pgbackrest pgbackrest
 echo "bootstrap: ready ($("$VENV/bin/python" --version), $(grep -c '==' requirements.lock) locked packages)"

@@ -41,6 +41,10 @@ class LocalStackError(ShardctlError):
     """The local stack (``shardctl/stack``, its HA clusters included): binaries, servers, their lifecycle."""
 
 
+class BackupError(ShardctlError):
+    """Backups and restores (``shardctl/backup``): WAL archiving, base backups, restore points, restores."""
+
+
 def first_line(what: BaseException | str) -> str:
     """The first non-empty line of an error (or of a program's output), for a one-line message.
 

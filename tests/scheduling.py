@@ -56,6 +56,8 @@ LONGEST_FIRST: tuple[str, ...] = (
     "tests/migrate/test_engine.py",
     "tests/serving/test_lifecycle.py",
     "tests/serving/test_operations.py",
+    "tests/backup/test_backup_restore.py",
+    "tests/backup/test_backup_resharding.py",
     "tests/ha/test_failover_scenarios.py",
 )
 

@@ -69,6 +69,10 @@ LAYER_RULES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("shardctl/store", _NOT_ABOVE_STORE),
     ("shardctl/control", ("shardctl.stack", "shardctl.cli", "serving", "orchestration")),
     ("shardctl/stack", ("shardctl.cli", "serving", "orchestration")),
+    # Backups: the base modules (settings, the tool, archiving) sit below the stack's lifecycle, which starts
+    # servers archiving; the jobs (points, base backups, restore) sit above the stack.
+    ("shardctl/backup", ("shardctl.cli", "serving", "orchestration")),
+    *((f"shardctl/backup/{base}.py", _STACK_JOBS) for base in ("settings", "pgbackrest", "archiving")),
     ("shardctl/cli", ("serving", "orchestration")),  # every command group: stack, ha, shards, migrate, models...
     ("serving", ("orchestration", "shardctl.stack", "shardctl.cli")),
     ("orchestration", ("serving", "shardctl.stack", "shardctl.cli")),

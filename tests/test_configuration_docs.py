@@ -8,6 +8,7 @@ from pydantic_settings import BaseSettings
 
 from orchestration.settings import H2OSettings, PipelineSettings
 from serving.settings import ServingSettings
+from shardctl.backup.settings import BackupSettings
 from shardctl.control.settings import ControlSettings
 from shardctl.settings import SectionSettings, StoreSettings
 from shardctl.stack.ha.settings import HASettings
@@ -23,6 +24,7 @@ PARTS = (
     H2OSettings,
     WriterSettings,
     ControlSettings,
+    BackupSettings,
 )
 
 DOC = Path(__file__).resolve().parent.parent / "docs" / "configuration.md"

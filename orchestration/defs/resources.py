@@ -9,7 +9,13 @@ from pathlib import Path
 
 import dagster as dg
 
-from orchestration.resources import ControlPlaneResource, H2OResource, RawDataResource, TesseraResource
+from orchestration.resources import (
+    BackupResource,
+    ControlPlaneResource,
+    H2OResource,
+    RawDataResource,
+    TesseraResource,
+)
 from orchestration.settings import H2OSettings, PipelineSettings
 from shardctl.control.settings import ControlSettings
 from shardctl.credentials import DbCredentialFields
@@ -59,6 +65,7 @@ def resources() -> dg.Definitions:
                 catalog_dsn=_env_or("TESSERA_CATALOG_DSN", store.catalog_dsn), **_role("control", ControlSettings())
             ),
             "raw_data": raw_data_resource(pipeline),
+            "backups": BackupResource(data_dir=str(Path(store.data_dir).absolute())),
             "h2o_cluster": H2OResource(
                 url=_env_or("TESSERA_H2O__URL", h2o.url),
                 max_mem=h2o.max_mem,

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import click
 
+from shardctl.cli.backup import backup
 from shardctl.cli.ha import ha
 from shardctl.cli.migrate import migrate
 from shardctl.cli.models import models
 from shardctl.cli.options import ShardctlGroup
+from shardctl.cli.restore import restore
 from shardctl.cli.servers import servers
 from shardctl.cli.shards import roles, shards
 from shardctl.cli.stack import stack
@@ -22,5 +24,5 @@ def main() -> None:
     """Tessera's sharded feature store and its control plane."""
 
 
-for _group in (stack, ha, shards, roles, servers, migrate, models):
+for _group in (stack, ha, shards, roles, servers, migrate, models, backup, restore):
     main.add_command(_group)

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import psycopg
 
+from shardctl.backup import archiving
+from shardctl.backup.archiving import CATALOG_STANZA
 from shardctl.control.roles import ensure_roles, own_database
 from shardctl.process import pid_alive
 from shardctl.stack.ha.cluster import HACluster
@@ -21,7 +23,7 @@ from shardctl.stack.layout import (
     StackState,
     refuse_stack_without_passwords,
 )
-from shardctl.stack.postgres import DATABASE, SUPERUSER, enable_ssl, make_template
+from shardctl.stack.postgres import DATABASE, SUPERUSER, PostgresServer, enable_ssl, make_template
 from shardctl.stack.secrets import StackSecrets
 from shardctl.store import prepare as prepare_feature_store
 from shardctl.store.grants import PIPELINE_ROLE, SERVING_ROLE, WRITER_ROLE
@@ -113,11 +115,15 @@ def bring_up(layout: StackLayout, state: StackState, added: tuple[str, ...] = ()
     for server in layout.postgres_servers(state):
         if not server.initialized():
             server.init_from(template)
+    repo = archiving.prepare(_archived(layout, state), state.pg_root, state.user, state.postgres)
+    for server in layout.postgres_servers(state):
         server.start()
         server.ensure_database(DATABASE)
         ensure_roles(server.dsn("postgres"), passwords)
         with psycopg.connect(server.dsn()) as conn:
             install_sql_functions(conn)
+    if repo is not None:
+        archiving.start(repo, [name for name, _ in _archived(layout, state)])
     catalog = layout.postgres_servers(state)[0]
     catalog.ensure_database(DAGSTER_DATABASE)
     own_database(catalog.dsn("postgres"), DAGSTER_DATABASE)  # Dagster's storage is the pipeline's
@@ -144,6 +150,13 @@ def bring_up(layout: StackLayout, state: StackState, added: tuple[str, ...] = ()
 def part_passwords(secrets: StackSecrets) -> dict[str, str | None]:
     """Each part role's password, as `ensure_roles` sets it (a SCRAM verifier made on the client)."""
     return {role: secrets.pg_password(role) for role in (SERVING_ROLE, WRITER_ROLE, PIPELINE_ROLE)}
+
+
+def _archived(layout: StackLayout, state: StackState) -> list[tuple[str, PostgresServer]]:
+    """The servers whose WAL is archived into the stack's backup repository (``shardctl.backup``), by stanza: the
+    catalog, and the shard servers of a plain stack (an HA shard's Patroni cluster: not yet)."""
+    names = [CATALOG_STANZA, *([] if state.ha else layout.server_names(state))]
+    return list(zip(names, layout.postgres_servers(state), strict=True))
 
 
 def _ha_up(cluster: HACluster, passwords: dict[str, str | None]) -> None:
@@ -182,6 +195,7 @@ def forget(layout: StackLayout, state: StackState) -> None:
     """Remove what a failed first `up` created, so the next `up` plans afresh."""
     shutil.rmtree(state.pg_root, ignore_errors=True)
     shutil.rmtree(layout.secrets.dir, ignore_errors=True)
+    shutil.rmtree(archiving.default_root(state.pg_root), ignore_errors=True)
     layout.state_file.unlink(missing_ok=True)
     layout.settings_file.unlink(missing_ok=True)
 
@@ -203,6 +217,7 @@ def down(layout: StackLayout, purge: bool = False) -> list[str]:
         layout.save_state(state)
     if purge and not failed:
         shutil.rmtree(state.pg_root, ignore_errors=True)
+        shutil.rmtree(archiving.default_root(state.pg_root), ignore_errors=True)  # the backups kept beside it
         shutil.rmtree(layout.data_dir, ignore_errors=True)
     return failed
 

@@ -128,6 +128,22 @@ class ShardMapStore:
                     f"server {name}: new DSN",
                 )
 
+    def relocate_servers(self, dsns: Mapping[str, str]) -> None:
+        """The same servers at new locations (a restored stack's): every epoch's and the registry's DSN of each
+        named server rewritten in place, so the epochs and placement stay exactly those the data was written
+        under. Only for a catalog no live process follows (a restore, before anything connects)."""
+        with self._connect() as conn:
+            conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PUBLISH_LOCK_KEY,))
+            for name, dsn in dsns.items():
+                location = location_only(dsn)
+                conn.execute("UPDATE tessera_servers SET dsn = %s WHERE name = %s", (location, name))
+                conn.execute("UPDATE tessera_shard_map SET dsn = %s WHERE server = %s", (location, name))
+
+    def hold_publishing(self, conn: psycopg.Connection) -> None:
+        """Inside ``conn``'s transaction on the catalog: no epoch is published until it ends (a consistent
+        restore point holds it while it names the epoch its data matches)."""
+        conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PUBLISH_LOCK_KEY,))
+
     def registered_servers(self) -> dict[str, str]:
         """Every known server, placed or not: name -> DSN (with this store's credentials)."""
         caller = credentials_of(self.catalog_dsn)

@@ -1,0 +1,217 @@
+"""`shardctl restore`: the catalog and every server brought back to one consistent restore point, as a new stack
+(its own data dir, ports, Redis and backup repository), never over a running one unless forced.
+
+Each server is restored by pgBackRest from its newest base backup that ends before the point, then replays the
+archived WAL up to the point's name and is promoted. The restored catalog's shard map names the servers at their
+new places with the epochs and placement unchanged: the data is exactly what that epoch's placement says. A
+migration's subscriptions in the restored servers (the point lists the servers that had any) are dropped before
+any could connect (logical replication is off on those until then): they would point at the original stack. The
+restored stack archives into its own repository from its first start; the servers restore side by side."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import psycopg
+
+from shardctl.backup import archiving
+from shardctl.backup.archiving import CATALOG_STANZA
+from shardctl.backup.base import ServerBackup, base_for, inventory
+from shardctl.backup.points import RestorePoint
+from shardctl.backup.settings import BackupSettings
+from shardctl.backup.target import BackupTarget
+from shardctl.credentials import DbCredentials, with_credentials
+from shardctl.errors import BackupError
+from shardctl.process import wait_until
+from shardctl.stack import lifecycle
+from shardctl.stack.layout import StackLayout
+from shardctl.stack.postgres import PostgresServer
+from shardctl.stack.users import chown_tree
+from shardctl.store.connection import connect
+from shardctl.store.shardmap import ShardMapStore
+
+RESTORE_CONF = "tessera-restore.conf"  # logical replication off until the restored subscriptions are dropped
+
+
+@dataclass(frozen=True)
+class RestoreReport:
+    point: RestorePoint
+    data_dir: Path
+    ports: dict[str, int]  # stanza -> port
+    bases: dict[str, str]  # stanza -> label of the backup it started from
+    seconds: float
+
+
+def restore(
+    source: BackupTarget,
+    point: RestorePoint,
+    into: Path,
+    *,
+    force: bool = False,
+    settings: BackupSettings | None = None,
+    credentials: DbCredentials | None = None,
+) -> RestoreReport:
+    """Restore ``source``'s servers to ``point`` as a new stack in ``into``; all or nothing (a failure stops
+    every server it started)."""
+    settings = settings or BackupSettings()
+    started = time.monotonic()
+    bases = _bases(source, point)
+    layout = StackLayout(
+        into,
+        postgres_bin_dir=source.state.postgres["bin_dir"],
+        run_as_user=source.state.user,
+        java_home=source.state.java_home,
+    )
+    _make_room(source, layout, force)
+    names = [s for s in point.lsns if s != CATALOG_STANZA]
+    state = layout.plan(len(names), max(source.layout.ports(source.state)) + 1)
+    state.server_ids = [int(name.rsplit("-", 1)[1]) for name in names]
+    layout.save_state(state)
+    stanzas = [CATALOG_STANZA, *names]
+    servers = layout.postgres_servers(state)
+    repo = archiving.repository_for(state.pg_root, state.user, BackupSettings(repo_path=None))
+
+    def forget() -> None:
+        lifecycle.forget(layout, state)
+        shutil.rmtree(repo.root, ignore_errors=True)
+
+    with lifecycle.all_or_nothing(layout, state, set(), "restore", forget):
+        repo.write_config([archiving.stanza_of(n, s) for n, s in zip(stanzas, servers, strict=True)], settings)
+        dsns = {stanza: with_credentials(s.dsn(), credentials) for stanza, s in zip(stanzas, servers, strict=True)}
+
+        def bring_back(stanza: str, server: PostgresServer) -> None:
+            _restore_server(source, stanza, server, bases[stanza], point, settings)
+            archiving.configure(server, repo, stanza, settings)
+            _recover(server, dsns[stanza], point, settings.restore_timeout_s)
+            repo.run(stanza, "stanza-create", timeout=120)  # its archiving works from now on
+            if stanza in point.subscribed:  # logical replication back on once the subscriptions are gone
+                _drop_subscriptions(dsns[stanza])
+                (server.data_dir / RESTORE_CONF).unlink()
+                server.stop()
+                server.start()
+
+        with ThreadPoolExecutor(max_workers=len(servers)) as pool:  # the servers restore and replay side by side
+            list(pool.map(bring_back, stanzas, servers))
+        ShardMapStore(dsns[CATALOG_STANZA]).relocate_servers({n: servers[i + 1].dsn() for i, n in enumerate(names)})
+        state.redis_pid = layout.redis_server(state).start()
+        layout.save_state(state)
+        layout.write_settings(state)
+    return RestoreReport(
+        point,
+        layout.data_dir,
+        {stanza: server.port for stanza, server in zip(stanzas, servers, strict=True)},
+        {stanza: base.label for stanza, base in bases.items()},
+        round(time.monotonic() - started, 2),
+    )
+
+
+def _bases(source: BackupTarget, point: RestorePoint) -> dict[str, ServerBackup]:
+    """For each server of the point, the backup its recovery starts from; ``BackupError`` if one has none."""
+    backups, _ = inventory(source)
+    bases = {}
+    for stanza in point.lsns:
+        if stanza not in backups:
+            raise BackupError(f"restore point {point.name} names {stanza}, which this stack does not back up")
+        base = base_for(point, stanza, backups[stanza])
+        if base is None:
+            raise BackupError(
+                f"no base backup of {stanza} ends before restore point {point.name} (expired by the retention "
+                f"policy?): it cannot be restored to; `shardctl backup list` shows the points that can"
+            )
+        bases[stanza] = base
+    return bases
+
+
+def _make_room(source: BackupTarget, layout: StackLayout, force: bool) -> None:
+    """Refuse to restore over a stack or files unless ``force`` (then stop and delete them), and always refuse
+    to delete the stack whose repository the restore reads."""
+    if layout.data_dir == source.layout.data_dir and source.repo.root == archiving.default_root(source.state.pg_root):
+        raise BackupError(
+            f"cannot restore over {layout.data_dir}: its backup repository lives with it; restore into another "
+            f"directory (--into DIR)"
+        )
+    if layout.load_state() is not None:
+        if not force:
+            raise BackupError(
+                f"{layout.data_dir} holds a stack: restore into another directory (--into DIR), or pass --force "
+                f"to stop it and delete its data first"
+            )
+        failed = lifecycle.down(layout, purge=True)
+        if failed:
+            raise BackupError(f"could not stop {', '.join(failed)} of the stack in {layout.data_dir}")
+    elif layout.data_dir.exists() and any(layout.data_dir.iterdir()):
+        if not force:
+            raise BackupError(f"{layout.data_dir} is not empty: restore into a new directory, or pass --force")
+        shutil.rmtree(layout.data_dir)
+
+
+def _restore_server(
+    source: BackupTarget,
+    stanza: str,
+    server: PostgresServer,
+    base: ServerBackup,
+    point: RestorePoint,
+    settings: BackupSettings,
+) -> None:
+    """pgBackRest restores ``base`` into the new server's folder and sets recovery to stop at the point; the
+    server then listens on its own port and socket, with logical replication off until subscriptions are gone."""
+    server.data_dir.mkdir(mode=0o700, parents=True)
+    chown_tree(server.data_dir, server.user)
+    source.repo.run(
+        stanza,
+        "restore",
+        f"--pg1-path={server.data_dir}",
+        f"--set={base.label}",
+        "--type=name",
+        f"--target={point.name}",
+        "--target-action=promote",
+        f"--recovery-option=restore_command={source.repo.archive_get_command(stanza, server.data_dir)}",
+        timeout=settings.restore_timeout_s,
+    )
+    server.socket_dir.mkdir(exist_ok=True)
+    for stale in server.socket_dir.glob(".s.PGSQL.*"):
+        stale.unlink()
+    if stanza in point.subscribed:
+        (server.data_dir / RESTORE_CONF).write_text("max_logical_replication_workers = 0\n")
+    with open(server.data_dir / "postgresql.conf", "a") as conf:
+        conf.write(
+            f"\n# restored from {stanza} at point {point.name}\nport = {server.port}\n"
+            f"unix_socket_directories = '{server.socket_dir}'\ninclude_if_exists = '{RESTORE_CONF}'\n"
+        )
+    chown_tree(server.data_dir, server.user)
+    server.data_dir.chmod(0o700)
+
+
+def _recover(server: PostgresServer, dsn: str, point: RestorePoint, timeout_s: float) -> None:
+    """Start the server and wait until it has replayed to the point and been promoted."""
+    server.start(timeout=timeout_s)
+
+    def promoted() -> bool:
+        if server.pid() is None:
+            raise BackupError(f"{server.name} stopped during recovery to {point.name}:\n{server.log_tail()}")
+        with connect(dsn, connect_timeout=5, autocommit=True) as conn:
+            return not conn.execute("SELECT pg_is_in_recovery()").fetchone()[0]  # type: ignore[index]
+
+    if not wait_until(promoted, timeout_s, expected=(OSError, psycopg.OperationalError)):
+        raise BackupError(f"{server.name} did not reach {point.name} in {timeout_s:.0f} s:\n{server.log_tail()}")
+
+
+def _drop_subscriptions(dsn: str) -> None:
+    """Drop the subscriptions a migration in flight at the point left (never connecting: their slots are the
+    original stack's)."""
+    with connect(dsn, connect_timeout=5, autocommit=True) as conn:
+        names = [
+            r[0]
+            for r in conn.execute(
+                "SELECT subname FROM pg_subscription WHERE subdbid = "
+                "(SELECT oid FROM pg_database WHERE datname = current_database())"
+            ).fetchall()
+        ]
+        for name in names:
+            conn.execute(f'ALTER SUBSCRIPTION "{name}" DISABLE')
+            conn.execute(f'ALTER SUBSCRIPTION "{name}" SET (slot_name = NONE)')
+            conn.execute(f'DROP SUBSCRIPTION "{name}"')
