@@ -13,7 +13,8 @@ from pathlib import Path
 
 from shardctl.backup.pgbackrest import PgBackRestError, Repository, Stanza, unavailable_reason
 from shardctl.backup.settings import BackupSettings
-from shardctl.stack.postgres import PostgresServer
+from shardctl.stack.layout import CATALOG
+from shardctl.stack.postgres import SERVER_PASSFILE, PostgresServer
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +32,9 @@ def repository_for(pg_root: str | Path, user: str | None, settings: BackupSettin
     """The stack's repository: ``TESSERA_BACKUP__REPO_PATH``, else beside its servers' data."""
     settings = settings or BackupSettings()
     root = Path(settings.repo_path) if settings.repo_path else default_root(pg_root)
-    return Repository(root.absolute(), user)
+    # Every server of a stack starts as a copy of one template: each holds the superuser's passfile.
+    passfile = Path(pg_root).absolute() / CATALOG / SERVER_PASSFILE
+    return Repository(root.absolute(), user, passfile)
 
 
 def stanza_of(name: str, server: PostgresServer) -> Stanza:

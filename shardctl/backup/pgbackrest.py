@@ -5,6 +5,7 @@ commands run as the user the servers run as (it reads their data directories, wh
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -77,6 +78,9 @@ class Repository:
 
     root: Path
     user: str | None
+    # A libpq passfile with the superuser's password, readable by the server user (pgBackRest logs in over the
+    # socket with libpq, and every role of the stack has a SCRAM password): PGPASSFILE of its commands.
+    passfile: Path | None = None
 
     @property
     def config(self) -> Path:
@@ -138,8 +142,11 @@ class Repository:
         if binary is None:
             raise BackupUnavailableError(unavailable_reason("0", "") or "pgBackRest is not installed")
         argv = as_user(self.user, [binary, f"--config={self.config}", f"--stanza={stanza}", *options, command])
+        env = {**os.environ, "PGPASSFILE": str(self.passfile)} if self.passfile is not None else None
         try:
-            done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=timeout, cwd=self.root)
+            done = subprocess.run(
+                argv, capture_output=True, text=True, check=False, timeout=timeout, cwd=self.root, env=env
+            )
         except subprocess.TimeoutExpired as exc:
             raise PgBackRestError(f"pgbackrest {command} of {stanza} did not finish in {timeout:.0f} s") from exc
         if done.returncode != 0:

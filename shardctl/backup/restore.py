@@ -71,6 +71,7 @@ def restore(
     state = layout.plan(len(names), max(source.layout.ports(source.state)) + 1)
     state.server_ids = [int(name.rsplit("-", 1)[1]) for name in names]
     layout.save_state(state)
+    _share_secrets(source.layout, layout)
     stanzas = [CATALOG_STANZA, *names]
     servers = layout.postgres_servers(state)
     repo = archiving.repository_for(state.pg_root, state.user, BackupSettings(repo_path=None))
@@ -107,6 +108,15 @@ def restore(
         {stanza: base.label for stanza, base in bases.items()},
         round(time.monotonic() - started, 2),
     )
+
+
+def _share_secrets(source: StackLayout, layout: StackLayout) -> None:
+    """The restored servers keep the source's roles and their passwords (``pg_authid`` comes back with the data),
+    so the new stack logs in with a copy of the source's secrets: 0600 files in a 0700 folder, as `stack up` makes
+    them."""
+    shutil.copytree(source.secrets.dir, layout.secrets.dir, dirs_exist_ok=True)
+    layout.secrets.dir.chmod(0o700)
+    layout.secrets.ensure()
 
 
 def _bases(source: BackupTarget, point: RestorePoint) -> dict[str, ServerBackup]:
