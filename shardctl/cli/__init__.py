@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from shardctl.cli.ha import ha
+from shardctl.cli.keys import keys
 from shardctl.cli.migrate import migrate
 from shardctl.cli.models import models
 from shardctl.cli.options import ShardctlGroup
@@ -22,5 +23,5 @@ def main() -> None:
     """Tessera's sharded feature store and its control plane."""
 
 
-for _group in (stack, ha, shards, roles, servers, migrate, models):
+for _group in (stack, ha, shards, roles, servers, migrate, models, keys):
     main.add_command(_group)
