@@ -56,6 +56,9 @@ class CacheLookup(NamedTuple):
 
 
 NOT_CACHED = CacheLookup(None, 0, 0, None)
+# Every key serving writes in Redis starts with one of these: feature versions, predictions, and the per-key rate
+# limit windows (``serving/rate_limit.py``). A Redis ACL for serving's user allows exactly these patterns.
+KEY_PREFIXES = ("fv:", "pred:", "rl:")
 
 # Both lookups of an entity in one round trip: its version entry with the milliseconds Redis keeps it (PTTL),
 # then the prediction stored under that version. (The prediction keys are built in the script, so this assumes

@@ -11,6 +11,8 @@ from pydantic import Field
 from shardctl.credentials import DbCredentialFields
 from shardctl.settings import SectionSettings, section_config
 
+RATE_PATTERN = r"^[1-9][0-9]{0,8}/(s|min|h)$"  # shardctl.store.api_keys.parse_rate reads it
+
 
 class ServingSettings(SectionSettings, DbCredentialFields):
     """The prediction service's listener, process and thread counts, request limits, and the database role it
@@ -52,3 +54,8 @@ class ServingSettings(SectionSettings, DbCredentialFields):
     # Graceful drain on SIGTERM: how long a worker waits for its in-flight requests before it closes its pools
     # (Granian stops accepting at once); Granian kills a worker that has not exited 10 s after this.
     drain_seconds: float = Field(default=20.0, gt=0, le=600)
+    # API keys (serving/security.py): on unless turned off explicitly (then a warning at every worker's start).
+    # A revoked key is refused within auth_refresh_seconds; rate_limit is each key's unless it has its own.
+    auth: bool = True
+    auth_refresh_seconds: float = Field(default=1.0, gt=0, le=60)
+    rate_limit: str = Field(default="1000/s", pattern=RATE_PATTERN)

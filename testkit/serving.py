@@ -2,7 +2,9 @@
 its own with its output in a log file, ready once a path answers 200, stopped by PID (SIGTERM, then SIGKILL).
 
 The tests and the benchmarks start ``python -m serving`` (Granian) the way an operator does, so what they
-measure is the real server; one launcher keeps them starting it the same way.
+measure is the real server; one launcher keeps them starting it the same way. The service needs an API key on
+every route but the probes: ``create_api_key`` makes one in the catalog, and a ``PredictionService`` given it
+sends it on every request of its ``client`` (``auth_headers`` for other clients).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -18,6 +21,7 @@ import httpx
 
 from shardctl.java import find_java_home
 from shardctl.process import stop_pid, wait_until
+from shardctl.store.api_keys import SCOPES, KeyStore, parse_rate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -33,18 +37,36 @@ def service_env(settings_file: Path | str, port: int | None = None, **extra: str
     return env
 
 
-class ServerProcess:
-    """An HTTP server started from ``argv`` in the repository, its stdout and stderr in ``log``."""
+def create_api_key(
+    catalog_dsn: str, name: str = "tests", scopes: Sequence[str] = SCOPES, rate: str | None = "1000000/s"
+) -> str:
+    """A new API key (every scope and a limit no test reaches, unless told otherwise), named ``name`` plus a
+    unique suffix; returns the key itself."""
+    store = KeyStore(catalog_dsn)
+    store.ensure_schema()
+    _, token = store.create(f"{name}-{uuid.uuid4().hex[:8]}", tuple(scopes), parse_rate(rate) if rate else None)
+    return token
 
-    def __init__(self, argv: Sequence[str], env: dict[str, str], port: int, log: Path):
+
+def bearer(api_key: str | None) -> dict[str, str]:
+    """The header that carries ``api_key`` (none without one)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+class ServerProcess:
+    """An HTTP server started from ``argv`` in the repository, its stdout and stderr in ``log``; its ``client``
+    sends ``api_key`` with every request when given one."""
+
+    def __init__(self, argv: Sequence[str], env: dict[str, str], port: int, log: Path, api_key: str | None = None):
         self.port = port
         self.url = f"http://127.0.0.1:{port}"
         self.log = log
+        self.auth_headers = bearer(api_key)
         with log.open("wb") as sink:
             self.proc = subprocess.Popen(
                 list(argv), cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
             )
-        self.client = httpx.Client(base_url=self.url, timeout=10)
+        self.client = httpx.Client(base_url=self.url, timeout=10, headers=self.auth_headers)
 
     @property
     def pid(self) -> int:
@@ -86,10 +108,10 @@ class ServerProcess:
 
 class PredictionService(ServerProcess):
     """``python -m serving``: Tessera's prediction service on Granian, configured by ``env``
-    (see `service_env`); ``args`` go to its command line."""
+    (see `service_env`); ``args`` go to its command line; ``api_key`` rides on its client's requests."""
 
-    def __init__(self, env: dict[str, str], port: int, log: Path, args: Sequence[str] = ()):
-        super().__init__([sys.executable, "-m", "serving", *args], env, port, log)
+    def __init__(self, env: dict[str, str], port: int, log: Path, args: Sequence[str] = (), api_key: str | None = None):
+        super().__init__([sys.executable, "-m", "serving", *args], env, port, log, api_key)
 
     def __enter__(self) -> PredictionService:
         return self

@@ -141,12 +141,12 @@ def test_oversized_batch_is_422_naming_the_limit(service):
 
 
 @pytest.mark.req("JTBD-02.errors")
-def test_no_promoted_model_is_503_with_a_message(serving_stack, own_redis, models, tmp_path):
+def test_no_promoted_model_is_503_with_a_message(serving_stack, own_redis, models, api_key, tmp_path):
     """A service whose model name has no promoted version: predict and model info 503, not ready, still live."""
     _, settings = serving_stack
     port = free_port()
     env = service_env(settings, own_redis.url, port, TESSERA_MODEL_NAME="never_promoted")
-    svc = PredictionService(env, port, tmp_path / "serving.log")
+    svc = PredictionService(env, port, tmp_path / "serving.log", api_key=api_key)
     try:
         svc.wait_ready("/healthz")
         response = svc.client.post("/v1/predictions", json={"entity_id": entity_id(1)})
