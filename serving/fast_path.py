@@ -77,6 +77,7 @@ class PredictionFastPath:
         if length is None or length > MAX_BODY_BYTES or runtime is None:
             await self.app(scope, receive, send)
             return
+        started = time.perf_counter()
         gate = runtime.gate
         if gate is not None:  # the same check as the app's (serving.security), in the same order
             key = gate.key_of(scope["headers"])
@@ -84,14 +85,12 @@ class PredictionFastPath:
                 await self.app(scope, receive, send)  # 401 there
                 return
             retry = await gate.limiter.admit(key)
+            scope[ADMITTED] = key  # type: ignore[literal-required]  # its token is taken: the route takes none
             if retry is not None or not key.allows(PREDICT):
                 if retry is not None:
                     scope[LIMITED] = retry  # type: ignore[literal-required]
-                scope[ADMITTED] = key  # type: ignore[literal-required]  # its token, if any, is taken
                 await self.app(scope, receive, send)  # 429 or 403 there
                 return
-            scope[ADMITTED] = key  # type: ignore[literal-required]
-        started = time.perf_counter()
         messages: list[Message] = []
         chunks: list[bytes] = []
         while True:

@@ -63,13 +63,12 @@ def keys() -> None:
 @json_option
 def keys_create(name: str, scopes: tuple[str, ...], rate, as_json: bool) -> None:
     """Create the key NAME and print it, once: store it now, it cannot be shown again."""
-    import psycopg
-
+    from shardctl.store.connection import connect
     from shardctl.store.grants import grant_catalog_privileges
 
     store = _store()
     store.ensure_schema()
-    with psycopg.connect(store.dsn, autocommit=True, connect_timeout=5) as conn:
+    with connect(store.dsn, autocommit=True, connect_timeout=5) as conn:
         grant_catalog_privileges(conn)  # a catalog made before the key table: serving may read it now
     key, token = store.create(name, scopes, rate)
     if as_json:

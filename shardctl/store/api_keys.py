@@ -14,6 +14,8 @@ from __future__ import annotations
 import hashlib
 import re
 import secrets
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime
 from typing import NamedTuple
@@ -134,6 +136,15 @@ def _key_of(row: tuple) -> ApiKey:
     return ApiKey(key_id, name, frozenset(scopes), Rate(limit, period) if limit else None, created, revoked)
 
 
+@contextmanager
+def _table() -> Iterator[None]:
+    """A catalog from before the key table: say so, and what creates it (reads never run DDL)."""
+    try:
+        yield
+    except psycopg.errors.UndefinedTable:
+        raise ApiKeyError("the catalog has no API keys yet: `shardctl keys create` makes the first") from None
+
+
 class KeyStore:
     """The key table in the catalog; each call opens a short connection (the control plane's, to change it)."""
 
@@ -163,13 +174,13 @@ class KeyStore:
 
     def list(self, *, include_revoked: bool = False) -> list[ApiKey]:
         where = "" if include_revoked else "WHERE revoked_at IS NULL"
-        with connect(self.dsn) as conn:
+        with connect(self.dsn) as conn, _table():
             rows = conn.execute(f"SELECT {_COLUMNS} FROM tessera_api_keys {where} ORDER BY created_at, name")
             return [_key_of(r) for r in rows.fetchall()]
 
     def revoke(self, name_or_id: str) -> ApiKey:
         """Revoke the active key of that name (or id); serving refuses it within its refresh interval."""
-        with connect(self.dsn) as conn:
+        with connect(self.dsn) as conn, _table():
             row = conn.execute(
                 f"UPDATE tessera_api_keys SET revoked_at = now() WHERE revoked_at IS NULL "
                 f"AND (name = %s OR key_id = %s) RETURNING {_COLUMNS}",
