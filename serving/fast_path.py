@@ -84,7 +84,7 @@ class PredictionFastPath:
             if key is None:
                 await self.app(scope, receive, send)  # 401 there
                 return
-            retry = await gate.limiter.admit(key)
+            retry = None if gate.limiter.spend(key) else await gate.limiter.admit(key)
             scope[ADMITTED] = key  # type: ignore[literal-required]  # its token is taken: the route takes none
             if retry is not None or not key.allows(PREDICT):
                 if retry is not None:

@@ -66,30 +66,42 @@ class RateLimiter:
         self._backoff = backoff_seconds
         self._skip_until = 0.0
         self._failing = False
-        # key id -> (window, tokens left in it; -1: Redis refused, the window is spent)
-        self._tokens: dict[str, tuple[int, int]] = {}
+        # key id -> [window, tokens left in it (-1: Redis refused, the window is spent), the window's end (epoch s)]
+        self._tokens: dict[str, list] = {}
+
+    def spend(self, key: ApiKey) -> bool:
+        """Spend a token of the lease this worker holds for ``key``'s current window, if any (no I/O, no await:
+        the common case, which the fast path asks first); False: ask ``admit``."""
+        held = self._tokens.get(key.key_id)
+        if held is None or held[1] <= 0 or time.time() >= held[2]:
+            return False
+        held[1] -= 1
+        return True
 
     async def admit(self, key: ApiKey) -> int | None:
         """None if ``key`` may make one more request now, else the seconds until it may (``Retry-After``)."""
+        if self.spend(key):
+            return None
         rate = key.rate or self.default
         now = time.time()
         window = int(now // rate.period_s)
-        held, left = self._tokens.get(key.key_id, (-1, 0))
-        if held == window:
-            if left > 0:
-                self._tokens[key.key_id] = (window, left - 1)
-                return None
-            if left < 0:
-                return self._retry_after(now, window, rate)
+        held = self._tokens.get(key.key_id)
+        if held is not None and held[0] == window and held[1] < 0:
+            return self._retry_after(now, window, rate)
         granted = await self._take(key.key_id, window, rate)
         if granted is None:  # Redis unreachable: fail open
             metrics.RATE_LIMIT_UNCHECKED.inc()
             return None
-        if granted == 0:
-            self._tokens[key.key_id] = (window, -1)
-            return self._retry_after(now, window, rate)
-        self._tokens[key.key_id] = (window, granted - 1)
-        return None
+        # Concurrent requests may have leased meanwhile: add to their lease rather than replace it.
+        held = self._tokens.get(key.key_id)
+        if held is None or held[0] != window or held[1] < 0:
+            held = self._tokens[key.key_id] = [window, 0, (window + 1) * rate.period_s]
+        held[1] += granted
+        if held[1] > 0:
+            held[1] -= 1
+            return None
+        held[1] = -1  # Redis granted the window's last token already: refuse the rest of it without asking
+        return self._retry_after(now, window, rate)
 
     @staticmethod
     def _retry_after(now: float, window: int, rate: Rate) -> int:

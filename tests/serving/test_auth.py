@@ -310,10 +310,12 @@ def test_no_key_reaches_the_service_log(service, serving_stack, api_key):
     assert _cli(serving_stack, "revoke", revoked.split("_")[1], "--force").exit_code == 0
     forged = api_key[:-4] + "AAAA"
     sent = [api_key, revoked, forged, "tsr_not_a_key"]
-    for token in sent:
-        for path in (PATH, "/v1/models/current", "/metrics"):
-            httpx.post(service.url + PATH, json={"entity_id": ALL_IDS[3]}, headers=bearer(token), timeout=10)
-            httpx.get(service.url + path, headers=bearer(token), timeout=10)
+    with httpx.Client(base_url=service.url, timeout=10) as http:
+        for token in sent:
+            http.post(PATH, json={"entity_id": ALL_IDS[3]}, headers=bearer(token))
+            http.post(PATH, json={"entity_ids": ALL_IDS[:2]}, headers=bearer(token))
+            for path in ("/v1/models/current", "/metrics"):
+                http.get(path, headers=bearer(token))
     log = service.log.read_text(errors="replace")
     for token in sent:
         assert token not in log
