@@ -12,6 +12,10 @@ Redis has granted the window's last token, the worker refuses the rest of that w
 A refusal carries the seconds until the window ends (``Retry-After``). Fixed windows allow a burst of up to twice
 the limit across a window boundary; that is the price of one counter per window.
 
+Why not Litestar's ``RateLimitMiddleware``: it has one limit for every client (no per-key limits), counts with
+a read-then-write on its store (two workers can both read the same count), costs a store round trip on every
+request, and would not see the requests the fast path answers in front of Litestar.
+
 Redis unreachable: fail open. The request is admitted unchecked (``tessera_rate_limit_unchecked_total``), the
 error counted in ``tessera_redis_errors_total``, logged once per outage, and Redis skipped for ``backoff_seconds``:
 the limiter protects the service from one client's excess, and the service already answers uncached without

@@ -48,7 +48,7 @@ def _settle_interpreter(switch_interval_ms: float) -> None:
 log = logging.getLogger(__name__)
 
 
-async def _open_gate(
+async def open_gate(
     settings: TesseraSettings, serving: ServingSettings, catalog_dsn: str, io_pool: ThreadPoolExecutor
 ) -> Gate | None:
     """The worker's copy of the API keys (read now, then refreshed) and its rate limiter; None when turned off."""
@@ -124,7 +124,7 @@ class ServingRuntime:
                 poll_interval_seconds=serving.invalidation_poll_ms / 1000,
             ).start()
         listener.start()
-        gate = await _open_gate(settings, serving, catalog_dsn, io_pool)
+        gate = await open_gate(settings, serving, catalog_dsn, io_pool)
         _settle_interpreter(serving.gil_switch_interval_ms)
         return cls(settings, serving, predictor, io_pool, scoring_pool, listener, catalog_dsn, consumer, gate)
 

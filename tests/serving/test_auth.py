@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import json
+import logging
 import re
 import subprocess
 import time
@@ -20,9 +21,14 @@ from click.testing import CliRunner
 from prometheus_client import REGISTRY
 
 import serving.metrics  # noqa: F401  # registers the limiter's counter in this process
+from serving.app import create_app
 from serving.rate_limit import RateLimiter
+from serving.runtime import open_gate
+from serving.security import ApiKeyAuthentication
+from serving.settings import ServingSettings
 from shardctl.cli import main
 from shardctl.process import free_port
+from shardctl.settings import TesseraSettings
 from shardctl.store.api_keys import SCOPES, ApiKey, Rate
 from testkit.serving import bearer, create_api_key
 from tests.serving.conftest import N_ENTITIES, entity_id, wait_for
@@ -321,3 +327,24 @@ def test_no_key_reaches_the_service_log(service, serving_stack, api_key):
         assert token not in log
         if TOKEN.match(token):
             assert token.split("_", 2)[2] not in log
+
+
+@pytest.mark.req("JTBD-02.auth")
+def test_turning_keys_off_takes_an_explicit_setting_and_every_worker_says_so(monkeypatch, caplog):
+    """On by default; ``TESSERA_SERVING__AUTH=false`` turns it off, and the worker's startup logs a warning."""
+    monkeypatch.delenv("TESSERA_SERVING__AUTH", raising=False)
+    assert ServingSettings().auth is True
+    monkeypatch.setenv("TESSERA_SERVING__AUTH", "false")
+    off = ServingSettings()
+    assert off.auth is False
+    with caplog.at_level(logging.WARNING, logger="serving.runtime"):
+        assert asyncio.run(open_gate(TesseraSettings(), off, "host=unused", None)) is None  # type: ignore[arg-type]
+    assert "AUTHENTICATION IS OFF" in caplog.text
+
+    def checks_keys(serving: ServingSettings) -> bool:
+        app = create_app(TesseraSettings(catalog_dsn="postgresql://unused"), serving)
+        return any(getattr(m, "middleware", None) is ApiKeyAuthentication for m in app.middleware)
+
+    assert not checks_keys(off)
+    monkeypatch.delenv("TESSERA_SERVING__AUTH")
+    assert checks_keys(ServingSettings())
