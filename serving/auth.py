@@ -25,11 +25,11 @@ LIMITED = "tessera.retry_after"
 _BEARER = b"bearer "
 
 
-def token_of(headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]) -> bytes | None:
-    """The bearer token of a request's ASGI headers (names are lower-case there), or None."""
+def authorization_of(headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]) -> bytes | None:
+    """A request's ``Authorization`` header (ASGI names are lower-case), or None."""
     for name, value in headers:
         if name == b"authorization":
-            return value[7:].strip() if value[:7].lower() == _BEARER else None
+            return value
     return None
 
 
@@ -42,8 +42,13 @@ class Gate:
 
     def key_of(self, headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]) -> ApiKey | None:
         """The active key the request carries, or None (none, malformed, unknown, revoked)."""
-        token = token_of(headers)
-        return self.keys.verify(token) if token else None
+        return self.key_of_authorization(authorization_of(headers))
+
+    def key_of_authorization(self, authorization: bytes | None) -> ApiKey | None:
+        """The active key of an ``Authorization`` header's value: ``Bearer <key>`` (the scheme in any case)."""
+        if authorization is None or authorization[:7].lower() != _BEARER:
+            return None
+        return self.keys.verify(authorization[7:].strip())
 
     async def close(self) -> None:
         self.keys.stop()

@@ -43,11 +43,17 @@ _HEADERS = [(b"content-type", b"application/json")]
 _encode = msgspec.json.Encoder().encode
 
 
-def _content_length(scope: Scope) -> int | None:
+def _length_and_authorization(scope: Scope) -> tuple[int | None, bytes | None]:
+    """The first ``Content-Length`` (None: absent or not a number) and ``Authorization``, in one pass over the
+    headers (the key check rides on the scan the fast path made anyway)."""
+    length: bytes | None = None
+    authorization = None
     for name, value in scope["headers"]:
         if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
+            length = value if length is None else length
+        elif name == b"authorization":
+            authorization = value
+    return (int(length) if length is not None and length.isdigit() else None), authorization
 
 
 def _replaying(messages: list[Message], receive: Receive) -> Receive:
@@ -72,7 +78,7 @@ class PredictionFastPath:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH:
             await self.app(scope, receive, send)
             return
-        length = _content_length(scope)
+        length, authorization = _length_and_authorization(scope)
         runtime = self.runtime()
         if length is None or length > MAX_BODY_BYTES or runtime is None:
             await self.app(scope, receive, send)
@@ -80,13 +86,13 @@ class PredictionFastPath:
         started = time.perf_counter()
         gate = runtime.gate
         if gate is not None:  # the same check as the app's (serving.security), in the same order
-            key = gate.key_of(scope["headers"])
+            key = gate.key_of_authorization(authorization)
             if key is None:
                 await self.app(scope, receive, send)  # 401 there
                 return
             retry = None if gate.limiter.spend(key) else await gate.limiter.admit(key)
             scope[ADMITTED] = key  # type: ignore[literal-required]  # its token is taken: the route takes none
-            if retry is not None or not key.allows(PREDICT):
+            if retry is not None or PREDICT not in key.scopes:
                 if retry is not None:
                     scope[LIMITED] = retry  # type: ignore[literal-required]
                 await self.app(scope, receive, send)  # 429 or 403 there
