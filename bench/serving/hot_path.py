@@ -32,10 +32,10 @@ from testkit.serving import create_api_key
 ASGI = Any
 
 
-def _scope(body: bytes, with_length: bool, key: bytes | None) -> dict[str, Any]:
+def _scope(body: bytes, with_length: bool, authorization: tuple[bytes, bytes] | None) -> dict[str, Any]:
     headers = [(b"host", b"bench"), (b"content-type", b"application/json")]
-    if key:
-        headers.append((b"authorization", b"Bearer " + key))
+    if authorization:
+        headers.append(authorization)  # built once: a server receives the header's bytes as they are
     if with_length:
         headers.append((b"content-length", str(len(body)).encode()))
     return {
@@ -55,7 +55,7 @@ def _scope(body: bytes, with_length: bool, key: bytes | None) -> dict[str, Any]:
     }
 
 
-async def _request(app: ASGI, body: bytes, with_length: bool, key: bytes | None) -> int:
+async def _request(app: ASGI, body: bytes, with_length: bool, key: tuple[bytes, bytes] | None) -> int:
     delivered = False
     status = 0
 
@@ -77,7 +77,7 @@ async def _request(app: ASGI, body: bytes, with_length: bool, key: bytes | None)
 
 
 async def _run(ids: list[str], n: int, rounds: int = 5) -> dict[str, float]:
-    key = create_api_key(get_settings().catalog_dsn or "", "hot-path").encode()
+    key = (b"authorization", b"Bearer " + create_api_key(get_settings().catalog_dsn or "", "hot-path").encode())
     app = create_service()
     started, stop = asyncio.Event(), asyncio.Event()
     messages: list[dict[str, Any]] = []
