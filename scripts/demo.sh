@@ -13,8 +13,9 @@ echo
     --rows-per-day "${TESSERA_DEMO_ROWS_PER_DAY:-34000}" \
     --entities "${TESSERA_DEMO_ENTITIES:-50000}"
 
-# Serving: start the prediction service, score one real entity, stop it by PID. Runs only when a model is
-# promoted (the pipeline, when present, trains and promotes one before this step).
+# Serving: create an API key (printed once: it is yours to keep), start the prediction service, score one real
+# entity with the key, stop the service by PID. Runs only when a model is promoted (the pipeline, when present,
+# trains and promotes one before this step).
 demo_entity="$(.venv/bin/python - <<'PY' 2>/dev/null || true
 import psycopg
 from shardctl.store.registry import ModelRegistry
@@ -34,11 +35,14 @@ if model is not None:
 PY
 )"
 if [ -n "$demo_entity" ]; then
+    demo_key="$(.venv/bin/shardctl keys create "demo-$(date -u +%Y%m%d-%H%M%S)" --scope predict --scope models:read)"
+    echo "API key for the prediction service (shown once; the catalog keeps only its hash): $demo_key"
+    echo "  e.g. curl -H \"Authorization: Bearer \$KEY\" -H 'content-type: application/json' -d '{\"entity_id\": \"$demo_entity\"}' http://127.0.0.1:8000/v1/predictions"
     demo_port="$(.venv/bin/python -c 'from shardctl.process import free_port; print(free_port())')"
     .venv/bin/python -m serving --port "$demo_port" --workers 1 >/tmp/tessera-serving-demo.log 2>&1 &
     serving_pid=$!
-    .venv/bin/python - "$demo_port" "$demo_entity" <<'PY' && served=0 || served=$?
-import sys, time, httpx
+    TESSERA_DEMO_API_KEY="$demo_key" .venv/bin/python - "$demo_port" "$demo_entity" <<'PY' && served=0 || served=$?
+import os, sys, time, httpx
 
 port, entity = sys.argv[1], sys.argv[2]
 base = f"http://127.0.0.1:{port}"
@@ -49,7 +53,8 @@ for _ in range(120):
     except httpx.HTTPError:
         pass
     time.sleep(0.5)
-r = httpx.post(f"{base}/v1/predictions", json={"entity_id": entity}, timeout=10)
+auth = {"Authorization": f"Bearer {os.environ['TESSERA_DEMO_API_KEY']}"}  # from the environment, never argv
+r = httpx.post(f"{base}/v1/predictions", json={"entity_id": entity}, headers=auth, timeout=10)
 print(f"prediction for {entity}: HTTP {r.status_code} {r.text}")
 sys.exit(0 if r.status_code == 200 else 1)
 PY

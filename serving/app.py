@@ -16,6 +16,7 @@ from contextlib import asynccontextmanager
 from litestar import Litestar
 from litestar.config.app import AppConfig
 from litestar.di import Provide
+from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
 from litestar.plugins import InitPluginProtocol
 from litestar.types import ASGIApp
@@ -29,6 +30,7 @@ from serving.request_metrics import RequestMetrics
 from serving.runtime import ServingRuntime
 from serving.schemas import BatchItem, BatchResponse, ModelInfo, Prediction, PredictionRequest
 from serving.scoring import ModelHolder
+from serving.security import COMPONENTS, OPEN_PATHS, ApiKeyAuthentication, PerKeyRateLimit
 from serving.settings import ServingSettings
 from shardctl.settings import TesseraSettings, get_settings
 
@@ -77,9 +79,18 @@ class ServingPlugin(InitPluginProtocol):
         )
         app_config.lifespan.append(self.lifespan)
         app_config.middleware.extend([RequestMetrics, CompleteBodies])
+        if self.serving.auth:  # inside RequestMetrics: refusals are counted by status like any answer
+            app_config.middleware.extend(
+                [
+                    DefineMiddleware(ApiKeyAuthentication, runtime=self.opened_runtime, exclude=OPEN_PATHS),
+                    DefineMiddleware(PerKeyRateLimit, runtime=self.opened_runtime),
+                ]
+            )
         app_config.plugins.append(problem_details_plugin(self.serving.retry_after_seconds))
         app_config.exception_handlers.update(exception_handlers())
-        app_config.openapi_config = OpenAPIConfig(title="Tessera prediction service", version="1.0.0")
+        app_config.openapi_config = OpenAPIConfig(
+            title="Tessera prediction service", version="1.0.0", components=COMPONENTS
+        )
         app_config.debug = False
         return app_config
 

@@ -58,6 +58,10 @@ class CacheLookup(NamedTuple):
 
 
 NOT_CACHED = CacheLookup(None, 0, 0, None)
+# Every key serving writes in Redis starts with one of these, all under serving's prefix (the stack's Redis ACL
+# lets serving's user touch nothing else): feature versions, predictions, and the per-key rate limit windows
+# (``serving/rate_limit.py``).
+KEY_PREFIXES = tuple(f"{SERVING_PREFIX}{kind}" for kind in ("fv:", "pred:", "rl:"))
 
 # Both lookups of an entity in one round trip: its version entry with the milliseconds Redis keeps it (PTTL),
 # then the prediction stored under that version. (The prediction keys are built in the script, so this assumes

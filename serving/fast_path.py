@@ -7,6 +7,11 @@ cores shared with the load generator, hits were the one scenario the FastAPI bas
 The route itself stays Litestar's: its OpenAPI, its validation and its error contract (problem details,
 status codes, ``Retry-After``).
 
+Authentication and rate limits first, with the app's own check (``serving.auth``), before the body is read: a
+request without an active key with the ``predict`` scope, or over its key's rate limit, goes on to the Litestar
+route, which renders the 401, 403 or 429; a request admitted here took its rate-limit token, and says so in the
+scope so the route takes none.
+
 What it answers: only a well-formed single-entity body (the same msgspec decoder as the route) whose outcome is
 a prediction, with the bytes and headers the route sends. Everything else goes on to the Litestar app with the
 body replayed: other routes and methods, batches, bodies without a small ``Content-Length``, malformed bodies,
@@ -23,11 +28,13 @@ import msgspec
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from msgspec import UNSET
 
+from serving.auth import ADMITTED, LIMITED
 from serving.predictor import Outcome
 from serving.request_metrics import record_request
 from serving.runtime import ServingRuntime
 from serving.schemas import decode_request, prediction_of
 from serving.scoring import LoadedModel
+from shardctl.store.api_keys import PREDICT
 
 PATH = "/v1/predictions"
 MAX_BODY_BYTES = 4096  # a single-entity body is < 300 bytes; anything larger takes the full route
@@ -36,11 +43,17 @@ _HEADERS = [(b"content-type", b"application/json")]
 _encode = msgspec.json.Encoder().encode
 
 
-def _content_length(scope: Scope) -> int | None:
+def _length_and_authorization(scope: Scope) -> tuple[int | None, bytes | None]:
+    """The first ``Content-Length`` (None: absent or not a number) and ``Authorization``, in one pass over the
+    headers (the key check rides on the scan the fast path made anyway)."""
+    length: bytes | None = None
+    authorization = None
     for name, value in scope["headers"]:
         if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
+            length = value if length is None else length
+        elif name == b"authorization":
+            authorization = value
+    return (int(length) if length is not None and length.isdigit() else None), authorization
 
 
 def _replaying(messages: list[Message], receive: Receive) -> Receive:
@@ -65,12 +78,25 @@ class PredictionFastPath:
         if scope["type"] != "http" or scope["method"] != "POST" or scope["path"] != PATH:
             await self.app(scope, receive, send)
             return
-        length = _content_length(scope)
+        length, authorization = _length_and_authorization(scope)
         runtime = self.runtime()
         if length is None or length > MAX_BODY_BYTES or runtime is None:
             await self.app(scope, receive, send)
             return
         started = time.perf_counter()
+        gate = runtime.gate
+        if gate is not None:  # the same check as the app's (serving.security), in the same order
+            key = gate.key_of_authorization(authorization)
+            if key is None:
+                await self.app(scope, receive, send)  # 401 there
+                return
+            retry = None if gate.limiter.spend(key) else await gate.limiter.admit(key)
+            scope[ADMITTED] = key  # type: ignore[literal-required]  # its token is taken: the route takes none
+            if retry is not None or PREDICT not in key.scopes:
+                if retry is not None:
+                    scope[LIMITED] = retry  # type: ignore[literal-required]
+                await self.app(scope, receive, send)  # 429 or 403 there
+                return
         messages: list[Message] = []
         chunks: list[bytes] = []
         while True:

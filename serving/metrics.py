@@ -45,3 +45,9 @@ CHANGE_STREAM_LIVE = Gauge(
     multiprocess_mode="min",
 )
 INVALIDATED_ENTITIES = Counter("tessera_invalidated_entities_total", "Entities dropped from the caches by changes")
+API_KEYS_ACTIVE = Gauge(
+    "tessera_api_keys_active", "Active API keys in the worker's copy of the key table", multiprocess_mode="max"
+)
+RATE_LIMIT_UNCHECKED = Counter(
+    "tessera_rate_limit_unchecked_total", "Requests admitted without a rate-limit check because Redis did not answer"
+)

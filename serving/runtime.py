@@ -11,17 +11,21 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 from serving import metrics
+from serving.auth import Gate
 from serving.cache import PredictionCache
 from serving.features import FeatureSource
 from serving.freshness import Freshness
 from serving.invalidation import ChangeConsumer
 from serving.local_cache import LocalPredictionCache
 from serving.predictor import Predictor
+from serving.rate_limit import RateLimiter
 from serving.scoring import ModelHolder
 from serving.settings import ServingSettings
 from shardctl.credentials import with_credentials
 from shardctl.java import JavaSettings
 from shardctl.settings import TesseraSettings
+from shardctl.store.api_keys import parse_rate
+from shardctl.store.key_ring import KeyRing
 from shardctl.store.notify import NotificationListener
 from shardctl.store.registry import PROMOTION_CHANNEL, ModelRegistry
 
@@ -44,6 +48,21 @@ def _settle_interpreter(switch_interval_ms: float) -> None:
 log = logging.getLogger(__name__)
 
 
+async def open_gate(
+    settings: TesseraSettings, serving: ServingSettings, catalog_dsn: str, io_pool: ThreadPoolExecutor
+) -> Gate | None:
+    """The worker's copy of the API keys (read now, then refreshed) and its rate limiter; None when turned off."""
+    if not serving.auth:
+        log.warning(
+            "AUTHENTICATION IS OFF (TESSERA_SERVING__AUTH=false): every route answers without an API key and "
+            "without rate limits. Never run a reachable service like this."
+        )
+        return None
+    keys = KeyRing(catalog_dsn, refresh_seconds=serving.auth_refresh_seconds, on_refresh=metrics.API_KEYS_ACTIVE.set)
+    await asyncio.get_running_loop().run_in_executor(io_pool, keys.start)
+    return Gate(keys, RateLimiter(settings.redis_url, parse_rate(serving.rate_limit)))
+
+
 @dataclass
 class ServingRuntime:
     """One worker's open parts, from startup to shutdown; route handlers receive it (or its model holder) by
@@ -57,6 +76,7 @@ class ServingRuntime:
     listener: NotificationListener
     catalog_dsn: str  # with serving's credentials
     consumer: ChangeConsumer | None = None
+    gate: Gate | None = None  # None: authentication is off (``serving.auth``)
 
     @classmethod
     async def open(cls, settings: TesseraSettings, serving: ServingSettings | None = None) -> ServingRuntime:
@@ -110,8 +130,9 @@ class ServingRuntime:
                 poll_interval_seconds=serving.invalidation_poll_ms / 1000,
             ).start()
         listener.start()
+        gate = await open_gate(settings, serving, catalog_dsn, io_pool)
         _settle_interpreter(serving.gil_switch_interval_ms)
-        return cls(settings, serving, predictor, io_pool, scoring_pool, listener, catalog_dsn, consumer)
+        return cls(settings, serving, predictor, io_pool, scoring_pool, listener, catalog_dsn, consumer, gate)
 
     def catalog_connected(self) -> bool:
         """Whether the promotion listener holds its catalog connection (reported by ``/readyz`` and as a metric;
@@ -122,6 +143,8 @@ class ServingRuntime:
 
     async def close(self) -> None:
         self.listener.stop()
+        if self.gate is not None:
+            await self.gate.close()
         if self.consumer is not None:
             await self.consumer.stop()
         await self.predictor.drain()

@@ -12,6 +12,8 @@ from pydantic import Field, SecretStr
 from shardctl.credentials import DbCredentialFields
 from shardctl.settings import SectionSettings, section_config
 
+RATE_PATTERN = r"^[1-9][0-9]{0,8}/(s|min|h)$"  # shardctl.store.api_keys.parse_rate reads it
+
 
 class ServingSettings(SectionSettings, DbCredentialFields):
     """The prediction service's listener, process and thread counts, request limits, and the database role it
@@ -71,3 +73,9 @@ class ServingSettings(SectionSettings, DbCredentialFields):
         if self.redis_password_file is not None:
             return self.redis_username, self.redis_password_file.read_text().strip()
         return self.redis_username, None
+
+    # API keys (serving/security.py): on unless turned off explicitly (then a warning at every worker's start).
+    # A revoked key is refused within auth_refresh_seconds; rate_limit is each key's unless it has its own.
+    auth: bool = True
+    auth_refresh_seconds: float = Field(default=1.0, gt=0, le=60)
+    rate_limit: str = Field(default="1000/s", pattern=RATE_PATTERN)

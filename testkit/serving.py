@@ -2,7 +2,9 @@
 its own with its output in a log file, ready once a path answers 200, stopped by PID (SIGTERM, then SIGKILL).
 
 The tests and the benchmarks start ``python -m serving`` (Granian) the way an operator does, so what they
-measure is the real server; one launcher keeps them starting it the same way.
+measure is the real server; one launcher keeps them starting it the same way. The service needs an API key on
+every route but the probes: ``create_api_key`` makes one in the catalog, and a ``PredictionService`` given it
+sends it on every request of its ``client`` (``auth_headers`` for other clients).
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import os
 import ssl
 import subprocess
 import sys
+import uuid
 from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
@@ -19,6 +22,7 @@ import httpx
 
 from shardctl.java import find_java_home
 from shardctl.process import stop_pid, wait_until
+from shardctl.store.api_keys import SCOPES, KeyStore, parse_rate
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -34,20 +38,46 @@ def service_env(settings_file: Path | str, port: int | None = None, **extra: str
     return env
 
 
-class ServerProcess:
-    """An HTTP server started from ``argv`` in the repository, its stdout and stderr in ``log``. With ``ca_file``
-    it speaks HTTPS and ``client`` trusts only that CA (it verifies the certificate names 127.0.0.1)."""
+def create_api_key(
+    catalog_dsn: str, name: str = "tests", scopes: Sequence[str] = SCOPES, rate: str | None = "1000000/s"
+) -> str:
+    """A new API key (every scope and a limit no test reaches, unless told otherwise), named ``name`` plus a
+    unique suffix; returns the key itself."""
+    store = KeyStore(catalog_dsn)
+    store.ensure_schema()
+    _, token = store.create(f"{name}-{uuid.uuid4().hex[:8]}", tuple(scopes), parse_rate(rate) if rate else None)
+    return token
 
-    def __init__(self, argv: Sequence[str], env: dict[str, str], port: int, log: Path, ca_file: Path | None = None):
+
+def bearer(api_key: str | None) -> dict[str, str]:
+    """The header that carries ``api_key`` (none without one)."""
+    return {"Authorization": f"Bearer {api_key}"} if api_key else {}
+
+
+class ServerProcess:
+    """An HTTP server started from ``argv`` in the repository, its stdout and stderr in ``log``; its ``client``
+    sends ``api_key`` with every request when given one. With ``ca_file`` it speaks HTTPS and ``client`` trusts
+    only that CA (it verifies the certificate names 127.0.0.1)."""
+
+    def __init__(
+        self,
+        argv: Sequence[str],
+        env: dict[str, str],
+        port: int,
+        log: Path,
+        api_key: str | None = None,
+        ca_file: Path | None = None,
+    ):
         self.port = port
         self.url = f"{'https' if ca_file else 'http'}://127.0.0.1:{port}"
         self.log = log
+        self.auth_headers = bearer(api_key)
         with log.open("wb") as sink:
             self.proc = subprocess.Popen(
                 list(argv), cwd=REPO, env=env, stdout=sink, stderr=subprocess.STDOUT, start_new_session=True
             )
         verify = ssl.create_default_context(cafile=str(ca_file)) if ca_file else True
-        self.client = httpx.Client(base_url=self.url, timeout=10, verify=verify)
+        self.client = httpx.Client(base_url=self.url, timeout=10, verify=verify, headers=self.auth_headers)
 
     @property
     def pid(self) -> int:
@@ -89,15 +119,22 @@ class ServerProcess:
 
 class PredictionService(ServerProcess):
     """``python -m serving``: Tessera's prediction service on Granian, configured by ``env``
-    (see `service_env`); ``args`` go to its command line. When ``env`` asks for HTTPS
-    (``TESSERA_SERVING__TLS_CERTIFICATE``), ``ca_file`` is the CA its client verifies the service with."""
+    (see `service_env`); ``args`` go to its command line; ``api_key`` rides on its client's requests. When
+    ``env`` asks for HTTPS (``TESSERA_SERVING__TLS_CERTIFICATE``), ``ca_file`` is the CA its client verifies the
+    service with."""
 
     def __init__(
-        self, env: dict[str, str], port: int, log: Path, args: Sequence[str] = (), ca_file: Path | None = None
+        self,
+        env: dict[str, str],
+        port: int,
+        log: Path,
+        args: Sequence[str] = (),
+        api_key: str | None = None,
+        ca_file: Path | None = None,
     ):
         if bool(env.get("TESSERA_SERVING__TLS_CERTIFICATE")) != (ca_file is not None):
             raise ValueError("an HTTPS service needs the CA its client verifies it with, and only an HTTPS one")
-        super().__init__([sys.executable, "-m", "serving", *args], env, port, log, ca_file)
+        super().__init__([sys.executable, "-m", "serving", *args], env, port, log, api_key, ca_file)
 
     def __enter__(self) -> PredictionService:
         return self

@@ -122,9 +122,18 @@ class OpenLoopClient(threading.Thread):
     """POSTs ``/v1/predictions`` batches of ``batch`` ids at ``rate`` requests a second (open loop) and counts
     every outcome; a request is ok only if the answer is 200 and every item of it is 200."""
 
-    def __init__(self, base_url: str, entity_ids: Sequence[str], *, rate: float = 10.0, batch: int = 10):
+    def __init__(
+        self,
+        base_url: str,
+        entity_ids: Sequence[str],
+        *,
+        rate: float = 10.0,
+        batch: int = 10,
+        headers: dict[str, str] | None = None,
+    ):
         super().__init__(name="open-loop-client", daemon=True)
         self.base_url = base_url
+        self.headers = headers or {}  # the API key (testkit.serving.bearer)
         self.entity_ids = list(entity_ids)
         self.rate = rate
         self.batch = batch
@@ -137,7 +146,7 @@ class OpenLoopClient(threading.Thread):
     async def _run(self) -> None:
         rng = random.Random(7)
         pending: set[asyncio.Task] = set()
-        async with httpx.AsyncClient(base_url=self.base_url, timeout=30) as client:
+        async with httpx.AsyncClient(base_url=self.base_url, timeout=30, headers=self.headers) as client:
             start = time.monotonic()
             for i in itertools.count():
                 if self._halt.is_set():

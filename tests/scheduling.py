@@ -38,6 +38,11 @@ SHARED_FIXTURE_GROUPS: dict[str, tuple[str, ...]] = {
     ),
     # (`tests/orchestration/test_shard_migration_job.py` runs its own stack and webserver: a unit of its own.)
     "asset-graph-ui": ("tests/orchestration/test_dagster_ui.py",),
+    # `service`: the serving tests' stack, trained models and prediction service; the API key tests ask it too.
+    "serving-api": (
+        "tests/serving/test_api.py",
+        "tests/serving/test_auth.py",
+    ),
 }
 
 # Units measured at a minute or more on 2 cores, longest first; every other unit follows in collection order.

@@ -94,6 +94,9 @@ COMMANDS = [
     ["models", "show", "1"],
     ["models", "promote", "1"],
     ["models", "rollback"],
+    ["keys", "list", "--json"],
+    ["keys", "create", "k1"],
+    ["keys", "revoke", "k1", "--force"],
 ]
 
 

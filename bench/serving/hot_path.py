@@ -1,12 +1,15 @@
 """The hot path's own CPU: a cached single prediction through the service's ASGI app, in process (no server, no
 network), answered by the fast path and by the Litestar route (typed dependency injection, router, response
-object) it stands in front of.
+object) it stands in front of; and the fast path with the API key check and rate limit (``serving.auth``) beside
+the same path with them off, in the same process, interleaved, so their ratio is what authentication costs.
 
     TESSERA_SETTINGS_FILE=... PYTHONPATH=. .venv/bin/python bench/serving/hot_path.py --ids ids.json [--json out]
 
 Opens the worker's runtime through the app's own lifespan, asks each entity of ``--ids`` (a JSON list; they must
 have features) twice so later calls are memory-tier hits, then times N calls of each variant. The route variant
-sends the same body without ``Content-Length``, which the fast path leaves to Litestar.
+sends the same body without ``Content-Length``, which the fast path leaves to Litestar. The key is a fresh one
+with a limit no run reaches (the limiter's leases are in the figure, its refusals never); "auth off" is the
+same worker with its gate removed (what ``TESSERA_SERVING__AUTH=false`` gives the fast path).
 """
 
 from __future__ import annotations
@@ -23,12 +26,16 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
 from bench.serving.in_process import exit_with
 from serving.app import create_service
+from shardctl.settings import get_settings
+from testkit.serving import create_api_key
 
 ASGI = Any
 
 
-def _scope(body: bytes, with_length: bool) -> dict[str, Any]:
+def _scope(body: bytes, with_length: bool, authorization: tuple[bytes, bytes] | None) -> dict[str, Any]:
     headers = [(b"host", b"bench"), (b"content-type", b"application/json")]
+    if authorization:
+        headers.append(authorization)  # built once: a server receives the header's bytes as they are
     if with_length:
         headers.append((b"content-length", str(len(body)).encode()))
     return {
@@ -48,7 +55,7 @@ def _scope(body: bytes, with_length: bool) -> dict[str, Any]:
     }
 
 
-async def _request(app: ASGI, body: bytes, with_length: bool) -> int:
+async def _request(app: ASGI, body: bytes, with_length: bool, key: tuple[bytes, bytes] | None) -> int:
     delivered = False
     status = 0
 
@@ -65,11 +72,12 @@ async def _request(app: ASGI, body: bytes, with_length: bool) -> int:
         if message["type"] == "http.response.start":
             status = message["status"]
 
-    await app(_scope(body, with_length), receive, send)
+    await app(_scope(body, with_length, key), receive, send)
     return status
 
 
-async def _run(ids: list[str], n: int) -> dict[str, float]:
+async def _run(ids: list[str], n: int, rounds: int = 5) -> dict[str, float]:
+    key = (b"authorization", b"Bearer " + create_api_key(get_settings().catalog_dsn or "", "hot-path").encode())
     app = create_service()
     started, stop = asyncio.Event(), asyncio.Event()
     messages: list[dict[str, Any]] = []
@@ -90,17 +98,37 @@ async def _run(ids: list[str], n: int) -> dict[str, float]:
     if messages[0]["type"] != "lifespan.startup.complete":
         raise RuntimeError(f"the app did not start: {messages[0]}")
     try:
+        runtime = app.app.runtime()  # CountInFlight -> PredictionFastPath -> the worker's runtime
+        gate = runtime.gate
         bodies = [json.dumps({"entity_id": e}).encode() for e in ids]
         for body in bodies * 2:
-            if await _request(app, body, True) != 200:
+            if await _request(app, body, True, key) != 200:
                 raise RuntimeError(f"{body!r} is not answered 200: give ids that have features")
-        out = {}
-        for name, with_length in (("fast path", True), ("Litestar route", False)):
-            cpu = time.process_time()
-            for k in range(n):
-                await _request(app, bodies[k % len(bodies)], with_length)
-            out[name] = (time.process_time() - cpu) / n * 1e6
-            print(f"  cached single prediction, {name:>15}: {out[name]:6.1f} us CPU per request", flush=True)
+
+        async def cpu_us(with_length: bool, auth: bool, count: int) -> float:
+            runtime.gate = gate if auth else None
+            try:
+                cpu = time.process_time()
+                for k in range(count):
+                    status = await _request(app, bodies[k % len(bodies)], with_length, key if auth else None)
+                    if status != 200:
+                        raise RuntimeError(f"answered {status}")
+                return (time.process_time() - cpu) / count * 1e6
+            finally:
+                runtime.gate = gate
+
+        out = {"Litestar route": await cpu_us(False, True, n)}
+        # The two fast-path variants alternate in rounds, so a machine's drift touches both alike.
+        with_auth, without = [], []
+        for _ in range(rounds):
+            with_auth.append(await cpu_us(True, True, n // rounds))
+            without.append(await cpu_us(True, False, n // rounds))
+        out["fast path"] = sorted(with_auth)[rounds // 2]
+        out["fast path, auth off"] = sorted(without)[rounds // 2]
+        out["auth CPU ratio"] = out["fast path"] / out["fast path, auth off"]
+        for name in ("fast path", "fast path, auth off", "Litestar route"):
+            print(f"  cached single prediction, {name:>19}: {out[name]:6.1f} us CPU per request", flush=True)
+        print(f"  the API key check and rate limit: x{out['auth CPU ratio']:.3f} CPU on the fast path", flush=True)
         return out
     finally:
         stop.set()

@@ -33,6 +33,7 @@ class Scenario:
     zipf_s: float = 1.1
     path: str = "/v1/predictions"
     ids: tuple[str, ...] = ()  # the entity ids to ask for (index i -> ids[i]); empty: ``entity_name(i)``
+    api_key: str = ""  # sent as ``Authorization: Bearer`` when set (every app under test gets it)
 
     def entity(self, i: int) -> str:
         return self.ids[i % len(self.ids)] if self.ids else entity_name(i)
@@ -82,8 +83,10 @@ async def _run(host, port, scenario, rate, duration, conns, proc, procs, start_i
     loop = asyncio.get_running_loop()
     hist = HdrHistogram(1, MAX_US, 3)
     body = _body_source(scenario, proc, procs, start_index)
+    auth = f"Authorization: Bearer {scenario.api_key}\r\n" if scenario.api_key else ""
     head = (
-        f"POST {scenario.path} HTTP/1.1\r\nHost: {host}:{port}\r\nContent-Type: application/json\r\nContent-Length: "
+        f"POST {scenario.path} HTTP/1.1\r\nHost: {host}:{port}\r\n{auth}Content-Type: application/json\r\n"
+        "Content-Length: "
     ).encode()
     counts = {"done": 0, "errors": 0}
     # Map the wall-clock start shared by all processes onto this loop's clock.

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from litestar import Controller, get
 
-from serving.controllers.openapi import Models, RetryAfterDocumented, problem
+from serving.controllers.openapi import Models, RetryAfterDocumented, key_errors, problem
 from serving.errors import NoModelError
 from serving.schemas import ModelInfo
+from serving.security import SECURITY, requires
+from shardctl.store.api_keys import MODELS_READ
 
 
 class ModelController(Controller):
@@ -14,12 +16,14 @@ class ModelController(Controller):
 
     path = "/v1/models"
     tags = ["models"]
+    guards = [requires(MODELS_READ)]
+    security = SECURITY
 
     @get(
         "/current",
         operation_id="getCurrentModel",
         summary="The promoted model this worker serves",
-        responses={503: problem("No model is promoted yet: ask again after Retry-After")},
+        responses={**key_errors(), 503: problem("No model is promoted yet: ask again after Retry-After")},
         operation_class=RetryAfterDocumented,
     )
     async def current(self, models: Models) -> ModelInfo:

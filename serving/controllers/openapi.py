@@ -34,15 +34,25 @@ def problem(description: str) -> ResponseSpec:
     return ResponseSpec(ProblemDetail, description=description, media_type=PROBLEM_JSON, generate_examples=False)
 
 
+def key_errors() -> dict[int, ResponseSpec]:
+    """The answers of a route that needs an API key (``serving.security``)."""
+    return {
+        401: problem("No valid API key: send `Authorization: Bearer <key>`"),
+        403: problem("The API key lacks the scope this route needs"),
+        429: problem("The API key is over its rate limit: ask again after Retry-After"),
+    }
+
+
 @dataclass
 class RetryAfterDocumented(Operation):
-    """An operation whose 503 answers carry ``Retry-After`` (seconds), documented as such in the OpenAPI."""
+    """An operation whose 503 and 429 answers carry ``Retry-After`` (seconds), documented as such in the OpenAPI."""
 
     def __post_init__(self) -> None:
-        unavailable = (self.responses or {}).get("503")
-        if isinstance(unavailable, OpenAPIResponse):
-            retry = OpenAPIHeader(schema=Schema(type=OpenAPIType.STRING), description="seconds", required=True)
-            unavailable.headers = {"Retry-After": retry}
+        for status in ("503", "429"):
+            answer = (self.responses or {}).get(status)
+            if isinstance(answer, OpenAPIResponse):
+                retry = OpenAPIHeader(schema=Schema(type=OpenAPIType.STRING), description="seconds", required=True)
+                answer.headers = {"Retry-After": retry}
 
 
 @dataclass

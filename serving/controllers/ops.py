@@ -1,4 +1,5 @@
-"""The operator's endpoints: liveness and readiness for the orchestrator's probes, metrics for Prometheus."""
+"""The operator's endpoints: liveness and readiness for the orchestrator's probes (open: probes carry no
+credentials), metrics for Prometheus (an API key with the ``metrics`` scope)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from litestar.plugins.prometheus import PrometheusController
 
 from serving.controllers.openapi import Runtime
 from serving.schemas import Health
+from serving.security import requires
+from shardctl.store.api_keys import METRICS
 
 
 class OpsController(Controller):
@@ -16,7 +19,8 @@ class OpsController(Controller):
     path = "/"
     tags = ["operations"]
 
-    @get("/healthz", operation_id="checkLiveness", summary="Liveness: the process answers")
+    # exclude_from_auth: serving.security lets probes in without a key.
+    @get("/healthz", operation_id="checkLiveness", summary="Liveness: the process answers", exclude_from_auth=True)
     async def healthz(self) -> Health:
         return Health("ok")
 
@@ -25,6 +29,7 @@ class OpsController(Controller):
         operation_id="checkReadiness",
         summary="Readiness: a model is loaded and the worker serves; the catalog's state is reported, not required",
         responses={503: ResponseSpec(Health, description="No model is loaded yet")},
+        exclude_from_auth=True,
     )
     async def readyz(self, runtime: Runtime) -> Response[Health]:
         # Predictions need the shards, Redis and the loaded model, not the catalog: a catalog outage must not take
@@ -41,3 +46,4 @@ class MetricsController(PrometheusController):
     """``/metrics`` for Prometheus (text exposition format): an operator's endpoint, not in the API's schema."""
 
     include_in_schema = False
+    guards = [requires(METRICS)]

@@ -8,12 +8,14 @@ from litestar import Controller, Request, post
 from litestar.exceptions import ValidationException
 from msgspec import UNSET
 
-from serving.controllers.openapi import PredictOperation, Runtime, problem
+from serving.controllers.openapi import PredictOperation, Runtime, key_errors, problem
 from serving.fast_path import HANDED_OVER, PATH
 from serving.http_errors import status_of
 from serving.predictor import Outcome
 from serving.schemas import BatchItem, BatchResponse, Prediction, decode_request, prediction_of
 from serving.scoring import LoadedModel
+from serving.security import SECURITY, requires
+from shardctl.store.api_keys import PREDICT
 
 _encode = msgspec.json.Encoder().encode
 
@@ -35,6 +37,8 @@ class PredictionController(Controller):
 
     path = PATH
     tags = ["predictions"]
+    guards = [requires(PREDICT)]
+    security = SECURITY
 
     @post(
         operation_id="predict",
@@ -46,6 +50,7 @@ class PredictionController(Controller):
             "item. 422 for a malformed body; 503 when no model is promoted."
         ),
         responses={
+            **key_errors(),
             404: problem("The entity has no features"),
             413: problem("The body is over the request size limit (10 MB)"),
             422: problem("The body is not a prediction request (the reason in detail)"),

@@ -10,6 +10,7 @@ import click
 
 from shardctl.cli.backup import backup
 from shardctl.cli.ha import ha
+from shardctl.cli.keys import keys
 from shardctl.cli.migrate import migrate
 from shardctl.cli.models import models
 from shardctl.cli.options import ShardctlGroup
@@ -24,5 +25,5 @@ def main() -> None:
     """Tessera's sharded feature store and its control plane."""
 
 
-for _group in (stack, ha, shards, roles, servers, migrate, models, backup, restore):
+for _group in (stack, ha, shards, roles, servers, migrate, models, keys, backup, restore):
     main.add_command(_group)

@@ -12,6 +12,7 @@ from collections.abc import Iterable, Sequence
 import psycopg
 
 from shardctl.credentials import DbCredentials, with_credentials
+from shardctl.store.api_keys import KeyStore
 from shardctl.store.grants import grant_catalog_privileges
 from shardctl.store.reader import FeatureReader, ReadResult
 from shardctl.store.registry import ModelRegistry
@@ -22,12 +23,13 @@ from shardctl.store.writer_settings import WriterSettings
 
 
 def prepare(catalog_dsn: str, shard_dsns: Sequence[str] | None = None, settings=None) -> ShardMap:
-    """Make a topology ready to use (idempotent): catalog tables (shard map, model registry), an epoch-1 map if
-    none, schema on every shard, and the parts' grants on both (``shardctl.store.grants``). Needs the control
-    plane's credentials (it creates tables): pass a DSN that carries them."""
+    """Make a topology ready to use (idempotent): catalog tables (shard map, model registry, API keys), an epoch-1
+    map if none, schema on every shard, and the parts' grants on both (``shardctl.store.grants``). Needs the
+    control plane's credentials (it creates tables): pass a DSN that carries them."""
     maps = ShardMapStore(catalog_dsn)
     maps.ensure_schema()
     ModelRegistry(catalog_dsn).ensure_schema()
+    KeyStore(catalog_dsn).ensure_schema()
     with psycopg.connect(catalog_dsn, autocommit=True, connect_timeout=5) as conn:
         grant_catalog_privileges(conn)
     current = maps.initialize_from_settings(settings) if settings is not None else maps.initialize(shard_dsns or ())

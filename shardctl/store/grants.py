@@ -57,6 +57,8 @@ _ALIASES = {SERVING_ROLE: ("SELECT",), PIPELINE_ROLE: ("SELECT", "INSERT", "UPDA
 # The lifecycle's records (comparisons, promotions and rollbacks) are append-only for the pipeline: it can add
 # its own, never rewrite history; serving reads none of them.
 _RECORDS = {PIPELINE_ROLE: ("SELECT", "INSERT")}
+# API keys (digests only): serving reads them to check requests; only the control plane (`shardctl keys`) writes.
+_API_KEYS_READ = {SERVING_ROLE: ("SELECT",)}
 
 # table -> role -> privileges, in the catalog database. Orchestration's own tables (raw events, labels,
 # training sets) are created, so owned, by the pipeline's role: nobody else needs a grant on them.
@@ -72,6 +74,7 @@ CATALOG_GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
     "model_aliases": _ALIASES,
     "model_evaluations": _RECORDS,
     "model_promotions": _RECORDS,
+    "tessera_api_keys": _API_KEYS_READ,
 }
 # Roles that may create tables in the catalog's public schema (their own, nobody else's).
 CATALOG_CREATORS = (PIPELINE_ROLE,)

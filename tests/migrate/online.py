@@ -23,7 +23,7 @@ from shardctl.store import FeatureStore
 from shardctl.store.registry import ModelRegistry
 from shardctl.store.shardmap import ShardMapStore
 from shardctl.store.writer import FeatureRow
-from testkit.serving import PredictionService, service_env
+from testkit.serving import PredictionService, create_api_key, service_env
 from testkit.traffic import (
     T0,
     Audit,
@@ -126,7 +126,8 @@ def online_env(stack: Stack, settings: TesseraSettings, models_dir: Path, log_di
         # Cached features older than a second are read again: the service keeps reading the moving shards.
         TESSERA_SERVING__FEATURE_VERSION_TTL_SECONDS="1.0",
     )
-    with PredictionService(env, port, log_dir / "serving.log") as service:
+    api_key = create_api_key(settings.catalog_dsn or "", "migration-traffic")
+    with PredictionService(env, port, log_dir / "serving.log", api_key=api_key) as service:
         service.wait_ready("/readyz")
         yield OnlineEnv(stack, settings, service)
 
@@ -153,7 +154,9 @@ def migrate_under_load(
     with FeatureStore.open(env.settings, prepare_topology=False) as store:
         writer = SteadyWriter(store, written_set(to_servers))
         writer.seed_rows(seed_rows)
-        client = OpenLoopClient(env.service.url, [served_id(i) for i in range(SERVED_ENTITIES)])
+        client = OpenLoopClient(
+            env.service.url, [served_id(i) for i in range(SERVED_ENTITIES)], headers=env.service.auth_headers
+        )
         writer.start()
         client.start()
         try:

@@ -28,7 +28,7 @@ from shardctl.stack.redis_server import RedisServer
 from shardctl.store import FeatureStore
 from shardctl.store.registry import ModelRegistry, ModelVersion
 from shardctl.store.writer import FeatureRow
-from testkit.serving import PredictionService
+from testkit.serving import PredictionService, create_api_key
 from testkit.serving import service_env as launcher_env
 
 FEATURE_SET = "serving_test_v1"
@@ -209,11 +209,18 @@ def service_env(settings: TesseraSettings, redis_url: str, port: int, **extra: s
 
 
 @pytest.fixture(scope="session")
-def service(serving_stack, own_redis, models, tmp_path_factory) -> Iterator[PredictionService]:
+def api_key(serving_stack) -> str:
+    """The tests' API key: every scope, a rate limit no test reaches (tests of the limits make their own)."""
+    _, settings = serving_stack
+    return create_api_key(settings.catalog_dsn or "", "serving-tests")
+
+
+@pytest.fixture(scope="session")
+def service(serving_stack, own_redis, models, api_key, tmp_path_factory) -> Iterator[PredictionService]:
     _stack, settings = serving_stack
     port = free_port()
     log = tmp_path_factory.mktemp("svc") / "serving.log"
-    with PredictionService(service_env(settings, own_redis.url, port), port, log) as svc:
+    with PredictionService(service_env(settings, own_redis.url, port), port, log, api_key=api_key) as svc:
         svc.wait_ready("/readyz")
         yield svc
 

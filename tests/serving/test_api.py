@@ -139,7 +139,7 @@ def test_concurrent_misses_score_once(service, serving_stack, trained, models):
         barrier = threading.Barrier(24, action=lambda released=released: released.append(time.monotonic()))
 
         def call(_: int, entity: str = entity, barrier: threading.Barrier = barrier) -> httpx.Response:
-            with httpx.Client(base_url=service.url, timeout=10) as client:
+            with httpx.Client(base_url=service.url, timeout=10, headers=service.auth_headers) as client:
                 barrier.wait()
                 return client.post("/v1/predictions", json={"entity_id": entity})
 
@@ -203,7 +203,7 @@ def test_promotion_hot_swaps_with_no_failed_request(service, serving_stack, trai
     answers_lock = threading.Lock()
 
     def hammer() -> int:
-        with httpx.Client(base_url=service.url, timeout=10) as client:
+        with httpx.Client(base_url=service.url, timeout=10, headers=service.auth_headers) as client:
             sent = 0
             while not stop.is_set():
                 at = time.monotonic()

@@ -141,12 +141,12 @@ def test_oversized_batch_is_422_naming_the_limit(service):
 
 
 @pytest.mark.req("JTBD-02.errors")
-def test_no_promoted_model_is_503_with_a_message(serving_stack, own_redis, models, tmp_path):
+def test_no_promoted_model_is_503_with_a_message(serving_stack, own_redis, models, api_key, tmp_path):
     """A service whose model name has no promoted version: predict and model info 503, not ready, still live."""
     _, settings = serving_stack
     port = free_port()
     env = service_env(settings, own_redis.url, port, TESSERA_MODEL_NAME="never_promoted")
-    svc = PredictionService(env, port, tmp_path / "serving.log")
+    svc = PredictionService(env, port, tmp_path / "serving.log", api_key=api_key)
     try:
         svc.wait_ready("/healthz")
         response = svc.client.post("/v1/predictions", json={"entity_id": entity_id(1)})
@@ -186,6 +186,15 @@ def _content_length(answer: bytes) -> int:
 
 
 HEAD = b"POST /v1/predictions HTTP/1.1\r\nHost: test\r\nContent-Type: application/json\r\n"
+
+
+def _with_key(request: bytes, service) -> bytes:
+    """``request`` with the service's API key after its request line (else it is a 401 before its body is read)."""
+    line, _, rest = request.partition(b"\r\n")
+    (name, value), *_ = service.auth_headers.items()
+    return line + f"\r\n{name}: {value}\r\n".encode() + rest
+
+
 BROKEN_FRAMING = [
     (
         "malformed chunk size",
@@ -202,7 +211,7 @@ def test_a_broken_body_framing_is_the_clients_error_never_a_5xx(service, case, r
     """Granian reports a body that never arrives whole as a disconnect; the answer is a 400 problem detail (or
     a closed connection, if the server gives up on the framing first), never a 5xx, and the worker serves on."""
     server_errors = service.metric("tessera_serving_requests_total", status_code="500")
-    answer = _raw_exchange(service.port, request_bytes, close_write=True)
+    answer = _raw_exchange(service.port, _with_key(request_bytes, service), close_write=True)
     if answer:
         status_line, _, rest = answer.partition(b"\r\n")
         status = int(status_line.split()[1])
@@ -218,6 +227,6 @@ def test_a_client_that_leaves_mid_body_costs_no_server_error_and_others_are_serv
     server_errors = service.metric("tessera_serving_requests_total", status_code="500")
     for _ in range(5):
         with socket.create_connection(("127.0.0.1", service.port), timeout=10) as conn:
-            conn.sendall(HEAD + b'Content-Length: 500\r\n\r\n{"entity_id": ')
+            conn.sendall(_with_key(HEAD, service) + b'Content-Length: 500\r\n\r\n{"entity_id": ')
     assert service.client.post("/v1/predictions", json={"entity_id": entity_id(2)}).status_code == 200
     assert service.metric("tessera_serving_requests_total", status_code="500") == server_errors

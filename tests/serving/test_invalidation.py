@@ -58,12 +58,12 @@ def _predict(service: PredictionService, i: int) -> dict:
 
 
 @pytest.fixture(scope="module")
-def hour_bound_service(serving_stack, own_redis, models, tmp_path_factory) -> Iterator[PredictionService]:
+def hour_bound_service(serving_stack, own_redis, models, api_key, tmp_path_factory) -> Iterator[PredictionService]:
     """A service whose time bound is an hour: only the change stream can explain a fresh answer."""
     _, settings = serving_stack
     port = free_port()
     env = service_env(settings, own_redis.url, port, TESSERA_SERVING__FEATURE_VERSION_TTL_SECONDS="3600")
-    svc = PredictionService(env, port, tmp_path_factory.mktemp("svc-hour") / "serving.log")
+    svc = PredictionService(env, port, tmp_path_factory.mktemp("svc-hour") / "serving.log", api_key=api_key)
     try:
         svc.wait_ready("/readyz")
         assert wait_for(lambda: svc.metric("tessera_change_stream_live") == 1, timeout=30)

@@ -27,13 +27,14 @@ class Stream:
     """Answers of ``CLIENTS`` closed-loop clients; the condition wakes waiters at every answer."""
 
     url: str
+    headers: dict[str, str]  # the API key
     answers: list[list[tuple[int, str | None, dict[str, float]]]] = field(default_factory=list)
     failures: Counter[str] = field(default_factory=Counter)
     changed: threading.Condition = field(default_factory=threading.Condition)
     stop: threading.Event = field(default_factory=threading.Event)
 
     def client(self, slot: int) -> None:
-        with httpx.Client(base_url=self.url, timeout=10) as http:
+        with httpx.Client(base_url=self.url, timeout=10, headers=self.headers) as http:
             while not self.stop.is_set():
                 try:
                     response = http.post("/v1/predictions", json={"entity_ids": BATCH})
@@ -70,7 +71,7 @@ def test_promotion_and_rollback_swap_the_served_model_with_no_failed_request(
     index = {m.key: n for n, m in enumerate(models)}
     old = next(m for m in models if m.version == before.version)
     new = next(m for m in models if m.version != before.version)
-    stream = Stream(service.url, answers=[[] for _ in range(CLIENTS)])
+    stream = Stream(service.url, service.auth_headers, answers=[[] for _ in range(CLIENTS)])
     clients = [threading.Thread(target=stream.client, args=(slot,)) for slot in range(CLIENTS)]
     for thread in clients:
         thread.start()

@@ -4,6 +4,7 @@ status codes, content types (problem details for errors) and headers (Retry-Afte
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -29,13 +30,21 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(service, tmp
     schema = service.client.get("/schema/openapi.json")
     assert schema.status_code == 200
     predict = schema.json()["paths"]["/v1/predictions"]["post"]
-    assert set(predict["responses"]) == {"200", "404", "413", "422", "503"}
+    assert set(predict["responses"]) == {"200", "401", "403", "404", "413", "422", "429", "503"}
+    assert predict["security"] == [{"apiKey": []}]
     assert "application/problem+json" in predict["responses"]["422"]["content"]
     assert "Retry-After" in predict["responses"]["503"]["headers"]
+    assert "Retry-After" in predict["responses"]["429"]["headers"]
+    # The run's API key: from the environment through schemathesis' config file, never on its command line.
+    config = tmp_path / "schemathesis.toml"
+    config.write_text('headers = { Authorization = "${TESSERA_TEST_AUTHORIZATION}" }\n')
+    env = dict(os.environ, TESSERA_TEST_AUTHORIZATION=service.auth_headers["Authorization"])
     cli = Path(sys.executable).with_name("schemathesis")
     run = subprocess.run(
         [
             str(cli),
+            "--config-file",
+            str(config),
             "run",
             f"{service.url}/schema/openapi.json",
             "--checks",
@@ -55,6 +64,7 @@ def test_schemathesis_finds_no_server_error_and_no_schema_violation(service, tmp
         text=True,
         timeout=600,
         cwd=tmp_path,
+        env=env,
     )
     assert run.returncode == 0, run.stdout[-6000:] + run.stderr[-2000:]
     assert " passed" in run.stdout

@@ -64,29 +64,34 @@ def test_a_catalog_outage_leaves_the_service_ready_and_answering(service, servin
         assert item["prediction"]["score"] == pytest.approx(trained.expected[n][item["entity_id"]], abs=1e-6)
 
 
-def _slow_service(serving_stack, own_redis, tmp_path: Path, redis_db: int, **extra: str) -> PredictionService:
+def _slow_service(
+    serving_stack, own_redis, api_key: str, tmp_path: Path, redis_db: int, **extra: str
+) -> PredictionService:
     """A service whose scoring calls are long, with a Redis database of its own (so its first answers are
     misses whatever the other tests cached)."""
     _, settings = serving_stack
     port = free_port()
     redis_url = own_redis.url.rsplit("/", 1)[0] + f"/{redis_db}"
     env = service_env(settings, redis_url, port, SLOW_SCORING_REPEAT=SLOW_REPEAT, **extra)
-    svc = PredictionService(env, port, tmp_path / "serving.log", args=SLOW_APP)
+    svc = PredictionService(env, port, tmp_path / "serving.log", args=SLOW_APP, api_key=api_key)
     svc.wait_ready("/readyz")
     return svc
 
 
 @pytest.mark.req("JTBD-02.threadpool")
 def test_the_event_loop_answers_while_a_long_scoring_call_runs_on_the_pool(
-    serving_stack, own_redis, trained, models, tmp_path
+    serving_stack, own_redis, trained, models, api_key, tmp_path
 ):
-    svc = _slow_service(serving_stack, own_redis, tmp_path, redis_db=3)
+    svc = _slow_service(serving_stack, own_redis, api_key, tmp_path, redis_db=3)
     try:
         served = svc.client.get("/v1/models/current").json()["version"]
         n = next(i for i, v in enumerate(models) if v.version == served)
         entity = ALL_IDS[7]
         scoring_before = svc.metric("tessera_scoring_seconds_count")
-        with ThreadPoolExecutor(1) as pool, httpx.Client(base_url=svc.url, timeout=30) as client:
+        with (
+            ThreadPoolExecutor(1) as pool,
+            httpx.Client(base_url=svc.url, timeout=30, headers=svc.auth_headers) as client,
+        ):
             prediction: Future[httpx.Response] = pool.submit(client.post, "/v1/predictions", json={"entity_id": entity})
             answered_meanwhile = 0
             while not prediction.done():
@@ -113,11 +118,13 @@ class _Attempt:
     outcome: str  # "ok", "refused", "closed" (closed or reset with no complete answer), or what went wrong
 
 
-def _attempt(url: str, number: int, entity: str) -> _Attempt:
+def _attempt(url: str, number: int, entity: str, headers: dict[str, str]) -> _Attempt:
     sent = time.monotonic()
     try:
         with httpx.Client(base_url=url, timeout=200) as client:  # a connection per request: "accepted" is clear
-            response = client.post("/v1/predictions", json={"entity_id": entity}, headers={"x-attempt": str(number)})
+            response = client.post(
+                "/v1/predictions", json={"entity_id": entity}, headers=headers | {"x-attempt": str(number)}
+            )
         body = response.json()
         outcome = "ok" if response.status_code == 200 and body["entity_id"] == entity else f"{response.status_code}"
     except httpx.ConnectError:
@@ -130,7 +137,7 @@ def _attempt(url: str, number: int, entity: str) -> _Attempt:
 
 
 @pytest.mark.req("JTBD-02.drain")
-def test_sigterm_under_load_answers_every_accepted_request(serving_stack, own_redis, models, tmp_path):
+def test_sigterm_under_load_answers_every_accepted_request(serving_stack, own_redis, models, api_key, tmp_path):
     """An open-loop load (a request every 50 ms, each on its own connection) while the service gets SIGTERM:
     every request the server read is answered completely, the others are refused at connect; none read is
     dropped, and the service exits by itself with code 0. Scoring calls are long, so requests are in flight when
@@ -144,6 +151,7 @@ def test_sigterm_under_load_answers_every_accepted_request(serving_stack, own_re
     svc = _slow_service(
         serving_stack,
         own_redis,
+        api_key,
         tmp_path,
         redis_db=4,
         # The drain's bound is generous: the backlog at the signal is JVM work, and on two shared, busy cores it
@@ -162,7 +170,7 @@ def test_sigterm_under_load_answers_every_accepted_request(serving_stack, own_re
                     signalled = time.monotonic()
                     svc.proc.send_signal(signal.SIGTERM)
                 time.sleep(max(0.0, start + i * interval - time.monotonic()))
-                attempts.append(pool.submit(_attempt, svc.url, i, ALL_IDS[i % N_ENTITIES]))
+                attempts.append(pool.submit(_attempt, svc.url, i, ALL_IDS[i % N_ENTITIES], svc.auth_headers))
             results = [a.result() for a in attempts]
         assert svc.proc.wait(timeout=200) == 0, svc.log.read_text()[-3000:]
     finally:

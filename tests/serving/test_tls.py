@@ -46,7 +46,7 @@ def certs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 @pytest.mark.req("PLAT.tls-serving")
 def test_https_predictions_verify_against_the_test_ca_and_plain_http_is_refused(
-    serving_stack, own_redis, models, trained, certs, tmp_path: Path
+    serving_stack, own_redis, models, trained, api_key, certs, tmp_path: Path
 ) -> None:
     """Granian serves HTTPS: a client that trusts the test CA predicts as over HTTP; a client that does not trust it
     is refused by its own verification; plain HTTP to the TLS port gets no answer."""
@@ -54,7 +54,7 @@ def test_https_predictions_verify_against_the_test_ca_and_plain_http_is_refused(
     port = free_port()
     tls_env = {"TESSERA_SERVING__TLS_CERTIFICATE": str(certs["cert"]), "TESSERA_SERVING__TLS_KEY": str(certs["key"])}
     env = service_env(settings, own_redis.url, port, **tls_env)
-    with PredictionService(env, port, tmp_path / "https.log", ca_file=certs["ca"]) as svc:
+    with PredictionService(env, port, tmp_path / "https.log", api_key=api_key, ca_file=certs["ca"]) as svc:
         svc.wait_ready("/readyz")
         assert svc.url.startswith("https://")
         version = svc.client.get("/v1/models/current").json()["version"]

@@ -160,6 +160,14 @@ def test_serving_reads_features_and_the_registry_and_nothing_else(settings, writ
     assert refused(serving_catalog, "SELECT * FROM model_evaluations")
     assert refused(serving_catalog, "INSERT INTO tessera_shard_epochs (epoch, total_shards) VALUES (999, 1)")
     assert refused(serving_catalog, "CREATE TABLE serving_was_here (id int)")
+    # API keys: serving reads the digests, never creates, revives or deletes a key.
+    with psycopg.connect(serving_catalog) as conn:
+        conn.execute("SELECT key_id, digest, scopes FROM tessera_api_keys").fetchall()
+    assert refused(serving_catalog, "UPDATE tessera_api_keys SET revoked_at = NULL")
+    assert refused(serving_catalog, "DELETE FROM tessera_api_keys")
+    assert refused(
+        serving_catalog, "INSERT INTO tessera_api_keys (key_id, name, digest, scopes) VALUES ('x', 'y', '', '{}')"
+    )
     with psycopg.connect(settings.catalog_dsn or "") as conn:  # an orchestration table serving has no use for
         conn.execute("CREATE TABLE IF NOT EXISTS roles_probe_pipeline_only (id int)")
     assert refused(serving_catalog, "SELECT * FROM roles_probe_pipeline_only")
