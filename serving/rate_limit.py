@@ -60,9 +60,25 @@ def lease_size(rate: Rate) -> int:
 class RateLimiter:
     """One worker's side of the shared limits (see the module's docstring)."""
 
-    def __init__(self, url: str | None, default: Rate, *, backoff_seconds: float = 1.0):
+    def __init__(
+        self,
+        url: str | None,
+        default: Rate,
+        *,
+        backoff_seconds: float = 1.0,
+        username: str | None = None,
+        password: str | None = None,
+    ):
+        # Serving's Redis user (the cache's): the stack's Redis admits named users only.
         self._redis = (
-            aioredis.Redis.from_url(url, socket_timeout=0.5, socket_connect_timeout=0.2, retry_on_timeout=False)
+            aioredis.Redis.from_url(
+                url,
+                socket_timeout=0.5,
+                socket_connect_timeout=0.2,
+                retry_on_timeout=False,
+                username=username,
+                password=password,
+            )
             if url
             else None
         )

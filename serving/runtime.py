@@ -60,7 +60,11 @@ async def open_gate(
         return None
     keys = KeyRing(catalog_dsn, refresh_seconds=serving.auth_refresh_seconds, on_refresh=metrics.API_KEYS_ACTIVE.set)
     await asyncio.get_running_loop().run_in_executor(io_pool, keys.start)
-    return Gate(keys, RateLimiter(settings.redis_url, parse_rate(serving.rate_limit)))
+    redis_user, redis_password = serving.redis_credentials()
+    limiter = RateLimiter(
+        settings.redis_url, parse_rate(serving.rate_limit), username=redis_user, password=redis_password
+    )
+    return Gate(keys, limiter)
 
 
 @dataclass

@@ -13,7 +13,6 @@ from pathlib import Path
 
 from shardctl.backup.pgbackrest import PgBackRestError, Repository, Stanza, unavailable_reason
 from shardctl.backup.settings import BackupSettings
-from shardctl.stack.layout import CATALOG
 from shardctl.stack.postgres import SERVER_PASSFILE, PostgresServer
 
 log = logging.getLogger(__name__)
@@ -28,13 +27,15 @@ def default_root(pg_root: str | Path) -> Path:
     return Path(f"{Path(pg_root)}-backups")
 
 
-def repository_for(pg_root: str | Path, user: str | None, settings: BackupSettings | None = None) -> Repository:
-    """The stack's repository: ``TESSERA_BACKUP__REPO_PATH``, else beside its servers' data."""
+def repository_for(
+    pg_root: str | Path, user: str | None, catalog: PostgresServer, settings: BackupSettings | None = None
+) -> Repository:
+    """The stack's repository: ``TESSERA_BACKUP__REPO_PATH``, else beside its servers' data. pgBackRest logs in
+    with the superuser's passfile in the ``catalog`` server's folder (every server of a stack starts as a copy of
+    one template, so each holds it; the server user can read it)."""
     settings = settings or BackupSettings()
     root = Path(settings.repo_path) if settings.repo_path else default_root(pg_root)
-    # Every server of a stack starts as a copy of one template: each holds the superuser's passfile.
-    passfile = Path(pg_root).absolute() / CATALOG / SERVER_PASSFILE
-    return Repository(root.absolute(), user, passfile)
+    return Repository(root.absolute(), user, catalog.data_dir.absolute() / SERVER_PASSFILE)
 
 
 def stanza_of(name: str, server: PostgresServer) -> Stanza:
@@ -53,7 +54,7 @@ def prepare(
     if unavailable_reason(postgres["version"], postgres["source"]) is not None:
         return None
     settings = settings or BackupSettings()
-    repo = repository_for(pg_root, user, settings)
+    repo = repository_for(pg_root, user, servers[0][1], settings)
     repo.write_config([stanza_of(name, server) for name, server in servers], settings)
     for name, server in servers:
         configure(server, repo, name, settings)

@@ -74,7 +74,7 @@ def restore(
     _share_secrets(source.layout, layout)
     stanzas = [CATALOG_STANZA, *names]
     servers = layout.postgres_servers(state)
-    repo = archiving.repository_for(state.pg_root, state.user, BackupSettings(repo_path=None))
+    repo = archiving.repository_for(state.pg_root, state.user, servers[0], BackupSettings(repo_path=None))
 
     def forget() -> None:
         lifecycle.forget(layout, state)

@@ -54,7 +54,7 @@ def open_target(
     return BackupTarget(
         layout,
         state,
-        repository_for(state.pg_root, state.user, settings),
+        repository_for(state.pg_root, state.user, servers[0], settings),
         tuple(stanza_of(name, server) for name, server in zip(names, servers, strict=True)),
         {name: with_credentials(server.dsn(), credentials) for name, server in zip(names, servers, strict=True)},
     )

@@ -28,6 +28,7 @@ from serving.security import ApiKeyAuthentication
 from serving.settings import ServingSettings
 from shardctl.cli import main
 from shardctl.process import free_port
+from shardctl.redis_acl import SERVING_USER
 from shardctl.settings import TesseraSettings
 from shardctl.store.api_keys import SCOPES, ApiKey, Rate
 from testkit.serving import bearer, create_api_key
@@ -190,13 +191,15 @@ def test_a_key_over_its_rate_limit_gets_429_with_retry_after(service, serving_st
 
 
 @pytest.mark.req("JTBD-02.rate-limit")
-def test_workers_share_a_keys_limit_in_redis_and_a_dead_redis_admits_unchecked(own_redis):
-    """Two limiters on one Redis (two workers) admit exactly the key's limit between them; a limiter whose Redis
-    does not answer admits every request and counts it (fail open: see serving/rate_limit.py)."""
+def test_workers_share_a_keys_limit_in_redis_and_a_dead_redis_admits_unchecked(own_redis, serving_stack):
+    """Two limiters on one Redis (two workers), logged in as serving's Redis user (limited to serving's prefix),
+    admit exactly the key's limit between them; a limiter whose Redis does not answer admits every request and
+    counts it (fail open: see serving/rate_limit.py)."""
     key = ApiKey(uuid.uuid4().hex[:12], "shared", frozenset({"predict"}), Rate(50, 3600), datetime.now(UTC))
+    login = {"username": SERVING_USER, "password": serving_stack[0].layout.secrets.redis_password(SERVING_USER)}
 
     async def run() -> tuple[int, int]:
-        workers = [RateLimiter(own_redis.url, Rate(1000, 1)) for _ in range(2)]
+        workers = [RateLimiter(own_redis.url, Rate(1000, 1), **login) for _ in range(2)]
         dead = RateLimiter(f"redis://127.0.0.1:{free_port()}/0", Rate(1, 3600))
         try:
             admitted = [await workers[n % 2].admit(key) for n in range(200)].count(None)
