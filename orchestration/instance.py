@@ -28,7 +28,8 @@ def dagster_env(settings: TesseraSettings) -> dict[str, str]:
     if not settings.dagster_dsn:
         raise InstanceConfigError("no dagster_dsn in the settings: run `shardctl stack up` first")
     # Dagster's storage is the pipeline's: its role owns the database (`shardctl stack up`).
-    parts = conninfo_to_dict(with_credentials(settings.dagster_dsn, PipelineSettings().db_credentials()))
+    pipeline = PipelineSettings.of_stack(settings.data_dir)
+    parts = conninfo_to_dict(with_credentials(settings.dagster_dsn, pipeline.db_credentials()))
     home = Path(settings.data_dir).absolute() / "dagster_home"
     # A passfile (the local stack's) reaches dagster-postgres's libpq as PGPASSFILE: dagster.yaml names no password.
     passfile = {"PGPASSFILE": str(parts["passfile"])} if parts.get("passfile") else {}

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import json
 import os
+from contextvars import ContextVar
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from pydantic import BaseModel, Field, model_validator
 from pydantic_settings import (
@@ -31,6 +32,8 @@ from shardctl.errors import SettingsError
 
 DEFAULT_DATA_DIR = Path(".tessera")
 SETTINGS_FILE_NAME = "settings.json"
+# The stack file ``SectionSettings.of_stack`` reads a section from (None: the process's, ``settings_file_path``).
+_STACK_FILE: ContextVar[Path | None] = ContextVar("tessera_stack_file", default=None)
 
 
 class _StackFileSection(PydanticBaseSettingsSource):
@@ -71,6 +74,19 @@ class SectionSettings(BaseSettings):
         file_secret_settings: PydanticBaseSettingsSource,
     ) -> tuple[PydanticBaseSettingsSource, ...]:
         return (init_settings, env_settings, _StackFileSection(settings_cls, cls.section))
+
+    @classmethod
+    def of_stack(cls, data_dir: Path | str) -> Self:
+        """This section as a process of the stack in ``data_dir`` reads it: its variables, then that stack's file
+        (``<data_dir>/settings.json``), then the defaults. For code handed a stack's settings (``TesseraSettings``
+        with its ``data_dir``) that may not be the process's own stack: each stack generates its own passwords, so
+        a part's credentials must come from the same stack as the servers it connects to. ``TESSERA_SETTINGS_FILE``,
+        when set, still wins, as everywhere."""
+        token = _STACK_FILE.set(Path(data_dir) / SETTINGS_FILE_NAME)
+        try:
+            return cls()
+        finally:
+            _STACK_FILE.reset(token)
 
 
 def section_config(section: str) -> SettingsConfigDict:
@@ -151,6 +167,9 @@ def settings_file_path() -> Path:
     explicit = os.environ.get("TESSERA_SETTINGS_FILE")
     if explicit:
         return Path(explicit)
+    chosen = _STACK_FILE.get()
+    if chosen is not None:
+        return chosen
     return Path(os.environ.get("TESSERA_DATA_DIR", str(DEFAULT_DATA_DIR))) / SETTINGS_FILE_NAME
 
 

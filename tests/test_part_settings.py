@@ -62,3 +62,24 @@ def test_a_bad_value_is_refused_by_its_section() -> None:
         ServingSettings(read_target="primary")
     with pytest.raises(ValueError, match="max_mem"):
         H2OSettings(max_mem="lots")
+
+
+@pytest.mark.req("PLAT.settings")
+def test_a_section_of_another_stack_comes_from_that_stacks_file(tmp_path: Path, monkeypatch) -> None:
+    """A process whose own stack is A, handed stack B's settings, reads B's part credentials for B's servers
+    (each stack generates its own passwords); its variables still win."""
+    from shardctl.store.writer_settings import WriterSettings
+
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "settings.json").write_text(
+            json.dumps({"writer": {"db_user": "tessera_writer", "db_passfile": f"/stacks/{name}/writer.pgpass"}})
+        )
+    monkeypatch.delenv("TESSERA_SETTINGS_FILE", raising=False)
+    monkeypatch.delenv("TESSERA_WRITER__DB_PASSFILE", raising=False)
+    monkeypatch.setenv("TESSERA_DATA_DIR", str(tmp_path / "a"))
+    assert str(WriterSettings().db_passfile) == "/stacks/a/writer.pgpass"
+    assert str(WriterSettings.of_stack(tmp_path / "b").db_passfile) == "/stacks/b/writer.pgpass"
+    assert str(WriterSettings().db_passfile) == "/stacks/a/writer.pgpass"  # the process's own stack again
+    monkeypatch.setenv("TESSERA_WRITER__DB_PASSFILE", "/from/env.pgpass")
+    assert str(WriterSettings.of_stack(tmp_path / "b").db_passfile) == "/from/env.pgpass"

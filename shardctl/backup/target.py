@@ -48,7 +48,7 @@ def open_target(
     reason = unavailable_reason(state.postgres["version"], state.postgres["source"])
     if reason is not None:
         raise BackupUnavailableError(reason)
-    credentials = (control or ControlSettings()).db_credentials()
+    credentials = (control or ControlSettings.of_stack(layout.data_dir)).db_credentials()
     servers = layout.postgres_servers(state)
     names = [CATALOG_STANZA, *layout.server_names(state)]
     return BackupTarget(

@@ -58,14 +58,15 @@ class FeatureStore:
         """Open the store described by ``settings`` (a ``TesseraSettings``); with ``prepare_topology`` also
         create whatever is missing (catalog tables, epoch 1, shard schema) first, as the settings' DSN.
 
-        Reads and writes connect as ``credentials`` (default: the writer's, ``TESSERA_WRITER__DB_*``; none
-        set: as the settings' DSN says), to the catalog and to every shard of the map."""
+        Reads and writes connect as ``credentials`` (default: the writer's, ``TESSERA_WRITER__DB_*`` or the writer
+        section of the settings' own stack; none set: as the settings' DSN says), to the catalog and to every shard
+        of the map."""
         if not settings.catalog_dsn:
             raise ValueError("no catalog DSN in the settings: set TESSERA_CATALOG_DSN or run `shardctl stack up`")
         if prepare_topology:
             prepare(settings.catalog_dsn, settings=settings)
         if credentials is None:
-            credentials = WriterSettings().db_credentials()
+            credentials = WriterSettings.of_stack(settings.data_dir).db_credentials()
         maps = ShardMapStore(with_credentials(settings.catalog_dsn, credentials))
         watcher = maps.watch(role="feature-store")
         try:

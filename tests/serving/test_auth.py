@@ -68,8 +68,10 @@ def _loaded(service, token: str, path: str = "/v1/models/current") -> None:
 
 
 def _cli(serving_stack, *args: str, stdin: str | None = None):
-    _, settings = serving_stack
-    return CliRunner().invoke(main, ["keys", *args], env={"TESSERA_CATALOG_DSN": settings.catalog_dsn}, input=stdin)
+    """`shardctl keys ...` as an operator of the serving tests' stack runs it (its data dir: its credentials)."""
+    stack, settings = serving_stack
+    env = {"TESSERA_CATALOG_DSN": settings.catalog_dsn, "TESSERA_DATA_DIR": str(stack.data_dir)}
+    return CliRunner().invoke(main, ["keys", *args], env=env, input=stdin)
 
 
 @pytest.mark.req("JTBD-02.auth")
