@@ -82,7 +82,11 @@ def test_promotion_and_rollback_swap_the_served_model_with_no_failed_request(
         rolled = CliRunner().invoke(
             main,
             ["models", "rollback"],
-            env={"TESSERA_CATALOG_DSN": settings.catalog_dsn, "TESSERA_MODEL_NAME": settings.model_name},
+            env={
+                "TESSERA_CATALOG_DSN": settings.catalog_dsn,
+                "TESSERA_MODEL_NAME": settings.model_name,
+                "TESSERA_DATA_DIR": str(serving_stack[0].data_dir),  # this stack's operator: its credentials
+            },
         )
         assert rolled.exit_code == 0, rolled.output
         assert f"version {old.version} serves now" in rolled.output
