@@ -36,7 +36,7 @@ def _settings(data_dir: Path) -> dict:
 
 def _write(data_dir: Path, ids: list[str]) -> None:
     written = _settings(data_dir)
-    settings = load_settings(catalog_dsn=written["catalog_dsn"], servers=written["servers"])
+    settings = load_settings(data_dir=data_dir, catalog_dsn=written["catalog_dsn"], servers=written["servers"])
     with FeatureStore.open(settings, prepare_topology=False) as store:
         store.write(FEATURE_SET, [FeatureRow(i, datetime(2026, 12, 1, tzinfo=UTC), {"n": 1.0}) for i in ids])
 

@@ -37,9 +37,8 @@ def _cli(stack_dir: Path, *args: str) -> Result:
 
 def _open_store(data_dir: Path) -> FeatureStore:
     written = json.loads((data_dir / "settings.json").read_text())
-    return FeatureStore.open(
-        load_settings(catalog_dsn=written["catalog_dsn"], servers=written["servers"]), prepare_topology=False
-    )
+    settings = load_settings(data_dir=data_dir, catalog_dsn=written["catalog_dsn"], servers=written["servers"])
+    return FeatureStore.open(settings, prepare_topology=False)  # as that stack's writer, whatever the process's
 
 
 def _write(data_dir: Path, ids: list[str], value: float) -> None:
