@@ -106,6 +106,21 @@ class _Write(NamedTuple):
     predictions: list[tuple[str, bytes]]
 
 
+def serving_redis(url: str | None, username: str | None, password: str | None) -> aioredis.Redis | None:
+    """Serving's client of its Redis (None without a URL), logged in as serving's ACL user: short timeouts and no
+    retry, so a dead Redis costs a request milliseconds (the caller backs off) instead of seconds."""
+    if not url:
+        return None
+    return aioredis.Redis.from_url(
+        url,
+        socket_timeout=0.5,
+        socket_connect_timeout=0.2,
+        retry_on_timeout=False,
+        username=username,
+        password=password,
+    )
+
+
 class PredictionCache:
     def __init__(
         self,
@@ -116,18 +131,7 @@ class PredictionCache:
         username: str | None = None,
         password: str | None = None,
     ):
-        self._redis = (
-            aioredis.Redis.from_url(
-                url,
-                socket_timeout=0.5,
-                socket_connect_timeout=0.2,
-                retry_on_timeout=False,
-                username=username,
-                password=password,
-            )
-            if url
-            else None
-        )
+        self._redis = serving_redis(url, username, password)
         # Scripts go by their SHA inside pipelines (loaded on NOSCRIPT): a pipeline handed a script object asks
         # SCRIPT EXISTS first, one more round trip per write.
         self._scripts = [_LOOKUP_LUA, _PUT_VERSIONS_LUA]

@@ -32,6 +32,7 @@ import time
 import redis.asyncio as aioredis
 
 from serving import metrics
+from serving.cache import serving_redis
 from shardctl.redis_acl import SERVING_PREFIX
 from shardctl.store.api_keys import ApiKey, Rate
 
@@ -70,18 +71,7 @@ class RateLimiter:
         password: str | None = None,
     ):
         # Serving's Redis user (the cache's): the stack's Redis admits named users only.
-        self._redis = (
-            aioredis.Redis.from_url(
-                url,
-                socket_timeout=0.5,
-                socket_connect_timeout=0.2,
-                retry_on_timeout=False,
-                username=username,
-                password=password,
-            )
-            if url
-            else None
-        )
+        self._redis = serving_redis(url, username, password)
         self._lease = self._redis.register_script(_LEASE_LUA) if self._redis is not None else None
         self.default = default
         self._backoff = backoff_seconds
