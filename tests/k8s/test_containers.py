@@ -111,6 +111,10 @@ def undeclared_write(docs: list[dict]) -> None:
     _serving(docs)["command"] = ["python", "-c", "open('/app/probe-cache', 'w')"]
 
 
+# Plants whose fault lies past startup: their pod starts as a sound one does (within PROBE_CAP on a loaded machine);
+# only the probe after startup must fail within PLANTED_CAP.
+FAULT_AFTER_STARTUP = {"wrong_probe_path"}
+
 PLANTED: list[Callable[[list[dict]], None]] = [
     misspelt_module,
     misspelt_env_name,
@@ -134,15 +138,18 @@ def test_a_planted_fault_in_a_manifest_fails_the_container_test(rendered, k8s_st
         promote_model(cluster, settings, trained)
         pods[plant.__name__] = cluster.start("serving", find(docs, "Deployment", "serving"))
 
-    def outcome(pod: Container) -> str:
+    def outcome(name: str) -> str:
+        pod = pods[name]
         try:
-            pod.probes(PLANTED_CAP)
+            pod.probe("startupProbe", PROBE_CAP if name in FAULT_AFTER_STARTUP else PLANTED_CAP)
+            pod.probe("readinessProbe", PLANTED_CAP)
+            pod.probe("livenessProbe", PLANTED_CAP)
         except PodError as exc:
             return str(exc).splitlines()[0]
         return "passed"
 
     with concurrent.futures.ThreadPoolExecutor(len(pods)) as pool:
-        failures = dict(zip(pods, pool.map(outcome, pods.values()), strict=True))
+        failures = dict(zip(pods, pool.map(outcome, pods), strict=True))
     assert "passed" not in failures.values(), failures
     assert "exited" in failures["misspelt_module"]
     assert "exited" in failures["undeclared_write"]
