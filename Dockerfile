@@ -6,12 +6,12 @@ RUN apt-get update \
  && rm -rf /var/lib/apt/lists/*
 WORKDIR /app
 COPY requirements.lock ./
-RUN pip install --no-cache-dir uv && uv pip install --system --no-cache -r requirements.lock
+RUN pip install --no-cache-dir uv && uv pip install --system --no-cache --compile-bytecode -r requirements.lock
 COPY pyproject.toml README.md ./
 COPY shardctl shardctl
 COPY serving serving
 COPY orchestration orchestration
-RUN uv pip install --system --no-cache --no-deps .
+RUN uv pip install --system --no-cache --compile-bytecode --no-deps .
 RUN useradd --system --uid 10001 tessera
 USER 10001
 ENV JAVA_HOME=/usr/lib/jvm/java-17-openjdk-amd64

@@ -59,6 +59,7 @@ class NemesisReport:
     members_back: bool  # every member streaming, one the sync standby, same timeline
     replicas_have_every_ack: bool
     final_timeline: int | None = None
+    final_members: str = ""  # each member's role, state, timeline and lag when judged (why members_back is False)
 
 
 def shardctl(data_dir: Path, *args: str, timeout: float = 300.0) -> subprocess.CompletedProcess[str]:
@@ -248,6 +249,7 @@ class Nemesis:
             members_back=back,
             replicas_have_every_ack=replicas_ok,
             final_timeline=leader(members).timeline if leader(members) else None,
+            final_members="; ".join(f"{m.name} {m.role} {m.state} timeline {m.timeline} lag {m.lag}" for m in members),
         )
 
     def __enter__(self) -> Nemesis:

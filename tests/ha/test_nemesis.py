@@ -70,7 +70,7 @@ def test_nemesis_short_form_loses_no_acknowledged_write_and_heals_every_member(p
     assert verdict.failed_present == []
     assert verdict.split_brain == []
     assert all(r.acked_missing == 0 for r in report.rounds), report.rounds
-    assert report.members_back, "not every member is back as a streaming sync standby on one timeline"
+    assert report.members_back, f"not every member is back as a streaming sync standby: {report.final_members}"
     assert report.replicas_have_every_ack
     # Every round with a primary fault moved the primary; the replica's loss showed as degraded.
     for r in report.rounds:
