@@ -1,0 +1,44 @@
+"""The local stack's scorer (``python -m serving.scorer``, serving's precomputing scorer): started by `stack up`
+after the servers, by PID, in a session of its own, its output in ``<data dir>/scorer.log``; stopped by `stack
+down` before the servers. The stack only launches the process by its module name: shardctl never imports
+serving (docs/architecture/development.md), and the scorer finds the stack through the settings file like every
+other part, connecting as its own role (the ``scorer`` section ``write_settings`` writes)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from shardctl.process import free_port, pid_alive, stop_pid
+
+SCORER_MODULE = "serving.scorer"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def start(settings_file: Path, log_file: Path) -> tuple[int, int]:
+    """Start the scorer for the stack whose settings are in ``settings_file``; returns (PID, probe port)."""
+    port = free_port()
+    env = dict(os.environ)
+    env["TESSERA_SETTINGS_FILE"] = str(settings_file)
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    with open(log_file, "ab") as log:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", SCORER_MODULE, "run", "--port", str(port)],
+            cwd=REPO,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=log,
+            start_new_session=True,
+            close_fds=True,
+        )
+    return proc.pid, port
+
+
+def stop(pid: int | None, timeout: float = 20.0) -> bool:
+    """SIGTERM (it finishes its batch), then SIGKILL after ``timeout``; True once it is gone."""
+    if not pid_alive(pid):
+        return True
+    return stop_pid(pid, timeout=timeout)  # type: ignore[arg-type]
