@@ -28,7 +28,23 @@ rescore_job = dg.define_asset_job(
     "rescore_predictions",
     selection=dg.AssetSelection.assets(precomputed_predictions),
     description="Re-score every entity with the promoted model (after a promotion or a rollback).",
-    tags={"tessera/mojo": "rescore"},
+    tags={
+        "tessera/mojo": "rescore",
+        # On Kubernetes the run pod gets the scorer's password (the pass connects as tessera_scorer), from the
+        # scorer's own Secret; other runs never see it.
+        "dagster-k8s/config": {
+            "container_config": {
+                "env": [
+                    {
+                        "name": "TESSERA_SCORER__DB_PASSWORD",
+                        "valueFrom": {
+                            "secretKeyRef": {"name": "tessera-scorer-db", "key": "TESSERA_SCORER__DB_PASSWORD"}
+                        },
+                    }
+                ]
+            }
+        },
+    },
 )
 
 
