@@ -21,7 +21,7 @@ import httpx
 import psycopg
 import pytest
 
-from shardctl.process import free_port
+from shardctl.process import free_port, pid_alive
 from shardctl.settings import TesseraSettings
 from shardctl.stack.manager import Stack
 from shardctl.store import FeatureStore
@@ -384,3 +384,33 @@ def test_the_cursor_is_kept_per_scorer_on_every_server(scorer_stack: ScorerStack
         with psycopg.connect(dsn) as conn:
             rows = conn.execute(f"SELECT scorer, now() - caught_up_at < interval '30 s' FROM {CURSOR_TABLE}").fetchall()
         assert rows == [("scorer", True)]
+
+
+@pytest.mark.req("JTBD-02.scorer-stack")
+def test_the_stack_starts_its_scorer_by_pid_and_down_stops_it(scorer_stack: ScorerStack) -> None:
+    """What `shardctl stack up` does after the servers (unless --no-scorer): the scorer started by PID, shown by
+    `status`, following the change logs; `stack down` stops it with the servers. (Last: it stops the stack.)"""
+    assert scorer_stack.scorer is not None
+    scorer_stack.scorer.stop()  # one scorer per deployment: the stack's replaces the test's
+    stack = scorer_stack.stack
+    state = stack.start_scorer()
+    assert pid_alive(state.scorer_pid)
+    assert stack.start_scorer().scorer_pid == state.scorer_pid  # idempotent, as `up` is
+    row = next(r for r in stack.status() if r.name == "scorer")
+    assert (row.pid, row.port, row.healthy) == (state.scorer_pid, state.scorer_port, True)
+    ready = lambda: httpx.get(f"http://127.0.0.1:{state.scorer_port}/readyz", timeout=2).status_code == 200  # noqa: E731
+    assert wait_for(_answers(ready), timeout=WAIT), (stack.data_dir / "scorer.log").read_text()[-3000:]
+    assert state.scorer_pid in stack.pids()
+    assert stack.down() == []
+    assert not pid_alive(state.scorer_pid)
+    assert stack.pids() == []
+
+
+def _answers(probe):
+    def check() -> bool:
+        try:
+            return probe()
+        except httpx.HTTPError:
+            return False
+
+    return check
