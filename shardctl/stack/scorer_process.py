@@ -11,14 +11,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from shardctl.process import free_port, pid_alive, stop_pid
+from shardctl.errors import LocalStackError
+from shardctl.process import free_port, log_tail, pid_alive, port_in_use, stop_pid, wait_until
 
 SCORER_MODULE = "serving.scorer"
+START_TIMEOUT_S = 120.0  # imports, the JVM and the promoted MOJO (when there is one) before its probes listen
 REPO = Path(__file__).resolve().parents[2]
 
 
 def start(settings_file: Path, log_file: Path) -> tuple[int, int]:
-    """Start the scorer for the stack whose settings are in ``settings_file``; returns (PID, probe port)."""
+    """Start the scorer for the stack whose settings are in ``settings_file`` and wait until its probes listen;
+    returns (PID, probe port). ``LocalStackError`` with its log's tail if it exits or never listens."""
     port = free_port()
     env = dict(os.environ)
     env["TESSERA_SETTINGS_FILE"] = str(settings_file)
@@ -34,6 +37,10 @@ def start(settings_file: Path, log_file: Path) -> tuple[int, int]:
             start_new_session=True,
             close_fds=True,
         )
+    if not wait_until(lambda: proc.poll() is not None or port_in_use(port), START_TIMEOUT_S) or proc.poll() is not None:
+        if proc.poll() is None:
+            stop(proc.pid)
+        raise LocalStackError(f"the scorer did not start (log: {log_file}):\n{log_tail(log_file)}")
     return proc.pid, port
 
 
