@@ -209,9 +209,8 @@ class Scorer:
         server.cursor = trial
 
     async def _open_server(self, index: int, dsn: str, shard_map: ShardMap, model: LoadedModel | None) -> _Server:
-        conn = await psycopg.AsyncConnection.connect(
-            session_dsn(dsn, "read-write"), autocommit=True, connect_timeout=5, options="-c statement_timeout=60000"
-        )
+        # No statement timeout: a catch-up page may scan far past current predictions before it finds a stale one.
+        conn = await psycopg.AsyncConnection.connect(session_dsn(dsn, "read-write"), autocommit=True, connect_timeout=5)
         try:
             await _configure(conn)
             saved = await load_cursor(conn, self.settings.name)
