@@ -412,6 +412,40 @@ def test_the_cursor_is_kept_per_scorer_on_every_server(scorer_stack: ScorerStack
         assert rows == [("scorer", True)]
 
 
+@pytest.mark.req("JTBD-02.scorer-resharding")
+def test_a_new_shard_map_epoch_makes_the_scorer_catch_up_its_placement(scorer_stack: ScorerStack) -> None:
+    """What a resharding cutover leaves: entities on a server with no prediction there (the migration copies
+    features, not predictions) and predictions of logical shards now placed elsewhere. A new epoch (here the same
+    placement, published again) makes the scorer delete the misplaced rows and score what its servers lack."""
+    from shardctl.store.hashing import TOTAL_LOGICAL_SHARDS
+    from shardctl.store.shardmap import ShardMapStore
+
+    model = ModelRegistry(scorer_stack.settings.catalog_dsn).current(scorer_stack.settings.model_name)
+    entities = [entity_id(i) for i in AFTER_RESCORE]
+    assert scorer_stack.predictions.wait_current(model, entities)
+    maps = ShardMapStore(scorer_stack.settings.catalog_dsn)
+    current = maps.current()
+    dsns = scorer_stack.settings.shard_dsns()
+    elsewhere = next(shard for shard in range(TOTAL_LOGICAL_SHARDS) if current.placement[shard] != 0)
+    for dsn in dsns:
+        with psycopg.connect(dsn) as conn:
+            conn.execute(f"DELETE FROM {PREDICTION_TABLE} WHERE entity_id = ANY(%s)", (entities,))
+    with psycopg.connect(dsns[0]) as conn:  # a prediction of a logical shard server 0 does not hold
+        conn.execute(
+            f"INSERT INTO {PREDICTION_TABLE} (logical_shard, entity_id, feature_set, model_name, model_version, "
+            "feature_version, feature_digest, score) VALUES (%s, 'ghost', %s, %s, %s, 1, md5('x')::uuid, 0.5)",
+            (elsewhere, FEATURE_SET, model.model_name, model.version),
+        )
+    assert scorer_stack.predictions.current(model, entities) == set()
+    placement = {shard: current.servers[current.placement[shard]] for shard in range(TOTAL_LOGICAL_SHARDS)}
+    maps.publish_placement(placement, expected_epoch=current.epoch, note="scorer test: same placement")
+    assert scorer_stack.predictions.wait_current(model, entities)
+    with psycopg.connect(dsns[0]) as conn:
+        ghosts = conn.execute(f"SELECT count(*) FROM {PREDICTION_TABLE} WHERE entity_id = 'ghost'").fetchone()[0]
+    assert ghosts == 0
+    assert f"moved from epoch {current.epoch} to {current.epoch + 1}" in scorer_stack.scorer.log_tail(20_000)
+
+
 @pytest.mark.req("JTBD-02.scorer-stack")
 def test_the_stack_starts_its_scorer_by_pid_and_down_stops_it(scorer_stack: ScorerStack) -> None:
     """What `shardctl stack up` does after the servers (unless --no-scorer): the scorer started by PID, shown by
