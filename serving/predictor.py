@@ -1,4 +1,5 @@
-"""One prediction path for single and batch requests: cache lookup, single-flight, shard read, scoring.
+"""One prediction path for single and batch requests: cache lookup, single-flight, shard read (with the scorer's
+precomputed prediction when one is current: ``shardctl/store/predictions.py``), scoring of the rest.
 
 Blocking work never runs on the event loop: MOJO scoring runs on the bounded scoring pool
 (``serving.scoring_threads``); feature reads are async psycopg on the loop itself. Hits come from the
@@ -36,7 +37,8 @@ class Outcome:
 
 
 class Predictor:
-    """Answers entities from, in order: this worker's memory, Redis, or a shard read plus scoring.
+    """Answers entities from, in order: this worker's memory, Redis, or a shard read that brings the scorer's
+    precomputed prediction when it is current for the served model and the features read, else scoring.
 
     Redis lookups of concurrent requests are coalesced into one script call, and misses into one shard read
     per shard and one scoring call (``Coalescer``), so the fixed cost of each round trip and thread hop is
@@ -65,7 +67,7 @@ class Predictor:
         # Without a change consumer the stream is never live: every entry keeps the time bound (today's rule).
         self.freshness = freshness if freshness is not None else Freshness(version_ttl_seconds, stale_after_seconds=0)
         self._scoring_pool = scoring_pool
-        # Read the scorer's precomputed predictions with the features (serving/scorer.py): a miss they cover costs
+        # Read the scorer's precomputed predictions with the features (serving/scorer/): a miss they cover costs
         # the shard read alone, no scoring.
         self.precomputed = precomputed
         self._flight = SingleFlight()
