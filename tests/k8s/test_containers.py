@@ -65,6 +65,7 @@ def probe_all(pods: dict[str, Container], cap: float = PROBE_CAP) -> dict[str, l
 
 
 @pytest.mark.req("PLAT.k8s-containers")
+@pytest.mark.req("JTBD-02.scorer-k8s")
 def test_every_tessera_container_starts_from_the_rendered_manifests_and_passes_its_probes(
     rendered, k8s_stack, make_cluster, trained
 ) -> None:
