@@ -27,7 +27,7 @@ from shardctl.stack.layout import (
 from shardctl.stack.postgres import DATABASE, SUPERUSER, PostgresServer, enable_ssl, make_template
 from shardctl.stack.secrets import StackSecrets
 from shardctl.store import prepare as prepare_feature_store
-from shardctl.store.grants import PART_ROLES
+from shardctl.store.grants import PART_ROLES, grant_catalog_privileges
 from shardctl.store.hashing import install_sql_functions
 from shardctl.store.schema import apply_schema
 from shardctl.store.shardmap import ShardMapError, ShardMapStore
@@ -142,6 +142,9 @@ def bring_up(layout: StackLayout, state: StackState, added: tuple[str, ...] = ()
         maps.current()  # once a map exists the catalog is the truth: the stack only adds servers to it
     except ShardMapError:
         prepare_feature_store(layout.catalog_dsn(state), [e["dsn"] for e in entries])
+    else:  # a stack made before a part's role existed (the scorer's): its catalog grants, now
+        with psycopg.connect(layout.catalog_dsn(state), autocommit=True, connect_timeout=5) as conn:
+            grant_catalog_privileges(conn)
     for entry in entries:  # servers added to a running stack: schema, then known to the catalog (unplaced)
         apply_schema(entry["dsn"])
         # A name the stack used before (a removed server's) gets the new server's DSN.
