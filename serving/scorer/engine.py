@@ -116,6 +116,8 @@ class Scorer:
         self._servers: dict[int, _Server] = {}
         self._epoch: int | None = None
         self.rounds = 0
+        # When the loop last made progress: a completed round, or a page of a catch-up (which can take minutes on
+        # a large server; liveness must not kill it midway).
         self.last_round_at = time.monotonic()
         self.following = False  # the last round read every server
 
@@ -308,6 +310,7 @@ class Scorer:
             if not rows:
                 return
             await self._score_rows(conn, model, rows, (), reason=reason)
+            self.last_round_at = time.monotonic()
             progress.done += len(rows)
             if on_progress is not None:
                 on_progress(progress)
