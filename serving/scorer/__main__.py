@@ -2,7 +2,7 @@
 that re-scores every entity with the promoted model (``rescore``: the Dagster job's step on each promotion and
 rollback).
 
-``run`` stops on SIGTERM/SIGINT after the batch in progress (a SIGKILL loses nothing either: the cursor is saved
+``run`` stops on SIGTERM/SIGINT after the round in progress (a SIGKILL loses nothing either: the cursor is saved
 only after the predictions before it are committed). ``rescore`` logs its progress (rows, rows/s) and, when a
 Dagster job launched it through Pipes, reports it there (``orchestration/defs/predictions.py``).
 """

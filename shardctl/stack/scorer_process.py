@@ -45,7 +45,7 @@ def start(settings_file: Path, log_file: Path) -> tuple[int, int]:
 
 
 def stop(pid: int | None, timeout: float = 20.0) -> bool:
-    """SIGTERM (it finishes its batch), then SIGKILL after ``timeout``; True once it is gone."""
+    """SIGTERM (it finishes its round), then SIGKILL after ``timeout``; True once it is gone."""
     if not pid_alive(pid):
         return True
     return stop_pid(pid, timeout=timeout)  # type: ignore[arg-type]
