@@ -52,4 +52,5 @@ create tessera-postgres superuser-password replication-password      # Patroni (
 create tessera-serving-db TESSERA_SERVING__DB_PASSWORD                # serving: reads features and the registry
 create tessera-writer-db TESSERA_WRITER__DB_PASSWORD                  # a standalone feature writer
 create tessera-pipeline-db TESSERA_PIPELINE__DB_PASSWORD              # Dagster: its steps, its run pods, its storage
+create tessera-scorer-db TESSERA_SCORER__DB_PASSWORD                  # the scorer and the re-scoring job's run pods
 create_redis                                                          # Redis: serving's ACL user, an admin

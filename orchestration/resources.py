@@ -115,6 +115,33 @@ class BackupResource(dg.ConfigurableResource):
         return json.loads(done.stdout) if as_json and done.stdout.strip() else done.stdout
 
 
+class ScorerResource(dg.ConfigurableResource):
+    """The precomputing scorer's re-scoring pass (``python -m serving.scorer rescore``), run as a process: the
+    pipeline never imports serving, and the pass scores with serving's own MOJO code, so a precomputed prediction
+    is exactly what serving would compute on demand. It connects as the scorer's role (``TESSERA_SCORER__DB_*``:
+    reads features, writes predictions), not as the pipeline's."""
+
+    catalog_dsn: str | None = Field(default=None, description="The catalog's libpq DSN (a location; no password).")
+    settings_file: str | None = Field(default=None, description="The stack's settings file, if any.")
+    db_user: str | None = Field(default=None, description="The scorer's role; unset: as the settings file says.")
+    db_password: str | None = Field(default=None, description="Its password (bound from the environment only).")
+    db_passfile: str | None = Field(default=None, description="A libpq passfile instead of a password.")
+
+    def command(self, *args: str) -> list[str]:
+        return [sys.executable, "-m", "serving.scorer", *args]
+
+    def env(self) -> dict[str, str]:
+        """The process's environment: ours, with the catalog, the settings file and the scorer's role."""
+        values = {
+            "TESSERA_CATALOG_DSN": self.catalog_dsn,
+            "TESSERA_SETTINGS_FILE": self.settings_file,
+            "TESSERA_SCORER__DB_USER": self.db_user,
+            "TESSERA_SCORER__DB_PASSWORD": self.db_password,
+            "TESSERA_SCORER__DB_PASSFILE": self.db_passfile,
+        }
+        return {**os.environ, **{k: v for k, v in values.items() if v}}
+
+
 class RawDataResource(dg.ConfigurableResource):
     """The source of raw events: a deterministic synthetic population (its seed and size) and a day's volume.
 

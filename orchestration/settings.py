@@ -43,3 +43,12 @@ class H2OSettings(JavaSettings):
     url: str | None = None
     nthreads: int = Field(default=2, ge=1, le=256)
     max_mem: str = Field(default=DEFAULT_H2O_MAX_MEM, pattern=r"^\d+[mMgG]$")
+
+
+class ScorerRoleSettings(SectionSettings, DbCredentialFields):
+    """The scorer's role, as the re-scoring job hands it to the pass it runs (``TESSERA_SCORER__DB_*``, or the
+    stack's ``scorer`` section). The scorer's other knobs are its own to read (``serving/scorer/settings.py``,
+    which documents the section)."""
+
+    section: ClassVar[str] = "scorer"
+    model_config = section_config(section)

@@ -2,6 +2,8 @@
 # The main job: set everything up, bring the local stack up, run the whole Dagster graph on it
 # (raw data -> profile -> shard key check -> features per shard -> H2O model -> registry), and summarize.
 # Scale: TESSERA_DEMO_DAYS daily partitions x TESSERA_DEMO_ROWS_PER_DAY rows (default 30 x 34,000 = 1.02M).
+# `stack up` also starts the precomputing scorer; after the graph promoted a model, every entity is scored with it
+# (the re-scoring job's pass), so the prediction below is a lookup.
 # The stack stays up afterwards; stop it with `.venv/bin/shardctl stack down`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,6 +14,10 @@ echo
     --days "${TESSERA_DEMO_DAYS:-30}" \
     --rows-per-day "${TESSERA_DEMO_ROWS_PER_DAY:-34000}" \
     --entities "${TESSERA_DEMO_ENTITIES:-50000}"
+
+# Precomputed predictions: every entity scored with the promoted model (the scorer keeps them current from here;
+# with the Dagster daemon up, the rescore_predictions job does this on every promotion and rollback).
+if .venv/bin/python -m serving.scorer rescore; then :; else echo "demo: re-scoring failed (no model promoted?)" >&2; fi
 
 # Serving: create an API key (printed once: it is yours to keep), start the prediction service, score one real
 # entity with the key, stop the service by PID. Runs only when a model is promoted (the pipeline, when present,

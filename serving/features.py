@@ -29,8 +29,12 @@ class FeatureSource:
     def read(self, entity_ids: Sequence[str], feature_set: str) -> ReadResult:
         return self._store.sync_reader().get_features(list(entity_ids), feature_set)
 
-    async def aread(self, entity_ids: Sequence[str], feature_set: str) -> ReadResult:
-        return await self._store.get_features(list(entity_ids), feature_set)
+    async def aread(
+        self, entity_ids: Sequence[str], feature_set: str, model: tuple[str, int] | None = None
+    ) -> ReadResult:
+        """With ``model`` (name, version): each record carries the scorer's precomputed prediction of that model
+        version when one exists for exactly the features read (same statement, same snapshot)."""
+        return await self._store.get_features(list(entity_ids), feature_set, model)
 
     async def aclose(self) -> None:
         await self._store.aclose()

@@ -13,6 +13,10 @@ Each worker runs its own consumer (one poll per shard every ``invalidation_poll_
 it must drop its own memory tier anyway, and a change it has applied is one its own requests cannot re-cache.
 A new shard-map epoch (a migration's cutover) restarts every cursor: the stream stops being live until one
 full round has been read on the new map, so entries cached before it fall back to the time bound.
+
+The consumer also reads, about once a second per shard on the same connection, how far behind the scorer is
+(``serving/scorer.py``: when it last had every change of that shard scored), for ``/readyz`` and
+``tessera_scorer_lag_seconds``. Serving never waits for the scorer: what it has not covered is scored on demand.
 """
 
 from __future__ import annotations
@@ -32,12 +36,14 @@ from serving.freshness import Freshness, now_ms
 from serving.local_cache import LocalPredictionCache
 from shardctl.store.changes import ChangeCursor, FeatureChange, chunks, poll_changes, start_cursor
 from shardctl.store.pools import session_dsn
+from shardctl.store.predictions import LAG_SQL
 from shardctl.store.retry import is_multi_host
 from shardctl.store.shardmap import ShardMap
 
 log = logging.getLogger(__name__)
 
 _RETRY_STANDBY_SECONDS = 5.0
+_LAG_EVERY_SECONDS = 1.0
 
 
 @dataclass
@@ -47,6 +53,7 @@ class _ShardFeed:
     wants_standby: bool
     connected_at: float
     on_standby: bool
+    lag_read_at: float = 0.0
 
 
 class ChangeConsumer:
@@ -74,6 +81,9 @@ class ChangeConsumer:
         self._pending: list[tuple[str, tuple[str, ...], int]] = []  # Redis markers not yet confirmed
         self._task: asyncio.Task[None] | None = None
         self.rounds = 0  # completed polling rounds (tests wait on it instead of on time)
+        # Per shard: seconds since the scorer last had that shard's changes scored, as of ``_lag_at`` (monotonic);
+        # None: no scorer has run there, or the shard could not be read.
+        self._scorer_lags: dict[int, tuple[float | None, float]] = {}
 
     def start(self) -> ChangeConsumer:
         self._task = asyncio.get_running_loop().create_task(self._run(), name="tessera-change-consumer")
@@ -127,11 +137,38 @@ class ChangeConsumer:
         for change in result.changes:
             self._apply(change)
         feed.on_standby = result.on_standby
+        if time.monotonic() - feed.lag_read_at >= _LAG_EVERY_SECONDS:
+            await self._read_scorer_lag(index, feed)
         if feed.wants_standby and not feed.on_standby:
             if time.monotonic() - feed.connected_at > _RETRY_STANDBY_SECONDS:
                 await self._drop(index)  # try the standby again next round
             return False
         return True
+
+    async def _read_scorer_lag(self, index: int, feed: _ShardFeed) -> None:
+        feed.lag_read_at = now = time.monotonic()
+        try:
+            row = await (await feed.conn.execute(LAG_SQL)).fetchone()
+        except psycopg.Error:  # a server without the table yet: unknown, and the change feed goes on
+            self._scorer_lags[index] = (None, now)
+        else:
+            self._scorer_lags[index] = (row[0] if row else None, now)
+        lag, known = self.scorer_lag()
+        metrics.SCORER_LAG_SECONDS.set(lag if known and lag is not None else -1)
+
+    def scorer_lag(self) -> tuple[float | None, bool]:
+        """The slowest shard's scorer lag in seconds now, and whether it is known for every shard of the map (a
+        shard never scored, or unread: lag None and False)."""
+        count = len(self._shard_map().dsns)
+        now = time.monotonic()
+        lags = []
+        for index in range(count):
+            lag, read_at = self._scorer_lags.get(index, (None, 0.0))
+            if lag is None:
+                return None, False
+            lags.append(lag + (now - read_at))
+        lag = max(lags) if lags else None
+        return lag, lag is not None
 
     async def _open(self, dsn: str) -> _ShardFeed:
         wants_standby = self._read_target == "prefer-standby" and is_multi_host(dsn)
@@ -169,6 +206,7 @@ class ChangeConsumer:
         return True
 
     async def _drop(self, index: int) -> None:
+        self._scorer_lags.pop(index, None)
         feed = self._feeds.pop(index, None)
         if feed is not None:
             with contextlib.suppress(psycopg.Error):

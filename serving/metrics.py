@@ -15,6 +15,16 @@ CACHE_LOOKUPS = Counter(
 )
 REDIS_ERRORS = Counter("tessera_redis_errors_total", "Redis calls that failed (answered uncached)")
 SCORED_ROWS = Counter("tessera_scored_rows_total", "Rows scored by the MOJO")
+PRECOMPUTED_ROWS = Counter(
+    "tessera_precomputed_rows_total",
+    "Cache misses answered with the scorer's precomputed prediction (read with the features: no scoring)",
+)
+SCORER_LAG_SECONDS = Gauge(
+    "tessera_scorer_lag_seconds",
+    "Seconds since the scorer had scored every change of the slowest shard (-1: no scorer has run on some shard, "
+    "or its state could not be read); misses it has not covered are scored on demand",
+    multiprocess_mode="max",
+)
 UNSCORABLE_FEATURES = Counter(
     "tessera_unscorable_features_total",
     "Feature values scored as NA because the model cannot read them (not a number in a numeric column), by "

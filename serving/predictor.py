@@ -1,4 +1,5 @@
-"""One prediction path for single and batch requests: cache lookup, single-flight, shard read, scoring.
+"""One prediction path for single and batch requests: cache lookup, single-flight, shard read (with the scorer's
+precomputed prediction when one is current: ``shardctl/store/predictions.py``), scoring of the rest.
 
 Blocking work never runs on the event loop: MOJO scoring runs on the bounded scoring pool
 (``serving.scoring_threads``); feature reads are async psycopg on the loop itself. Hits come from the
@@ -20,7 +21,7 @@ from serving.errors import PredictionError, ShardDownError, UnknownEntityError
 from serving.features import FeatureSource
 from serving.freshness import Freshness, now_ms
 from serving.local_cache import LocalPredictionCache
-from serving.scoring import LoadedModel, ModelHolder
+from serving.scoring import LoadedModel, ModelHolder, Score
 
 _LookupKey = tuple[str, str, str]  # (model key, feature set, entity)
 
@@ -36,7 +37,8 @@ class Outcome:
 
 
 class Predictor:
-    """Answers entities from, in order: this worker's memory, Redis, or a shard read plus scoring.
+    """Answers entities from, in order: this worker's memory, Redis, or a shard read that brings the scorer's
+    precomputed prediction when it is current for the served model and the features read, else scoring.
 
     Redis lookups of concurrent requests are coalesced into one script call, and misses into one shard read
     per shard and one scoring call (``Coalescer``), so the fixed cost of each round trip and thread hop is
@@ -56,6 +58,7 @@ class Predictor:
         version_ttl_seconds: float = 2.0,
         miss_concurrency: int = 2,
         lookup_concurrency: int = 2,
+        precomputed: bool = True,
     ):
         self.holder = holder
         self.features = features
@@ -64,6 +67,9 @@ class Predictor:
         # Without a change consumer the stream is never live: every entry keeps the time bound (today's rule).
         self.freshness = freshness if freshness is not None else Freshness(version_ttl_seconds, stale_after_seconds=0)
         self._scoring_pool = scoring_pool
+        # Read the scorer's precomputed predictions with the features (serving/scorer/): a miss they cover costs
+        # the shard read alone, no scoring.
+        self.precomputed = precomputed
         self._flight = SingleFlight()
         self._lookups: Coalescer[_LookupKey, CacheLookup] = Coalescer(
             self._lookup_batch, max_inflight=lookup_concurrency
@@ -172,7 +178,10 @@ class Predictor:
         feature_set = model.version.feature_set
         generation, epoch, read_ms = self.freshness.generation, self.freshness.live_epoch(), now_ms()
         started = time.perf_counter()
-        read = await self.features.aread(entities, feature_set)
+        version = model.version
+        read = await self.features.aread(
+            entities, feature_set, (version.model_name, version.version) if self.precomputed else None
+        )
         metrics.FEATURE_READ_SECONDS.observe(time.perf_counter() - started)
         out: dict[str, Outcome] = {}
         for shard in read.failed:
@@ -186,12 +195,20 @@ class Predictor:
         records = list(read.records.values())
         if not records:
             return out
-        # Scoring a row (~20 us) costs less than asking Redis whether another worker already scored this
-        # version, so a miss always scores; the cache write then runs behind the response.
-        started = time.perf_counter()
-        scores = await loop.run_in_executor(self._scoring_pool, model.score, [r.features for r in records])
-        metrics.SCORING_SECONDS.observe(time.perf_counter() - started)
-        metrics.SCORED_ROWS.inc(len(records))
+        # Precomputed by the scorer for exactly these features and this model version: no scoring. The rest is
+        # scored here. Scoring a row (~20 us) costs less than asking Redis whether another worker already scored
+        # this version, so a miss always scores; the cache write then runs behind the response.
+        to_score = [r for r in records if r.prediction is None]
+        scored_now: list[Score] = []
+        if to_score:
+            started = time.perf_counter()
+            scored_now = await loop.run_in_executor(self._scoring_pool, model.score, [r.features for r in to_score])
+            metrics.SCORING_SECONDS.observe(time.perf_counter() - started)
+            metrics.SCORED_ROWS.inc(len(to_score))
+        if len(to_score) < len(records):
+            metrics.PRECOMPUTED_ROWS.inc(len(records) - len(to_score))
+        fresh_scores = iter(scored_now)
+        scores = [Score(*r.prediction) if r.prediction is not None else next(fresh_scores) for r in records]
         # A change applied while this read was in flight may have come after the read saw the old features: those
         # entities are answered but not cached (in Redis, the change's marker refuses the write as well).
         changed = self.freshness.invalidated_since(generation, feature_set)

@@ -122,6 +122,7 @@ class ServingRuntime:
             local=local,
             freshness=freshness,
             miss_concurrency=max(2, serving.scoring_threads),
+            precomputed=serving.precomputed,
         )
         consumer = None
         if serving.invalidation == "events":
@@ -144,6 +145,18 @@ class ServingRuntime:
         connected = self.listener.connected
         metrics.CATALOG_CONNECTED.set(1 if connected else 0)
         return connected
+
+    def scorer_status(self) -> tuple[str, float | None]:
+        """The scorer's state as this worker sees it (from its change consumer) and its lag in seconds."""
+        if self.consumer is None:
+            return "unknown", None
+        lag, known = self.consumer.scorer_lag()
+        if not known or lag is None:
+            return "absent", None
+        lag = round(lag, 3)
+        if lag <= self.serving.scorer_behind_seconds:
+            return "current", lag
+        return ("behind" if lag <= self.serving.scorer_down_seconds else "down"), lag
 
     async def close(self) -> None:
         self.listener.stop()

@@ -45,6 +45,13 @@ class ServingSettings(SectionSettings, DbCredentialFields):
     # collections stalled a worker for 30-100 ms (p99 at 1500 misses/s: 128 ms; with 10k: 37 ms).
     local_cache_entries: int = Field(default=10_000, ge=0, le=10_000_000)
     io_threads: int = Field(default=8, ge=1, le=64)
+    # Read the scorer's precomputed predictions with the features on a cache miss (serving/scorer.py); false:
+    # every miss is scored here, as before the scorer.
+    precomputed: bool = True
+    # /readyz's scorer state: "current" while its lag is at most scorer_behind_seconds, "behind" up to
+    # scorer_down_seconds, "down" beyond (reported only: the service answers either way).
+    scorer_behind_seconds: float = Field(default=5.0, gt=0, le=86_400)
+    scorer_down_seconds: float = Field(default=60.0, gt=0, le=86_400)
     # Where the service reads features on an HA shard: "prefer-standby" reads the synchronous replica (so a
     # dead primary costs readers nothing: the replica keeps answering through the failover; a read right after
     # a write may miss it for milliseconds, far inside the cache's staleness bound), "read-write" the primary.

@@ -149,3 +149,22 @@ class PredictionService(ServerProcess):
                 if (head == name or head.startswith(name + "{")) and all(w in head for w in wanted):
                     total += float(value)
         return total
+
+
+class ScorerProcess(ServerProcess):
+    """``python -m serving.scorer run`` (or ``module``: a test's variant of it), configured by ``env`` (see
+    `service_env`), its probes on ``port``; ready once it follows every server's change log."""
+
+    def __init__(self, env: dict[str, str], port: int, log: Path, module: str = "serving.scorer"):
+        super().__init__([sys.executable, "-m", module, "run", "--port", str(port)], env, port, log)
+
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples, over those carrying every given label value."""
+        wanted = [f'{key}="{value}"' for key, value in labels.items()]
+        total = 0.0
+        for line in self.client.get("/metrics").text.splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                head, value = line.rsplit(" ", 1)
+                if (head == name or head.startswith(name + "{")) and all(w in head for w in wanted):
+                    total += float(value)
+        return total

@@ -49,6 +49,13 @@ def settings(local_stack: Stack) -> TesseraSettings:
     return load_settings()
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    """`shardctl stack up` starts no precomputing scorer in the tests' stacks (TESSERA_STACK__SCORER, inherited by
+    every CLI they run): a scorer per test stack would follow every shard's change log beside what each test
+    measures. Tests of the scorer start it themselves (`--scorer`, `Stack.start_scorer`, `ScorerProcess`)."""
+    os.environ.setdefault("TESSERA_STACK__SCORER", "false")
+
+
 @pytest.hookimpl(tryfirst=True)  # before xdist names each test's group from its mark
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Put each test in its work unit and the units in dispatch order (tests/scheduling.py says why)."""

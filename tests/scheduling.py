@@ -60,6 +60,9 @@ LONGEST_FIRST: tuple[str, ...] = (
     "tests/migrate/test_online_migration.py",
     "tests/migrate/test_engine.py",
     "tests/serving/test_lifecycle.py",
+    # Its own unit with its own stack (`scorer_stack`: servers, Redis, a scorer and a service, stopped and killed by
+    # its tests), not the serving tests' `service`: ~1.5 min on 2 cores beside the session's trained models.
+    "tests/serving/test_scorer.py",
     "tests/serving/test_operations.py",
     "tests/backup/test_backup_restore.py",
     "tests/backup/test_backup_resharding.py",

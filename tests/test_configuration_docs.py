@@ -7,6 +7,7 @@ from pathlib import Path
 from pydantic_settings import BaseSettings
 
 from orchestration.settings import H2OSettings, PipelineSettings
+from serving.scorer.settings import ScorerSettings
 from serving.settings import ServingSettings
 from shardctl.backup.settings import BackupSettings
 from shardctl.control.settings import ControlSettings
@@ -20,6 +21,7 @@ PARTS = (
     StackSettings,
     HASettings,
     ServingSettings,
+    ScorerSettings,
     PipelineSettings,
     H2OSettings,
     WriterSettings,

@@ -37,6 +37,7 @@ def test_main_job_serves_a_prediction_on_the_fallback_postgres_and_java(tmp_path
         "TESSERA_DEMO_DAYS": "3",  # the fewest days with two as-of dates (1-day horizon): an out-of-time split
         "TESSERA_DEMO_ROWS_PER_DAY": "1500",
         "TESSERA_DEMO_ENTITIES": "600",
+        "TESSERA_STACK__SCORER": "true",  # the demo as a user runs it: `stack up` starts the scorer
     }
     try:
         demo = _run(["bash", "scripts/demo.sh"], env, timeout=900)

@@ -5,6 +5,7 @@ name files that exist, and the in-cluster dagster.yaml passes Dagster's own sche
 from __future__ import annotations
 
 import copy
+import json
 import re
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 import yaml
 
 from orchestration.settings import H2OSettings, PipelineSettings
+from serving.scorer.settings import ScorerSettings
 from serving.settings import ServingSettings
 from shardctl.control.settings import ControlSettings
 from shardctl.settings import TesseraSettings
@@ -111,7 +113,8 @@ def test_config_map_variables_are_real_settings(monkeypatch: pytest.MonkeyPatch,
         monkeypatch.setenv(key, value)
     settings = TesseraSettings()
     sections = {
-        cls.section: cls for cls in (ServingSettings, PipelineSettings, H2OSettings, WriterSettings, ControlSettings)
+        cls.section: cls
+        for cls in (ServingSettings, ScorerSettings, PipelineSettings, H2OSettings, WriterSettings, ControlSettings)
     }
     for key in data:
         name, _, field = key.removeprefix("TESSERA_").lower().partition("__")
@@ -192,12 +195,14 @@ def test_no_committed_manifest_or_doc_holds_a_password() -> None:
 
 
 @pytest.mark.req("PLAT.least-privilege")
+@pytest.mark.req("JTBD-02.scorer-k8s")
 def test_each_part_connects_as_its_own_role_with_a_password_from_its_own_secret() -> None:
     config = _find("ConfigMap", "tessera-config")["data"]
     for key in ("TESSERA_CATALOG_DSN", "TESSERA_DAGSTER_DSN", "TESSERA_SHARDS"):
         assert "user=" not in config[key], f"{key}: DSNs say where, each part says who"
     assert config["TESSERA_SERVING__DB_USER"] == "tessera_serving"
     assert config["TESSERA_PIPELINE__DB_USER"] == "tessera_pipeline"
+    assert config["TESSERA_SCORER__DB_USER"] == "tessera_scorer"
 
     def password_sources(container: dict) -> dict[str, str]:
         sources = {}
@@ -215,6 +220,8 @@ def test_each_part_connects_as_its_own_role_with_a_password_from_its_own_secret(
         "TESSERA_SERVING__DB_PASSWORD": "tessera-serving-db",
         "TESSERA_SERVING__REDIS_PASSWORD": "tessera-redis",
     }
+    scorer = _find("Deployment", "scorer")["spec"]["template"]["spec"]["containers"][0]
+    assert password_sources(scorer) == {"TESSERA_SCORER__DB_PASSWORD": "tessera-scorer-db"}
     for name in ("dagster-code", "dagster-daemon", "dagster-webserver"):
         container = _find("Deployment", name)["spec"]["template"]["spec"]["containers"][0]
         assert password_sources(container) == {"*": "tessera-pipeline-db"}, name
@@ -225,9 +232,11 @@ def test_each_part_connects_as_its_own_role_with_a_password_from_its_own_secret(
         "TESSERA_CONTROL__SERVING_PASSWORD": "tessera-serving-db",
         "TESSERA_CONTROL__WRITER_PASSWORD": "tessera-writer-db",
         "TESSERA_CONTROL__PIPELINE_PASSWORD": "tessera-pipeline-db",
+        "TESSERA_CONTROL__SCORER_PASSWORD": "tessera-scorer-db",
     }
     generator = (K8S / "generate-secrets.sh").read_text()
-    for secret in ("tessera-postgres", "tessera-serving-db", "tessera-writer-db", "tessera-pipeline-db"):
+    parts = ("serving", "writer", "pipeline", "scorer")
+    for secret in ("tessera-postgres", *(f"tessera-{part}-db" for part in parts)):
         assert f"create {secret} " in generator, f"{secret} is referenced but never generated"
 
 
@@ -246,3 +255,32 @@ def test_kubernetes_redis_has_the_stacks_acl_users_from_a_generated_secret(tmp_p
     assert container["args"][-2:] == ["--aclfile", "/etc/redis/users.acl"]
     serving = _find("Deployment", "serving")["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "TESSERA_SERVING__REDIS_USERNAME", "value": SERVING_USER} in serving["env"]
+
+
+@pytest.mark.req("JTBD-02.scorer-k8s")
+def test_one_scorer_runs_with_its_probes_and_a_budget_that_never_blocks_a_drain() -> None:
+    """The scorer: one replica, replaced without overlap (two would score each change twice), probed on the port
+    its settings listen on, covered by a PodDisruptionBudget that allows its one pod to be evicted; the re-scoring
+    job's run pods get the scorer's password from its Secret, no other run does."""
+    deployment = _find("Deployment", "scorer")
+    spec = deployment["spec"]
+    assert spec["replicas"] == 1
+    assert spec["strategy"] == {"type": "Recreate"}
+    container = spec["template"]["spec"]["containers"][0]
+    assert container["command"] == ["python", "-m", "serving.scorer", "run"]
+    config = _find("ConfigMap", "tessera-config")["data"]
+    port = int(config["TESSERA_SCORER__PORT"])
+    assert container["ports"] == [{"name": "probes", "containerPort": port}]
+    probes = ("startupProbe", "readinessProbe", "livenessProbe")
+    paths = {probe: container[probe]["httpGet"]["path"] for probe in probes}
+    assert paths == {"startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
+    budget = _find("PodDisruptionBudget", "scorer")["spec"]
+    assert budget["selector"]["matchLabels"] == spec["selector"]["matchLabels"]
+    assert budget == {"maxUnavailable": 1, "selector": budget["selector"]}
+    from orchestration.defs.predictions import rescore_job
+
+    tag = rescore_job.tags["dagster-k8s/config"]  # Dagster keeps a dict tag as its JSON
+    env = (json.loads(tag) if isinstance(tag, str) else tag)["container_config"]["env"]
+    assert [e["valueFrom"]["secretKeyRef"]["name"] for e in env] == ["tessera-scorer-db"]
+    instance = yaml.safe_load(_find("ConfigMap", "dagster-instance")["data"]["dagster.yaml"])
+    assert "tessera-scorer-db" not in instance["run_launcher"]["config"]["env_secrets"]

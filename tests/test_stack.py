@@ -96,14 +96,15 @@ def test_settings_come_from_the_stack_file_and_env_overrides_it(settings, monkey
 def test_down_leaves_no_process_behind(tmp_path: Path) -> None:
     data_dir = tmp_path / "own-stack"
     base = str(_random_base_port())
-    up = _shardctl("stack", "up", "--shards", "1", "--base-port", base, "--data-dir", str(data_dir))
+    up = _shardctl("stack", "up", "--shards", "1", "--base-port", base, "--data-dir", str(data_dir), "--scorer")
     assert up.returncode == 0, up.stderr
     stack = Stack(data_dir)
     pids = stack.pids()
     state = stack.load_state()
     assert state is not None
-    assert len(pids) == 3
-    ports = [state.catalog_port, *state.shard_ports, state.redis_port]
+    assert len(pids) == 4  # catalog, server, Redis, the precomputing scorer
+    assert state.scorer_pid in pids
+    ports = [state.catalog_port, *state.shard_ports, state.redis_port, state.scorer_port]
     assert all(port_in_use(p) for p in ports)
     children = [c.pid for p in pids for c in psutil.Process(p).children(recursive=True)]
     down = _shardctl("stack", "down", "--data-dir", str(data_dir))

@@ -18,8 +18,15 @@ there for the hit target to mean anything); Tessera, then FastAPI over the same 
 misses and Zipf in ``--step-seconds`` steps until p99 > 50 ms (or errors, or the generator falls behind);
 the highest step that held is run again for ``--sustain-seconds`` (a queue that grows shows there); and the
 invalidation latency is measured on Tessera: a feature write, then how long until the entity's Redis entry is
-replaced by the change's marker, and until the next answer carries the new version. Last, ``hot_path.py``: a
-cached prediction's own CPU in process, through the fast path and through the Litestar route behind it.
+replaced by the change's marker, until the next answer carries the new version, and until the scorer's
+precomputed prediction of the new features is stored. Last, ``hot_path.py``: a cached prediction's own CPU in
+process, through the fast path and through the Litestar route behind it.
+
+The precomputing scorer (``python -m serving.scorer``) runs throughout, as a deployment runs it: it catches up
+every entity (the job's and the miss copies) before the first run, so a miss is a lookup of its precomputed
+prediction beside its features, and ``uniform`` traffic (uniformly over every entity of the job: most asked for
+the first time) measures that path. The re-scoring pass after a promotion (``python -m serving.scorer rescore
+--force``: every entity) is timed once at the end (rows per second).
 The summary gives, per app and scenario, the median over runs of the highest step holding p99 < 50 ms (the
 issue's ">= FastAPI" figure), with min-max. Everything started is stopped by PID at the end.
 """
@@ -55,9 +62,10 @@ from shardctl.redis_acl import ADMIN_USER
 from shardctl.settings import TesseraSettings
 from shardctl.stack.manager import Stack
 from shardctl.store import FeatureStore
+from shardctl.store.predictions import PREDICTION_TABLE
 from shardctl.store.registry import ModelRegistry, ModelVersion
 from shardctl.store.writer import FeatureRow
-from testkit.serving import PredictionService, ServerProcess, bearer, create_api_key, service_env
+from testkit.serving import PredictionService, ScorerProcess, ServerProcess, bearer, create_api_key, service_env
 
 REPO = Path(__file__).resolve().parents[2]
 FEATURE_SET = "bench_serving_v1"
@@ -65,6 +73,7 @@ FEATURES = ["spend", "visits", "tier", "tenure"]
 HIT_RATES = [1000, 2000, 3000, 4000, 5000, 6000, 7000, 8000, 9000, 10000]  # the calibration's top
 MISS_RATES = [250, 500, 1000, 1500, 2000, 2500, 3000]
 ZIPF_RATES = [1000, 2000, 3000, 4000, 5000, 6000]
+UNIFORM_RATES = [1000, 2000, 3000, 4000, 5000, 6000]
 HELLO_RATES = [2000, 4000, 6000, 8000, 10000]
 CALIBRATION_TARGET = 6000
 
@@ -236,14 +245,38 @@ def synthetic_data(settings: TesseraSettings, args, tmp: Path):
     return h2o, gbm, ids
 
 
+# The scorer's prediction of an entity's current features by the served model (shardctl/store/predictions.py).
+_CURRENT_PREDICTION = f"""SELECT 1 FROM entity_features f JOIN {PREDICTION_TABLE} p
+  ON p.logical_shard = f.logical_shard AND p.entity_id = f.entity_id AND p.feature_set = f.feature_set
+ AND p.model_name = %s AND p.model_version = %s AND p.feature_version = f.version
+ AND p.feature_digest = md5(f.features::text)::uuid WHERE f.entity_id = %s"""
+
+
+def rescore_throughput(env: dict) -> dict:
+    """``python -m serving.scorer rescore --force``: every entity re-scored with the promoted model, as the
+    re-scoring job does after a promotion; its own figures (rows, seconds, rows per second)."""
+    done = subprocess.run(
+        [sys.executable, "-m", "serving.scorer", "rescore", "--force"],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=3600,
+        check=True,
+    )
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
 def invalidation_latency(
     settings: TesseraSettings, port: int, rc: redis.Redis, model: ModelVersion, ids, n: int, api_key: str
 ):
     """Per sample: cache an entity, write new features for it, then how long (from the write's commit) until its
     Redis entry no longer holds the old version (the change's marker, or the new version if a request already
-    re-cached it) and until an answer carries the new version (polled every ms beside one request per poll)."""
+    re-cached it), until an answer carries the new version, and until the scorer's prediction of the new features is
+    stored (each polled every ms, beside one request per poll)."""
     gone_ms: list[float] = []
     answered_ms: list[float] = []
+    precomputed_ms: list[float] = []
     with (
         httpx.Client(base_url=f"http://127.0.0.1:{port}", timeout=5, headers=bearer(api_key)) as client,
         FeatureStore.open(settings, prepare_topology=False) as store,
@@ -258,26 +291,35 @@ def invalidation_latency(
                 name: (v + 1 if isinstance(v, int | float) and not isinstance(v, bool) else v)
                 for name, v in row.features.items()
             }
+            server = psycopg.connect(settings.shard_dsns()[row.shard], autocommit=True)
             store.write(model.feature_set, [FeatureRow(entity, row.event_ts + timedelta(seconds=1), bumped)])
             committed = time.perf_counter()
-            gone = answered = None
-            while time.perf_counter() - committed < 10 and (gone is None or answered is None):
-                now = time.perf_counter()
-                # Gone: the change's marker, or already the new version (a request re-cached it since).
-                held = (rc.get(key) or b"0:").split(b":")[0]
-                if gone is None and int(held) != first.get("feature_version"):
-                    gone = now - committed
-                if answered is None:
-                    got = client.post("/v1/predictions", json={"entity_id": entity}).json()
-                    if got.get("feature_version", 0) > first.get("feature_version", 0):
-                        answered = time.perf_counter() - committed
-                time.sleep(0.001)
+            gone = answered = precomputed = None
+            with server:
+                while time.perf_counter() - committed < 10 and None in (gone, answered, precomputed):
+                    now = time.perf_counter()
+                    # Gone: the change's marker, or already the new version (a request re-cached it since).
+                    held = (rc.get(key) or b"0:").split(b":")[0]
+                    if gone is None and int(held) != first.get("feature_version"):
+                        gone = now - committed
+                    if answered is None:
+                        got = client.post("/v1/predictions", json={"entity_id": entity}).json()
+                        if got.get("feature_version", 0) > first.get("feature_version", 0):
+                            answered = time.perf_counter() - committed
+                    # Precomputed: the scorer's prediction of the new features is stored.
+                    current = (model.model_name, model.version, entity)
+                    if precomputed is None and server.execute(_CURRENT_PREDICTION, current).fetchone():
+                        precomputed = time.perf_counter() - committed
+                    time.sleep(0.001)
+            if precomputed is not None:
+                precomputed_ms.append(precomputed * 1000)
             if gone is not None:
                 gone_ms.append(gone * 1000)
             if answered is not None:
                 answered_ms.append(answered * 1000)
     out = {"samples": n}
-    for name, values in (("redis_entry_replaced_ms", gone_ms), ("new_answer_ms", answered_ms)):
+    measures = {"redis_entry_replaced_ms": gone_ms, "new_answer_ms": answered_ms, "precomputed_ms": precomputed_ms}
+    for name, values in measures.items():
         out[name] = (
             {"p50": percentile(values, 0.5), "p99": percentile(values, 0.99), "max": max(values), "n": len(values)}
             if values
@@ -303,12 +345,12 @@ def main() -> int:
     parser.add_argument("--hot-path", action="store_true", help="measure the hot path in process even with --tiny")
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
-    rates = {"hit": HIT_RATES, "miss": MISS_RATES, "zipf": ZIPF_RATES, "hello": HELLO_RATES}
+    rates = {"hit": HIT_RATES, "miss": MISS_RATES, "zipf": ZIPF_RATES, "uniform": UNIFORM_RATES, "hello": HELLO_RATES}
     naive_rates = [1, 2, 5, 10, 20, 50]
     if args.tiny:
         args.data, args.runs, args.step_seconds, args.sustain_seconds = "synthetic", 1, 1.0, 1.0
         args.entities, args.invalidation_samples = 3000, 2
-        rates = {"hit": [20, 40], "miss": [20], "zipf": [20], "hello": [50]}
+        rates = {"hit": [20, 40], "miss": [20], "zipf": [20], "uniform": [20], "hello": [50]}
         naive_rates = [1]
     if args.quick:
         args.runs, args.step_seconds, args.sustain_seconds = 1, 3.0, 5.0
@@ -353,7 +395,17 @@ def main() -> int:
         miss = Scenario("0% hits", "miss", n_entities=len(miss_ids), ids=tuple(miss_ids), api_key=key)
         hit = Scenario("100% hits", "hit", warm=1000, ids=tuple(ids), api_key=key)
         zipf = Scenario("Zipf(1.1)", "zipf", n_entities=min(len(ids), 200_000), ids=tuple(ids), api_key=key)
+        uniform = Scenario("uniform", "uniform", n_entities=len(ids), ids=tuple(ids), api_key=key)
         py = sys.executable
+        # The scorer, as a deployment runs it: its first round catches up every entity (ready once it has).
+        started = time.perf_counter()
+        scorer_port = free_port()
+        scorer = ScorerProcess(env, scorer_port, tmp / "scorer.log")
+        servers.append(scorer)
+        scorer.wait_ready("/readyz", timeout=3600)
+        caught_up = time.perf_counter() - started
+        summary["scorer_catch_up"] = {"seconds": round(caught_up, 1)}
+        print(f"scorer caught up every entity in {caught_up:.0f} s (start, JVM, scoring)")
 
         def serve(name: str, argv: list[str] | None, ready: str, extra_env: dict | None = None) -> ServerProcess:
             """Start an app on a free port and wait for ``ready``; ``argv`` None: Tessera's prediction service."""
@@ -456,7 +508,7 @@ def main() -> int:
             print(f"== Tessera: Litestar on Granian ({args.workers} worker(s)), in-process MOJO, Redis cache")
             s = serve("tessera", None, "/readyz")
             result["tessera"] = {}
-            scenarios(s, [hit, miss, zipf], result["tessera"], rates)
+            scenarios(s, [hit, miss, zipf, uniform], result["tessera"], rates)
             print("== invalidation latency (Tessera): feature write -> cache entry gone / new answer")
             result["invalidation"] = invalidation_latency(
                 settings, s.port, rc, model, ids[hit.warm :], args.invalidation_samples, key
@@ -482,11 +534,14 @@ def main() -> int:
                 "/docs",
             )
             result["fastapi_inprocess"] = {}
-            scenarios(s, [hit, miss, zipf], result["fastapi_inprocess"], rates)
+            scenarios(s, [hit, miss, zipf, uniform], result["fastapi_inprocess"], rates)
             stop(s)
             summary["runs"].append(result)
             if args.json:
                 args.json.write_text(json.dumps(summary, indent=2))
+        print("== re-scoring every entity with the promoted model (the job's pass after a promotion)")
+        summary["rescore"] = rescore_throughput(env)
+        print(f"    {summary['rescore']}", flush=True)
         if not args.tiny or args.hot_path:
             print("== the hot path's own CPU, in process: the fast path (API key check on, then off), the route")
             (tmp / "ids.json").write_text(json.dumps(list(ids[:100])))
@@ -564,13 +619,19 @@ def print_summary(summary: dict) -> None:
         offered = hello["median"] >= CALIBRATION_TARGET
         print(f"  calibration: the generator offered {CALIBRATION_TARGET} req/s within p99 50 ms: {offered}")
         summary["calibration_ok"] = offered
-    for sc in ("100% hits", "0% hits", "Zipf(1.1)"):
+    for sc in ("100% hits", "0% hits", "Zipf(1.1)", "uniform"):
         t, f = table.get(("tessera", sc)), table.get(("fastapi_inprocess", sc))
         if t and f:
             verdict = ">=" if t["median"] >= f["median"] else "<"
             print(f"  {sc:>10}: Tessera {t['median']:.0f} {verdict} FastAPI {f['median']:.0f}")
     for n, r in enumerate(runs):
         print(f"  invalidation, run {n + 1}: {r.get('invalidation')}")
+    rescore = summary.get("rescore")
+    if rescore:
+        print(
+            f"  re-scoring after a promotion: {rescore['rows']:,} entities in {rescore['seconds']:.1f} s "
+            f"({rescore['rows_per_second']:,.0f} rows/s)"
+        )
     hot = dict(summary.get("hot_path_cpu_us", {}))
     ratio = hot.pop("auth CPU ratio", None)
     for name, us in hot.items():

@@ -24,7 +24,8 @@ MAX_US = 60_000_000
 @dataclass(frozen=True)
 class Scenario:
     """Which entity each request asks for: ``hit`` cycles a small warm set, ``miss`` never repeats an id,
-    ``zipf`` draws from a Zipf(s) law over ``n_entities``; ``hello`` sends an empty body to a trivial endpoint."""
+    ``zipf`` draws from a Zipf(s) law over ``n_entities``, ``uniform`` uniformly from all of them (most never asked
+    before); ``hello`` sends an empty body to a trivial endpoint."""
 
     name: str
     kind: str
@@ -66,6 +67,9 @@ def _body_source(scenario: Scenario, proc: int, procs: int, start_index: int) ->
     if scenario.kind == "miss":
         counter = iter(range(start_index + proc, 1 << 62, procs))
         return lambda: b'{"entity_id":"%s"}' % scenario.entity(next(counter) % scenario.n_entities).encode()
+    if scenario.kind == "uniform":
+        n = scenario.n_entities
+        return lambda: b'{"entity_id":"%s"}' % scenario.entity(rng.randrange(n)).encode()
     if scenario.kind == "zipf":
         weights = [1.0 / (k**scenario.zipf_s) for k in range(1, scenario.n_entities + 1)]
         cum = []

@@ -14,12 +14,13 @@ from orchestration.resources import (
     ControlPlaneResource,
     H2OResource,
     RawDataResource,
+    ScorerResource,
     TesseraResource,
 )
-from orchestration.settings import H2OSettings, PipelineSettings
+from orchestration.settings import H2OSettings, PipelineSettings, ScorerRoleSettings
 from shardctl.control.settings import ControlSettings
 from shardctl.credentials import DbCredentialFields
-from shardctl.settings import TesseraSettings, load_settings
+from shardctl.settings import TesseraSettings, load_settings, settings_file_path
 
 
 def _env_or(name: str, value: str | None) -> str | dg.EnvVar | None:
@@ -55,6 +56,16 @@ def raw_data_resource(pipeline: PipelineSettings, **overrides: int) -> RawDataRe
     return RawDataResource(**{**fields, **overrides})
 
 
+def scorer_resource(store: TesseraSettings) -> ScorerResource:
+    """The re-scoring pass as the scorer's role (``TESSERA_SCORER__DB_*``, or the stack's ``scorer`` section)."""
+    path = settings_file_path()
+    return ScorerResource(
+        catalog_dsn=_env_or("TESSERA_CATALOG_DSN", store.catalog_dsn),
+        settings_file=str(path.absolute()) if path.exists() else None,
+        **_role("scorer", ScorerRoleSettings()),
+    )
+
+
 @dg.definitions
 def resources() -> dg.Definitions:
     store, pipeline, h2o = load_settings(), PipelineSettings(), H2OSettings()
@@ -65,6 +76,8 @@ def resources() -> dg.Definitions:
                 catalog_dsn=_env_or("TESSERA_CATALOG_DSN", store.catalog_dsn), **_role("control", ControlSettings())
             ),
             "raw_data": raw_data_resource(pipeline),
+            "scorer": scorer_resource(store),
+            "pipes_subprocess_client": dg.PipesSubprocessClient(),
             "backups": BackupResource(data_dir=str(Path(store.data_dir).absolute())),
             "h2o_cluster": H2OResource(
                 url=_env_or("TESSERA_H2O__URL", h2o.url),

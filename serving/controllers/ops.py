@@ -37,9 +37,10 @@ class OpsController(Controller):
         # (no connection per probe).
         model = runtime.predictor.holder.current
         catalog = "connected" if runtime.catalog_connected() else "unreachable"
+        scorer, lag = runtime.scorer_status()
         if model is None:
-            return Response(Health("not ready", None, "no model promoted", catalog), status_code=503)
-        return Response(Health("ready", model.key, catalog=catalog))
+            return Response(Health("not ready", None, "no model promoted", catalog, scorer, lag), status_code=503)
+        return Response(Health("ready", model.key, catalog=catalog, scorer=scorer, scorer_lag_seconds=lag))
 
 
 class MetricsController(PrometheusController):

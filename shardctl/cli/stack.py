@@ -60,6 +60,12 @@ def open_stack(data_dir: str | None) -> Stack:
     help="A new stack's servers take TLS only (a local CA signs their certificate) and every DSN written verifies "
     "them (sslmode=verify-full).",
 )
+@click.option(
+    "--scorer/--no-scorer",
+    default=None,
+    help="Start the precomputing scorer (python -m serving.scorer) beside the servers (default: on, or "
+    "TESSERA_STACK__SCORER); `down` stops it.",
+)
 def stack_up(
     data_dir: str | None,
     servers: int | None,
@@ -68,6 +74,7 @@ def stack_up(
     ha: bool,
     replicas: int | None,
     tls: bool,
+    scorer: bool | None,
 ) -> None:
     """Start every server that is not running (harmless when all are), then print their status."""
     from shardctl.stack.settings import StackSettings
@@ -86,6 +93,8 @@ def stack_up(
     before = the_stack.load_state()
     had = set(the_stack.server_names(before)) if before is not None else None
     state = the_stack.up(servers=servers, base_port=base_port or knobs.base_port, ha=ha, replicas=replicas, tls=tls)
+    if knobs.scorer if scorer is None else scorer:
+        state = the_stack.start_scorer()
     _print_status(the_stack, as_json=False)
     for name in [n for n in the_stack.server_names(state) if had is not None and n not in had]:
         click.echo(f"{name} added, empty: `shardctl migrate run --add-server {name}` moves logical shards onto it")

@@ -11,7 +11,7 @@ from pydantic import SecretStr
 
 from shardctl.credentials import DbCredentialFields
 from shardctl.settings import SectionSettings, section_config
-from shardctl.store.grants import PIPELINE_ROLE, SERVING_ROLE, WRITER_ROLE
+from shardctl.store.grants import PIPELINE_ROLE, SCORER_ROLE, SERVING_ROLE, WRITER_ROLE
 
 
 class ControlSettings(SectionSettings, DbCredentialFields):
@@ -23,11 +23,13 @@ class ControlSettings(SectionSettings, DbCredentialFields):
     serving_password: SecretStr | None = None
     writer_password: SecretStr | None = None
     pipeline_password: SecretStr | None = None
+    scorer_password: SecretStr | None = None
 
     def role_passwords(self) -> dict[str, str | None]:
         given = {
             SERVING_ROLE: self.serving_password,
             WRITER_ROLE: self.writer_password,
             PIPELINE_ROLE: self.pipeline_password,
+            SCORER_ROLE: self.scorer_password,
         }
         return {role: secret.get_secret_value() if secret else None for role, secret in given.items()}

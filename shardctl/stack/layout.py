@@ -25,7 +25,7 @@ from shardctl.stack.secrets import StackSecrets
 from shardctl.stack.server_runtime import reachable_postgres
 from shardctl.stack.tls import StackTLS
 from shardctl.stack.users import chown_tree, server_user, user_can_write
-from shardctl.store.grants import PIPELINE_ROLE, SERVING_ROLE, WRITER_ROLE
+from shardctl.store.grants import PIPELINE_ROLE, SCORER_ROLE, SERVING_ROLE, WRITER_ROLE
 from shardctl.store.shardmap import server_name  # server n of the stack is server-n in the catalog
 
 STATE_FILE_NAME = "stack.json"
@@ -57,6 +57,9 @@ class StackState:
     server_ids: list[int] | None = None
     # `up --tls`: every Postgres server takes TLS only and clients verify it (shardctl/stack/tls.py).
     tls: bool = False
+    # The scorer `stack up` started (``shardctl/stack/scorer_process.py``) and its probe port; None: not started.
+    scorer_pid: int | None = None
+    scorer_port: int | None = None
 
     def copy(self) -> StackState:
         """A deep copy, to change while the original is kept (to restore, or to find what was removed)."""
@@ -271,6 +274,7 @@ class StackLayout:
             },
             "writer": self._login(WRITER_ROLE),
             "pipeline": self._login(PIPELINE_ROLE),
+            "scorer": self._login(SCORER_ROLE),
             "control": self._login(SUPERUSER),
         }
         self.settings_file.write_text(json.dumps(settings, indent=2))

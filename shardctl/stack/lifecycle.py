@@ -15,6 +15,7 @@ from shardctl.backup import archiving
 from shardctl.backup.archiving import CATALOG_STANZA
 from shardctl.control.roles import ensure_roles, own_database
 from shardctl.process import pid_alive
+from shardctl.stack import scorer_process
 from shardctl.stack.ha.cluster import HACluster
 from shardctl.stack.layout import (
     DAGSTER_DATABASE,
@@ -26,7 +27,7 @@ from shardctl.stack.layout import (
 from shardctl.stack.postgres import DATABASE, SUPERUSER, PostgresServer, enable_ssl, make_template
 from shardctl.stack.secrets import StackSecrets
 from shardctl.store import prepare as prepare_feature_store
-from shardctl.store.grants import PIPELINE_ROLE, SERVING_ROLE, WRITER_ROLE
+from shardctl.store.grants import PART_ROLES, grant_catalog_privileges
 from shardctl.store.hashing import install_sql_functions
 from shardctl.store.schema import apply_schema
 from shardctl.store.shardmap import ShardMapError, ShardMapStore
@@ -141,15 +142,40 @@ def bring_up(layout: StackLayout, state: StackState, added: tuple[str, ...] = ()
         maps.current()  # once a map exists the catalog is the truth: the stack only adds servers to it
     except ShardMapError:
         prepare_feature_store(layout.catalog_dsn(state), [e["dsn"] for e in entries])
+    else:  # a stack made before a part's role existed (the scorer's): its catalog grants, now
+        with psycopg.connect(layout.catalog_dsn(state), autocommit=True, connect_timeout=5) as conn:
+            grant_catalog_privileges(conn)
     for entry in entries:  # servers added to a running stack: schema, then known to the catalog (unplaced)
         apply_schema(entry["dsn"])
         # A name the stack used before (a removed server's) gets the new server's DSN.
         maps.register_server(entry["name"], entry["dsn"], replace=entry["name"] in added)
 
 
+def start_scorer(layout: StackLayout, state: StackState) -> StackState:
+    """Start the stack's scorer unless it runs already (its PID and probe port go into the state)."""
+    if pid_alive(state.scorer_pid):
+        return state
+    pid, port = scorer_process.start(layout.settings_file, layout.data_dir / "scorer.log")
+    state.scorer_pid, state.scorer_port = pid, port
+    layout.save_state(state)
+    return state
+
+
+def stop_scorer(layout: StackLayout, state: StackState) -> bool:
+    """Stop the stack's scorer by PID (True when none runs any more)."""
+    if not scorer_process.stop(state.scorer_pid):
+        return False
+    if state.scorer_pid is not None:
+        state.scorer_pid = state.scorer_port = None
+        layout.save_state(state)
+    return True
+
+
 def part_passwords(secrets: StackSecrets) -> dict[str, str | None]:
     """Each part role's password, as `ensure_roles` sets it (a SCRAM verifier made on the client)."""
-    return {role: secrets.pg_password(role) for role in (SERVING_ROLE, WRITER_ROLE, PIPELINE_ROLE)}
+    if not all(secrets.pgpass(role).exists() for role in PART_ROLES):
+        secrets.ensure()  # a role added since the stack was made (the scorer's) gets its password now
+    return {role: secrets.pg_password(role) for role in PART_ROLES}
 
 
 def _archived(layout: StackLayout, state: StackState) -> list[tuple[str, PostgresServer]]:
@@ -206,6 +232,8 @@ def down(layout: StackLayout, purge: bool = False) -> list[str]:
     if state is None:
         return []
     failed = []
+    if not stop_scorer(layout, state):  # first: it connects to every server
+        failed.append("scorer")
     cluster = layout.ha_cluster(state)
     if cluster is not None:
         failed += cluster.down()
@@ -230,4 +258,6 @@ def running_pids(layout: StackLayout, state: StackState) -> list[int]:
         pids += cluster.pids()
     if pid_alive(state.redis_pid):
         pids.append(state.redis_pid)  # type: ignore[arg-type]
+    if pid_alive(state.scorer_pid):
+        pids.append(state.scorer_pid)  # type: ignore[arg-type]
     return pids

@@ -105,6 +105,14 @@ class Stack:
             return self.add_servers(servers - self.layout.shard_count(state))
         return lifecycle.start(self.layout, state, fresh=False)
 
+    def start_scorer(self) -> StackState:
+        """Start the precomputing scorer on the running stack (`stack up` does unless told not to); `down` stops
+        it by PID."""
+        state = self.layout.load_state()
+        if state is None:
+            raise StackError(f"no stack in {self.data_dir}: run `shardctl stack up`")
+        return lifecycle.start_scorer(self.layout, state)
+
     def plan(self, shards: int, base_port: int, ha: bool = False, replicas: int | None = None) -> StackState:
         """Lay out a new stack and save it without starting anything; a later `up` starts it. Fault-injection
         runs use the gap to start the proxies their members will talk through."""

@@ -18,3 +18,6 @@ class StackSettings(SectionSettings):
     base_port: int = Field(default=15432, ge=1024, le=65000)
     postgres_bin_dir: str | None = None
     run_as_user: str | None = None
+    # `stack up` starts the precomputing scorer (python -m serving.scorer) beside the servers; `--no-scorer` or
+    # false here: it does not.
+    scorer: bool = True

@@ -88,6 +88,12 @@ def status(layout: StackLayout) -> list[ServerStatus]:
         )
     )
     rows.append(_java_status(state))
+    if state.scorer_pid is not None:  # started by `stack up` (not by the tests' stacks)
+        alive = pid_alive(state.scorer_pid)
+        detail = f"python -m serving.scorer, probes on port {state.scorer_port}" if alive else "exited: see scorer.log"
+        rows.append(
+            ServerStatus("scorer", "scorer", state.scorer_port, state.scorer_pid if alive else None, alive, detail)
+        )
     return rows
 
 

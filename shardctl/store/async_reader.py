@@ -14,6 +14,7 @@ from psycopg.types.json import set_json_loads
 
 from shardctl.store.errors import ShardUnavailableError
 from shardctl.store.pools import AsyncShardPools
+from shardctl.store.predictions import SCORED_READ_SQL
 from shardctl.store.reader import (
     READ_SQL,
     ReadResult,
@@ -37,23 +38,33 @@ class AsyncFeatureReader(ShardReaderBase):
     def _make_pools(self, **options: Any) -> AsyncShardPools:
         return AsyncShardPools("tessera-async-reader", configure=_configure_connection, **options)
 
-    async def get_features(self, entity_ids: Iterable[str] | str, feature_set: str) -> ReadResult:
+    async def get_features(
+        self, entity_ids: Iterable[str] | str, feature_set: str, model: tuple[str, int] | None = None
+    ) -> ReadResult:
+        """With ``model`` (name, registry version): the same read joined with the precomputed predictions
+        (``shardctl/store/predictions.py``), in the same statement; a record's ``prediction`` is set only for one
+        made by that model version from exactly the features read."""
         shard_map, groups, logical = plan_read(self.shard_map, entity_ids, feature_set)
         pools = await self._pools.pools_for_async(shard_map)
         shards = list(groups)
+        query = READ_SQL if model is None else SCORED_READ_SQL
+        prefix = () if model is None else tuple(model)
         found = await asyncio.gather(
-            *(self._try_read(pools[i], i, shard_map, read_params(feature_set, groups[i], logical[i])) for i in shards)
+            *(
+                self._try_read(pools[i], i, shard_map, prefix + read_params(feature_set, groups[i], logical[i]), query)
+                for i in shards
+            )
         )
         return assemble_read(shard_map, feature_set, groups, dict(zip(shards, found, strict=True)))
 
     @staticmethod
-    async def _try_read(pool, shard: int, shard_map: ShardMap, params: tuple) -> ShardOutcome:
+    async def _try_read(pool, shard: int, shard_map: ShardMap, params: tuple, query: str = READ_SQL) -> ShardOutcome:
         # As FeatureReader: one retry covers a pooled connection that died with a restarted shard, and only
         # psycopg.OperationalError (PoolTimeout included) means the shard is unavailable.
         for attempt in (1, 2):
             try:
                 async with pool.connection() as conn:
-                    cursor = await conn.execute(READ_SQL, params)
+                    cursor = await conn.execute(query, params)
                     return await cursor.fetchall()
             except psycopg.OperationalError as exc:
                 if attempt == 2:

@@ -19,7 +19,8 @@ from psycopg import sql
 SERVING_ROLE = "tessera_serving"  # reads features and the model registry
 WRITER_ROLE = "tessera_writer"  # writes features (FeatureStore / FeatureWriter)
 PIPELINE_ROLE = "tessera_pipeline"  # writes features, registers models, owns orchestration's catalog tables
-PART_ROLES = (SERVING_ROLE, WRITER_ROLE, PIPELINE_ROLE)
+SCORER_ROLE = "tessera_scorer"  # reads features and the change log, writes precomputed predictions and its cursor
+PART_ROLES = (SERVING_ROLE, WRITER_ROLE, PIPELINE_ROLE, SCORER_ROLE)
 
 _FEATURE_WRITE = ("SELECT", "INSERT", "UPDATE")
 _LOGICAL_FENCE_LOCK = ("SELECT", "UPDATE (changed_at)")
@@ -27,7 +28,12 @@ _CHANGE_LOG_WRITE = ("SELECT", "INSERT", "DELETE")
 
 # table -> role -> privileges, on every shard. Tables the parts never touch map to {}.
 SHARD_GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
-    "entity_features": {SERVING_ROLE: ("SELECT",), WRITER_ROLE: _FEATURE_WRITE, PIPELINE_ROLE: _FEATURE_WRITE},
+    "entity_features": {
+        SERVING_ROLE: ("SELECT",),
+        WRITER_ROLE: _FEATURE_WRITE,
+        PIPELINE_ROLE: _FEATURE_WRITE,
+        SCORER_ROLE: ("SELECT",),
+    },
     # Migration 2's whole-server fence: no part reads or moves it any more (the per-logical-shard fence below
     # replaced it). The table stays for now: writers of an older Tessera still lock it during an upgrade (their
     # grants, given before, are kept); a later migration can drop it once none runs.
@@ -41,19 +47,26 @@ SHARD_GRANTS: Mapping[str, Mapping[str, tuple[str, ...]]] = {
         SERVING_ROLE: ("SELECT",),
         WRITER_ROLE: _CHANGE_LOG_WRITE,
         PIPELINE_ROLE: _CHANGE_LOG_WRITE,
+        SCORER_ROLE: ("SELECT",),
     },
+    # Precomputed predictions (shardctl/store/predictions.py): the scorer writes them (and deletes those of gone
+    # entities and of logical shards placed elsewhere); serving reads them beside the features.
+    "tessera_predictions": {SERVING_ROLE: ("SELECT",), SCORER_ROLE: ("SELECT", "INSERT", "UPDATE", "DELETE")},
+    # The scorer's durable change-log cursor; serving reads when it last caught up (its lag).
+    "tessera_scorer_cursors": {SERVING_ROLE: ("SELECT",), SCORER_ROLE: ("SELECT", "INSERT", "UPDATE")},
     "tessera_schema_migrations": {},
 }
 
-_SHARD_MAP_READ = {SERVING_ROLE: ("SELECT",), WRITER_ROLE: ("SELECT",), PIPELINE_ROLE: ("SELECT",)}
+_SHARD_MAP_READ = {role: ("SELECT",) for role in PART_ROLES}
 # Every reader and writer records the epoch it follows (its watcher's heartbeat) and removes itself on stop.
-_EPOCH_ACKS = {role: ("SELECT", "INSERT", "UPDATE", "DELETE") for role in (SERVING_ROLE, WRITER_ROLE, PIPELINE_ROLE)}
+_EPOCH_ACKS = {role: ("SELECT", "INSERT", "UPDATE", "DELETE") for role in PART_ROLES}
 # The resharding journal is the control plane's; the pipeline reads it (its placement check allows a running
 # migration's copies).
 _JOURNAL_READ = {PIPELINE_ROLE: ("SELECT",)}
 # Serving loads the promoted version; the pipeline registers versions and moves the alias (an upsert).
-_REGISTRY = {SERVING_ROLE: ("SELECT",), PIPELINE_ROLE: ("SELECT", "INSERT")}
-_ALIASES = {SERVING_ROLE: ("SELECT",), PIPELINE_ROLE: ("SELECT", "INSERT", "UPDATE")}
+# The scorer loads the promoted version as serving does.
+_REGISTRY = {SERVING_ROLE: ("SELECT",), SCORER_ROLE: ("SELECT",), PIPELINE_ROLE: ("SELECT", "INSERT")}
+_ALIASES = {SERVING_ROLE: ("SELECT",), SCORER_ROLE: ("SELECT",), PIPELINE_ROLE: ("SELECT", "INSERT", "UPDATE")}
 # The lifecycle's records (comparisons, promotions and rollbacks) are append-only for the pipeline: it can add
 # its own, never rewrite history; serving reads none of them.
 _RECORDS = {PIPELINE_ROLE: ("SELECT", "INSERT")}

@@ -45,8 +45,12 @@ class FeatureReadStore:
     def shard_map(self) -> ShardMap:
         return self.watcher.current
 
-    async def get_features(self, entity_ids: Iterable[str] | str, feature_set: str) -> ReadResult:
-        return await self.reader.get_features(entity_ids, feature_set)
+    async def get_features(
+        self, entity_ids: Iterable[str] | str, feature_set: str, model: tuple[str, int] | None = None
+    ) -> ReadResult:
+        """Features of ``entity_ids``; with ``model`` (name, version), each record also carries the precomputed
+        prediction of that model version for exactly those features, when one exists."""
+        return await self.reader.get_features(entity_ids, feature_set, model)
 
     def sync_reader(self) -> FeatureReader:
         if self._sync is None:

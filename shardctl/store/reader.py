@@ -48,6 +48,9 @@ class FeatureRecord:
     written_at: datetime
     version: int
     shard: int
+    # (score, label) precomputed for exactly these features by the model version the read asked for; None when
+    # the read asked for none or none is current (``shardctl/store/predictions.py``).
+    prediction: tuple[float, str | None] | None = None
 
 
 @dataclass
@@ -199,8 +202,12 @@ def assemble_read(
             result.failed[i] = outcome
             result.failed_ids[i] = groups[i]
             continue
-        for eid, features, event_ts, written_at, version in outcome:
-            result.records[eid] = FeatureRecord(eid, feature_set, features, event_ts, written_at, version, i)
+        for row in outcome:
+            eid, features, event_ts, written_at, version = row[:5]
+            prediction = (row[5], row[6]) if len(row) > 5 and row[5] is not None else None
+            result.records[eid] = FeatureRecord(
+                eid, feature_set, features, event_ts, written_at, version, i, prediction
+            )
         result.missing.update(eid for eid in groups[i] if eid not in result.records)
     return result
 

@@ -19,6 +19,7 @@ import sqlglot
 from sqlglot import exp
 
 from shardctl.errors import StoreError
+from shardctl.store import predictions
 from shardctl.store.changes import change_log_ddl
 from shardctl.store.connection import connect
 from shardctl.store.errors import describe_dsn
@@ -28,6 +29,8 @@ from shardctl.store.grants import grant_shard_privileges
 from shardctl.store.hashing import SQL_FUNCTIONS, TOTAL_LOGICAL_SHARDS
 
 FEATURE_TABLE = "entity_features"
+if predictions.FEATURE_TABLE != FEATURE_TABLE:  # its SQL names the feature table itself (no import cycle)
+    raise ImportError("shardctl.store.predictions names another feature table")
 MIGRATIONS_TABLE = "tessera_schema_migrations"
 _SCHEMA_LOCK_KEY = 0x7E55E7A2
 _IDENTIFIER = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
@@ -160,6 +163,7 @@ MIGRATIONS: tuple[Migration, ...] = (
     ),
     # 3 is taken by the logical-shard key (resharding); the change log only needs entity_id and feature_set.
     Migration(4, "feature change log (cache invalidation)", change_log_ddl(FEATURE_TABLE)),
+    Migration(5, "precomputed predictions and the scorer's cursors", predictions.PREDICTIONS_DDL),
 )
 
 _MIGRATIONS_DDL = f"""CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (

@@ -65,6 +65,7 @@ def probe_all(pods: dict[str, Container], cap: float = PROBE_CAP) -> dict[str, l
 
 
 @pytest.mark.req("PLAT.k8s-containers")
+@pytest.mark.req("JTBD-02.scorer-k8s")
 def test_every_tessera_container_starts_from_the_rendered_manifests_and_passes_its_probes(
     rendered, k8s_stack, make_cluster, trained
 ) -> None:
@@ -73,11 +74,12 @@ def test_every_tessera_container_starts_from_the_rendered_manifests_and_passes_i
     route_to_stack(cluster, stack)
     run_job(cluster, rendered, "tessera-roles")
     promote_model(cluster, settings, trained)
-    pods = start_all(cluster, rendered, ["dagster-code", "serving", "dagster-webserver", "dagster-daemon"])
+    pods = start_all(cluster, rendered, ["dagster-code", "serving", "scorer", "dagster-webserver", "dagster-daemon"])
     passed = probe_all(pods)
     assert passed == {
         "dagster-code": ["startupProbe", "readinessProbe", "livenessProbe"],
         "serving": ["startupProbe", "readinessProbe", "livenessProbe"],
+        "scorer": ["startupProbe", "readinessProbe", "livenessProbe"],
         "dagster-webserver": ["startupProbe", "readinessProbe", "livenessProbe"],
         "dagster-daemon": ["startupProbe", "livenessProbe"],
     }

@@ -107,3 +107,23 @@ def test_a_run_pod_can_write_where_the_pipeline_writes(rendered) -> None:
     container = pod_spec(run_job(rendered, dict(model_job.tags), ARGS))["containers"][0]
     mounts = {m["mountPath"] for m in container["volumeMounts"] if not m.get("readOnly")}
     assert {f"{data_dir}/models", f"{data_dir}/h2o", "/tmp"} <= mounts
+
+
+@pytest.mark.req("JTBD-02.scorer-k8s")
+def test_a_rescoring_run_pod_connects_as_the_scorer_with_its_secret_and_is_restricted(rendered) -> None:
+    """The re-scoring job's run pod (launched by the sensor on each promotion and rollback) gets the scorer's
+    password from the scorer's Secret, beside the launcher's defaults and rules every run pod keeps."""
+    from orchestration.defs.predictions import rescore_job
+
+    job = run_job(rendered, dict(rescore_job.tags), ARGS)
+    container = pod_spec(job)["containers"][0]
+    sources = {e["name"]: e["valueFrom"]["secretKeyRef"]["name"] for e in container.get("env", []) if "valueFrom" in e}
+    assert sources.get("TESSERA_SCORER__DB_PASSWORD") == "tessera-scorer-db"
+    assert container["resources"]["requests"] == {"cpu": "500m", "memory": "1Gi"}  # the launcher's defaults
+    documents = [*rendered, job]
+    for rule in (
+        rules.restricted_security_context,
+        rules.superuser_secret_only_where_needed,
+        rules.tokens_only_for_the_launcher,
+    ):
+        assert rule(documents) == [], rule.__name__

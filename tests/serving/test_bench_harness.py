@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
-SCENARIOS = {"100% hits", "0% hits", "Zipf(1.1)"}
+SCENARIOS = {"100% hits", "0% hits", "Zipf(1.1)", "uniform"}
 STEP_FIELDS = {"rate", "achieved", "completed", "errors", "p50_ms", "p99_ms", "p999_ms", "max_ms", "server_cpu_us"}
 
 
@@ -51,8 +51,12 @@ def test_the_serving_benchmark_harness_runs_and_reports_its_fields(tmp_path):
     assert set(summary["fastapi_h2o_rest"]) == {"0% hits"}
     invalidation = run["invalidation"]
     assert invalidation["samples"] == 2
-    for measure in ("redis_entry_replaced_ms", "new_answer_ms"):
+    for measure in ("redis_entry_replaced_ms", "new_answer_ms", "precomputed_ms"):
         assert invalidation[measure] is None or {"p50", "p99", "max", "n"} <= set(invalidation[measure])
+    assert {"rows", "seconds", "rows_per_second", "model_version"} <= set(summary["rescore"])
+    assert summary["rescore"]["rows"] > 0
+    assert summary["scorer_catch_up"]["seconds"] > 0
     # The table the docs quote is printed with every app, the calibration and the comparison lines.
-    for line in ("highest offered rate holding p99 < 50 ms", "calibration:", "Tessera", "invalidation, run 1"):
+    lines = ("highest offered rate holding p99 < 50 ms", "calibration:", "Tessera", "invalidation, run 1", "re-scoring")
+    for line in lines:
         assert line in done.stdout

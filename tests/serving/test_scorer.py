@@ -1,0 +1,477 @@
+"""The precomputing scorer against real servers: a stack of its own (2 servers, Redis), the serving tests' two
+trained MOJOs, ``python -m serving.scorer`` and ``python -m serving`` as an operator starts them.
+
+Waits are event-driven: the scorer announces each committed batch on its server (``WRITTEN_CHANNEL``), and a
+waiter re-checks the predictions table at each announcement, never on a timer."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psycopg
+import pytest
+
+from shardctl.process import free_port, pid_alive
+from shardctl.settings import TesseraSettings
+from shardctl.stack.manager import Stack
+from shardctl.store import FeatureStore
+from shardctl.store.predictions import CURSOR_TABLE, PREDICTION_TABLE, WRITTEN_CHANNEL
+from shardctl.store.registry import ModelRegistry, ModelVersion
+from shardctl.store.writer import FeatureRow
+from testkit.serving import REPO, PredictionService, ScorerProcess, create_api_key
+from testkit.serving import service_env as launcher_env
+from tests.serving.conftest import (
+    BUMP,
+    FEATURE_SET,
+    FEATURES,
+    N_ENTITIES,
+    T0,
+    TrainedModels,
+    entity_features,
+    entity_id,
+    service_env,
+    timedelta,
+    wait_for,
+)
+
+WAIT = 60.0
+TOLERANCE = 1e-6
+# Which entities each test changes or asks for, so no test finds another's answers in the caches.
+WRITE_THEN_SERVE = range(0, 5)
+TAGGED_OLDER = range(10, 18)
+KILLED_MID_BATCH = range(20, 80)
+PROMOTION_TRAFFIC = range(100, 120)
+AFTER_RESCORE = range(90, 100)
+
+_CURRENT_SQL = f"""SELECT f.entity_id FROM entity_features f JOIN {PREDICTION_TABLE} p
+  ON p.logical_shard = f.logical_shard AND p.entity_id = f.entity_id AND p.feature_set = f.feature_set
+ AND p.model_name = %s AND p.model_version = %s AND p.feature_version = f.version
+ AND p.feature_digest = md5(f.features::text)::uuid
+ WHERE f.feature_set = %s AND f.entity_id = ANY(%s)"""
+
+
+class Predictions:
+    """Which entities have a current precomputed prediction (for exactly their stored features, by one model
+    version), and a wait that wakes at every batch the scorer commits on any server."""
+
+    def __init__(self, dsns: list[str]):
+        self.dsns = dsns
+        self.written = threading.Condition()
+        self.batches = 0
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._listen, args=(dsn,), daemon=True) for dsn in dsns]
+        self._listening = threading.Barrier(len(dsns) + 1)
+        for thread in self._threads:
+            thread.start()
+        self._listening.wait(timeout=30)
+
+    def _listen(self, dsn: str) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"LISTEN {WRITTEN_CHANNEL}")
+            self._listening.wait(timeout=30)
+            try:
+                while not self._stop.is_set():
+                    for _ in conn.notifies(timeout=0.2):
+                        with self.written:
+                            self.batches += 1
+                            self.written.notify_all()
+            except psycopg.OperationalError:
+                if not self._stop.is_set():  # the last test stops the stack: a waiter after it would hang
+                    raise
+
+    def current(self, model: ModelVersion, entities: list[str]) -> set[str]:
+        found: set[str] = set()
+        for dsn in self.dsns:
+            with psycopg.connect(dsn) as conn:
+                rows = conn.execute(_CURRENT_SQL, (model.model_name, model.version, FEATURE_SET, entities)).fetchall()
+                found |= {r[0] for r in rows}
+        return found
+
+    def wait_current(self, model: ModelVersion, entities: list[str], timeout: float = WAIT) -> bool:
+        """Block until every entity has a current prediction of ``model``, re-checking at each batch."""
+        deadline = time.monotonic() + timeout
+        while True:
+            with self.written:
+                seen = self.batches
+            if set(entities) <= self.current(model, entities):
+                return True
+            if not self.wait_batch(seen, deadline - time.monotonic()):
+                return set(entities) <= self.current(model, entities)
+
+    def wait_batch(self, after: int, timeout: float = WAIT) -> bool:
+        with self.written:
+            return self.written.wait_for(lambda: self.batches > after, timeout=timeout)
+
+    def close(self) -> None:
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout=5)
+
+
+@dataclass
+class ScorerStack:
+    stack: Stack
+    settings: TesseraSettings
+    models: list[ModelVersion]
+    trained: TrainedModels
+    service: PredictionService
+    predictions: Predictions
+    logs: Path
+    scorer: ScorerProcess | None = None
+    started: list[ScorerProcess] = field(default_factory=list)
+
+    def scorer_env(self, **extra: str) -> dict[str, str]:
+        return launcher_env(self.stack.settings_file, None, **extra)
+
+    def start_scorer(self, name: str = "scorer", module: str = "serving.scorer", **extra: str) -> ScorerProcess:
+        port = free_port()
+        scorer = ScorerProcess(self.scorer_env(**extra), port, self.logs / f"{name}.log", module)
+        self.started.append(scorer)
+        scorer.wait_ready("/readyz")
+        self.scorer = scorer
+        return scorer
+
+    def expected(self, model: ModelVersion, entity: str, bumped: bool = False) -> float:
+        n = next(i for i, m in enumerate(self.models) if m.version == model.version)
+        return (self.trained.bumped if bumped else self.trained.expected)[n][entity]
+
+    def predict(self, entities: list[str]) -> dict:
+        response = self.service.client.post("/v1/predictions", json={"entity_ids": entities})
+        assert response.status_code == 200, response.text
+        return response.json()
+
+    def write_bumped(self, entities: list[str], at: timedelta) -> None:
+        with FeatureStore.open(self.settings) as store:
+            rows = [FeatureRow(e, T0 + at, entity_features(int(e.split("-")[1]), BUMP)) for e in entities]
+            store.write(FEATURE_SET, rows)
+
+
+@pytest.fixture(scope="module")
+def scorer_stack(tmp_path_factory: pytest.TempPathFactory, trained: TrainedModels) -> Iterator[ScorerStack]:
+    """Its own stack (the tests promote, kill the scorer and rewrite features), features of every entity, both
+    models registered and the first promoted, then a scorer and a prediction service."""
+    root = tmp_path_factory.mktemp("scorer_stack")
+    logs = tmp_path_factory.mktemp("scorer_logs")
+    stack = Stack(root)
+    stack.up(shards=2, base_port=free_port(block=10))
+    handle = None
+    try:
+        settings = TesseraSettings(**json.loads(stack.settings_file.read_text()))
+        with FeatureStore.open(settings) as store:
+            store.write(FEATURE_SET, [FeatureRow(entity_id(i), T0, entity_features(i)) for i in range(N_ENTITIES)])
+        registry = ModelRegistry(settings.catalog_dsn)
+        models = [
+            registry.register(
+                settings.model_name,
+                algorithm="gbm",
+                feature_set=FEATURE_SET,
+                features=FEATURES,
+                metrics={"auc": 0.5 + n / 10},
+                artifact_path=mojo,
+                genmodel_jar=jar,
+            )
+            for n, (mojo, jar) in enumerate(trained.paths)
+        ]
+        registry.promote(settings.model_name, models[0].version)
+        predictions = Predictions(settings.shard_dsns())
+        port = free_port()
+        env = service_env(settings, settings.redis_url or "", port, TESSERA_SERVING__SCORER_BEHIND_SECONDS="3")
+        api_key = create_api_key(settings.catalog_dsn or "", "scorer-tests")
+        with PredictionService(env, port, logs / "serving.log", api_key=api_key) as service:
+            service.wait_ready("/readyz")
+            handle = ScorerStack(stack, settings, models, trained, service, predictions, logs)
+            handle.start_scorer()
+            yield handle
+    finally:
+        if handle is not None:
+            for scorer in handle.started:
+                scorer.stop()
+            handle.predictions.close()
+        failed = stack.down(purge=True)
+        assert not failed, f"servers left running: {failed}"
+
+
+def test_the_scorer_catches_up_every_entity_of_a_new_server(scorer_stack: ScorerStack) -> None:
+    """Started with no cursor, the scorer scores every stored entity once, with the promoted model."""
+    model = scorer_stack.models[0]
+    every = [entity_id(i) for i in range(N_ENTITIES)]
+    assert scorer_stack.predictions.wait_current(model, every)
+    assert "catching up (no saved cursor)" in scorer_stack.scorer.log_tail(20_000)
+
+
+@pytest.mark.req("JTBD-02.precomputed-on-change")
+def test_a_feature_write_is_followed_by_a_served_prediction_of_the_new_features(scorer_stack: ScorerStack) -> None:
+    model = scorer_stack.models[0]
+    entities = [entity_id(i) for i in WRITE_THEN_SERVE]
+    assert scorer_stack.predictions.wait_current(model, [entity_id(i) for i in range(N_ENTITIES)])
+    scored_before = scorer_stack.service.metric("tessera_scored_rows_total")
+    precomputed_before = scorer_stack.service.metric("tessera_precomputed_rows_total")
+    scorer_stack.write_bumped(entities, timedelta(days=1))
+    # Event-driven: woken by each batch the scorer commits, until all five are current for their new features.
+    assert scorer_stack.predictions.wait_current(model, entities)
+    body = scorer_stack.predict(entities)
+    for item in body["items"]:
+        prediction = item["prediction"]
+        assert prediction["model_version"] == model.version
+        assert prediction["feature_version"] == 2  # computed from the write above
+        assert prediction["score"] == pytest.approx(
+            scorer_stack.expected(model, item["entity_id"], bumped=True), abs=TOLERANCE
+        )
+    # Looked up, not scored: the service read the scorer's predictions with the features.
+    assert scorer_stack.service.metric("tessera_precomputed_rows_total") - precomputed_before == len(entities)
+    assert scorer_stack.service.metric("tessera_scored_rows_total") == scored_before
+    ready = scorer_stack.service.client.get("/readyz").json()
+    assert ready["scorer"] == "current", ready
+
+
+@pytest.mark.req("JTBD-02.precomputed-tagged")
+def test_a_prediction_tagged_with_other_features_or_another_model_is_never_served(scorer_stack: ScorerStack) -> None:
+    """Rows planted in the predictions table with a wrong tag (an older feature version, another digest of the
+    features, another model version) are never answered; the same plant correctly tagged is (so the read does
+    look at the table). Each case asks for entities nobody asked for before: nothing of theirs is cached."""
+    model = scorer_stack.models[0]
+    fake = 0.123456
+    entities = [entity_id(i) for i in TAGGED_OLDER]
+    assert scorer_stack.predictions.wait_current(model, [entity_id(i) for i in range(N_ENTITIES)])
+    scorer_stack.write_bumped(entities, timedelta(days=2))  # feature version 2; the scorer writes its prediction
+    assert scorer_stack.predictions.wait_current(model, entities)
+    plants = {
+        "an older feature version": "feature_version = feature_version - 1",
+        "another digest of the features": "feature_digest = md5('other features')::uuid",
+        "another model version": f"model_version = {scorer_stack.models[1].version}",
+    }
+    pairs = [entities[i : i + 2] for i in range(0, len(entities), 2)]
+    for (what, change), pair in zip(plants.items(), pairs, strict=False):
+        _plant(pair, scorer_stack, f"score = {fake}, {change}")
+        for item in scorer_stack.predict(pair)["items"]:
+            score = item["prediction"]["score"]
+            assert score != pytest.approx(fake), f"served a prediction tagged with {what}"
+            assert score == pytest.approx(scorer_stack.expected(model, item["entity_id"], bumped=True), abs=TOLERANCE)
+    # The control: the same plant with every tag right is what the service answers.
+    control = pairs[len(plants)]
+    _plant(control, scorer_stack, f"score = {fake}")
+    assert [item["prediction"]["score"] for item in scorer_stack.predict(control)["items"]] == [pytest.approx(fake)] * 2
+
+
+def _plant(entities: list[str], scorer_stack: ScorerStack, assignments: str) -> None:
+    for dsn in scorer_stack.settings.shard_dsns():
+        with psycopg.connect(dsn) as conn:
+            conn.execute(f"UPDATE {PREDICTION_TABLE} SET {assignments} WHERE entity_id = ANY(%s)", (entities,))
+
+
+@pytest.mark.req("JTBD-02.scorer-resumes")
+def test_a_scorer_killed_mid_batch_loses_nothing_and_resumes_from_its_cursor(scorer_stack: ScorerStack) -> None:
+    model = scorer_stack.models[0]
+    entities = [entity_id(i) for i in KILLED_MID_BATCH]
+    assert scorer_stack.predictions.wait_current(model, entities)
+    assert scorer_stack.scorer is not None
+    scorer_stack.scorer.stop()
+    # A scorer whose batches of 10 take a while (each scoring call repeated in the JVM), so the kill lands inside
+    # the round: some batches committed, the rest not, the cursor not saved.
+    slow = scorer_stack.start_scorer(
+        "slow-scorer",
+        "tests.serving.slow_scorer",
+        TESSERA_SCORER__BATCH_SIZE="10",
+        SLOW_SCORING_REPEAT="3000",
+    )
+    after = scorer_stack.predictions.batches
+    scorer_stack.write_bumped(entities, timedelta(days=3))
+    assert scorer_stack.predictions.wait_batch(after)
+    os.kill(slow.pid, signal.SIGKILL)
+    slow.proc.wait(timeout=10)
+    done = scorer_stack.predictions.current(model, entities)
+    assert 0 < len(done) < len(entities), f"the kill did not land mid-round ({len(done)} of {len(entities)} done)"
+
+    # The scorer is down: the service answers every entity from its new features (scored on demand), and says so.
+    body = scorer_stack.predict(entities)
+    for item in body["items"]:
+        assert item["prediction"]["score"] == pytest.approx(
+            scorer_stack.expected(model, item["entity_id"], bumped=True), abs=TOLERANCE
+        )
+    assert wait_for(lambda: scorer_stack.service.client.get("/readyz").json().get("scorer") in ("behind", "down"))
+    ready = scorer_stack.service.client.get("/readyz")
+    assert ready.status_code == 200, ready.text
+    assert ready.json()["scorer_lag_seconds"] > 3, ready.text
+    # The gauge is set at each read of the lag (about once a second): it follows.
+    assert wait_for(lambda: scorer_stack.service.metric("tessera_scorer_lag_seconds") > 3)
+
+    # Restarted, it resumes from the saved cursor (no catch-up) and scores what the killed one had not.
+    restarted = scorer_stack.start_scorer("scorer-restarted")
+    assert scorer_stack.predictions.wait_current(model, entities)
+    log = restarted.log_tail(20_000)
+    assert "resuming from the saved cursor" in log, log
+    assert "catching up" not in log, log
+    assert restarted.metric("tessera_scorer_scored_rows_total", reason="change") >= len(entities) - len(done)
+    assert wait_for(lambda: scorer_stack.service.client.get("/readyz").json().get("scorer") == "current")
+
+
+@pytest.mark.req("JTBD-02.precomputed-promotion")
+def test_a_promotion_mid_traffic_never_serves_the_old_model_afterwards(scorer_stack: ScorerStack) -> None:
+    old, new = scorer_stack.models
+    registry = ModelRegistry(scorer_stack.settings.catalog_dsn)
+    assert registry.current(scorer_stack.settings.model_name).version == old.version
+    assert scorer_stack.predictions.wait_current(old, [entity_id(i) for i in PROMOTION_TRAFFIC])
+    batch = [entity_id(i) for i in PROMOTION_TRAFFIC]
+    answers: list[tuple[float, float, str | None, dict[str, float], int]] = []
+    stop = threading.Event()
+
+    def client() -> None:
+        service = scorer_stack.service
+        with httpx.Client(base_url=service.url, timeout=10, headers=service.auth_headers) as h:
+            while not stop.is_set():
+                sent = time.monotonic()
+                response = h.post("/v1/predictions", json={"entity_ids": batch})
+                body = response.json() if response.status_code == 200 else {}
+                scores = {i["entity_id"]: i["prediction"]["score"] for i in body.get("items", [])}
+                answers.append((sent, time.monotonic(), body.get("model"), scores, response.status_code))
+
+    threads = [threading.Thread(target=client) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    try:
+        assert wait_for(lambda: sum(1 for a in answers if a[2] == old.key) >= 20, timeout=WAIT)
+        registry.promote(scorer_stack.settings.model_name, new.version, replaces=old.version, note="scorer test")
+        assert wait_for(lambda: sum(1 for a in answers if a[2] == new.key) >= 30, timeout=WAIT)
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert all(status == 200 for *_, status in answers)
+    switched = min(received for _, received, key, _, _ in answers if key == new.key)
+    after = [key for sent, _, key, _, _ in answers if sent > switched]
+    assert after, "no request was sent after the switch"
+    assert set(after) == {new.key}, "a request sent after the switch was answered by the old model"
+    for _, _, key, scores, _ in answers:  # each answer computed by the model it names
+        model = new if key == new.key else old
+        for entity, score in scores.items():
+            assert score == pytest.approx(scorer_stack.expected(model, entity), abs=TOLERANCE)
+
+    # The job's pass: every entity re-scored with the new model; then misses are lookups again.
+    rescored = _rescore_through_dagster(scorer_stack)
+    assert rescored["model_version"] == new.version
+    assert rescored["rows"] > 0
+    assert rescored["rows_per_second"] > 0
+    assert scorer_stack.predictions.wait_current(new, [entity_id(i) for i in range(N_ENTITIES)], timeout=5)
+    scored_before = scorer_stack.service.metric("tessera_scored_rows_total")
+    entities = [entity_id(i) for i in AFTER_RESCORE]
+    body = scorer_stack.predict(entities)
+    assert {item["prediction"]["model"] for item in body["items"]} == {new.key}
+    assert scorer_stack.service.metric("tessera_scored_rows_total") == scored_before
+    assert _rescore(scorer_stack)["rows"] == 0  # nothing left: a re-run continues where a stopped one ended
+
+
+def _rescore_through_dagster(scorer_stack: ScorerStack) -> dict:
+    """The `rescore_predictions` job's asset, materialized as the sensor's run would: the pass runs through Dagster
+    Pipes, its progress lands in the run's log and its figures in the materialization's metadata."""
+    import dagster as dg
+
+    from orchestration.defs.predictions import precomputed_predictions
+    from orchestration.resources import ScorerResource
+
+    instance = dg.DagsterInstance.ephemeral()
+    resources = {
+        "scorer": ScorerResource(settings_file=str(scorer_stack.stack.settings_file)),
+        "pipes_subprocess_client": dg.PipesSubprocessClient(),
+    }
+    result = dg.materialize([precomputed_predictions], resources=resources, instance=instance)
+    assert result.success
+    [materialization] = result.asset_materializations_for_node("precomputed_predictions")
+    messages = [entry.user_message for entry in instance.all_logs(result.run_id)]
+    assert any("re-scored" in m and "rows/s" in m for m in messages), messages
+    return {key: value.value for key, value in materialization.metadata.items()}
+
+
+def _rescore(scorer_stack: ScorerStack) -> dict:
+    done = subprocess.run(
+        [sys.executable, "-m", "serving.scorer", "rescore"],
+        cwd=REPO,
+        env=scorer_stack.scorer_env(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_the_cursor_is_kept_per_scorer_on_every_server(scorer_stack: ScorerStack) -> None:
+    for dsn in scorer_stack.settings.shard_dsns():
+        with psycopg.connect(dsn) as conn:
+            rows = conn.execute(f"SELECT scorer, now() - caught_up_at < interval '30 s' FROM {CURSOR_TABLE}").fetchall()
+        assert rows == [("scorer", True)]
+
+
+@pytest.mark.req("JTBD-02.scorer-resharding")
+def test_a_new_shard_map_epoch_makes_the_scorer_catch_up_its_placement(scorer_stack: ScorerStack) -> None:
+    """What a resharding cutover leaves: entities on a server with no prediction there (the migration copies
+    features, not predictions) and predictions of logical shards now placed elsewhere. A new epoch (here the same
+    placement, published again) makes the scorer delete the misplaced rows and score what its servers lack."""
+    from shardctl.store.hashing import TOTAL_LOGICAL_SHARDS
+    from shardctl.store.shardmap import ShardMapStore
+
+    model = ModelRegistry(scorer_stack.settings.catalog_dsn).current(scorer_stack.settings.model_name)
+    entities = [entity_id(i) for i in AFTER_RESCORE]
+    assert scorer_stack.predictions.wait_current(model, entities)
+    maps = ShardMapStore(scorer_stack.settings.catalog_dsn)
+    current = maps.current()
+    dsns = scorer_stack.settings.shard_dsns()
+    elsewhere = next(shard for shard in range(TOTAL_LOGICAL_SHARDS) if current.placement[shard] != 0)
+    for dsn in dsns:
+        with psycopg.connect(dsn) as conn:
+            conn.execute(f"DELETE FROM {PREDICTION_TABLE} WHERE entity_id = ANY(%s)", (entities,))
+    with psycopg.connect(dsns[0]) as conn:  # a prediction of a logical shard server 0 does not hold
+        conn.execute(
+            f"INSERT INTO {PREDICTION_TABLE} (logical_shard, entity_id, feature_set, model_name, model_version, "
+            "feature_version, feature_digest, score) VALUES (%s, 'ghost', %s, %s, %s, 1, md5('x')::uuid, 0.5)",
+            (elsewhere, FEATURE_SET, model.model_name, model.version),
+        )
+    assert scorer_stack.predictions.current(model, entities) == set()
+    placement = {shard: current.servers[current.placement[shard]] for shard in range(TOTAL_LOGICAL_SHARDS)}
+    maps.publish_placement(placement, expected_epoch=current.epoch, note="scorer test: same placement")
+    assert scorer_stack.predictions.wait_current(model, entities)
+    with psycopg.connect(dsns[0]) as conn:
+        ghosts = conn.execute(f"SELECT count(*) FROM {PREDICTION_TABLE} WHERE entity_id = 'ghost'").fetchone()[0]
+    assert ghosts == 0
+    assert f"moved from epoch {current.epoch} to {current.epoch + 1}" in scorer_stack.scorer.log_tail(20_000)
+
+
+@pytest.mark.req("JTBD-02.scorer-stack")
+def test_the_stack_starts_its_scorer_by_pid_and_down_stops_it(scorer_stack: ScorerStack) -> None:
+    """What `shardctl stack up` does after the servers (unless --no-scorer): the scorer started by PID, shown by
+    `status`, following the change logs; `stack down` stops it with the servers. (Last: it stops the stack.)"""
+    assert scorer_stack.scorer is not None
+    scorer_stack.scorer.stop()  # one scorer per deployment: the stack's replaces the test's
+    stack = scorer_stack.stack
+    state = stack.start_scorer()
+    assert pid_alive(state.scorer_pid)
+    assert stack.start_scorer().scorer_pid == state.scorer_pid  # idempotent, as `up` is
+    row = next(r for r in stack.status() if r.name == "scorer")
+    assert (row.pid, row.port, row.healthy) == (state.scorer_pid, state.scorer_port, True)
+    ready = lambda: httpx.get(f"http://127.0.0.1:{state.scorer_port}/readyz", timeout=2).status_code == 200  # noqa: E731
+    assert wait_for(_answers(ready), timeout=WAIT), (stack.data_dir / "scorer.log").read_text()[-3000:]
+    assert state.scorer_pid in stack.pids()
+    scorer_stack.predictions.close()  # its connections are to the servers `down` stops
+    assert stack.down() == []
+    assert not pid_alive(state.scorer_pid)
+    assert stack.pids() == []
+
+
+def _answers(probe):
+    def check() -> bool:
+        try:
+            return probe()
+        except httpx.HTTPError:
+            return False
+
+    return check
