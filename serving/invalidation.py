@@ -15,7 +15,7 @@ A new shard-map epoch (a migration's cutover) restarts every cursor: the stream 
 full round has been read on the new map, so entries cached before it fall back to the time bound.
 
 The consumer also reads, about once a second per shard on the same connection, how far behind the scorer is
-(``serving/scorer.py``: when it last had every change of that shard scored), for ``/readyz`` and
+(``serving/scorer/``: when it last had every change of that shard scored), for ``/readyz`` and
 ``tessera_scorer_lag_seconds``. Serving never waits for the scorer: what it has not covered is scored on demand.
 """
 

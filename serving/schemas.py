@@ -101,7 +101,7 @@ class Health(msgspec.Struct, omit_defaults=True):
     model: str | None = None
     detail: str | None = None
     catalog: str | None = None
-    # The precomputing scorer (serving/scorer.py), reported, never required: current | behind | down | absent
+    # The precomputing scorer (serving/scorer/), reported, never required: current | behind | down | absent
     # (no scorer has run on some shard) | unknown (this worker does not follow the change log); what it has not
     # covered is scored on demand.
     scorer: str | None = None

@@ -45,7 +45,7 @@ class ServingSettings(SectionSettings, DbCredentialFields):
     # collections stalled a worker for 30-100 ms (p99 at 1500 misses/s: 128 ms; with 10k: 37 ms).
     local_cache_entries: int = Field(default=10_000, ge=0, le=10_000_000)
     io_threads: int = Field(default=8, ge=1, le=64)
-    # Read the scorer's precomputed predictions with the features on a cache miss (serving/scorer.py); false:
+    # Read the scorer's precomputed predictions with the features on a cache miss (serving/scorer/); false:
     # every miss is scored here, as before the scorer.
     precomputed: bool = True
     # /readyz's scorer state: "current" while its lag is at most scorer_behind_seconds, "behind" up to

@@ -1,5 +1,5 @@
 """Precomputed predictions: a table on each server beside the features they were computed from, and the durable
-cursor of the scorer that fills it (``serving/scorer.py``). The store owns the tables and their SQL; the
+cursor of the scorer that fills it (``serving/scorer/``). The store owns the tables and their SQL; the
 scorer (serving) and the re-scoring job only run it.
 
 Where they live, and why there: on the entity's own server, keyed like the features (``logical_shard`` leads the
