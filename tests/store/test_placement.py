@@ -83,7 +83,7 @@ def test_a_store_from_before_logical_shards_is_migrated_in_place(scratch: dict[s
             "INSERT INTO entity_features (entity_id, feature_set, features, event_ts) "
             "SELECT 'old' || i, 'fs', '{}'::jsonb, now() FROM generate_series(1, 2000) i"
         )
-    assert apply_schema(dsn) == [3, 4]  # 4: the change log, after the key moved
+    assert apply_schema(dsn) == [3, 4, 5]  # 4: the change log, after the key moved; 5: precomputed predictions
     assert apply_schema(dsn) == []
     with psycopg.connect(dsn) as conn:
         key = conn.execute(
