@@ -83,6 +83,17 @@ class ServerProcess:
     def pid(self) -> int:
         return self.proc.pid
 
+    def metric(self, name: str, **labels: str) -> float:
+        """Sum of a metric's samples, over those carrying every given label value."""
+        wanted = [f'{key}="{value}"' for key, value in labels.items()]
+        total = 0.0
+        for line in self.client.get("/metrics").text.splitlines():
+            if line.startswith(name) and not line.startswith("#"):
+                head, value = line.rsplit(" ", 1)
+                if (head == name or head.startswith(name + "{")) and all(w in head for w in wanted):
+                    total += float(value)
+        return total
+
     def log_tail(self, chars: int = 3000) -> str:
         return self.log.read_text(errors="replace")[-chars:]
 
@@ -139,17 +150,6 @@ class PredictionService(ServerProcess):
     def __enter__(self) -> PredictionService:
         return self
 
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of a metric's samples, over those carrying every given label value."""
-        wanted = [f'{key}="{value}"' for key, value in labels.items()]
-        total = 0.0
-        for line in self.client.get("/metrics").text.splitlines():
-            if line.startswith(name) and not line.startswith("#"):
-                head, value = line.rsplit(" ", 1)
-                if (head == name or head.startswith(name + "{")) and all(w in head for w in wanted):
-                    total += float(value)
-        return total
-
 
 class ScorerProcess(ServerProcess):
     """``python -m serving.scorer run`` (or ``module``: a test's variant of it), configured by ``env`` (see
@@ -157,14 +157,3 @@ class ScorerProcess(ServerProcess):
 
     def __init__(self, env: dict[str, str], port: int, log: Path, module: str = "serving.scorer"):
         super().__init__([sys.executable, "-m", module, "run", "--port", str(port)], env, port, log)
-
-    def metric(self, name: str, **labels: str) -> float:
-        """Sum of a metric's samples, over those carrying every given label value."""
-        wanted = [f'{key}="{value}"' for key, value in labels.items()]
-        total = 0.0
-        for line in self.client.get("/metrics").text.splitlines():
-            if line.startswith(name) and not line.startswith("#"):
-                head, value = line.rsplit(" ", 1)
-                if (head == name or head.startswith(name + "{")) and all(w in head for w in wanted):
-                    total += float(value)
-        return total

@@ -21,6 +21,19 @@ from tests.k8s.test_rules import SUPPORTED, validation_errors
 ARGS = ["dagster", "api", "execute_run", "{}"]
 
 
+RUN_POD_RULES = (
+    rules.restricted_security_context,
+    rules.superuser_secret_only_where_needed,
+    rules.tokens_only_for_the_launcher,
+)
+
+
+def assert_run_pod_rules(documents: list[dict]) -> None:
+    """Every rule a run pod must keep, over the rendered manifests plus that pod's Job."""
+    for rule in RUN_POD_RULES:
+        assert rule(documents) == [], rule.__name__
+
+
 @pytest.mark.req("PLAT.k8s-dagster")
 def test_a_training_run_pod_is_sized_labelled_and_restricted(rendered) -> None:
     job = run_job(rendered, dict(model_job.tags), ARGS)
@@ -35,12 +48,7 @@ def test_a_training_run_pod_is_sized_labelled_and_restricted(rendered) -> None:
     assert spec["automountServiceAccountToken"] is False
     assert job["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/name"] == "dagster-run"
     documents = [*rendered, job]
-    for rule in (
-        rules.restricted_security_context,
-        rules.superuser_secret_only_where_needed,
-        rules.tokens_only_for_the_launcher,
-    ):
-        assert rule(documents) == [], rule.__name__
+    assert_run_pod_rules(documents)
     for version in SUPPORTED:
         assert validation_errors([job], version) == []
 
@@ -121,9 +129,4 @@ def test_a_rescoring_run_pod_connects_as_the_scorer_with_its_secret_and_is_restr
     assert sources.get("TESSERA_SCORER__DB_PASSWORD") == "tessera-scorer-db"
     assert container["resources"]["requests"] == {"cpu": "500m", "memory": "1Gi"}  # the launcher's defaults
     documents = [*rendered, job]
-    for rule in (
-        rules.restricted_security_context,
-        rules.superuser_secret_only_where_needed,
-        rules.tokens_only_for_the_launcher,
-    ):
-        assert rule(documents) == [], rule.__name__
+    assert_run_pod_rules(documents)

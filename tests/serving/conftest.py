@@ -176,6 +176,11 @@ def train_models(out: Path) -> TrainedModels:
 def models(serving_stack, trained: TrainedModels) -> list[ModelVersion]:
     """Features of every entity written through the FeatureWriter; both models registered, the first promoted."""
     _, settings = serving_stack
+    return seed_models(settings, trained)
+
+
+def seed_models(settings: TesseraSettings, trained: TrainedModels) -> list[ModelVersion]:
+    """Write every entity's features and register the trained models on ``settings``' stack, the first promoted."""
     with FeatureStore.open(settings) as store:
         store.write(FEATURE_SET, [FeatureRow(entity_id(i), T0, entity_features(i)) for i in range(N_ENTITIES)])
     registry = ModelRegistry(settings.catalog_dsn)

@@ -33,8 +33,8 @@ class RecordArrivals:
         await self.app(scope, receive, send)
 
 
-def create_app() -> ASGIApp:
-    repeat = int(os.environ["SLOW_SCORING_REPEAT"])
+def slow_down(repeat: int) -> None:
+    """Make every ``LoadedModel.score`` call in this process score its rows ``repeat`` times in the JVM."""
     score_once = LoadedModel.score
 
     def score_repeatedly(self: LoadedModel, rows: Sequence[Mapping[str, Any]]) -> list[Score]:
@@ -43,6 +43,10 @@ def create_app() -> ASGIApp:
         return score_once(self, rows)
 
     LoadedModel.score = score_repeatedly  # type: ignore[method-assign]
+
+
+def create_app() -> ASGIApp:
+    slow_down(int(os.environ["SLOW_SCORING_REPEAT"]))
     service = create_service()
     arrivals = os.environ.get("SLOW_SCORING_ARRIVALS")
     return RecordArrivals(service, arrivals) if arrivals else service

@@ -33,12 +33,12 @@ from testkit.serving import service_env as launcher_env
 from tests.serving.conftest import (
     BUMP,
     FEATURE_SET,
-    FEATURES,
     N_ENTITIES,
     T0,
     TrainedModels,
     entity_features,
     entity_id,
+    seed_models,
     service_env,
     timedelta,
     wait_for,
@@ -167,22 +167,7 @@ def scorer_stack(tmp_path_factory: pytest.TempPathFactory, trained: TrainedModel
     handle = None
     try:
         settings = TesseraSettings(**json.loads(stack.settings_file.read_text()))
-        with FeatureStore.open(settings) as store:
-            store.write(FEATURE_SET, [FeatureRow(entity_id(i), T0, entity_features(i)) for i in range(N_ENTITIES)])
-        registry = ModelRegistry(settings.catalog_dsn)
-        models = [
-            registry.register(
-                settings.model_name,
-                algorithm="gbm",
-                feature_set=FEATURE_SET,
-                features=FEATURES,
-                metrics={"auc": 0.5 + n / 10},
-                artifact_path=mojo,
-                genmodel_jar=jar,
-            )
-            for n, (mojo, jar) in enumerate(trained.paths)
-        ]
-        registry.promote(settings.model_name, models[0].version)
+        models = seed_models(settings, trained)
         predictions = Predictions(settings.shard_dsns())
         port = free_port()
         env = service_env(settings, settings.redis_url or "", port, TESSERA_SERVING__SCORER_BEHIND_SECONDS="3")
