@@ -292,29 +292,41 @@ class Scorer:
         on_progress: Callable[[Progress], None] | None = None,
     ) -> None:
         """Score every entity of ``placed`` logical shards with no current prediction of ``model`` (all, with
-        ``force``), a page of ``batch_size`` at a time in key order."""
+        ``force``), in key order: pages of one logical shard at a time, gathered into batches of ``batch_size``."""
         version = model.version
-        after: tuple[int, str] = (-1, "")
-        while True:
-            params = {
-                "model": version.model_name,
-                "version": version.version,
-                "feature_set": version.feature_set,
-                "shards": placed,
-                "after_shard": after[0],
-                "after_entity": after[1],
-                "force": force,
-                "limit": self.settings.batch_size,
-            }
-            rows = await (await conn.execute(STALE_PAGE_SQL, params)).fetchall()
-            if not rows:
-                return
-            await self._score_rows(conn, model, rows, (), reason=reason)
+        batch_size = self.settings.batch_size
+        batch: list[tuple[Any, ...]] = []
+
+        async def score_batch() -> None:
+            await self._score_rows(conn, model, batch, (), reason=reason)
             self.last_round_at = time.monotonic()
-            progress.done += len(rows)
+            progress.done += len(batch)
             if on_progress is not None:
                 on_progress(progress)
-            after = (rows[-1][0], rows[-1][1])
+            batch.clear()
+
+        for shard in placed:
+            after = ""
+            while True:
+                limit = batch_size - len(batch)
+                params = {
+                    "model": version.model_name,
+                    "version": version.version,
+                    "feature_set": version.feature_set,
+                    "shard": shard,
+                    "after": after,
+                    "force": force,
+                    "limit": limit,
+                }
+                rows = await (await conn.execute(STALE_PAGE_SQL, params)).fetchall()
+                batch += rows
+                if len(batch) >= batch_size:
+                    await score_batch()
+                if len(rows) < limit:
+                    break
+                after = rows[-1][1]
+        if batch:
+            await score_batch()
 
     async def rescore(self, *, force: bool = False, on_progress: Callable[[Progress], None] | None = None) -> Progress:
         """Every server at once: score every entity of its logical shards without a current prediction of the
