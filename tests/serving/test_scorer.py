@@ -21,7 +21,7 @@ import httpx
 import psycopg
 import pytest
 
-from shardctl.process import free_port, pid_alive
+from shardctl.process import free_port, pid_alive, wait_until
 from shardctl.settings import TesseraSettings
 from shardctl.stack.manager import Stack
 from shardctl.store import FeatureStore
@@ -215,7 +215,14 @@ def test_a_feature_write_is_followed_by_a_served_prediction_of_the_new_features(
     # Looked up, not scored: the service read the scorer's predictions with the features.
     assert scorer_stack.service.metric("tessera_precomputed_rows_total") - precomputed_before == len(entities)
     assert scorer_stack.service.metric("tessera_scored_rows_total") == scored_before
-    ready = scorer_stack.service.client.get("/readyz").json()
+    # Each worker reads the scorer's cursor about once a second: "absent" until it has read the first one saved.
+    ready: dict = {}
+
+    def scorer_known() -> bool:
+        ready.update(scorer_stack.service.client.get("/readyz").json())
+        return ready["scorer"] != "absent"
+
+    wait_until(scorer_known, 10)
     assert ready["scorer"] == "current", ready
 
 
