@@ -15,18 +15,21 @@ Serving runs with default settings and ``--workers`` (2: the issue's setting).
 
 Then ``--runs`` times: the generator is calibrated against a bare Litestar endpoint (it must offer 6000 req/s
 there for the hit target to mean anything); Tessera, then FastAPI over the same runtime, each ramp hits,
-misses and Zipf in ``--step-seconds`` steps until p99 > 50 ms (or errors, or the generator falls behind);
+misses, Zipf and uniform in ``--step-seconds`` steps until p99 > 50 ms (or errors, or the generator falls behind);
 the highest step that held is run again for ``--sustain-seconds`` (a queue that grows shows there); and the
 invalidation latency is measured on Tessera: a feature write, then how long until the entity's Redis entry is
 replaced by the change's marker, until the next answer carries the new version, and until the scorer's
-precomputed prediction of the new features is stored. Last, ``hot_path.py``: a cached prediction's own CPU in
-process, through the fast path and through the Litestar route behind it.
+precomputed prediction of the new features is stored (the freshness figure: every miss reads it from then on),
+while other entities are updated at ``--freshness-write-rate`` rows/s (the writer's steady rate). Last,
+``hot_path.py``: a cached prediction's own CPU in process, through the fast path and through the Litestar route
+behind it.
 
 The precomputing scorer (``python -m serving.scorer``) runs throughout, as a deployment runs it: it catches up
 every entity (the job's and the miss copies) before the first run, so a miss is a lookup of its precomputed
 prediction beside its features, and ``uniform`` traffic (uniformly over every entity of the job: most asked for
 the first time) measures that path. The re-scoring pass after a promotion (``python -m serving.scorer rescore
---force``: every entity) is timed once at the end (rows per second).
+--force``: every entity) is timed on the job's entities before anything else runs, and at the end, alone, on
+``--rescore-entities`` (500k: copies written up to it) (rows per second).
 The summary gives, per app and scenario, the median over runs of the highest step holding p99 < 50 ms (the
 issue's ">= FastAPI" figure), with min-max. Everything started is stopped by PID at the end.
 """
@@ -43,6 +46,7 @@ import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -183,9 +187,8 @@ def percentile(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
-def demo_data(settings: TesseraSettings, env: dict, args, tmp: Path) -> tuple[ModelVersion, list[str], list[str]]:
-    """Run the README's main job on the private stack; returns its promoted model, its entity ids, and the ids
-    of copies of their feature rows (for never-cached requests)."""
+def demo_data(settings: TesseraSettings, env: dict, args, tmp: Path) -> tuple[ModelVersion, list[str]]:
+    """Run the README's main job on the private stack; returns its promoted model and its entity ids."""
     t = time.perf_counter()
     argv = [sys.executable, "-m", "orchestration", "run", "--days", str(args.demo_days)]
     argv += ["--rows-per-day", str(args.demo_rows_per_day), "--entities", str(args.demo_entities)]
@@ -197,22 +200,39 @@ def demo_data(settings: TesseraSettings, env: dict, args, tmp: Path) -> tuple[Mo
     model = ModelRegistry(settings.catalog_dsn).current(settings.model_name)
     if model is None:
         raise RuntimeError("the main job promoted no model")
-    rows = []
+    ids = []
     for dsn in settings.shard_dsns():
         with psycopg.connect(dsn) as conn:
-            rows += conn.execute(
-                "SELECT entity_id, features, event_ts FROM entity_features WHERE feature_set = %s ORDER BY entity_id",
-                (model.feature_set,),
-            ).fetchall()
-    ids = [r[0] for r in rows]
+            ids += [
+                r[0]
+                for r in conn.execute(
+                    "SELECT entity_id FROM entity_features WHERE feature_set = %s ORDER BY entity_id",
+                    (model.feature_set,),
+                )
+            ]
     random.Random(7).shuffle(ids)
-    copies = [
-        FeatureRow(f"bench-copy-{n:07d}", rows[n % len(rows)][2], rows[n % len(rows)][1]) for n in range(args.entities)
-    ]
+    print(f"{len(ids)} entities of the job's model {model.key}")
+    return model, ids
+
+
+def entity_count(settings: TesseraSettings, feature_set: str) -> int:
+    total = 0
+    for dsn in settings.shard_dsns():
+        with psycopg.connect(dsn) as conn:
+            query = "SELECT count(*) FROM entity_features WHERE feature_set = %s"
+            total += conn.execute(query, (feature_set,)).fetchone()[0]
+    return total
+
+
+def write_copies(settings: TesseraSettings, feature_set: str, ids: list[str], start: int, count: int) -> list[str]:
+    """Write ``count`` new entities ``bench-copy-<n>`` (``n`` from ``start``), each a copy of one of ``ids``'s
+    feature rows (same model, same feature distribution, never asked for); returns their ids."""
     with FeatureStore.open(settings, prepare_topology=False) as store:
-        store.write(model.feature_set, copies)
-    print(f"{len(ids)} entities of the job's model {model.key}; {len(copies)} copies written for misses")
-    return model, ids, [c.entity_id for c in copies]
+        records = store.reader.get_features(ids[:5000], feature_set).records
+        rows = [(r.event_ts, r.features) for r in records.values()]
+        copies = (FeatureRow(f"bench-copy-{n:07d}", *rows[n % len(rows)]) for n in range(start, start + count))
+        store.write(feature_set, copies)
+    return [f"bench-copy-{n:07d}" for n in range(start, start + count)]
 
 
 def h2o_with_the_jobs_model(model: ModelVersion):
@@ -267,13 +287,68 @@ def rescore_throughput(env: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+class BackgroundUpdates(threading.Thread):
+    """The writer's steady rate beside the freshness samples: ``rate`` rows/s of new features for entities of
+    ``ids`` (10 batches a second, each a newer event time and a changed numeric feature), which the scorer must
+    score as they come, as it would in production."""
+
+    def __init__(self, settings: TesseraSettings, feature_set: str, ids: list[str], rate: int):
+        super().__init__(name="background-updates", daemon=True)
+        self.settings, self.feature_set, self.ids, self.rate = settings, feature_set, ids, rate
+        self.written = 0
+        self.seconds = 0.0
+        self.halt = threading.Event()
+
+    def run(self) -> None:
+        with FeatureStore.open(self.settings, prepare_topology=False) as store:
+            rows = store.reader.get_features(self.ids, self.feature_set).records
+            current = [FeatureRow(e, r.event_ts, dict(r.features)) for e, r in rows.items()]
+            per_batch = max(1, self.rate // 10)
+            started = next_at = time.monotonic()
+            step = 0
+            while not self.halt.is_set() and current:
+                step += 1
+                batch = []
+                for k in range(per_batch):
+                    old = current[(self.written + k) % len(current)]
+                    features = {
+                        name: (v + 1 if isinstance(v, int | float) and not isinstance(v, bool) else v)
+                        for name, v in old.features.items()
+                    }
+                    batch.append(FeatureRow(old.entity_id, old.event_ts + timedelta(seconds=step), features))
+                store.write(self.feature_set, batch)
+                self.written += len(batch)
+                next_at += 0.1
+                self.halt.wait(max(0.0, next_at - time.monotonic()))
+            self.seconds = time.monotonic() - started
+
+    def stop(self) -> float:
+        """Stop; returns the rate achieved (rows/s)."""
+        self.halt.set()
+        self.join(timeout=60)
+        return self.written / self.seconds if self.seconds else 0.0
+
+
 def invalidation_latency(
-    settings: TesseraSettings, port: int, rc: redis.Redis, model: ModelVersion, ids, n: int, api_key: str
+    settings: TesseraSettings,
+    port: int,
+    rc: redis.Redis,
+    model: ModelVersion,
+    ids,
+    n: int,
+    api_key: str,
+    background_rate: int = 0,
 ):
     """Per sample: cache an entity, write new features for it, then how long (from the write's commit) until its
     Redis entry no longer holds the old version (the change's marker, or the new version if a request already
     re-cached it), until an answer carries the new version, and until the scorer's prediction of the new features is
-    stored (each polled every ms, beside one request per poll)."""
+    stored (each polled every ms, beside one request per poll): the freshness of a precomputed prediction, which
+    every cache miss then reads with the features. ``background_rate``: other entities' updates meanwhile (rows/s),
+    the writer's steady rate the scorer keeps up with."""
+    background = BackgroundUpdates(settings, model.feature_set, list(ids[n : n + 20_000]), background_rate)
+    if background_rate:
+        background.start()
+        time.sleep(1.0)  # its first batches are in before the first sample
     gone_ms: list[float] = []
     answered_ms: list[float] = []
     precomputed_ms: list[float] = []
@@ -317,7 +392,7 @@ def invalidation_latency(
                 gone_ms.append(gone * 1000)
             if answered is not None:
                 answered_ms.append(answered * 1000)
-    out = {"samples": n}
+    out: dict = {"samples": n, "background_rows_per_second": round(background.stop(), 1) if background_rate else 0}
     measures = {"redis_entry_replaced_ms": gone_ms, "new_answer_ms": answered_ms, "precomputed_ms": precomputed_ms}
     for name, values in measures.items():
         out[name] = (
@@ -340,6 +415,12 @@ def main() -> int:
     parser.add_argument("--demo-rows-per-day", type=int, default=34_000)
     parser.add_argument("--demo-entities", type=int, default=50_000)
     parser.add_argument("--invalidation-samples", type=int, default=30)
+    parser.add_argument(
+        "--freshness-write-rate", type=int, default=1000, help="other entities' updates (rows/s) beside the samples"
+    )
+    parser.add_argument(
+        "--rescore-entities", type=int, default=500_000, help="the large re-scoring pass's entities (0: none)"
+    )
     parser.add_argument("--quick", action="store_true", help="the short variant: 1 run, 3 s steps, small data")
     parser.add_argument("--tiny", action="store_true", help="the harness's own test: seconds, tiny rates, no figure")
     parser.add_argument("--hot-path", action="store_true", help="measure the hot path in process even with --tiny")
@@ -350,12 +431,14 @@ def main() -> int:
     if args.tiny:
         args.data, args.runs, args.step_seconds, args.sustain_seconds = "synthetic", 1, 1.0, 1.0
         args.entities, args.invalidation_samples = 3000, 2
+        args.freshness_write_rate, args.rescore_entities = 20, 4000
         rates = {"hit": [20, 40], "miss": [20], "zipf": [20], "uniform": [20], "hello": [50]}
         naive_rates = [1]
     if args.quick:
         args.runs, args.step_seconds, args.sustain_seconds = 1, 3.0, 5.0
         args.demo_days, args.demo_rows_per_day, args.demo_entities = 10, 3000, 5000
         args.entities, args.invalidation_samples = 40_000, 10
+        args.rescore_entities = 100_000
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     tmp = Path(tempfile.mkdtemp(prefix="tessera-bench-serving-"))
     stack = Stack(tmp / "stack")
@@ -376,11 +459,18 @@ def main() -> int:
         os.environ["JAVA_HOME"] = str(find_java_home())
         env = service_env(stack.settings_file, TESSERA_SERVING__WORKERS=str(args.workers))
         if args.data == "demo":
-            model, ids, miss_ids = demo_data(settings, env, args, tmp)
-            h2o, gbm = h2o_with_the_jobs_model(model)
+            model, ids = demo_data(settings, env, args, tmp)
         else:
             h2o, gbm, ids = synthetic_data(settings, args, tmp)
             model = ModelRegistry(settings.catalog_dsn).current(settings.model_name)
+        print(f"== re-scoring the job's {len(ids):,} entities with the promoted model (the pass after a promotion)")
+        summary["rescore"] = rescore_throughput(env)
+        print(f"    {summary['rescore']}", flush=True)
+        if args.data == "demo":
+            miss_ids = write_copies(settings, model.feature_set, ids, 0, args.entities)
+            print(f"{len(miss_ids)} copies of their feature rows written for misses")
+            h2o, gbm = h2o_with_the_jobs_model(model)
+        else:
             miss_ids = ids[1000:]
         jvm_pid = h2o.connection().local_server._process.pid
         summary["model"] = model.key
@@ -511,7 +601,7 @@ def main() -> int:
             scenarios(s, [hit, miss, zipf, uniform], result["tessera"], rates)
             print("== invalidation latency (Tessera): feature write -> cache entry gone / new answer")
             result["invalidation"] = invalidation_latency(
-                settings, s.port, rc, model, ids[hit.warm :], args.invalidation_samples, key
+                settings, s.port, rc, model, ids[hit.warm :], args.invalidation_samples, key, args.freshness_write_rate
             )
             print(f"    {result['invalidation']}", flush=True)
             stop(s)
@@ -539,9 +629,15 @@ def main() -> int:
             summary["runs"].append(result)
             if args.json:
                 args.json.write_text(json.dumps(summary, indent=2))
-        print("== re-scoring every entity with the promoted model (the job's pass after a promotion)")
-        summary["rescore"] = rescore_throughput(env)
-        print(f"    {summary['rescore']}", flush=True)
+        if args.rescore_entities:
+            # Alone, as the job's pass after a promotion runs (the scorer stopped: it would catch up the copies).
+            stop(scorer)
+            total = entity_count(settings, model.feature_set)
+            more = max(0, args.rescore_entities - total)
+            write_copies(settings, model.feature_set, ids, args.entities, more)
+            print(f"== re-scoring {total + more:,} entities with the promoted model ({more:,} more copies written)")
+            summary["rescore_large"] = rescore_throughput(env)
+            print(f"    {summary['rescore_large']}", flush=True)
         if not args.tiny or args.hot_path:
             print("== the hot path's own CPU, in process: the fast path (API key check on, then off), the route")
             (tmp / "ids.json").write_text(json.dumps(list(ids[:100])))
@@ -623,15 +719,25 @@ def print_summary(summary: dict) -> None:
         t, f = table.get(("tessera", sc)), table.get(("fastapi_inprocess", sc))
         if t and f:
             verdict = ">=" if t["median"] >= f["median"] else "<"
-            print(f"  {sc:>10}: Tessera {t['median']:.0f} {verdict} FastAPI {f['median']:.0f}")
+            ratio = f"x{t['median'] / f['median']:.1f}" if f["median"] else "FastAPI held no step"
+            print(f"  {sc:>10}: Tessera {t['median']:.0f} {verdict} FastAPI {f['median']:.0f} ({ratio})")
     for n, r in enumerate(runs):
         print(f"  invalidation, run {n + 1}: {r.get('invalidation')}")
-    rescore = summary.get("rescore")
-    if rescore:
-        print(
-            f"  re-scoring after a promotion: {rescore['rows']:,} entities in {rescore['seconds']:.1f} s "
-            f"({rescore['rows_per_second']:,.0f} rows/s)"
-        )
+    for n, r in enumerate(runs):
+        fresh = (r.get("invalidation") or {}).get("precomputed_ms")
+        if fresh:
+            print(
+                f"  freshness, run {n + 1}: feature write -> precomputed prediction stored, p50 {fresh['p50']:.0f} ms,"
+                f" p99 {fresh['p99']:.0f} ms ({fresh['n']} samples, beside "
+                f"{r['invalidation']['background_rows_per_second']:,.0f} rows/s of other updates)"
+            )
+    for name in ("rescore", "rescore_large"):
+        rescore = summary.get(name)
+        if rescore:
+            print(
+                f"  re-scoring after a promotion: {rescore['rows']:,} entities in {rescore['seconds']:.1f} s "
+                f"({rescore['rows_per_second']:,.0f} rows/s)"
+            )
     hot = dict(summary.get("hot_path_cpu_us", {}))
     ratio = hot.pop("auth CPU ratio", None)
     for name, us in hot.items():
