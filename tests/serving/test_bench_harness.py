@@ -38,8 +38,8 @@ def test_the_serving_benchmark_harness_runs_and_reports_its_fields(tmp_path):
     assert len(summary["runs"]) == 1
     run = summary["runs"][0]
     assert set(run["hello"]) == {"hello"}
-    for app in ("tessera", "fastapi_inprocess"):
-        assert set(run[app]) == SCENARIOS
+    for app in ("tessera", "fastapi_inprocess", "fastapi_ondemand"):
+        assert set(run[app]) == (SCENARIOS if app != "fastapi_ondemand" else {"Zipf(1.1)", "uniform"})
         for scenario in run[app].values():
             assert {"best_50ms", "best_20ms", "steps"} <= set(scenario)
             assert scenario["steps"]
@@ -51,12 +51,21 @@ def test_the_serving_benchmark_harness_runs_and_reports_its_fields(tmp_path):
     assert set(summary["fastapi_h2o_rest"]) == {"0% hits"}
     invalidation = run["invalidation"]
     assert invalidation["samples"] == 2
+    assert invalidation["background_rows_per_second"] > 0  # the writer's steady rate ran beside the samples
     for measure in ("redis_entry_replaced_ms", "new_answer_ms", "precomputed_ms"):
         assert invalidation[measure] is None or {"p50", "p99", "max", "n"} <= set(invalidation[measure])
     assert {"rows", "seconds", "rows_per_second", "model_version"} <= set(summary["rescore"])
     assert summary["rescore"]["rows"] > 0
+    assert summary["rescore_large"]["rows"] == 4000  # --tiny's large pass: copies written up to it
     assert summary["scorer_catch_up"]["seconds"] > 0
     # The table the docs quote is printed with every app, the calibration and the comparison lines.
-    lines = ("highest offered rate holding p99 < 50 ms", "calibration:", "Tessera", "invalidation, run 1", "re-scoring")
+    lines = (
+        "highest offered rate holding p99 < 50 ms",
+        "calibration:",
+        "Tessera",
+        "invalidation, run 1",
+        "re-scoring",
+        "fastapi_ondemand",
+    )
     for line in lines:
         assert line in done.stdout
