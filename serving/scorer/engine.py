@@ -5,9 +5,10 @@ features it was computed from.
 
 One round per server every ``poll_ms``: take the time, read the changes since the cursor, score the entities of the
 model's feature set in batches of ``batch_size`` (each batch one read, one scoring call split over the pool's
-threads, one write transaction), then save the cursor with that time as ``caught_up_at``. The cursor is saved
-only after every batch of the round is committed: a scorer killed mid-batch re-reads those changes from the
-saved cursor when it starts again, so nothing is lost (a prediction written twice is the same row).
+threads, one write transaction), then save the cursor with that time as ``caught_up_at`` (after a round that
+scored, else once every ``heartbeat_seconds``). The cursor is saved only after every batch of the round is
+committed: a scorer killed mid-batch re-reads those changes from the saved cursor when it starts again, so
+nothing is lost (a prediction written twice is the same row).
 
 Catch-up, instead of the change log, where the log cannot say what changed: a server with no saved cursor (a new
 scorer or server), one saved longer ago than the log's retention (``CHANGE_LOG_RETENTION``: changes may have
@@ -203,8 +204,10 @@ class Scorer:
             size = self.settings.batch_size
             for start in range(0, len(entities), size):
                 await self._score_entities(conn, model, entities[start : start + size])
+        # Saved after scoring, else once a heartbeat: not whenever the watermark moved, since this save's own
+        # commit moves it (that saved the cursor every round, 20 writes a second per server, on an idle store).
         heartbeat_due = time.monotonic() - server.saved_at >= self.settings.heartbeat_seconds
-        if result.changes or heartbeat_due or trial.watermark != server.cursor.watermark:
+        if result.changes or heartbeat_due:
             await save_cursor(conn, trial, polled_at, shard_map.epoch, self.settings.name)
             server.saved_at = time.monotonic()
             server.caught_up_at = polled_at.timestamp()
