@@ -25,6 +25,7 @@ from shardctl.process import free_port, pid_alive, wait_until
 from shardctl.settings import TesseraSettings
 from shardctl.stack.manager import Stack
 from shardctl.store import FeatureStore
+from shardctl.store.hashing import logical_shard_for
 from shardctl.store.predictions import CURSOR_TABLE, PREDICTION_TABLE, WRITTEN_CHANNEL
 from shardctl.store.registry import ModelRegistry, ModelVersion
 from shardctl.store.writer import FeatureRow
@@ -436,6 +437,46 @@ def test_a_new_shard_map_epoch_makes_the_scorer_catch_up_its_placement(scorer_st
         ghosts = conn.execute(f"SELECT count(*) FROM {PREDICTION_TABLE} WHERE entity_id = 'ghost'").fetchone()[0]
     assert ghosts == 0
     assert f"moved from epoch {current.epoch} to {current.epoch + 1}" in scorer_stack.scorer.log_tail(20_000)
+
+
+@pytest.mark.req("JTBD-02.scorer-resharding")
+def test_after_a_real_migration_the_scorer_scores_the_moved_entities_on_their_new_server(
+    scorer_stack: ScorerStack,
+) -> None:
+    """2 -> 1 servers with the migration engine (copy, catch-up, cutover, cleanup) while the scorer and the service
+    run: the moved entities' features arrive without predictions, and the scorer, seeing the new epoch, scores
+    every one on the server that now holds it; the service answers them with the promoted model throughout."""
+    from shardctl.control.migration.engine import MigrationEngine
+    from shardctl.store.shardmap import ShardMapStore
+
+    catalog = scorer_stack.settings.catalog_dsn or ""
+    model = ModelRegistry(catalog).current(scorer_stack.settings.model_name)
+    every = [entity_id(i) for i in range(N_ENTITIES)]
+    assert scorer_stack.predictions.wait_current(model, every)
+    before = ShardMapStore(catalog).current()
+    keep, dsns = before.servers[0], scorer_stack.settings.shard_dsns()
+    moved = [e for e in every if before.placement[logical_shard_for(e)] != 0]
+    assert moved
+    assert len(moved) < len(every)
+    engine = MigrationEngine(catalog)
+    record = engine.begin([keep])
+    engine.run(record.id)
+    after = ShardMapStore(catalog).current()
+    assert after.epoch > before.epoch
+    assert set(after.placement) == {0}
+    with psycopg.connect(dsns[1]) as conn:  # cleanup left the source no features of its old shards
+        assert conn.execute("SELECT count(*) FROM entity_features").fetchone()[0] == 0
+    # Event-driven: woken by each batch the scorer commits, until every moved entity is current on server 0.
+    assert scorer_stack.predictions.wait_current(model, moved)
+    with psycopg.connect(dsns[0]) as conn:
+        on_target = conn.execute(
+            f"SELECT count(*) FROM {PREDICTION_TABLE} WHERE entity_id = ANY(%s) AND model_version = %s",
+            (moved, model.version),
+        ).fetchone()[0]
+    assert on_target == len(moved)
+    assert f"to {after.epoch})" in scorer_stack.scorer.log_tail(20_000)  # "the shard map moved from epoch ..."
+    body = scorer_stack.predict(moved[:20])
+    assert {item["prediction"]["model_version"] for item in body["items"]} == {model.version}
 
 
 @pytest.mark.req("JTBD-02.scorer-stack")
