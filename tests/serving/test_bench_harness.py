@@ -17,6 +17,7 @@ STEP_FIELDS = {"rate", "achieved", "completed", "errors", "p50_ms", "p99_ms", "p
 
 
 @pytest.mark.req("JTBD-02.bench-harness")
+@pytest.mark.req("JTBD-02.precomputed-figures")
 @pytest.mark.req("JTBD-02.load-1000rps")
 @pytest.mark.req("JTBD-02.p99-50ms")
 def test_the_serving_benchmark_harness_runs_and_reports_its_fields(tmp_path):
