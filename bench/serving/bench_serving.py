@@ -67,6 +67,7 @@ from shardctl.settings import TesseraSettings
 from shardctl.stack.manager import Stack
 from shardctl.store import FeatureStore
 from shardctl.store.predictions import PREDICTION_TABLE
+from shardctl.store.reader import MAX_IDS_PER_READ
 from shardctl.store.registry import ModelRegistry, ModelVersion
 from shardctl.store.writer import FeatureRow
 from testkit.serving import PredictionService, ScorerProcess, ServerProcess, bearer, create_api_key, service_env
@@ -287,6 +288,13 @@ def rescore_throughput(env: dict) -> dict:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
+def bumped_features(features: dict) -> dict:
+    """The same features with every number one higher (new features, the same kinds of values)."""
+    return {
+        name: (v + 1 if isinstance(v, int | float) and not isinstance(v, bool) else v) for name, v in features.items()
+    }
+
+
 class BackgroundUpdates(threading.Thread):
     """The writer's steady rate beside the freshness samples: ``rate`` rows/s of new features for entities of
     ``ids`` (10 batches a second, each a newer event time and a changed numeric feature), which the scorer must
@@ -310,24 +318,22 @@ class BackgroundUpdates(threading.Thread):
     def _write_steadily(self) -> None:
         with FeatureStore.open(self.settings, prepare_topology=False) as store:
             current = []
-            for start in range(0, len(self.ids), 5000):  # a read takes at most 10k ids
-                rows = store.reader.get_features(self.ids[start : start + 5000], self.feature_set).records
+            for start in range(0, len(self.ids), MAX_IDS_PER_READ):
+                chunk = self.ids[start : start + MAX_IDS_PER_READ]
+                rows = store.reader.get_features(chunk, self.feature_set).records
                 current += [FeatureRow(e, r.event_ts, dict(r.features)) for e, r in rows.items()]
             if not current:
                 raise RuntimeError("no stored features to update")
             per_batch = max(1, self.rate // 10)
             started = next_at = time.monotonic()
             step = 0
-            while not self.halt.is_set() and current:
+            while not self.halt.is_set():
                 step += 1
                 batch = []
                 for k in range(per_batch):
                     old = current[(self.written + k) % len(current)]
-                    features = {
-                        name: (v + 1 if isinstance(v, int | float) and not isinstance(v, bool) else v)
-                        for name, v in old.features.items()
-                    }
-                    batch.append(FeatureRow(old.entity_id, old.event_ts + timedelta(seconds=step), features))
+                    new_ts = old.event_ts + timedelta(seconds=step)
+                    batch.append(FeatureRow(old.entity_id, new_ts, bumped_features(old.features)))
                 store.write(self.feature_set, batch)
                 self.written += len(batch)
                 next_at += 0.1
@@ -376,10 +382,7 @@ def invalidation_latency(
             client.post("/v1/predictions", json={"entity_id": entity})
             key = PredictionCache.version_key(model.feature_set, entity)
             row = store.reader.get_features([entity], model.feature_set).records[entity]
-            bumped = {
-                name: (v + 1 if isinstance(v, int | float) and not isinstance(v, bool) else v)
-                for name, v in row.features.items()
-            }
+            bumped = bumped_features(row.features)
             server = psycopg.connect(settings.shard_dsns()[row.shard], autocommit=True)
             store.write(model.feature_set, [FeatureRow(entity, row.event_ts + timedelta(seconds=1), bumped)])
             committed = time.perf_counter()
