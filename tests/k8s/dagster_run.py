@@ -49,3 +49,17 @@ def run_status(catalog_port: int, folder: Path, run_id: str) -> str:
     with DagsterInstance.from_ref(InstanceRef.from_dir(str(folder / "here"))) as instance:
         run = instance.get_run_by_id(run_id)
         return run.status.value if run else "missing"
+
+
+def run_errors(folder: Path, run_id: str) -> str:
+    """The errors the run's event log holds (engine errors before any step, step failures), for a failed test to
+    show: a run that fails while loading its code writes them there and nothing to the pod's output."""
+    lines: list[str] = []
+    with DagsterInstance.from_ref(InstanceRef.from_dir(str(folder / "here"))) as instance:
+        for entry in instance.all_logs(run_id):
+            event = entry.dagster_event
+            error = getattr(event.event_specific_data, "error", None) if event else None
+            if error is not None or (event and event.event_type_value == "RUN_FAILURE"):
+                lines.append(f"{event.event_type_value}: {entry.message}")
+                lines.extend([error.to_string()] if error is not None else [])
+    return "\n".join(lines) or "no error in the run's event log"

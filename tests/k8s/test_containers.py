@@ -168,7 +168,7 @@ def test_a_run_pod_as_the_launcher_builds_it_materializes_a_partition(
     """The Job the K8sRunLauncher would create for a run (tests/k8s/run_pod.py), its container started like the
     others: `dagster api execute_run` loads the code from the image, reaches storage by Service names and
     materializes one partition of raw_events as the pipeline's role."""
-    from tests.k8s.dagster_run import execute_run_args, run_status
+    from tests.k8s.dagster_run import execute_run_args, run_errors, run_status
     from tests.k8s.run_pod import run_job as launcher_job
 
     stack, _ = k8s_stack
@@ -187,7 +187,8 @@ def test_a_run_pod_as_the_launcher_builds_it_materializes_a_partition(
     pod = cluster.start(job["metadata"]["name"], job)
     code = pod.wait_exit(PROBE_CAP)
     assert code == 0, f"run pod exited {code}:\n{pod.tail()}"
-    assert run_status(state.catalog_port, tmp_path, run_id) == "SUCCESS", pod.tail()
+    status = run_status(state.catalog_port, tmp_path, run_id)
+    assert status == "SUCCESS", f"{run_errors(tmp_path, run_id)}\npod output:\n{pod.tail()}"
 
 
 @pytest.mark.req("PLAT.k8s-resharding")
