@@ -31,9 +31,6 @@ def test_redis_killed_mid_run_keeps_answering_uncached(service, own_redis, servi
     finally:
         own_redis.start()
     assert service.metric("tessera_redis_errors_total") > errors_before
-    # Redis back: once the back-off ends, an answer is cached again and served from the cache.
-    back = IDS[30]
-    assert wait_until(lambda: _predict(service, back).get("cached") is True, 30, interval=0.5)
 
 
 def _predict(service, entity: str) -> dict:
