@@ -1,16 +1,22 @@
 """Redis look-aside cache of predictions, and single-flight so concurrent misses compute once.
 
-Two kinds of keys, both under serving's prefix (``serving:``, ``shardctl.redis_acl.SERVING_PREFIX``: serving's
+Three kinds of keys, all under serving's prefix (``serving:``, ``shardctl.redis_acl.SERVING_PREFIX``: serving's
 Redis user may touch nothing else):
 
 - ``fv:{feature_set}:{entity}`` -> ``{feature version}:{read at, epoch ms}``, the entity's feature version and
   when it was read from its shard. How long it is trusted is ``serving/freshness.py``'s rule: while the change
   stream is live, for the whole ``cache_ttl_seconds`` (the change consumer deletes the key when the entity's
-  features change); otherwise for ``feature_version_ttl_seconds`` since the read (the staleness bound). Then
-  the shard is read again and a new version gives a new prediction key.
+  features change); while the scorer's epoch covers it (below), for as long as the scorer keeps up; otherwise
+  for ``feature_version_ttl_seconds`` since the read (the staleness bound). Then the shard is read again and a
+  new version gives a new prediction key.
 - ``pred:{model}:{feature_set}:{entity}:{feature version}`` -> the prediction, kept ``cache_ttl_seconds``.
   A promotion changes ``model`` (effective as soon as the worker swapped, within about a second of the
   NOTIFY), so a new model never answers from an old model's entries.
+- ``scorer:{feature_set}`` -> ``{epoch start, ms}:{caught up at, ms}``, written by the precomputing scorer
+  (``serving/scorer/``) after each round: every change of the feature set committed before "caught up at" is
+  reflected in the ``fv`` entries (the scorer wrote the new version's entry, or a marker that sends the next
+  request to the shard), continuously since "epoch start". An entry read after the epoch start is therefore as
+  current as the scorer is: the scorer fills the cache as features change, and a miss becomes a hit.
 
 Writes go behind the answer: queued, they ride in the next lookup's pipeline (or leave alone within
 ``WRITE_BEHIND_S``), so under load a batch of misses costs one Redis round trip, not three (lookup, SCRIPT
@@ -49,12 +55,35 @@ _decode = msgspec.msgpack.Decoder(CachedPrediction).decode
 
 class CacheLookup(NamedTuple):
     """What Redis knows of one entity: the feature version (None: unknown), when it was read from its shard
-    (epoch ms), for how many more ms Redis keeps it, and the prediction computed for it (None: none yet)."""
+    (epoch ms), for how many more ms Redis keeps it, the prediction computed for it (None: none yet), and, when
+    the scorer's current epoch covers the entry, when the scorer last caught up (epoch ms; 0: not covered)."""
 
     feature_version: int | None
     read_ms: int
     ttl_ms: int
     prediction: CachedPrediction | None
+    scorer_caught_up_ms: int = 0
+
+
+class ScorerEpoch(NamedTuple):
+    """The scorer's marker for a feature set: since ``started_ms`` it has reflected every change in the cache,
+    up to the changes committed before ``caught_up_ms``."""
+
+    started_ms: int
+    caught_up_ms: int
+
+    def encode(self) -> str:
+        return f"{self.started_ms}:{self.caught_up_ms}"
+
+    @classmethod
+    def decode(cls, raw: bytes | str | None) -> ScorerEpoch | None:
+        if not raw:
+            return None
+        started, _, caught_up = (raw.decode() if isinstance(raw, bytes) else raw).partition(":")
+        try:
+            return cls(int(started), int(caught_up))
+        except ValueError:
+            return None
 
 
 NOT_CACHED = CacheLookup(None, 0, 0, None)
@@ -64,11 +93,13 @@ NOT_CACHED = CacheLookup(None, 0, 0, None)
 KEY_PREFIXES = tuple(f"{SERVING_PREFIX}{kind}" for kind in ("fv:", "pred:", "rl:"))
 
 # Both lookups of an entity in one round trip: its version entry with the milliseconds Redis keeps it (PTTL),
-# then the prediction stored under that version. (The prediction keys are built in the script, so this assumes
-# one Redis, not Redis Cluster.)
+# then the prediction stored under that version; last, the scorer's marker of the feature set (the last key). (The
+# prediction keys are built in the script, so this assumes one Redis, not Redis Cluster.)
 _LOOKUP_LUA = """
 local out = {}
-for i, version_key in ipairs(KEYS) do
+local n = #KEYS - 1
+for i = 1, n do
+  local version_key = KEYS[i]
   local v = redis.call('GET', version_key)
   if v then
     local version = string.match(v, '^[0-9]+')
@@ -77,6 +108,7 @@ for i, version_key in ipairs(KEYS) do
     out[i] = false
   end
 end
+out[n + 1] = redis.call('GET', KEYS[n + 1])
 return out
 """
 # Store version entries unless the key holds one read (or a change applied) at or after this read began: a
@@ -148,6 +180,11 @@ class PredictionCache:
         return f"{SERVING_PREFIX}fv:{feature_set}:{entity}"
 
     @staticmethod
+    def scorer_key(feature_set: str) -> str:
+        """The scorer's marker of ``feature_set`` (``ScorerEpoch``)."""
+        return f"{SERVING_PREFIX}scorer:{feature_set}"
+
+    @staticmethod
     def prediction_prefix(model_key: str, feature_set: str) -> str:
         """Every prediction key starts so; the lookup script appends ``{entity}:{feature version}``."""
         return f"{SERVING_PREFIX}pred:{model_key}:{feature_set}:"
@@ -203,19 +240,22 @@ class PredictionCache:
         prediction for that version (None if absent). Writes queued behind earlier answers share its round
         trip, ahead of it."""
         keys = [self.version_key(feature_set, e) for e in entities]
+        keys.append(self.scorer_key(feature_set))
         lookup = [len(keys), *keys, self.prediction_prefix(model_key, feature_set), *entities]
         raw = await self._call(lambda r: self._execute(r, self._take_queued(), lookup), None)
         if raw is None:
             return [NOT_CACHED] * len(entities)
+        epoch = ScorerEpoch.decode(raw[len(entities)])
         out: list[CacheLookup] = []
-        for item in raw:
+        for item in raw[: len(entities)]:
             if not item:
                 out.append(NOT_CACHED)
                 continue
             version, _, read_ms = item[0].partition(b":")
+            read = int(read_ms or 0)  # an entry without a read time (before the change stream) was read long ago
             pred = _decode(item[2]) if len(item) > 2 and item[2] else None
-            # An entry without a read time (written before the change stream) counts as read long ago.
-            out.append(CacheLookup(int(version), int(read_ms or 0), max(0, int(item[1])), pred))
+            covered = epoch.caught_up_ms if epoch is not None and read >= epoch.started_ms else 0
+            out.append(CacheLookup(int(version), read, max(0, int(item[1])), pred, covered))
         return out
 
     def put_behind(

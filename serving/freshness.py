@@ -8,6 +8,12 @@ has applied every change since the epoch began, so the entry's features are curr
 the consumer's next poll. Everything else (entries from before a restart, an outage of the log or of Redis, a
 stalled consumer) is trusted only for the time bound, counted from when its features were read: today's rule.
 
+*The scorer's epoch* (``serving/cache.py``, the ``scorer:`` marker) extends that bound across workers and
+restarts: the precomputing scorer reflects every change of a feature set in the cache (it writes the new
+prediction, or a marker that sends the next request to the shard) and says how far it has caught up. An entry
+read after the scorer's epoch began can be stale only by the changes since the scorer caught up, so its time bound
+counts from then: while the scorer keeps up, the entry stays trusted however long ago it was read.
+
 ``invalidated_since`` closes the race between a read and a change: a request that read an entity's old features
 just before the change was applied must not put them back into the cache after the consumer deleted them.
 """
@@ -47,10 +53,14 @@ class Freshness:
         """The stream is interrupted: nothing cached from here on may outlive the time bound."""
         self._live_until = 0.0
 
-    def entry_trust(self, read_ms: int, ttl_ms: int, now: int) -> tuple[int, int, int]:
+    def entry_trust(self, read_ms: int, ttl_ms: int, now: int, scorer_caught_up_ms: int = 0) -> tuple[int, int, int]:
         """For an entry read from its shard at ``read_ms`` that Redis keeps ``ttl_ms`` more: the live epoch that
-        lets it use its full TTL (0: none), the ms it is trusted for, and the ms left of its time bound."""
-        bounded = self.bound_ms - (now - read_ms)
+        lets it use its full TTL (0: none), the ms it is trusted for, and the ms left of its time bound.
+
+        ``scorer_caught_up_ms``: the entry lies in the scorer's current epoch, caught up to then (0: it does not).
+        Every change committed before then is reflected in the cache, so the entry can be stale only by what
+        changed since: its time bound counts from there when that is later than its read."""
+        bounded = self.bound_ms - (now - max(read_ms, scorer_caught_up_ms))
         epoch = self.live_epoch()
         if epoch and read_ms >= self.trusted_since_ms:
             return epoch, ttl_ms, bounded

@@ -103,7 +103,9 @@ class Predictor:
             for entity in remote:
                 found = looked_up[(key, feature_set, entity)]
                 if found.prediction is not None:
-                    epoch, trust, bounded = self.freshness.entry_trust(found.read_ms, found.ttl_ms, now)
+                    epoch, trust, bounded = self.freshness.entry_trust(
+                        found.read_ms, found.ttl_ms, now, found.scorer_caught_up_ms
+                    )
                     if trust > 0:
                         outcomes[entity] = Outcome(entity, found.prediction, cached=True)
                         if entity not in changed:  # else the consumer has just dropped it

@@ -7,17 +7,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import ClassVar, Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field
 
-from shardctl.credentials import DbCredentialFields
+from shardctl.credentials import DbCredentialFields, RedisCredentialFields
 from shardctl.settings import SectionSettings, section_config
 
 RATE_PATTERN = r"^[1-9][0-9]{0,8}/(s|min|h)$"  # shardctl.store.api_keys.parse_rate reads it
 
 
-class ServingSettings(SectionSettings, DbCredentialFields):
+class ServingSettings(SectionSettings, DbCredentialFields, RedisCredentialFields):
     """The prediction service's listener, process and thread counts, request limits, and the database role it
-    reads the catalog and the shards as (``db_user``, ``db_password`` or ``db_passfile``: read-only grants)."""
+    reads the catalog and the shards as (``db_user``, ``db_password`` or ``db_passfile``: read-only grants), and who
+    it is to Redis (``redis_username``, ``redis_password`` or ``redis_password_file``: an ACL user limited to
+    serving's key prefix, ``shardctl.redis_acl``)."""
 
     section: ClassVar[str] = "serving"
     model_config = section_config(section)
@@ -66,20 +68,6 @@ class ServingSettings(SectionSettings, DbCredentialFields):
     # readable by the service alone (Granian 2.8 cannot load an encrypted key: its worker panics).
     tls_certificate: Path | None = None
     tls_key: Path | None = None
-    # Who serving is to Redis (an ACL user limited to serving's key prefix, shardctl.redis_acl): its user and
-    # either its password or a file holding it (the local stack writes the file's path, never the password).
-    # Unset user: Redis's default user, as the URL says.
-    redis_username: str | None = None
-    redis_password: SecretStr | None = None
-    redis_password_file: Path | None = None
-
-    def redis_credentials(self) -> tuple[str | None, str | None]:
-        """(user, password) for redis-py; the password read from ``redis_password_file`` when that is given."""
-        if self.redis_password is not None:
-            return self.redis_username, self.redis_password.get_secret_value()
-        if self.redis_password_file is not None:
-            return self.redis_username, self.redis_password_file.read_text().strip()
-        return self.redis_username, None
 
     # API keys (serving/security.py): on unless turned off explicitly (then a warning at every worker's start).
     # A revoked key is refused within auth_refresh_seconds; rate_limit is each key's unless it has its own.

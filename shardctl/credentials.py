@@ -103,3 +103,21 @@ class DbCredentialFields(BaseModel):
         password = self.db_password.get_secret_value() if self.db_password is not None else None
         passfile = str(self.db_passfile) if self.db_passfile is not None else None
         return DbCredentials(self.db_user, password, passfile)
+
+
+class RedisCredentialFields(BaseModel):
+    """Mixed into the ``SectionSettings`` of a part that uses the prediction cache's Redis: who it is there (an ACL
+    user of ``shardctl.redis_acl``) and either its password or a file holding it (the local stack writes the
+    file's path, never the password). Unset user: Redis's default user, as the URL says."""
+
+    redis_username: str | None = None
+    redis_password: SecretStr | None = None
+    redis_password_file: Path | None = None
+
+    def redis_credentials(self) -> tuple[str | None, str | None]:
+        """(user, password) for redis-py; the password read from ``redis_password_file`` when that is given."""
+        if self.redis_password is not None:
+            return self.redis_username, self.redis_password.get_secret_value()
+        if self.redis_password_file is not None:
+            return self.redis_username, self.redis_password_file.read_text().strip()
+        return self.redis_username, None

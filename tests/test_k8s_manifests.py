@@ -221,7 +221,10 @@ def test_each_part_connects_as_its_own_role_with_a_password_from_its_own_secret(
         "TESSERA_SERVING__REDIS_PASSWORD": "tessera-redis",
     }
     scorer = _find("Deployment", "scorer")["spec"]["template"]["spec"]["containers"][0]
-    assert password_sources(scorer) == {"TESSERA_SCORER__DB_PASSWORD": "tessera-scorer-db"}
+    assert password_sources(scorer) == {
+        "TESSERA_SCORER__DB_PASSWORD": "tessera-scorer-db",
+        "TESSERA_SCORER__REDIS_PASSWORD": "tessera-redis",
+    }
     for name in ("dagster-code", "dagster-daemon", "dagster-webserver"):
         container = _find("Deployment", name)["spec"]["template"]["spec"]["containers"][0]
         assert password_sources(container) == {"*": "tessera-pipeline-db"}, name
@@ -243,18 +246,25 @@ def test_each_part_connects_as_its_own_role_with_a_password_from_its_own_secret(
 @pytest.mark.req("PLAT.redis-acl")
 def test_kubernetes_redis_has_the_stacks_acl_users_from_a_generated_secret(tmp_path: Path) -> None:
     """k8s/generate-secrets.sh writes Redis's ACL file with the rules of shardctl/redis_acl.py (the default user
-    off, serving in its prefix), password digests only; Redis loads it and serving logs in as its user."""
-    from shardctl.redis_acl import ADMIN_USER, SERVING_USER, acl_lines
+    off, serving in its prefix, the scorer on the cache's entries), password digests only; Redis loads it and
+    serving and the scorer log in as their users."""
+    from shardctl.redis_acl import ADMIN_USER, SCORER_USER, SERVING_USER, acl_lines
     from tests.k8s.secrets import generate_secrets
 
     generated = generate_secrets(tmp_path).secrets["tessera-redis"]
-    passwords = {ADMIN_USER: generated["admin-password"], SERVING_USER: generated["TESSERA_SERVING__REDIS_PASSWORD"]}
+    passwords = {
+        ADMIN_USER: generated["admin-password"],
+        SERVING_USER: generated["TESSERA_SERVING__REDIS_PASSWORD"],
+        SCORER_USER: generated["TESSERA_SCORER__REDIS_PASSWORD"],
+    }
     assert generated["users.acl"].splitlines() == acl_lines(passwords)
     assert not [p for p in passwords.values() if p in generated["users.acl"]]
     container = _find("Deployment", "redis")["spec"]["template"]["spec"]["containers"][0]
     assert container["args"][-2:] == ["--aclfile", "/etc/redis/users.acl"]
     serving = _find("Deployment", "serving")["spec"]["template"]["spec"]["containers"][0]
     assert {"name": "TESSERA_SERVING__REDIS_USERNAME", "value": SERVING_USER} in serving["env"]
+    scorer = _find("Deployment", "scorer")["spec"]["template"]["spec"]["containers"][0]
+    assert {"name": "TESSERA_SCORER__REDIS_USERNAME", "value": SCORER_USER} in scorer["env"]
 
 
 @pytest.mark.req("JTBD-02.scorer-k8s")

@@ -15,7 +15,7 @@ import redis
 from click.testing import CliRunner
 
 from shardctl.cli import main
-from shardctl.redis_acl import ADMIN_USER, SERVING_PREFIX, SERVING_USER
+from shardctl.redis_acl import ADMIN_USER, SCORER_USER, SERVING_PREFIX, SERVING_USER
 from shardctl.stack.layout import NO_PASSWORDS
 from shardctl.stack.manager import Stack
 from shardctl.stack.postgres import SUPERUSER
@@ -89,6 +89,29 @@ def test_redis_refuses_a_client_without_a_password_and_keeps_serving_to_its_pref
     admin = redis.Redis.from_url(settings.redis_url, username=ADMIN_USER, password=secrets.redis_password(ADMIN_USER))
     assert admin.get(f"{SERVING_PREFIX}probe") == b"1"
     assert "off" in admin.acl_getuser("default")["flags"]
+
+
+@pytest.mark.req("PLAT.redis-acl")
+def test_the_scorer_may_write_cache_entries_and_nothing_else(settings, local_stack) -> None:
+    """The scorer fills serving's cache as its own user: prediction and version entries and its marker, through
+    scripts; never serving's other keys (rate limits), anything outside the prefix, or an admin command."""
+    written = json.loads(local_stack.settings_file.read_text())["scorer"]
+    assert written["redis_username"] == SCORER_USER
+    password = Path(written["redis_password_file"]).read_text().strip()
+    scorer = redis.Redis.from_url(settings.redis_url, username=SCORER_USER, password=password, socket_timeout=5)
+    for kind in ("fv", "pred", "scorer"):
+        scorer.set(f"{SERVING_PREFIX}{kind}:probe", "1", px=10_000)
+        assert scorer.eval("return redis.call('GET', KEYS[1])", 1, f"{SERVING_PREFIX}{kind}:probe") == b"1"
+    refused = [
+        lambda: scorer.set(f"{SERVING_PREFIX}rl:probe", "1"),
+        lambda: scorer.get("other:probe"),
+        lambda: scorer.keys("*"),
+        lambda: scorer.flushdb(),
+        lambda: scorer.publish(f"{SERVING_PREFIX}x", "x"),
+    ]
+    for call in refused:
+        with pytest.raises(redis.ResponseError, match=r"(?i)noperm|no permissions|can.t access"):
+            call()
 
 
 @pytest.mark.req("PLAT.stack-passwords")

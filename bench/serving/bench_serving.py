@@ -537,20 +537,40 @@ def main() -> int:
                 for i in range(hit.warm):
                     c.post("/v1/predictions", json={"entity_id": hit.entity(i)}).raise_for_status()
 
+        miss_keys = [PredictionCache.version_key(model.feature_set, e) for e in miss_ids]
+
+        def forget_misses() -> None:
+            """The miss ids' entries out of Redis (as if evicted), the scorer's marker kept: it does not refill."""
+            pipe = rc.pipeline(transaction=False)
+            for i in range(0, len(miss_keys), 1000):
+                pipe.unlink(*miss_keys[i : i + 1000])
+            pipe.execute()
+
+        def flush_and_refill() -> float:
+            """Empty Redis, then wait until the scorer has noticed and copied every current prediction back (a
+            deployment's steady state: the scorer keeps the cache filled); returns how long that took."""
+            rc.flushdb()
+            started = time.perf_counter()
+            marker = PredictionCache.scorer_key(model.feature_set)
+            if not wait_until(lambda: bool(rc.exists(marker)), 600, interval=0.05):
+                raise RuntimeError(f"the scorer did not refill serving's cache within 600 s: see {tmp / 'scorer.log'}")
+            return time.perf_counter() - started
+
         def scenarios(server: ServerProcess, chosen, results: dict, rates: dict) -> None:
             for sc in chosen:
-                rc.flushdb()
+                refill_s = flush_and_refill()
                 if sc.kind == "hit":
                     warm(server.port)
                 # Let a previous overloaded step drain: it must not spill into this scenario (a step's length is
                 # enough; --tiny's rates never overload).
                 time.sleep(min(3.0, args.step_seconds))
-                # Misses stay never-cached: Redis is emptied before every step (each worker's memory tier holds
-                # fewer entities than a step skips ahead).
-                before = rc.flushdb if sc.kind == "miss" else (lambda: None)
+                # Misses stay never-cached: their entries leave Redis before every step (each worker's memory tier
+                # holds fewer entities than a step skips ahead).
+                before = forget_misses if sc.kind == "miss" else (lambda: None)
                 res = ramp(server.pid, server.port, sc, args.step_seconds, counter, rates[sc.kind], before)
                 top = best(res, 50)
                 entry = {"best_50ms": top, "best_20ms": best(res, 20), "steps": [r.__dict__ for r in res]}
+                entry["cache_refill_seconds"] = round(refill_s, 2)
                 if top:
                     before()
                     time.sleep(min(2.0, args.step_seconds))

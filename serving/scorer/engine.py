@@ -39,6 +39,9 @@ import psycopg
 from prometheus_client import Counter, Gauge
 from psycopg.types.json import set_json_loads
 
+from serving.cache import CachedPrediction, ScorerEpoch
+from serving.freshness import now_ms
+from serving.scorer.cache_fill import CacheEntry, CacheFiller
 from serving.scorer.settings import ScorerSettings
 from serving.scoring import LoadedModel, ModelHolder, Score
 from shardctl.credentials import with_credentials
@@ -50,15 +53,17 @@ from shardctl.store.notify import NotificationListener
 from shardctl.store.pools import session_dsn
 from shardctl.store.predictions import (
     COUNT_SQL,
+    CURRENT_PAGE_SQL,
     FEATURES_TO_SCORE_SQL,
     MISPLACED_DELETE_SQL,
+    SCORED_READ_SQL,
     STALE_PAGE_SQL,
     ScoredRow,
     load_cursor,
     save_cursor,
     write_predictions,
 )
-from shardctl.store.registry import PROMOTION_CHANNEL, ModelRegistry
+from shardctl.store.registry import PROMOTION_CHANNEL, ModelRegistry, ModelVersion
 from shardctl.store.shardmap import ShardMap, ShardMapStore, ShardMapWatcher
 
 log = logging.getLogger(__name__)
@@ -112,6 +117,18 @@ class Scorer:
         self.catalog_dsn = with_credentials(settings.catalog_dsn, scorer.db_credentials())
         self.holder = ModelHolder(ModelRegistry(self.catalog_dsn), settings.model_name, JavaSettings().java_home)
         self.pool = ThreadPoolExecutor(scorer.threads, thread_name_prefix="tessera-scorer")
+        # Serving's cache, filled as predictions are made (None: no Redis configured; the table alone).
+        self.cache: CacheFiller | None = None
+        if settings.redis_url:
+            user, password = scorer.redis_credentials()
+            self.cache = CacheFiller(
+                settings.redis_url, ttl_seconds=scorer.cache_ttl_seconds, username=user, password=password
+            )
+        # The epoch of the cache this scorer keeps (see _keep_cache_epoch), for which model key, and whether a
+        # change may have gone unreflected since it began (a failed write, a catch-up): then a new epoch.
+        self.cache_epoch: ScorerEpoch | None = None
+        self._cache_model: str | None = None
+        self._cache_broken = False
         self._watcher: ShardMapWatcher | None = None
         self._listener: NotificationListener | None = None
         self._servers: dict[int, _Server] = {}
@@ -139,6 +156,8 @@ class Scorer:
         if self._watcher is not None:
             self._watcher.stop()
         self.pool.shutdown(wait=True)
+        if self.cache is not None:
+            await self.cache.close()
 
     @property
     def shard_map(self) -> ShardMap:
@@ -176,6 +195,8 @@ class Scorer:
                 ok = False
                 log.warning("server %s: change log round failed (%s); reconnecting", index, result)
                 await self._drop(index)
+        if ok and model is not None and self.cache is not None and results:
+            await self._keep_cache_epoch(model, shard_map, min(r for r in results if isinstance(r, datetime)))
         self.following = ok
         self.rounds += 1
         self.last_round_at = time.monotonic()
@@ -184,7 +205,9 @@ class Scorer:
             LAG.set(max(time.time() - s.caught_up_at for s in self._servers.values()))
         return ok
 
-    async def _server_round(self, index: int, dsn: str, shard_map: ShardMap, model: LoadedModel | None) -> None:
+    async def _server_round(self, index: int, dsn: str, shard_map: ShardMap, model: LoadedModel | None) -> datetime:
+        """Score the changes since the server's cursor; returns the server's clock when it began: every change
+        committed before it has been scored (and reflected in serving's cache)."""
         server = self._servers.get(index)
         if server is None:
             server = self._servers[index] = await self._open_server(index, dsn, shard_map, model)
@@ -212,6 +235,7 @@ class Scorer:
             server.saved_at = time.monotonic()
             server.caught_up_at = polled_at.timestamp()
         server.cursor = trial
+        return polled_at
 
     async def _open_server(self, index: int, dsn: str, shard_map: ShardMap, model: LoadedModel | None) -> _Server:
         # No statement timeout: a catch-up page may scan far past current predictions before it finds a stale one.
@@ -229,7 +253,10 @@ class Scorer:
             else:
                 cursor, _ = await start_cursor(conn)
                 why = "no saved cursor" if saved is None else f"cursor saved {saved.age_seconds:.0f}s ago"
-            placed = [s for s, server in enumerate(shard_map.placement) if server == index]
+            placed = _placements(shard_map)[index]
+            # A catch-up cannot name what changed since the cursor (deleted entities above all): whatever serving's
+            # cache holds of this server is no longer known to be current, so its epoch ends.
+            self._cache_broken = True
             await conn.execute(MISPLACED_DELETE_SQL, (placed,))
             if model is not None:
                 progress = Progress()
@@ -242,6 +269,81 @@ class Scorer:
             await conn.close()
             raise
 
+    # -- serving's cache -----------------------------------------------------------------------------------
+    async def _keep_cache_epoch(self, model: LoadedModel, shard_map: ShardMap, caught_up: datetime) -> None:
+        """After a round that read every server: move the marker of the model's feature set in serving's cache to
+        ``caught_up`` (every change committed before it is reflected there), or begin a new epoch.
+
+        An epoch lasts while every change is reflected: each one scored and written into the cache (or a version-0
+        entry that sends the next request to the shard). It ends when a write failed, a server caught up instead
+        of following its log, the model changed, or the marker in Redis is not ours any more (Redis restarted or
+        was flushed: its entries went with it). A new epoch begins at ``caught_up`` and is filled from the table
+        (every current prediction), so a cache that lost its data is warm again in seconds; serving trusts an entry
+        beyond its own bounds only if it was read after its epoch began (``serving/freshness.py``)."""
+        assert self.cache is not None
+        feature_set = model.version.feature_set
+        caught_up_ms = int(caught_up.timestamp() * 1000)
+        epoch = self.cache_epoch
+        if epoch is not None and (self._cache_broken or self._cache_model != model.key):
+            epoch = None
+        if epoch is not None:
+            answered, seen = await self.cache.epoch(feature_set)
+            if not answered or seen != epoch:
+                epoch = None
+        if epoch is None:
+            self.cache_epoch = None
+            self._cache_broken = False
+            epoch = ScorerEpoch(caught_up_ms, caught_up_ms)
+            if not await self._fill_cache(model, shard_map) or self._cache_broken:
+                return  # a new epoch at the next round
+            self._cache_model = model.key
+        epoch = ScorerEpoch(epoch.started_ms, caught_up_ms)
+        # Kept long enough to outlive any pause of this scorer that serving should see as a lag, not as a flush.
+        if await self.cache.mark(feature_set, epoch, keep_seconds=max(600.0, self.settings.stall_seconds * 2)):
+            self.cache_epoch = epoch
+
+    async def _fill_cache(self, model: LoadedModel, shard_map: ShardMap) -> bool:
+        """Copy every current prediction of ``model`` from each server's table into serving's cache (servers at
+        once, pages of ``batch_size`` of one logical shard at a time); False if a write failed."""
+        assert self.cache is not None
+        cache = self.cache
+        version = model.version
+        started = time.monotonic()
+
+        async def fill(index: int, placed: list[int]) -> int:
+            server = self._servers.get(index)
+            if server is None:
+                return 0
+            filled = 0
+            for shard in placed:
+                after = ""
+                while True:
+                    read_ms = now_ms()
+                    params = _page(version, shard, after, self.settings.batch_size)
+                    rows = await (await server.conn.execute(CURRENT_PAGE_SQL, params)).fetchall()
+                    entries = [
+                        CacheEntry(e, v, CachedPrediction(score, label, v, ts.isoformat(), at.isoformat()))
+                        for e, v, ts, at, score, label in rows
+                    ]
+                    if await cache.put(model.key, version.feature_set, entries, read_ms=read_ms) is None:
+                        return -1
+                    filled += len(rows)
+                    self.last_round_at = time.monotonic()
+                    if len(rows) < self.settings.batch_size:
+                        break
+                    after = rows[-1][0]
+            return filled
+
+        counts = await asyncio.gather(*(fill(i, placed) for i, placed in enumerate(_placements(shard_map))))
+        if any(c < 0 for c in counts):
+            return False
+        log.info(
+            "serving's cache: a new epoch, %d current predictions copied in %.1fs",
+            sum(counts),
+            time.monotonic() - started,
+        )
+        return True
+
     # -- scoring --------------------------------------------------------------------------------------------
     async def _score_entities(self, conn: psycopg.AsyncConnection, model: LoadedModel, entities: list[str]) -> None:
         logical = [entity_hash(e) % TOTAL_LOGICAL_SHARDS for e in entities]
@@ -249,7 +351,35 @@ class Scorer:
         rows = await (await conn.execute(FEATURES_TO_SCORE_SQL, (feature_set, logical, entities))).fetchall()
         found = {r[1] for r in rows}
         gone = [(shard, e) for shard, e in zip(logical, entities, strict=True) if e not in found]
-        await self._score_rows(conn, model, rows, gone, reason="change")
+        _, refused = await self._score_rows(conn, model, rows, gone, reason="change")
+        # Refused by serving's cache for a later entry: mostly serving's consumer marking this very change a few
+        # ms after this read. Written again from a fresh read of the current predictions (a few tries: a change
+        # after that read has its own turn in the log).
+        for _ in range(3):
+            if not refused or self.cache is None:
+                break
+            refused = await self._rewrite_current(conn, model, refused)
+
+    async def _rewrite_current(
+        self, conn: psycopg.AsyncConnection, model: LoadedModel, entities: list[str]
+    ) -> list[str]:
+        """Put the current predictions of ``entities`` into serving's cache again; returns those refused again."""
+        assert self.cache is not None
+        version = model.version
+        logical = [entity_hash(e) % TOTAL_LOGICAL_SHARDS for e in entities]
+        read_ms = now_ms()
+        params = (version.model_name, version.version, version.feature_set, logical, entities)
+        rows = await (await conn.execute(SCORED_READ_SQL, params)).fetchall()
+        entries = [
+            CacheEntry(e, v, CachedPrediction(score, label, v, ts.isoformat(), at.isoformat()))
+            for e, _, ts, at, v, score, label in rows
+            if score is not None
+        ]
+        refused = await self.cache.put(model.key, version.feature_set, entries, read_ms=read_ms)
+        if refused is None:
+            self._cache_broken = True
+            return []
+        return refused
 
     async def _score_rows(
         self,
@@ -259,18 +389,40 @@ class Scorer:
         gone: Sequence[tuple[int, str]],
         *,
         reason: str,
-    ) -> int:
+    ) -> tuple[int, list[str]]:
+        """Score ``rows``, write the predictions of those still current and delete those of ``gone``, then put
+        them into serving's cache; returns the rows written and the entities the cache refused (see
+        ``cache_fill``)."""
         started = time.perf_counter()
         scores = await self.score([r[2] for r in rows], model)
         scored = [ScoredRow(r[0], r[1], r[3], r[4], s.score, s.label) for r, s in zip(rows, scores, strict=True)]
         version = model.version
+        # Before the write's snapshot: a change committed after it is later than this, so its marker (or the
+        # scorer's next write) wins over this entry in the cache; a change before it keeps the row from the write.
+        read_ms = now_ms()
         async with conn.transaction():
             written = await write_predictions(
                 conn, version.model_name, version.version, version.feature_set, scored, gone
             )
         SCORED.labels(reason).inc(len(scored))
+        refused: list[str] | None = []
+        if self.cache is not None:
+            entries = [
+                CacheEntry(
+                    r[1],
+                    r[3],
+                    CachedPrediction(s.score, s.label, r[3], r[5].isoformat(), r[6].isoformat())
+                    if r[1] in written
+                    else None,
+                )
+                for r, s in zip(rows, scores, strict=True)
+            ]
+            entries += [CacheEntry(entity, 0, None) for _, entity in gone]
+            refused = await self.cache.put(model.key, version.feature_set, entries, read_ms=read_ms)
+            if refused is None:
+                self._cache_broken = True
         BATCH_SECONDS.set(time.perf_counter() - started)
-        return written
+        return len(written), refused or []
 
     async def score(self, features: Sequence[dict[str, Any]], model: LoadedModel) -> list[Score]:
         """Score rows on the pool, split over its threads (each part one MOJO call)."""
@@ -312,15 +464,7 @@ class Scorer:
             after = ""
             while True:
                 limit = batch_size - len(batch)
-                params = {
-                    "model": version.model_name,
-                    "version": version.version,
-                    "feature_set": version.feature_set,
-                    "shard": shard,
-                    "after": after,
-                    "force": force,
-                    "limit": limit,
-                }
+                params = _page(version, shard, after, limit, force=force)
                 rows = await (await conn.execute(STALE_PAGE_SQL, params)).fetchall()
                 batch += rows
                 if len(batch) >= batch_size:
@@ -347,10 +491,7 @@ class Scorer:
                 )
                 conns.append(conn)
                 await _configure(conn)
-            placements = [
-                [s for s, server in enumerate(shard_map.placement) if server == index]
-                for index in range(len(shard_map.dsns))
-            ]
+            placements = _placements(shard_map)
             for conn, placed in zip(conns, placements, strict=True):
                 count = await (await conn.execute(COUNT_SQL, (model.version.feature_set, placed))).fetchone()
                 progress.total += int(count[0])
@@ -377,6 +518,26 @@ class Scorer:
     async def _close_servers(self) -> None:
         for index in list(self._servers):
             await self._drop(index)
+
+
+def _page(version: ModelVersion, shard: int, after: str, limit: int, **extra: object) -> dict[str, object]:
+    """The parameters of a keyset page of one logical shard (``STALE_PAGE_SQL``, ``CURRENT_PAGE_SQL``)."""
+    return {
+        "model": version.model_name,
+        "version": version.version,
+        "feature_set": version.feature_set,
+        "shard": shard,
+        "after": after,
+        "limit": limit,
+        **extra,
+    }
+
+
+def _placements(shard_map: ShardMap) -> list[list[int]]:
+    """Each server's logical shards, by server index."""
+    return [
+        [s for s, server in enumerate(shard_map.placement) if server == index] for index in range(len(shard_map.dsns))
+    ]
 
 
 async def _clock(conn: psycopg.AsyncConnection) -> datetime:

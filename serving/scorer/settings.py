@@ -7,15 +7,17 @@ from typing import ClassVar
 
 from pydantic import Field
 
-from shardctl.credentials import DbCredentialFields
+from shardctl.credentials import DbCredentialFields, RedisCredentialFields
 from shardctl.settings import SectionSettings, section_config
 from shardctl.store.predictions import DEFAULT_SCORER
 
 
-class ScorerSettings(SectionSettings, DbCredentialFields):
+class ScorerSettings(SectionSettings, DbCredentialFields, RedisCredentialFields):
     """The precomputing scorer (``python -m serving.scorer``): its batches and threads, how often it reads the
     change logs, its probe listener, and the database role it connects as (``db_user``, ``db_password`` or
-    ``db_passfile``: reads features and the change log, writes predictions and its cursor)."""
+    ``db_passfile``: reads features and the change log, writes predictions and its cursor), and who it is to the
+    prediction cache's Redis (``redis_username``, ``redis_password`` or ``redis_password_file``: the ``scorer``
+    ACL user, limited to cache entries; unset URL: predictions go to the table alone)."""
 
     section: ClassVar[str] = "scorer"
     model_config = section_config(section)
@@ -36,3 +38,7 @@ class ScorerSettings(SectionSettings, DbCredentialFields):
     port: int = Field(default=8100, ge=0, le=65_535)
     # Liveness fails when no round has completed for this long (a stuck loop).
     stall_seconds: float = Field(default=60.0, gt=0, le=3600)
+    # How long a prediction the scorer writes into the cache stays there (Redis's LRU evicts earlier under memory
+    # pressure). Long on purpose: the scorer rewrites an entity's entry whenever its features change, so an entry
+    # is as current as the scorer is, however old (serving/freshness.py, "the scorer's epoch").
+    cache_ttl_seconds: int = Field(default=86_400, ge=1, le=30 * 86_400)

@@ -14,7 +14,7 @@ from typing import Any
 from shardctl.errors import LocalStackError
 from shardctl.java import find_java
 from shardctl.process import allocate_ports
-from shardctl.redis_acl import ADMIN_USER, SERVING_USER
+from shardctl.redis_acl import ADMIN_USER, SCORER_USER, SERVING_USER
 from shardctl.settings import SETTINGS_FILE_NAME
 from shardctl.stack.binaries import PostgresBinaries, find_postgres, find_redis_server
 from shardctl.stack.ha.cluster import HACluster, HAState
@@ -274,7 +274,11 @@ class StackLayout:
             },
             "writer": self._login(WRITER_ROLE),
             "pipeline": self._login(PIPELINE_ROLE),
-            "scorer": self._login(SCORER_ROLE),
+            "scorer": {
+                **self._login(SCORER_ROLE),
+                "redis_username": SCORER_USER,
+                "redis_password_file": str(self.secrets.redis_password_file(SCORER_USER)),
+            },
             "control": self._login(SUPERUSER),
         }
         self.settings_file.write_text(json.dumps(settings, indent=2))

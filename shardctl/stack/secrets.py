@@ -14,13 +14,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from shardctl.errors import LocalStackError
-from shardctl.redis_acl import ADMIN_USER, SERVING_USER, acl_lines
+from shardctl.redis_acl import ADMIN_USER, SCORER_USER, SERVING_USER, acl_lines
 from shardctl.stack.postgres import REPLICATION_USER, SUPERUSER, pgpass_line, write_owned
 from shardctl.store.grants import PIPELINE_ROLE, SCORER_ROLE, SERVING_ROLE, WRITER_ROLE
 
 SECRETS_DIR_NAME = "secrets"
 PG_ROLES = (SUPERUSER, REPLICATION_USER, SERVING_ROLE, WRITER_ROLE, PIPELINE_ROLE, SCORER_ROLE)
-REDIS_USERS = (ADMIN_USER, SERVING_USER)
+REDIS_USERS = (ADMIN_USER, SERVING_USER, SCORER_USER)
 PATRONI_API_USER = "patroni"
 ETCD_USERS = ("root", "patroni")
 

@@ -79,7 +79,8 @@ SCORED_READ_SQL = (
 
 # The scorer's read of changed entities on one server (absent ones were deleted: their predictions go too).
 FEATURES_TO_SCORE_SQL = (
-    f"SELECT f.logical_shard, f.entity_id, f.features, f.version, {_DIGEST} FROM {FEATURE_TABLE} f "
+    f"SELECT f.logical_shard, f.entity_id, f.features, f.version, {_DIGEST}, f.event_ts, f.written_at "
+    f"FROM {FEATURE_TABLE} f "
     "WHERE f.feature_set = %s AND (f.logical_shard, f.entity_id) IN (SELECT * FROM unnest(%s::integer[], %s::text[]))"
 )
 
@@ -88,12 +89,23 @@ FEATURES_TO_SCORE_SQL = (
 # not ``logical_shard = ANY(...)`` with a row comparison: PostgreSQL 15 walks every earlier shard of the array
 # again for each page (a full pass became quadratic, 9k rows/s at the end of 300k against 25k at its start).
 STALE_PAGE_SQL = (
-    f"SELECT f.logical_shard, f.entity_id, f.features, f.version, {_DIGEST} FROM {FEATURE_TABLE} f "
+    f"SELECT f.logical_shard, f.entity_id, f.features, f.version, {_DIGEST}, f.event_ts, f.written_at "
+    f"FROM {FEATURE_TABLE} f "
     f"LEFT JOIN {PREDICTION_TABLE} p ON p.logical_shard = f.logical_shard AND p.entity_id = f.entity_id "
     "AND p.feature_set = f.feature_set AND p.model_name = %(model)s "
     "WHERE f.feature_set = %(feature_set)s AND f.logical_shard = %(shard)s AND f.entity_id > %(after)s "
     f"AND (%(force)s OR p.entity_id IS NULL OR p.model_version <> %(version)s OR p.feature_version <> f.version "
     f"OR p.feature_digest <> {_DIGEST}) "
+    "ORDER BY f.entity_id LIMIT %(limit)s"
+)
+# A page of one logical shard's current predictions of a model version, with what serving caches beside them: the
+# scorer copies them into serving's cache when it starts a new epoch there (``serving/scorer/cache_fill.py``).
+CURRENT_PAGE_SQL = (
+    f"SELECT f.entity_id, f.version, f.event_ts, f.written_at, p.score, p.label FROM {FEATURE_TABLE} f "
+    f"JOIN {PREDICTION_TABLE} p ON p.logical_shard = f.logical_shard AND p.entity_id = f.entity_id "
+    "AND p.feature_set = f.feature_set AND p.model_name = %(model)s AND p.model_version = %(version)s "
+    f"AND p.feature_version = f.version AND p.feature_digest = {_DIGEST} "
+    "WHERE f.feature_set = %(feature_set)s AND f.logical_shard = %(shard)s AND f.entity_id > %(after)s "
     "ORDER BY f.entity_id LIMIT %(limit)s"
 )
 COUNT_SQL = f"SELECT count(*) FROM {FEATURE_TABLE} WHERE feature_set = %s AND logical_shard = ANY(%s::integer[])"
@@ -109,7 +121,8 @@ SELECT f.logical_shard, f.entity_id, f.feature_set, %s, %s, u.fv, u.digest, u.sc
    AND f.version = u.fv AND {_DIGEST} = u.digest
 ON CONFLICT (logical_shard, entity_id, feature_set, model_name) DO UPDATE
    SET model_version = excluded.model_version, feature_version = excluded.feature_version,
-       feature_digest = excluded.feature_digest, score = excluded.score, label = excluded.label, scored_at = now()"""
+       feature_digest = excluded.feature_digest, score = excluded.score, label = excluded.label, scored_at = now()
+RETURNING p.entity_id"""
 _DELETE_GONE_SQL = (
     f"DELETE FROM {PREDICTION_TABLE} p WHERE p.feature_set = %s "
     "AND (p.logical_shard, p.entity_id) IN (SELECT * FROM unnest(%s::integer[], %s::text[])) "
@@ -156,11 +169,11 @@ async def write_predictions(
     feature_set: str,
     rows: Sequence[ScoredRow],
     gone: Sequence[tuple[int, str]] = (),
-) -> int:
+) -> set[str]:
     """Upsert ``rows`` (those whose features are still current) and delete the predictions of ``gone`` entities
-    ((logical shard, entity id)) whose features no longer exist; returns the rows written. Runs in the caller's
-    transaction."""
-    written = 0
+    ((logical shard, entity id)) whose features no longer exist; returns the ids of the entities written. Runs in
+    the caller's transaction."""
+    written: set[str] = set()
     if rows:
         cur = await conn.execute(
             _UPSERT_SQL,
@@ -176,8 +189,10 @@ async def write_predictions(
                 feature_set,
             ),
         )
-        written = cur.rowcount
-        await conn.execute("SELECT pg_notify(%s, %s)", (WRITTEN_CHANNEL, f"{model_name}:{model_version} {written}"))
+        written = {r[0] for r in await cur.fetchall()}
+        await conn.execute(
+            "SELECT pg_notify(%s, %s)", (WRITTEN_CHANNEL, f"{model_name}:{model_version} {len(written)}")
+        )
     if gone:
         await conn.execute(_DELETE_GONE_SQL, (feature_set, [g[0] for g in gone], [g[1] for g in gone]))
     return written

@@ -20,8 +20,12 @@ from pathlib import Path
 import httpx
 import psycopg
 import pytest
+import redis
 
+from serving.cache import PredictionCache, ScorerEpoch
+from serving.freshness import now_ms
 from shardctl.process import free_port, pid_alive, wait_until
+from shardctl.redis_acl import ADMIN_USER
 from shardctl.settings import TesseraSettings
 from shardctl.stack.manager import Stack
 from shardctl.store import FeatureStore
@@ -36,6 +40,7 @@ from tests.serving.conftest import (
     FEATURE_SET,
     N_ENTITIES,
     T0,
+    VERSION_TTL,
     TrainedModels,
     entity_features,
     entity_id,
@@ -53,6 +58,7 @@ TAGGED_OLDER = range(10, 18)
 KILLED_MID_BATCH = range(20, 80)
 PROMOTION_TRAFFIC = range(100, 120)
 AFTER_RESCORE = range(90, 100)
+FILLED_CACHE = range(80, 90)
 
 _CURRENT_SQL = f"""SELECT f.entity_id FROM entity_features f JOIN {PREDICTION_TABLE} p
   ON p.logical_shard = f.logical_shard AND p.entity_id = f.entity_id AND p.feature_set = f.feature_set
@@ -151,6 +157,23 @@ class ScorerStack:
         assert response.status_code == 200, response.text
         return response.json()
 
+    def redis_admin(self) -> redis.Redis:
+        secrets = self.stack.layout.secrets
+        url = self.settings.redis_url or ""
+        return redis.Redis.from_url(url, username=ADMIN_USER, password=secrets.redis_password(ADMIN_USER))
+
+    def cached_version(self, entity: str) -> int | None:
+        """The feature version serving's cache holds for ``entity`` (None: no entry)."""
+        with self.redis_admin() as admin:
+            raw = admin.get(PredictionCache.version_key(FEATURE_SET, entity))
+        return int(raw.split(b":")[0]) if raw else None
+
+    def forget_cached(self, entities: list[str]) -> None:
+        """Drop the entities' entries from serving's cache (as an eviction would): their next answer reads the
+        shard."""
+        with self.redis_admin() as admin:
+            admin.delete(*(PredictionCache.version_key(FEATURE_SET, e) for e in entities))
+
     def write_bumped(self, entities: list[str], at: timedelta) -> None:
         with FeatureStore.open(self.settings) as store:
             rows = [FeatureRow(e, T0 + at, entity_features(int(e.split("-")[1]), BUMP)) for e in entities]
@@ -196,15 +219,19 @@ def test_the_scorer_catches_up_every_entity_of_a_new_server(scorer_stack: Scorer
 
 
 @pytest.mark.req("JTBD-02.precomputed-on-change")
+@pytest.mark.req("JTBD-02.precomputed-cache")
 def test_a_feature_write_is_followed_by_a_served_prediction_of_the_new_features(scorer_stack: ScorerStack) -> None:
     model = scorer_stack.models[0]
     entities = [entity_id(i) for i in WRITE_THEN_SERVE]
     assert scorer_stack.predictions.wait_current(model, [entity_id(i) for i in range(N_ENTITIES)])
     scored_before = scorer_stack.service.metric("tessera_scored_rows_total")
-    precomputed_before = scorer_stack.service.metric("tessera_precomputed_rows_total")
+    hits_before = scorer_stack.service.metric("tessera_cache_lookups_total", result="hit", tier="redis")
     scorer_stack.write_bumped(entities, timedelta(days=1))
     # Event-driven: woken by each batch the scorer commits, until all five are current for their new features.
     assert scorer_stack.predictions.wait_current(model, entities)
+    # The scorer puts each prediction into serving's cache too, right after the commit (again from a fresh read
+    # when serving's consumer marked the change after the scorer read it).
+    assert wait_for(lambda: all(scorer_stack.cached_version(e) == 2 for e in entities), timeout=WAIT)
     body = scorer_stack.predict(entities)
     for item in body["items"]:
         prediction = item["prediction"]
@@ -213,9 +240,12 @@ def test_a_feature_write_is_followed_by_a_served_prediction_of_the_new_features(
         assert prediction["score"] == pytest.approx(
             scorer_stack.expected(model, item["entity_id"], bumped=True), abs=TOLERANCE
         )
-    # Looked up, not scored: the service read the scorer's predictions with the features.
-    assert scorer_stack.service.metric("tessera_precomputed_rows_total") - precomputed_before == len(entities)
+    # Looked up, not scored: every answer was the scorer's prediction, found in Redis.
+    assert scorer_stack.service.metric("tessera_cache_lookups_total", result="hit", tier="redis") - hits_before == len(
+        entities
+    )
     assert scorer_stack.service.metric("tessera_scored_rows_total") == scored_before
+    assert all(item["prediction"]["cached"] for item in body["items"])
     # Each worker reads the scorer's cursor about once a second: "absent" until it has read the first one saved.
     ready: dict = {}
 
@@ -231,7 +261,8 @@ def test_a_feature_write_is_followed_by_a_served_prediction_of_the_new_features(
 def test_a_prediction_tagged_with_other_features_or_another_model_is_never_served(scorer_stack: ScorerStack) -> None:
     """Rows planted in the predictions table with a wrong tag (an older feature version, another digest of the
     features, another model version) are never answered; the same plant correctly tagged is (so the read does
-    look at the table). Each case asks for entities nobody asked for before: nothing of theirs is cached."""
+    look at the table). Each case asks for entities nobody asked for before, their entries dropped from serving's
+    cache (the scorer put the real predictions there): the answer comes from the table."""
     model = scorer_stack.models[0]
     fake = 0.123456
     entities = [entity_id(i) for i in TAGGED_OLDER]
@@ -246,6 +277,7 @@ def test_a_prediction_tagged_with_other_features_or_another_model_is_never_serve
     pairs = [entities[i : i + 2] for i in range(0, len(entities), 2)]
     for (what, change), pair in zip(plants.items(), pairs, strict=False):
         _plant(pair, scorer_stack, f"score = {fake}, {change}")
+        scorer_stack.forget_cached(pair)
         for item in scorer_stack.predict(pair)["items"]:
             score = item["prediction"]["score"]
             assert score != pytest.approx(fake), f"served a prediction tagged with {what}"
@@ -253,6 +285,7 @@ def test_a_prediction_tagged_with_other_features_or_another_model_is_never_serve
     # The control: the same plant with every tag right is what the service answers.
     control = pairs[len(plants)]
     _plant(control, scorer_stack, f"score = {fake}")
+    scorer_stack.forget_cached(control)
     assert [item["prediction"]["score"] for item in scorer_stack.predict(control)["items"]] == [pytest.approx(fake)] * 2
 
 
@@ -260,6 +293,66 @@ def _plant(entities: list[str], scorer_stack: ScorerStack, assignments: str) -> 
     for dsn in scorer_stack.settings.shard_dsns():
         with psycopg.connect(dsn) as conn:
             conn.execute(f"UPDATE {PREDICTION_TABLE} SET {assignments} WHERE entity_id = ANY(%s)", (entities,))
+
+
+@pytest.mark.req("JTBD-02.precomputed-cache")
+def test_the_scorer_refills_servings_cache_and_vouches_for_it_only_while_it_keeps_up(scorer_stack: ScorerStack) -> None:
+    """Redis loses its data: the scorer notices at its next round and copies every current prediction back. A worker
+    that follows no change log (``invalidation=time``, started after that copy) answers those entities from Redis
+    long past its own staleness bound, because the scorer's marker says every change is reflected; once the scorer
+    stops and its marker ages past the bound, the same worker reads the shard instead."""
+    model = scorer_stack.models[0]
+    entities = [entity_id(i) for i in FILLED_CACHE]
+    first, rest = entities[:5], entities[5:]
+    assert scorer_stack.predictions.wait_current(model, entities)
+    marker = PredictionCache.scorer_key(FEATURE_SET)
+    with scorer_stack.redis_admin() as admin:
+        assert admin.exists(marker)
+        admin.flushdb()
+        assert wait_for(lambda: bool(admin.exists(marker)), timeout=WAIT), "the scorer did not start a new epoch"
+    assert all(scorer_stack.cached_version(e) == 1 for e in entities)
+
+    port = free_port()
+    env = service_env(
+        scorer_stack.settings, scorer_stack.settings.redis_url or "", port, TESSERA_SERVING__INVALIDATION="time"
+    )
+    api_key = create_api_key(scorer_stack.settings.catalog_dsn or "", "scorer-tests-time")
+    with PredictionService(env, port, scorer_stack.logs / "serving-time.log", api_key=api_key) as late:
+        late.wait_ready("/readyz")
+        with scorer_stack.redis_admin() as admin:
+            read_ms = int(admin.get(PredictionCache.version_key(FEATURE_SET, first[0])).split(b":")[1])
+        # Past the worker's own bound for an entry read then: only the scorer's epoch can vouch for it now.
+        assert wait_until(lambda: now_ms() - read_ms > VERSION_TTL * 1000 + 200, 10)
+
+        def answer(batch: list[str]) -> tuple[list[dict], float, float]:
+            hits = late.metric("tessera_cache_lookups_total", result="hit", tier="redis")
+            table = late.metric("tessera_precomputed_rows_total")
+            response = late.client.post("/v1/predictions", json={"entity_ids": batch})
+            assert response.status_code == 200, response.text
+            items = response.json()["items"]
+            for item in items:
+                assert item["prediction"]["score"] == pytest.approx(
+                    scorer_stack.expected(model, item["entity_id"]), abs=TOLERANCE
+                )
+            return (
+                items,
+                late.metric("tessera_cache_lookups_total", result="hit", tier="redis") - hits,
+                late.metric("tessera_precomputed_rows_total") - table,
+            )
+
+        items, redis_hits, from_table = answer(first)
+        assert all(item["prediction"]["cached"] for item in items), items
+        assert (redis_hits, from_table) == (len(first), 0)
+        assert scorer_stack.scorer is not None
+        scorer_stack.scorer.stop()
+        with scorer_stack.redis_admin() as admin:
+            epoch = ScorerEpoch.decode(admin.get(marker))
+        assert epoch is not None
+        assert wait_until(lambda: now_ms() - epoch.caught_up_ms > VERSION_TTL * 1000 + 200, 10)
+        items, redis_hits, from_table = answer(rest)
+        assert not any(item["prediction"]["cached"] for item in items), items
+        assert (redis_hits, from_table) == (0, len(rest))
+    scorer_stack.start_scorer("scorer-after-refill")
 
 
 @pytest.mark.req("JTBD-02.scorer-resumes")
