@@ -21,6 +21,7 @@ SHARED_FIXTURE_GROUPS: dict[str, tuple[str, ...]] = {
         "tests/ha/test_ha_credentials.py",
         "tests/ha/test_member_heal.py",
         "tests/ha/test_member_rejoin.py",
+        "tests/ha/test_scorer_failover.py",
     ),
     "ha-stack-failover": (
         "tests/ha/test_ha_stack.py",

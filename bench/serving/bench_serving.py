@@ -506,10 +506,14 @@ def main() -> int:
         py = sys.executable
         # The scorer, as a deployment runs it: its first round catches up every entity (ready once it has).
         started = time.perf_counter()
-        scorer_port = free_port()
-        scorer = ScorerProcess(env, scorer_port, tmp / "scorer.log")
-        servers.append(scorer)
-        scorer.wait_ready("/readyz", timeout=3600)
+
+        def start_scorer() -> ScorerProcess:
+            started = ScorerProcess(env, free_port(), tmp / f"scorer-{len(servers)}.log")
+            servers.append(started)
+            started.wait_ready("/readyz", timeout=3600)
+            return started
+
+        scorer = start_scorer()
         caught_up = time.perf_counter() - started
         summary["scorer_catch_up"] = {"seconds": round(caught_up, 1)}
         print(f"scorer caught up every entity in {caught_up:.0f} s (start, JVM, scoring)")
@@ -553,12 +557,14 @@ def main() -> int:
             started = time.perf_counter()
             marker = PredictionCache.scorer_key(model.feature_set)
             if not wait_until(lambda: bool(rc.exists(marker)), 600, interval=0.05):
-                raise RuntimeError(f"the scorer did not refill serving's cache within 600 s: see {tmp / 'scorer.log'}")
+                raise RuntimeError(f"the scorer did not refill serving's cache within 600 s: see its log in {tmp}")
             return time.perf_counter() - started
 
-        def scenarios(server: ServerProcess, chosen, results: dict, rates: dict) -> None:
+        def scenarios(server: ServerProcess, chosen, results: dict, rates: dict, *, scorer_runs: bool = True) -> None:
             for sc in chosen:
-                refill_s = flush_and_refill()
+                refill_s = flush_and_refill() if scorer_runs else None
+                if not scorer_runs:
+                    rc.flushdb()
                 if sc.kind == "hit":
                     warm(server.port)
                 # Let a previous overloaded step drain: it must not spill into this scenario (a step's length is
@@ -570,7 +576,8 @@ def main() -> int:
                 res = ramp(server.pid, server.port, sc, args.step_seconds, counter, rates[sc.kind], before)
                 top = best(res, 50)
                 entry = {"best_50ms": top, "best_20ms": best(res, 20), "steps": [r.__dict__ for r in res]}
-                entry["cache_refill_seconds"] = round(refill_s, 2)
+                if refill_s is not None:
+                    entry["cache_refill_seconds"] = round(refill_s, 2)
                 if top:
                     before()
                     time.sleep(min(2.0, args.step_seconds))
@@ -660,12 +667,15 @@ def main() -> int:
             result["fastapi_inprocess"] = {}
             scenarios(s, [hit, miss, zipf, uniform], result["fastapi_inprocess"], rates)
             stop(s)
-            # The baseline as it stood before the scorer: the same app scoring every miss on demand.
-            print("== FastAPI + uvicorn, same runtime, scoring on demand (precomputed predictions not read)")
+            # The baseline as it stood before the scorer: the same app scoring every miss on demand, the
+            # scorer stopped (it would fill Redis for it).
+            print("== FastAPI + uvicorn, same runtime, scoring on demand (no scorer, precomputed predictions not read)")
+            stop(scorer)
             s = serve("fastapi_ondemand", fastapi, "/docs", {"TESSERA_SERVING__PRECOMPUTED": "false"})
             result["fastapi_ondemand"] = {}
-            scenarios(s, [zipf, uniform], result["fastapi_ondemand"], rates)
+            scenarios(s, [zipf, uniform], result["fastapi_ondemand"], rates, scorer_runs=False)
             stop(s)
+            scorer = start_scorer()
             summary["runs"].append(result)
             if args.json:
                 args.json.write_text(json.dumps(summary, indent=2))

@@ -45,6 +45,7 @@ from serving.scorer.cache_fill import CacheEntry, CacheFiller
 from serving.scorer.settings import ScorerSettings
 from serving.scoring import LoadedModel, ModelHolder, Score
 from shardctl.credentials import with_credentials
+from shardctl.errors import first_line
 from shardctl.java import JavaSettings
 from shardctl.settings import TesseraSettings
 from shardctl.store.changes import ChangeCursor, poll_changes, start_cursor
@@ -83,6 +84,38 @@ class _Server:
     cursor: ChangeCursor
     saved_at: float = 0.0  # monotonic
     caught_up_at: float = field(default_factory=time.time)  # wall clock, for the gauge
+
+
+class _FailingServers:
+    """Logs a server's failing rounds once when they start, then every ``REPEAT_S`` while they last, and once when
+    the server answers again: a failover retried every round must not write 20 warnings a second."""
+
+    REPEAT_S = 10.0
+
+    def __init__(self) -> None:
+        self._since: dict[int, tuple[float, float, int]] = {}  # index -> (first failure, last logged, failures)
+
+    def note(self, index: int, error: BaseException) -> None:
+        now = time.monotonic()
+        first, logged, count = self._since.get(index, (now, 0.0, 0))
+        count += 1
+        if count == 1 or now - logged >= self.REPEAT_S:
+            log.warning(
+                "server %s: change log round failed (%s); reconnecting (%d failed rounds in %.0fs)",
+                index,
+                first_line(error),
+                count,
+                now - first,
+            )
+            logged = now
+        self._since[index] = (first, logged, count)
+
+    def cleared(self, index: int) -> None:
+        failed = self._since.pop(index, None)
+        if failed is not None:
+            since, _, count = failed
+            seconds = time.monotonic() - since
+            log.info("server %s: following again after %.1fs (%d failed rounds)", index, seconds, count)
 
 
 @dataclass
@@ -132,6 +165,7 @@ class Scorer:
         self._watcher: ShardMapWatcher | None = None
         self._listener: NotificationListener | None = None
         self._servers: dict[int, _Server] = {}
+        self._failing = _FailingServers()
         self._epoch: int | None = None
         self.rounds = 0
         # When the loop last made progress: a completed round, or a page of a catch-up (which can take minutes on
@@ -193,8 +227,10 @@ class Scorer:
         for index, result in enumerate(results):
             if isinstance(result, BaseException):
                 ok = False
-                log.warning("server %s: change log round failed (%s); reconnecting", index, result)
+                self._failing.note(index, result)
                 await self._drop(index)
+            else:
+                self._failing.cleared(index)
         if ok and model is not None and self.cache is not None and results:
             await self._keep_cache_epoch(model, shard_map, min(r for r in results if isinstance(r, datetime)))
         self.following = ok

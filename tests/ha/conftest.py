@@ -12,6 +12,7 @@ from shardctl.stack.ha.cluster import HACluster
 from shardctl.stack.manager import Stack
 from testkit.ha.drill import wait_healthy
 from tests.conftest import _random_base_port
+from tests.serving.conftest import trained  # noqa: F401 (the session's tiny H2O models, for the scorer's test)
 
 
 @pytest.fixture(scope="session")

@@ -30,7 +30,7 @@ from shardctl.settings import TesseraSettings
 from shardctl.stack.manager import Stack
 from shardctl.store import FeatureStore
 from shardctl.store.hashing import logical_shard_for
-from shardctl.store.predictions import CURSOR_TABLE, PREDICTION_TABLE, WRITTEN_CHANNEL
+from shardctl.store.predictions import CURSOR_TABLE, PREDICTION_TABLE
 from shardctl.store.registry import ModelRegistry, ModelVersion
 from shardctl.store.writer import FeatureRow
 from testkit.serving import REPO, PredictionService, ScorerProcess, create_api_key
@@ -49,8 +49,8 @@ from tests.serving.conftest import (
     timedelta,
     wait_for,
 )
+from tests.serving.precomputed import WAIT, Predictions
 
-WAIT = 60.0
 TOLERANCE = 1e-6
 # Which entities each test changes or asks for, so no test finds another's answers in the caches.
 WRITE_THEN_SERVE = range(0, 5)
@@ -59,70 +59,6 @@ KILLED_MID_BATCH = range(20, 80)
 PROMOTION_TRAFFIC = range(100, 120)
 AFTER_RESCORE = range(90, 100)
 FILLED_CACHE = range(80, 90)
-
-_CURRENT_SQL = f"""SELECT f.entity_id FROM entity_features f JOIN {PREDICTION_TABLE} p
-  ON p.logical_shard = f.logical_shard AND p.entity_id = f.entity_id AND p.feature_set = f.feature_set
- AND p.model_name = %s AND p.model_version = %s AND p.feature_version = f.version
- AND p.feature_digest = md5(f.features::text)::uuid
- WHERE f.feature_set = %s AND f.entity_id = ANY(%s)"""
-
-
-class Predictions:
-    """Which entities have a current precomputed prediction (for exactly their stored features, by one model
-    version), and a wait that wakes at every batch the scorer commits on any server."""
-
-    def __init__(self, dsns: list[str]):
-        self.dsns = dsns
-        self.written = threading.Condition()
-        self.batches = 0
-        self._stop = threading.Event()
-        self._threads = [threading.Thread(target=self._listen, args=(dsn,), daemon=True) for dsn in dsns]
-        self._listening = threading.Barrier(len(dsns) + 1)
-        for thread in self._threads:
-            thread.start()
-        self._listening.wait(timeout=30)
-
-    def _listen(self, dsn: str) -> None:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f"LISTEN {WRITTEN_CHANNEL}")
-            self._listening.wait(timeout=30)
-            try:
-                while not self._stop.is_set():
-                    for _ in conn.notifies(timeout=0.2):
-                        with self.written:
-                            self.batches += 1
-                            self.written.notify_all()
-            except psycopg.OperationalError:
-                if not self._stop.is_set():  # the last test stops the stack: a waiter after it would hang
-                    raise
-
-    def current(self, model: ModelVersion, entities: list[str]) -> set[str]:
-        found: set[str] = set()
-        for dsn in self.dsns:
-            with psycopg.connect(dsn) as conn:
-                rows = conn.execute(_CURRENT_SQL, (model.model_name, model.version, FEATURE_SET, entities)).fetchall()
-                found |= {r[0] for r in rows}
-        return found
-
-    def wait_current(self, model: ModelVersion, entities: list[str], timeout: float = WAIT) -> bool:
-        """Block until every entity has a current prediction of ``model``, re-checking at each batch."""
-        deadline = time.monotonic() + timeout
-        while True:
-            with self.written:
-                seen = self.batches
-            if set(entities) <= self.current(model, entities):
-                return True
-            if not self.wait_batch(seen, deadline - time.monotonic()):
-                return set(entities) <= self.current(model, entities)
-
-    def wait_batch(self, after: int, timeout: float = WAIT) -> bool:
-        with self.written:
-            return self.written.wait_for(lambda: self.batches > after, timeout=timeout)
-
-    def close(self) -> None:
-        self._stop.set()
-        for thread in self._threads:
-            thread.join(timeout=5)
 
 
 @dataclass
