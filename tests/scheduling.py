@@ -54,6 +54,7 @@ LONGEST_FIRST: tuple[str, ...] = (
     "asset-graph-ui",
     "ha-stack-failover",
     "tests/test_fallback_runtimes.py",
+    "tests/test_bench_scale_harness.py",
     "ha-stack-heal",
     "tests/ha/test_nemesis.py",
     "tests/test_stack_servers.py",

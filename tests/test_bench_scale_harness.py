@@ -1,0 +1,51 @@
+"""The scale benchmark's harness (`bench/scale`), run at two tiny sizes so a broken harness fails CI. It checks the
+fields the benchmark reports (each stage at each size, its growth, peak memory per process, disk per row), never a
+timing: figures come from the real run (docs/benchmarks.md)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+# The main job's stages as Dagster names its steps: raw load, features per shard, profile, key check, labels,
+# point-in-time set, training.
+STAGES = {"raw_events", "customer_features", "raw_profile", "churn_labels", "churn_training_set", "churn_model"}
+
+
+@pytest.mark.req("JTBD-03.scale-harness")
+def test_the_scale_benchmark_runs_two_sizes_and_reports_each_stage_its_growth_memory_and_disk(tmp_path: Path) -> None:
+    out = tmp_path / "scale.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
+    env["PYTHONPATH"] = str(REPO)
+    done = subprocess.run(
+        [sys.executable, "bench/scale/bench_scale.py", "--tiny", "--json", str(out)],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    summary = json.loads(out.read_text())
+    small, large = summary["sizes"]
+    assert (small["raw_rows"], large["raw_rows"]) == (9000, 18000)
+    for size in (small, large):
+        assert set(size["stages"]) >= STAGES, size["stages"]
+        assert all(seconds > 0 for seconds in size["stages"].values())
+        assert size["wall_seconds"] >= max(size["stages"].values())  # each step ran inside the run
+        assert size["peak_mb"]["dagster run (python)"] > 0
+        assert size["peak_mb"]["h2o jvm"] > 0  # the training JVM was seen
+        assert {"postgres catalog", "postgres shard0", "postgres shard1"} <= set(size["peak_mb"])
+        assert size["rows"]["raw_events (catalog)"] == size["raw_rows"]
+        shards = [name for name in size["rows"] if name.startswith("entity_features")]
+        assert len(shards) == size["servers"] == 2
+        assert sum(size["rows"][name] for name in shards) > 0
+        assert all(size["bytes_per_row"][name] > 0 for name in size["rows"] if size["rows"][name])
+    assert set(summary["growth"]) >= STAGES | {"whole run"}
+    assert "growth" in done.stdout  # the table the benchmark prints
