@@ -5,14 +5,12 @@ timing: figures come from the real run (docs/benchmarks.md)."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
+from tests.bench_run import run_benchmark
+
 # The main job's stages as Dagster names its steps: raw load, features per shard, profile, key check, labels,
 # point-in-time set, training.
 STAGES = {"raw_events", "customer_features", "raw_profile", "churn_labels", "churn_training_set", "churn_model"}
@@ -21,17 +19,7 @@ STAGES = {"raw_events", "customer_features", "raw_profile", "churn_labels", "chu
 @pytest.mark.req("JTBD-03.scale-harness")
 def test_the_scale_benchmark_runs_two_sizes_and_reports_each_stage_its_growth_memory_and_disk(tmp_path: Path) -> None:
     out = tmp_path / "scale.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
-    env["PYTHONPATH"] = str(REPO)
-    done = subprocess.run(
-        [sys.executable, "bench/scale/bench_scale.py", "--tiny", "--json", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_benchmark("bench/scale/bench_scale.py", "--tiny", "--json", str(out))
     summary = json.loads(out.read_text())
     small, large = summary["sizes"]
     assert (small["raw_rows"], large["raw_rows"]) == (9000, 18000)

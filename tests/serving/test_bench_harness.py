@@ -4,14 +4,11 @@ end to end and reports every field docs/benchmarks.md quotes, never a timing (fi
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[2]
+from tests.bench_run import run_benchmark
+
 SCENARIOS = {"100% hits", "0% hits", "Zipf(1.1)", "uniform"}
 STEP_FIELDS = {"rate", "achieved", "completed", "errors", "p50_ms", "p99_ms", "p999_ms", "max_ms", "server_cpu_us"}
 
@@ -22,17 +19,7 @@ STEP_FIELDS = {"rate", "achieved", "completed", "errors", "p50_ms", "p99_ms", "p
 @pytest.mark.req("JTBD-02.p99-50ms")
 def test_the_serving_benchmark_harness_runs_and_reports_its_fields(tmp_path):
     out = tmp_path / "summary.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("TESSERA_")}
-    env["PYTHONPATH"] = str(REPO)
-    done = subprocess.run(
-        [sys.executable, "bench/serving/bench_serving.py", "--tiny", "--json", str(out)],
-        cwd=REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    done = run_benchmark("bench/serving/bench_serving.py", "--tiny", "--json", str(out))
     summary = json.loads(out.read_text())
     assert summary["data"] == "synthetic"
     assert summary["model"]
