@@ -162,12 +162,18 @@ def test_a_feature_write_is_followed_by_a_served_prediction_of_the_new_features(
     assert scorer_stack.predictions.wait_current(model, [entity_id(i) for i in range(N_ENTITIES)])
     scored_before = scorer_stack.service.metric("tessera_scored_rows_total")
     hits_before = scorer_stack.service.metric("tessera_cache_lookups_total", result="hit", tier="redis")
+    precomputed_before = scorer_stack.service.metric("tessera_precomputed_rows_total")
+    assert scorer_stack.scorer is not None
+    cache_writes_before = scorer_stack.scorer.metric("tessera_scorer_cache_writes_total")
     scorer_stack.write_bumped(entities, timedelta(days=1))
     # Event-driven: woken by each batch the scorer commits, until all five are current for their new features.
     assert scorer_stack.predictions.wait_current(model, entities)
     # The scorer puts each prediction into serving's cache too, right after the commit (again from a fresh read
-    # when serving's consumer marked the change after the scorer read it).
-    assert wait_for(lambda: all(scorer_stack.cached_version(e) == 2 for e in entities), timeout=WAIT)
+    # when serving's consumer marked the change before the scorer's write landed).
+    scorer = scorer_stack.scorer
+    assert wait_for(
+        lambda: scorer.metric("tessera_scorer_cache_writes_total") - cache_writes_before >= len(entities), timeout=WAIT
+    )
     body = scorer_stack.predict(entities)
     for item in body["items"]:
         prediction = item["prediction"]
@@ -176,12 +182,13 @@ def test_a_feature_write_is_followed_by_a_served_prediction_of_the_new_features(
         assert prediction["score"] == pytest.approx(
             scorer_stack.expected(model, item["entity_id"], bumped=True), abs=TOLERANCE
         )
-    # Looked up, not scored: every answer was the scorer's prediction, found in Redis.
-    assert scorer_stack.service.metric("tessera_cache_lookups_total", result="hit", tier="redis") - hits_before == len(
-        entities
-    )
+    # Looked up, never scored: each answer was the scorer's prediction, found in Redis, or read from the table
+    # with the features when serving's consumer marked the change after the scorer's entry landed (under load the
+    # consumer can lag the scorer: its marker then sends that one request to the shard).
+    hits = scorer_stack.service.metric("tessera_cache_lookups_total", result="hit", tier="redis") - hits_before
+    from_table = scorer_stack.service.metric("tessera_precomputed_rows_total") - precomputed_before
+    assert hits + from_table == len(entities), (hits, from_table)
     assert scorer_stack.service.metric("tessera_scored_rows_total") == scored_before
-    assert all(item["prediction"]["cached"] for item in body["items"])
     # Each worker reads the scorer's cursor about once a second: "absent" until it has read the first one saved.
     ready: dict = {}
 
