@@ -20,6 +20,7 @@ import hashlib
 import logging
 import time
 from collections.abc import Sequence
+from datetime import datetime
 from typing import NamedTuple
 
 import msgspec
@@ -71,6 +72,14 @@ class CacheEntry(NamedTuple):
     entity_id: str
     feature_version: int
     prediction: CachedPrediction | None
+
+
+def scored_entry(
+    entity_id: str, feature_version: int, score: float, label: str | None, event_ts: datetime, written_at: datetime
+) -> CacheEntry:
+    """The entry of a prediction of these features, as serving caches it."""
+    prediction = CachedPrediction(score, label, feature_version, event_ts.isoformat(), written_at.isoformat())
+    return CacheEntry(entity_id, feature_version, prediction)
 
 
 class CacheFiller:

@@ -39,9 +39,9 @@ import psycopg
 from prometheus_client import Counter, Gauge
 from psycopg.types.json import set_json_loads
 
-from serving.cache import CachedPrediction, ScorerEpoch
+from serving.cache import ScorerEpoch
 from serving.freshness import now_ms
-from serving.scorer.cache_fill import CacheEntry, CacheFiller
+from serving.scorer.cache_fill import CacheEntry, CacheFiller, scored_entry
 from serving.scorer.settings import ScorerSettings
 from serving.scoring import LoadedModel, ModelHolder, Score
 from shardctl.credentials import with_credentials
@@ -357,10 +357,7 @@ class Scorer:
                     read_ms = now_ms()
                     params = _page(version, shard, after, self.settings.batch_size)
                     rows = await (await server.conn.execute(CURRENT_PAGE_SQL, params)).fetchall()
-                    entries = [
-                        CacheEntry(e, v, CachedPrediction(score, label, v, ts.isoformat(), at.isoformat()))
-                        for e, v, ts, at, score, label in rows
-                    ]
+                    entries = [scored_entry(e, v, score, label, ts, at) for e, v, ts, at, score, label in rows]
                     if await cache.put(model.key, version.feature_set, entries, read_ms=read_ms) is None:
                         return -1
                     filled += len(rows)
@@ -407,9 +404,7 @@ class Scorer:
         params = (version.model_name, version.version, version.feature_set, logical, entities)
         rows = await (await conn.execute(SCORED_READ_SQL, params)).fetchall()
         entries = [
-            CacheEntry(e, v, CachedPrediction(score, label, v, ts.isoformat(), at.isoformat()))
-            for e, _, ts, at, v, score, label in rows
-            if score is not None
+            scored_entry(e, v, score, label, ts, at) for e, _, ts, at, v, score, label in rows if score is not None
         ]
         refused = await self.cache.put(model.key, version.feature_set, entries, read_ms=read_ms)
         if refused is None:
@@ -444,13 +439,9 @@ class Scorer:
         refused: list[str] | None = []
         if self.cache is not None:
             entries = [
-                CacheEntry(
-                    r[1],
-                    r[3],
-                    CachedPrediction(s.score, s.label, r[3], r[5].isoformat(), r[6].isoformat())
-                    if r[1] in written
-                    else None,
-                )
+                scored_entry(r[1], r[3], s.score, s.label, r[5], r[6])
+                if r[1] in written
+                else CacheEntry(r[1], r[3], None)
                 for r, s in zip(rows, scores, strict=True)
             ]
             entries += [CacheEntry(entity, 0, None) for _, entity in gone]
