@@ -3,8 +3,9 @@
 
 The key travels as ``Authorization: Bearer <key>`` (RFC 6750) and nowhere else: one standard header that
 Prometheus (``authorization.credentials_file``), HTTP clients and proxies know, and that proxies and tracing
-tools redact by default; no query parameter (URLs end up in logs). The check costs a header scan, a dict lookup
-and one SHA-256 in memory (``shardctl.store.key_ring``); no catalog round trip.
+tools redact by default; no query parameter (URLs end up in logs). The check costs a header scan and a dict lookup
+of the header's value as sent; the first time a value is seen, parsing it and one SHA-256, in memory
+(``shardctl.store.key_ring``); never a catalog round trip.
 
 The fast path never renders a refusal: a request it cannot admit goes on to the Litestar route, which checks
 again and answers the problem detail (401, 403, 429). What it already decided travels in the scope (a client
@@ -46,9 +47,12 @@ class Gate:
 
     def key_of_authorization(self, authorization: bytes | None) -> ApiKey | None:
         """The active key of an ``Authorization`` header's value: ``Bearer <key>`` (the scheme in any case)."""
-        if authorization is None or authorization[:7].lower() != _BEARER:
+        if authorization is None:
             return None
-        return self.keys.verify(authorization[7:].strip())
+        known = self.keys.recall(authorization)  # the common case: this value was verified before
+        if known is not None or authorization[:7].lower() != _BEARER:
+            return known
+        return self.keys.verify(authorization[7:].strip(), sent=authorization)
 
     async def close(self) -> None:
         self.keys.stop()
