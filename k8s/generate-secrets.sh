@@ -55,6 +55,7 @@ create_redis() {  # Redis's ACL users (shardctl/redis_acl.py): the default user 
 
 kubectl get namespace "$NAMESPACE" >/dev/null 2>&1 || kubectl apply -f "$(dirname "$0")/namespace.yaml"
 create tessera-postgres superuser-password replication-password      # Patroni (Spilo): superuser, replication
+create tessera-etcd root-password patroni-password                    # etcd: its root, and Patroni (its namespace)
 create tessera-serving-db TESSERA_SERVING__DB_PASSWORD                # serving: reads features and the registry
 create tessera-writer-db TESSERA_WRITER__DB_PASSWORD                  # a standalone feature writer
 create tessera-pipeline-db TESSERA_PIPELINE__DB_PASSWORD              # Dagster: its steps, its run pods, its storage

@@ -170,3 +170,25 @@ def test_the_installed_command_prints_the_error_on_stderr(tmp_path: Path) -> Non
     assert done.stderr.startswith("Error: cannot connect to 127.0.0.1:"), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
     assert SECRET not in done.stderr
+
+
+@pytest.mark.req("PLAT.etcd-auth-k8s")
+def test_roles_etcd_names_what_is_missing_and_gives_up_on_an_etcd_that_never_answers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Without its settings: the variables to set. Against a closed port: the wait, then one line, no password."""
+    for name in ("TESSERA_CONTROL__ETCD_URL", "TESSERA_CONTROL__ETCD_ROOT_PASSWORD"):
+        monkeypatch.delenv(name, raising=False)
+    unset = CliRunner(env={"TESSERA_CONTROL__ETCD_PATRONI_PASSWORD": SECRET}).invoke(main, ["roles", "etcd"])
+    _ensure_handled(unset, ["roles", "etcd"])
+    assert "set TESSERA_CONTROL__ETCD_URL, TESSERA_CONTROL__ETCD_ROOT_PASSWORD (" in unset.output, unset.output
+    env = {
+        "TESSERA_CONTROL__ETCD_URL": f"http://127.0.0.1:{free_port()}",
+        "TESSERA_CONTROL__ETCD_ROOT_PASSWORD": SECRET,
+        "TESSERA_CONTROL__ETCD_PATRONI_PASSWORD": SECRET,
+    }
+    closed = CliRunner(env=env).invoke(main, ["roles", "etcd", "--wait", "1"])
+    _ensure_handled(closed, ["roles", "etcd"])
+    assert closed.output.startswith("waiting for etcd: etcd at http://127.0.0.1:"), closed.output
+    assert closed.output.splitlines()[-1].endswith("gave up after 1 s"), closed.output
+    assert SECRET not in closed.output

@@ -69,3 +69,40 @@ def roles_ensure() -> None:
         ensure_roles(dsn, control.role_passwords())
     current = prepare(catalog, settings=settings)
     click.echo(f"roles ready on the catalog and {current.server_count} servers (epoch {current.epoch}), grants applied")
+
+
+@roles.command("etcd")
+@click.option(
+    "--wait",
+    "wait_seconds",
+    type=click.FloatRange(0, 3600),
+    default=300.0,
+    show_default=True,
+    help="Seconds to keep trying while etcd is unreachable or has no quorum yet.",
+)
+def roles_etcd(wait_seconds: float) -> None:
+    """Turn on a deployment's etcd authentication (Kubernetes): users root and patroni, patroni limited to
+    Patroni's namespace, anonymous requests refused; idempotent.
+
+    Reads ``TESSERA_CONTROL__ETCD_URL``, ``TESSERA_CONTROL__ETCD_ROOT_PASSWORD``,
+    ``TESSERA_CONTROL__ETCD_PATRONI_PASSWORD`` and ``TESSERA_CONTROL__PATRONI_NAMESPACE`` (default ``/service/``).
+    The local stack turns its own etcd's on at `stack up --ha`."""
+    from shardctl.control.etcd import enable_auth_when_up
+    from shardctl.control.settings import ControlSettings
+    from shardctl.errors import SettingsError
+
+    control = read_settings(ControlSettings)
+    url, root, patroni = control.etcd_url, control.etcd_root_password, control.etcd_patroni_password
+    if url is None or root is None or patroni is None:
+        given = {"ETCD_URL": url, "ETCD_ROOT_PASSWORD": root, "ETCD_PATRONI_PASSWORD": patroni}
+        missing = ", ".join(f"TESSERA_CONTROL__{name}" for name, value in given.items() if value is None)
+        raise SettingsError(f"set {missing} (on Kubernetes: the tessera-etcd-auth Job's env)")
+    enable_auth_when_up(
+        url,
+        root.get_secret_value(),
+        patroni.get_secret_value(),
+        control.patroni_namespace,
+        wait_seconds,
+        on_retry=lambda why: click.echo(f"waiting for etcd: {why}", err=True),
+    )
+    click.echo(f"etcd authentication on: root, and patroni on {control.patroni_namespace} only")

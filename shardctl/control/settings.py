@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 
 from shardctl.credentials import DbCredentialFields
 from shardctl.settings import SectionSettings, section_config
@@ -24,6 +24,12 @@ class ControlSettings(SectionSettings, DbCredentialFields):
     writer_password: SecretStr | None = None
     pipeline_password: SecretStr | None = None
     scorer_password: SecretStr | None = None
+    # A deployment's etcd (Kubernetes), which `shardctl roles etcd` closes to all but root and Patroni. Patroni's
+    # namespace there is its default: Spilo sets another only from a NAMESPACE variable, which the manifests leave out.
+    etcd_url: str | None = None
+    etcd_root_password: SecretStr | None = None
+    etcd_patroni_password: SecretStr | None = None
+    patroni_namespace: str = Field(default="/service/", pattern=r"^/.*/$")
 
     def role_passwords(self) -> dict[str, str | None]:
         given = {

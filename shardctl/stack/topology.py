@@ -11,10 +11,10 @@ from pathlib import Path
 
 import psycopg
 
+from shardctl.control.etcd import forget_scope
 from shardctl.control.migration.journal import Journal
 from shardctl.process import allocate_ports
 from shardctl.stack import lifecycle
-from shardctl.stack.ha.etcd import forget_scope
 from shardctl.stack.layout import StackError, StackLayout, StackState
 from shardctl.store.shardmap import ShardMapStore, server_name
 

@@ -12,9 +12,9 @@ import pytest
 from click.testing import CliRunner
 
 from shardctl.cli import main
+from shardctl.control.etcd import authenticate, post
 from shardctl.control.ha import _request, leader, shard_members
 from shardctl.stack.ha.cluster import HACluster
-from shardctl.stack.ha.etcd import authenticate, post
 from shardctl.stack.manager import Stack
 from shardctl.stack.postgres import REPLICATION_USER, SUPERUSER
 from testkit.ha.drill import wait_healthy

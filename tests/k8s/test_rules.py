@@ -112,7 +112,8 @@ def test_generate_secrets_never_puts_a_password_on_a_command_line(tmp_path: Path
     generated = generate_secrets(tmp_path / "real")
     # Every password (Redis's ACL file holds digests, not passwords).
     values = [v for secret in generated.secrets.values() for key, v in secret.items() if key != "users.acl"]
-    assert len(values) == 9  # superuser, replication, serving, writer, pipeline, scorer; Redis: admin, serving, scorer
+    # superuser, replication, etcd root and patroni, serving, writer, pipeline, scorer; Redis: admin, serving, scorer
+    assert len(values) == 11
     assert all(len(v) >= 30 for v in values)
     assert not [argv for argv in generated.command_lines for v in values if any(v in part for part in argv)]
 

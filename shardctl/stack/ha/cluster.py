@@ -21,11 +21,12 @@ from typing import Any
 
 import psycopg
 
+from shardctl.control.etcd import enable_auth
 from shardctl.control.ha import HAError, MemberStatus, is_healthy, shard_members
 from shardctl.process import favour_coordination, pid_alive, stop_pid
 from shardctl.stack.ha import leftovers
 from shardctl.stack.ha.config import Logins, MemberPlan, multi_host_dsn, render
-from shardctl.stack.ha.etcd import EtcdServer, enable_auth, find_etcd
+from shardctl.stack.ha.etcd import EtcdServer, find_etcd
 from shardctl.stack.ha.runtime import patroni_command, patroni_environment
 from shardctl.stack.ha.settings import HASettings
 from shardctl.stack.postgres import (
