@@ -68,6 +68,7 @@ LONGEST_FIRST: tuple[str, ...] = (
     "tests/serving/test_operations.py",
     "tests/backup/test_backup_restore.py",
     "tests/backup/test_backup_resharding.py",
+    "tests/backup/test_backup_mid_copy.py",
     "tests/ha/test_failover_scenarios.py",
 )
 

@@ -68,7 +68,12 @@ class RestorePoint:
     def from_json(cls, text: str) -> RestorePoint:
         raw = json.loads(text)
         return cls(
-            raw["name"], datetime.fromisoformat(raw["taken_at"]), raw["epoch"], raw["lsns"], raw["fence_held_ms"]
+            raw["name"],
+            datetime.fromisoformat(raw["taken_at"]),
+            raw["epoch"],
+            raw["lsns"],
+            raw["fence_held_ms"],
+            tuple(raw.get("subscribed", ())),  # a restore reads the point from this file: keep every field
         )
 
 

@@ -5,8 +5,11 @@ Each server is restored by pgBackRest from its newest base backup that ends befo
 archived WAL up to the point's name and is promoted. The restored catalog's shard map names the servers at their
 new places with the epochs and placement unchanged: the data is exactly what that epoch's placement says. A
 migration's subscriptions in the restored servers (the point lists the servers that had any) are dropped before
-any could connect (logical replication is off on those until then): they would point at the original stack. The
-restored stack archives into its own repository from its first start; the servers restore side by side."""
+any could connect (logical replication is off on those until then): they would point at the original stack. That
+migration, before its cutover at the point, is then aborted in the restored stack (its copies on the targets
+deleted; the placement never changed), so every row is on the server the placement names, once; past its cutover,
+`shardctl migrate resume` there finishes its cleanup. The restored stack archives into its own repository from its
+first start; the servers restore side by side."""
 
 from __future__ import annotations
 
@@ -24,6 +27,8 @@ from shardctl.backup.base import ServerBackup, base_for, inventory
 from shardctl.backup.points import RestorePoint
 from shardctl.backup.settings import BackupSettings
 from shardctl.backup.target import BackupTarget
+from shardctl.control.migration.engine import MigrationEngine
+from shardctl.control.migration.journal import ABORTABLE
 from shardctl.credentials import DbCredentials, with_credentials
 from shardctl.errors import BackupError
 from shardctl.process import wait_until
@@ -44,6 +49,7 @@ class RestoreReport:
     ports: dict[str, int]  # stanza -> port
     bases: dict[str, str]  # stanza -> label of the backup it started from
     seconds: float
+    migration: str | None = None  # what became of a migration in flight at the point
 
 
 def restore(
@@ -98,6 +104,7 @@ def restore(
         with ThreadPoolExecutor(max_workers=len(servers)) as pool:  # the servers restore and replay side by side
             list(pool.map(bring_back, stanzas, servers))
         ShardMapStore(dsns[CATALOG_STANZA]).relocate_servers({n: servers[i + 1].dsn() for i, n in enumerate(names)})
+        migration = _settle_migration(dsns[CATALOG_STANZA])
         state.redis_pid = layout.redis_server(state).start()
         layout.save_state(state)
         layout.write_settings(state)
@@ -107,6 +114,7 @@ def restore(
         {stanza: server.port for stanza, server in zip(stanzas, servers, strict=True)},
         {stanza: base.label for stanza, base in bases.items()},
         round(time.monotonic() - started, 2),
+        migration,
     )
 
 
@@ -208,6 +216,26 @@ def _recover(server: PostgresServer, dsn: str, point: RestorePoint, timeout_s: f
 
     if not wait_until(promoted, timeout_s, expected=(OSError, psycopg.OperationalError)):
         raise BackupError(f"{server.name} did not reach {point.name} in {timeout_s:.0f} s:\n{server.log_tail()}")
+
+
+def _settle_migration(catalog_dsn: str) -> str | None:
+    """A migration the restored catalog's journal says was running at the point: aborted before its cutover (its
+    links are gone with the dropped subscriptions; its copies on the targets would be rows no placement names),
+    left for `shardctl migrate resume` after it. A line saying which, or None."""
+    engine = MigrationEngine(catalog_dsn)
+    running = engine.journal.running()
+    if running is None:
+        return None
+    if running.phase in ABORTABLE:
+        engine.abort()
+        return (
+            f"migration {running.id} was at {running.phase} at the point: aborted in the restored stack (the "
+            f"placement never changed; its copies on the target are deleted); run it again there to move the shards"
+        )
+    return (
+        f"migration {running.id} was past its cutover ({running.phase}) at the point: `shardctl migrate resume` in "
+        f"the restored stack finishes its cleanup"
+    )
 
 
 def _drop_subscriptions(dsn: str) -> None:

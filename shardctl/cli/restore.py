@@ -73,6 +73,7 @@ def restore(
                     "ports": report.ports,
                     "bases": report.bases,
                     "seconds": report.seconds,
+                    "migration": report.migration,
                 },
                 indent=2,
             )
@@ -80,4 +81,6 @@ def restore(
         return
     ports = ", ".join(f"{s} :{p}" for s, p in report.ports.items())
     click.echo(f"restored {point.name} (epoch {point.epoch}) into {report.data_dir} in {report.seconds} s: {ports}")
+    if report.migration is not None:
+        click.echo(report.migration)
     click.echo(f"use it: TESSERA_DATA_DIR={report.data_dir} .venv/bin/shardctl stack status")
