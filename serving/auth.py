@@ -41,6 +41,14 @@ class Gate:
     keys: KeyRing
     limiter: RateLimiter
 
+    def admit_known(self, authorization: bytes | None) -> ApiKey | None:
+        """The common case in one step: the key of an ``Authorization`` value verified before, its request
+        admitted by a token of this worker's lease (spent). None: ask ``key_of_authorization`` and the limiter."""
+        if authorization is None:
+            return None
+        key = self.keys.recall(authorization)
+        return key if key is not None and self.limiter.spend(key) else None
+
     def key_of(self, headers: list[tuple[bytes, bytes]] | tuple[tuple[bytes, bytes], ...]) -> ApiKey | None:
         """The active key the request carries, or None (none, malformed, unknown, revoked)."""
         return self.key_of_authorization(authorization_of(headers))

@@ -86,11 +86,14 @@ class PredictionFastPath:
         started = time.perf_counter()
         gate = runtime.gate
         if gate is not None:  # the same check as the app's (serving.security), in the same order
-            key = gate.key_of_authorization(authorization)
+            retry = None
+            key = gate.admit_known(authorization)  # the common case: a known key, a token of its lease spent
             if key is None:
-                await self.app(scope, receive, send)  # 401 there
-                return
-            retry = None if gate.limiter.spend(key) else await gate.limiter.admit(key)
+                key = gate.key_of_authorization(authorization)
+                if key is None:
+                    await self.app(scope, receive, send)  # 401 there
+                    return
+                retry = await gate.limiter.admit(key)
             scope[ADMITTED] = key  # type: ignore[literal-required]  # its token is taken: the route takes none
             if retry is not None or PREDICT not in key.scopes:
                 if retry is not None:
