@@ -83,7 +83,13 @@ def test_status_says_degraded_and_what_commits_do_while_the_replica_is_gone(
     ha_stack: Stack, cluster: HACluster
 ) -> None:
     replica = _replica(cluster)
-    assert sum(sync_standby_gauges(cluster.api_urls(0)).values()) == 1
+
+    # Each member reports its own view of the sync key, refreshed once per Patroni loop: after a test that moved
+    # the primary it may lag the cluster's state the fixture waited for.
+    def one_sync_standby() -> bool:
+        return sum(sync_standby_gauges(cluster.api_urls(0)).values()) == 1
+
+    assert wait_until(one_sync_standby, 15, 0.2), sync_standby_gauges(cluster.api_urls(0))
     replica.kill()
     try:
         assert wait_until(lambda: _shardctl(ha_stack, "ha", "status").returncode == 1, 30, 0.5)
