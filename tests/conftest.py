@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,6 +20,17 @@ def _random_base_port() -> int:
     # Spread sessions (parallel runs, developers' stacks) over the ports outside the ephemeral range, so
     # neither another session nor an outgoing connection takes a port between allocation and bind.
     return free_port(block=10)
+
+
+@contextmanager
+def running_stack(root: Path, **up: Any) -> Iterator[Stack]:
+    """A stack of its own in ``root`` (``Stack.up``'s keywords), stopped and purged at the end, none left running."""
+    stack = Stack(root)
+    stack.up(base_port=_random_base_port(), **up)
+    try:
+        yield stack
+    finally:
+        assert stack.down(purge=True) == []
 
 
 @pytest.fixture(scope="session")

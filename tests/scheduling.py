@@ -69,6 +69,7 @@ LONGEST_FIRST: tuple[str, ...] = (
     "tests/backup/test_backup_restore.py",
     "tests/backup/test_backup_resharding.py",
     "tests/backup/test_backup_mid_copy.py",
+    "tests/backup/test_backup_ha.py",
     "tests/ha/test_failover_scenarios.py",
 )
 

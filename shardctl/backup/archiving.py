@@ -2,7 +2,12 @@
 that pushes every finished WAL segment into the stack's pgBackRest repository, in a file of its own
 (``tessera-archive.conf``, included from ``postgresql.conf``) so the other settings stay untouched and a restore
 can point a restored server at its new stack's repository. A stack whose PostgreSQL pgBackRest does not support
-starts without archiving (``pgbackrest.unavailable_reason``)."""
+starts without archiving (``pgbackrest.unavailable_reason``).
+
+An HA shard is one stanza whose members are its Patroni cluster's. Every member archives with ``archive_mode =
+always`` (Patroni's parameters, ``member_parameters``): a replica pushes each segment it received too, so the
+segments an old primary had not archived when it died are in the repository from its synchronous replica, and
+the chain has no gap through a failover (pgBackRest accepts a segment pushed twice with the same content)."""
 
 from __future__ import annotations
 
@@ -10,10 +15,14 @@ import logging
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-from shardctl.backup.pgbackrest import PgBackRestError, Repository, Stanza, unavailable_reason
+from shardctl.backup.pgbackrest import PgBackRestError, PgLocation, Repository, Stanza, unavailable_reason
 from shardctl.backup.settings import BackupSettings
 from shardctl.stack.postgres import SERVER_PASSFILE, PostgresServer
+
+if TYPE_CHECKING:
+    from shardctl.stack.ha.cluster import HACluster
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +48,7 @@ def repository_for(
 
 
 def stanza_of(name: str, server: PostgresServer) -> Stanza:
-    return Stanza(name, server.data_dir, server.port, server.socket_dir)
+    return Stanza(name, (PgLocation(server.data_dir, server.port, server.socket_dir),))
 
 
 def prepare(
@@ -48,17 +57,36 @@ def prepare(
     user: str | None,
     postgres: dict[str, str],
     settings: BackupSettings | None = None,
+    ha_shards: Sequence[Stanza] = (),
 ) -> Repository | None:
-    """Before the servers start: write the repository's config for ``servers`` (stanza name, server) and each
-    server's archive settings. None, and nothing written, when pgBackRest cannot back this PostgreSQL up."""
+    """Before the servers start: write the repository's config for ``servers`` (stanza name, server) and the
+    ``ha_shards`` (their members archive through ``member_parameters``), and each plain server's archive
+    settings. None, and nothing written, when pgBackRest cannot back this PostgreSQL up."""
     if unavailable_reason(postgres["version"], postgres["source"]) is not None:
         return None
     settings = settings or BackupSettings()
     repo = repository_for(pg_root, user, servers[0][1], settings)
-    repo.write_config([stanza_of(name, server) for name, server in servers], settings)
+    repo.write_config([*(stanza_of(name, server) for name, server in servers), *ha_shards], settings)
     for name, server in servers:
         configure(server, repo, name, settings)
     return repo
+
+
+def ha_stanzas(cluster: HACluster, names: Sequence[str]) -> list[Stanza]:
+    """A stanza per HA shard (``names`` in shard order), its members those of the shard's Patroni cluster."""
+    return [
+        Stanza(name, tuple(PgLocation(m.plan.data_dir, m.plan.pg_port, m.plan.root) for m in cluster.members(shard)))
+        for shard, name in enumerate(names)
+    ]
+
+
+def member_parameters(repo: Repository, stanza: str, data_dir: Path, settings: BackupSettings) -> dict[str, str]:
+    """The archive settings of one member of an HA shard, as Patroni parameters (see the module's docstring)."""
+    return {
+        "archive_mode": "always",
+        "archive_command": repo.archive_command(stanza, data_dir),
+        "archive_timeout": str(settings.archive_timeout_s),
+    }
 
 
 def start(repo: Repository, stanzas: Sequence[str]) -> None:

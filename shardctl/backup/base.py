@@ -89,7 +89,7 @@ def _check_servers(target: BackupTarget) -> None:
     for name, dsn in target.dsns.items():
         with connect(dsn, connect_timeout=5) as conn:
             mode = conn.execute("SHOW archive_mode").fetchone()[0]  # type: ignore[index]
-        if mode != "on":
+        if mode not in ("on", "always"):  # always: an HA shard's primary (its replicas archive too)
             raise BackupError(
                 f"{name} does not archive its WAL (started before backups existed): restart the stack "
                 f"(`shardctl stack down`, then `shardctl stack up`) to turn archiving on"

@@ -34,14 +34,22 @@ class PgBackRestError(BackupError, RuntimeError):
 
 
 @dataclass(frozen=True)
-class Stanza:
-    """One server as pgBackRest knows it: the stanza name (the catalog's server name, or ``catalog``) and where
-    its Postgres is."""
+class PgLocation:
+    """Where one Postgres of a stanza runs on this machine."""
 
-    name: str
     data_dir: Path
     port: int
     socket_dir: Path
+
+
+@dataclass(frozen=True)
+class Stanza:
+    """One server as pgBackRest knows it: the stanza name (the catalog's server name, or ``catalog``) and where
+    its Postgres runs; for an HA shard, every member of its Patroni cluster (pgBackRest backs up whichever is
+    the primary, so backups follow a failover)."""
+
+    name: str
+    members: tuple[PgLocation, ...]
 
 
 def find_pgbackrest() -> str | None:
@@ -112,23 +120,31 @@ class Repository:
             f"process-max={settings.process_max}",
         ]
         for stanza in stanzas:
-            lines += [
-                "",
-                f"[{stanza.name}]",
-                f"pg1-path={stanza.data_dir}",
-                f"pg1-port={stanza.port}",
-                f"pg1-socket-path={stanza.socket_dir}",
-                "pg1-user=tessera",
-            ]
+            lines += ["", f"[{stanza.name}]"]
+            if len(stanza.members) > 1:
+                # An HA shard archives with archive_mode=always (shardctl.backup.archiving), which pgBackRest's
+                # check that a backup's WAL reached the archive refuses; the restore point every backup ends
+                # with waits for that WAL instead (shardctl.backup.points.wait_archived).
+                lines.append("archive-check=n")
+            for n, member in enumerate(stanza.members, start=1):
+                lines += [
+                    f"pg{n}-path={member.data_dir}",
+                    f"pg{n}-port={member.port}",
+                    f"pg{n}-socket-path={member.socket_dir}",
+                    f"pg{n}-user=tessera",
+                ]
         tmp = self.config.with_suffix(".tmp")
         tmp.write_text("\n".join(lines) + "\n")
         tmp.replace(self.config)
         chown_tree(self.root, self.user)
         self.root.chmod(0o700)
 
-    def archive_command(self, stanza: str) -> str:
-        """The server's ``archive_command``: push each finished WAL segment into this repository."""
-        return f"{find_pgbackrest() or 'pgbackrest'} --config={self.config} --stanza={stanza} archive-push %p"
+    def archive_command(self, stanza: str, pg_path: Path | None = None) -> str:
+        """The server's ``archive_command``: push each finished WAL segment into this repository (from the server
+        in ``pg_path``, for a member of an HA shard: pgBackRest checks the server it runs for)."""
+        binary = find_pgbackrest() or "pgbackrest"
+        member = f" --pg1-path={pg_path}" if pg_path is not None else ""
+        return f"{binary} --config={self.config} --stanza={stanza}{member} archive-push %p"
 
     def archive_get_command(self, stanza: str, pg_path: Path) -> str:
         """A restored server's ``restore_command``: fetch each WAL segment it replays from this repository (for

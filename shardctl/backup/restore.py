@@ -9,7 +9,8 @@ any could connect (logical replication is off on those until then): they would p
 migration, before its cutover at the point, is then aborted in the restored stack (its copies on the targets
 deleted; the placement never changed), so every row is on the server the placement names, once; past its cutover,
 `shardctl migrate resume` there finishes its cleanup. The restored stack archives into its own repository from its
-first start; the servers restore side by side."""
+first start; the servers restore side by side. An HA shard (a Patroni cluster) comes back as one plain server
+restored from its stanza, which holds whichever member was primary when each backup ran."""
 
 from __future__ import annotations
 
@@ -196,9 +197,13 @@ def _restore_server(
     if stanza in point.subscribed:
         (server.data_dir / RESTORE_CONF).write_text("max_logical_replication_workers = 0\n")
     with open(server.data_dir / "postgresql.conf", "a") as conf:
+        # An HA shard's primary comes back as one plain server: Patroni's settings named its replica as the
+        # synchronous standby (every commit would wait for it) and its member's own folder for pg_hba.conf.
         conf.write(
             f"\n# restored from {stanza} at point {point.name}\nport = {server.port}\n"
-            f"unix_socket_directories = '{server.socket_dir}'\ninclude_if_exists = '{RESTORE_CONF}'\n"
+            f"unix_socket_directories = '{server.socket_dir}'\nsynchronous_standby_names = ''\n"
+            f"hba_file = '{server.data_dir / 'pg_hba.conf'}'\nident_file = '{server.data_dir / 'pg_ident.conf'}'\n"
+            f"include_if_exists = '{RESTORE_CONF}'\n"
         )
     chown_tree(server.data_dir, server.user)
     server.data_dir.chmod(0o700)

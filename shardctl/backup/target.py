@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from shardctl.backup.archiving import CATALOG_STANZA, repository_for, stanza_of
+from shardctl.backup.archiving import CATALOG_STANZA, ha_stanzas, repository_for, stanza_of
 from shardctl.backup.pgbackrest import BackupUnavailableError, Repository, Stanza, unavailable_reason
 from shardctl.backup.settings import BackupSettings
 from shardctl.control.settings import ControlSettings
@@ -41,20 +41,24 @@ def open_target(
     state = layout.load_state()
     if state is None:
         raise BackupError(f"no stack in {layout.data_dir}: run `shardctl stack up` first")
-    if state.ha is not None:
-        raise BackupUnavailableError(
-            "backups of an HA stack (Patroni clusters) are not built yet: only plain stacks archive and back up"
-        )
     reason = unavailable_reason(state.postgres["version"], state.postgres["source"])
     if reason is not None:
         raise BackupUnavailableError(reason)
     credentials = (control or ControlSettings.of_stack(layout.data_dir)).db_credentials()
-    servers = layout.postgres_servers(state)
-    names = [CATALOG_STANZA, *layout.server_names(state)]
+    catalog = layout.postgres_servers(state)[0]
+    names = layout.server_names(state)
+    cluster = layout.ha_cluster(state)
+    if cluster is None:  # plain: one server per stanza
+        servers = layout.postgres_servers(state)[1:]
+        stanzas = [stanza_of(name, server) for name, server in zip(names, servers, strict=True)]
+        dsns = {name: server.dsn() for name, server in zip(names, servers, strict=True)}
+    else:  # HA: a shard's Patroni cluster per stanza, reached at its primary through the multi-host DSN
+        stanzas = ha_stanzas(cluster, names)
+        dsns = {name: cluster.shard_dsn(shard) for shard, name in enumerate(names)}
     return BackupTarget(
         layout,
         state,
-        repository_for(state.pg_root, state.user, servers[0], settings),
-        tuple(stanza_of(name, server) for name, server in zip(names, servers, strict=True)),
-        {name: with_credentials(server.dsn(), credentials) for name, server in zip(names, servers, strict=True)},
+        repository_for(state.pg_root, state.user, catalog, settings),
+        (stanza_of(CATALOG_STANZA, catalog), *stanzas),
+        {name: with_credentials(dsn, credentials) for name, dsn in {CATALOG_STANZA: catalog.dsn(), **dsns}.items()},
     )

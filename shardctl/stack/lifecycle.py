@@ -13,10 +13,13 @@ import psycopg
 
 from shardctl.backup import archiving
 from shardctl.backup.archiving import CATALOG_STANZA
+from shardctl.backup.pgbackrest import Repository, Stanza
+from shardctl.backup.settings import BackupSettings
 from shardctl.control.roles import ensure_roles, own_database
 from shardctl.process import pid_alive
 from shardctl.stack import scorer_process
 from shardctl.stack.ha.cluster import HACluster
+from shardctl.stack.ha.config import MemberPlan
 from shardctl.stack.layout import (
     DAGSTER_DATABASE,
     StackError,
@@ -116,7 +119,9 @@ def bring_up(layout: StackLayout, state: StackState, added: tuple[str, ...] = ()
     for server in layout.postgres_servers(state):
         if not server.initialized():
             server.init_from(template)
-    repo = archiving.prepare(_archived(layout, state), state.pg_root, state.user, state.postgres)
+    cluster = layout.ha_cluster(state)
+    ha_shards = archiving.ha_stanzas(cluster, layout.server_names(state)) if cluster is not None else []
+    repo = archiving.prepare(_archived(layout, state), state.pg_root, state.user, state.postgres, ha_shards=ha_shards)
     for server in layout.postgres_servers(state):
         server.start()
         server.ensure_database(DATABASE)
@@ -128,9 +133,10 @@ def bring_up(layout: StackLayout, state: StackState, added: tuple[str, ...] = ()
     catalog = layout.postgres_servers(state)[0]
     catalog.ensure_database(DAGSTER_DATABASE)
     own_database(catalog.dsn("postgres"), DAGSTER_DATABASE)  # Dagster's storage is the pipeline's
-    cluster = layout.ha_cluster(state)
     if cluster is not None:
-        _ha_up(cluster, passwords)
+        _ha_up(cluster, passwords, _member_archiving(repo, ha_shards))
+        if repo is not None:
+            archiving.start(repo, [stanza.name for stanza in ha_shards])
     redis_server = layout.redis_server(state)
     state.redis_pid = redis_server.start()
     layout.save_state(state)
@@ -179,14 +185,28 @@ def part_passwords(secrets: StackSecrets) -> dict[str, str | None]:
 
 
 def _archived(layout: StackLayout, state: StackState) -> list[tuple[str, PostgresServer]]:
-    """The servers whose WAL is archived into the stack's backup repository (``shardctl.backup``), by stanza: the
-    catalog, and the shard servers of a plain stack (an HA shard's Patroni cluster: not yet)."""
+    """The plain servers whose WAL is archived into the stack's backup repository (``shardctl.backup``), by
+    stanza: the catalog, and the shard servers of a plain stack (an HA shard's members: ``_member_archiving``)."""
     names = [CATALOG_STANZA, *([] if state.ha else layout.server_names(state))]
     return list(zip(names, layout.postgres_servers(state), strict=True))
 
 
-def _ha_up(cluster: HACluster, passwords: dict[str, str | None]) -> None:
-    cluster.up()
+def _member_archiving(
+    repo: Repository | None, ha_shards: list[Stanza]
+) -> Callable[[MemberPlan], dict[str, str]] | None:
+    """Each HA member's archive parameters: it pushes into its shard's stanza (None: the stack cannot archive)."""
+    if repo is None:
+        return None
+    settings = BackupSettings()
+    return lambda plan: archiving.member_parameters(repo, ha_shards[plan.shard].name, plan.data_dir, settings)
+
+
+def _ha_up(
+    cluster: HACluster,
+    passwords: dict[str, str | None],
+    parameters: Callable[[MemberPlan], dict[str, str]] | None = None,
+) -> None:
+    cluster.up(parameters=parameters)
     for shard in range(cluster.shard_count()):
         cluster.ensure_database(shard, DATABASE)
         ensure_roles(cluster.shard_dsn(shard, "postgres"), passwords)  # on the primary; replicas replay them

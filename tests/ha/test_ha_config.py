@@ -50,7 +50,7 @@ def test_timings_are_fast_and_must_fit_patronis_rule() -> None:
 @pytest.mark.req("JTBD-04.patroni-etcd")
 def test_member_config_names_its_ports_etcd_and_data_dir() -> None:
     bin_dir = "/usr/lib/postgresql/15/bin"
-    config = yaml.safe_load(render(MEMBER, HASettings(), "http://127.0.0.1:24000", bin_dir, LOGINS))
+    config = yaml.safe_load(render(member_config(MEMBER, HASettings(), "http://127.0.0.1:24000", bin_dir, LOGINS)))
     assert config == member_config(MEMBER, HASettings(), "http://127.0.0.1:24000", bin_dir, LOGINS)
     assert config["scope"] == "shard2"
     assert config["name"] == "shard2-m1"
@@ -97,7 +97,8 @@ def test_patroni_keeps_the_configured_ttl_only_through_our_entry_point(tmp_path:
     what the hook patches, "entry" fails here (and the entry point refuses to start)."""
     config_file = tmp_path / "patroni.yml"
     ha = HASettings()
-    config_file.write_text(render(MEMBER, ha, "http://127.0.0.1:24000", "/usr/lib/postgresql/15/bin", LOGINS))
+    config = member_config(MEMBER, ha, "http://127.0.0.1:24000", "/usr/lib/postgresql/15/bin", LOGINS)
+    config_file.write_text(render(config))
     probe = textwrap.dedent(
         f"""
         import json, sys

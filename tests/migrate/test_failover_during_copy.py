@@ -26,7 +26,7 @@ from shardctl.store import FeatureStore
 from shardctl.store.shardmap import ShardMapStore
 from testkit.ha.drill import wait_healthy
 from testkit.traffic import SteadyWriter, audit
-from tests.conftest import _random_base_port
+from tests.conftest import running_stack
 
 pytestmark = pytest.mark.slow
 FEATURE_SET = "failover_traffic_v1"
@@ -34,12 +34,8 @@ FEATURE_SET = "failover_traffic_v1"
 
 @pytest.fixture(scope="module")
 def ha_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    stack = Stack(tmp_path_factory.mktemp("ha-migrate"))
-    stack.up(servers=1, base_port=_random_base_port(), ha=True, replicas=1)
-    try:
+    with running_stack(tmp_path_factory.mktemp("ha-migrate"), servers=1, ha=True, replicas=1) as stack:
         yield stack
-    finally:
-        assert stack.down(purge=True) == []
 
 
 def _wait_for_a_new_primary(cluster: HACluster, killed: str, dsn: str, timeout: float = 120.0) -> str:

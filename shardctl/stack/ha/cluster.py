@@ -25,7 +25,7 @@ from shardctl.control.etcd import enable_auth
 from shardctl.control.ha import HAError, MemberStatus, is_healthy, shard_members
 from shardctl.process import favour_coordination, pid_alive, stop_pid
 from shardctl.stack.ha import leftovers
-from shardctl.stack.ha.config import Logins, MemberPlan, multi_host_dsn, render
+from shardctl.stack.ha.config import Logins, MemberPlan, member_config, multi_host_dsn, render
 from shardctl.stack.ha.etcd import EtcdServer, find_etcd
 from shardctl.stack.ha.runtime import patroni_command, patroni_environment
 from shardctl.stack.ha.settings import HASettings
@@ -148,11 +148,14 @@ class PatroniMember:
         """The superuser's passfile for the Postgres this member runs (its PGPASSFILE)."""
         return self.plan.root / SERVER_PASSFILE
 
-    def write_config(self, ha: HASettings, etcd_url: str, bin_dir: str, logins: Logins) -> None:
+    def write_config(
+        self, ha: HASettings, etcd_url: str, bin_dir: str, logins: Logins, parameters: dict[str, str] | None = None
+    ) -> None:
         """patroni.yml and the server's passfile, both 0600 in the member's 0700 folder (they hold passwords)."""
         self.plan.root.mkdir(parents=True, exist_ok=True)
         self.plan.root.chmod(0o700)
-        write_owned(self.plan.config_file, render(self.plan, ha, etcd_url, bin_dir, logins), self.user)
+        config = render(member_config(self.plan, ha, etcd_url, bin_dir, logins, parameters), self.plan.tls_dir)
+        write_owned(self.plan.config_file, config, self.user)
         write_owned(self.server_passfile, pgpass_line(SUPERUSER, logins.superuser), self.user)
         chown_tree(self.plan.root, self.user)
 
@@ -330,9 +333,10 @@ class HACluster:
     def start_member(self, member: PatroniMember) -> int:
         return member.start()
 
-    def up(self, timeout: float = 180.0) -> None:
+    def up(self, timeout: float = 180.0, parameters: Callable[[MemberPlan], dict[str, str]] | None = None) -> None:
         """Start etcd, then every member (primaries bootstrap first, replicas clone from them), and wait
-        until each shard has a leader with every replica streaming."""
+        until each shard has a leader with every replica streaming; ``parameters`` gives each member's own
+        PostgreSQL settings (its WAL archiving)."""
         Path(self.state.root).mkdir(parents=True, exist_ok=True)
         chown_tree(Path(self.state.root), self.user)
         self.start_etcd()
@@ -340,7 +344,8 @@ class HACluster:
         logins = self.logins()
         for member in self.all_members():
             member.forget_if_dead()
-            member.write_config(ha, self.etcd.url, self.bin_dir, logins)
+            own = parameters(member.plan) if parameters else None
+            member.write_config(ha, self.etcd.url, self.bin_dir, logins, own)
         for shard in range(self.shard_count()):
             self.start_member(self.members(shard)[0])
         for shard in range(self.shard_count()):

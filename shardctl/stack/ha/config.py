@@ -113,8 +113,16 @@ def dynamic_config(ha: HASettings) -> dict[str, Any]:
     }
 
 
-def member_config(member: MemberPlan, ha: HASettings, etcd_url: str, bin_dir: str, logins: Logins) -> dict[str, Any]:
-    """The whole Patroni configuration of one member (it holds passwords: its folder is the server user's, 0700)."""
+def member_config(
+    member: MemberPlan,
+    ha: HASettings,
+    etcd_url: str,
+    bin_dir: str,
+    logins: Logins,
+    parameters: dict[str, str] | None = None,
+) -> dict[str, Any]:
+    """The whole Patroni configuration of one member (it holds passwords: its folder is the server user's, 0700);
+    ``parameters`` are this member's own PostgreSQL settings (its WAL archiving: ``shardctl.backup.archiving``)."""
     etcd_host = f"127.0.0.1:{member.etcd_port}" if member.etcd_port else etcd_url.removeprefix("http://")
     return {
         "scope": member.scope,
@@ -156,7 +164,7 @@ def member_config(member: MemberPlan, ha: HASettings, etcd_url: str, bin_dir: st
                 "replication": {"username": REPLICATION_USER, "password": logins.replication},
                 "rewind": {"username": SUPERUSER, "password": logins.superuser},
             },
-            "parameters": {"unix_socket_directories": str(member.root)},
+            "parameters": {"unix_socket_directories": str(member.root), **(parameters or {})},
             # A clone (a new replica, `ha reinit`) asks the primary for an immediate checkpoint instead of
             # waiting out a spread one: seen here, 110 s instead of ~2 s.
             "basebackup": [{"checkpoint": "fast"}],
@@ -168,11 +176,10 @@ def member_config(member: MemberPlan, ha: HASettings, etcd_url: str, bin_dir: st
     }
 
 
-def render(member: MemberPlan, ha: HASettings, etcd_url: str, bin_dir: str, logins: Logins) -> str:
-    """The member's patroni.yml text."""
-    config = member_config(member, ha, etcd_url, bin_dir, logins)
-    if member.tls_dir is not None:
-        config = with_tls(config, member.tls_dir)
+def render(config: dict[str, Any], tls_dir: Path | None = None) -> str:
+    """A member's patroni.yml text from its ``member_config``, taking TLS only when ``tls_dir`` is given."""
+    if tls_dir is not None:
+        config = with_tls(config, tls_dir)
     return yaml.safe_dump(config, sort_keys=False)
 
 
