@@ -792,6 +792,7 @@ def print_summary(summary: dict) -> None:
     hot = dict(summary.get("hot_path_cpu_us", {}))
     ratio = hot.pop("auth CPU ratio", None)
     runs = hot.pop("auth CPU ratio, runs", [])
+    hot.pop("rounds, us per request", None)
     for name, us in hot.items():
         print(f"  cached single prediction in process, {name}: {us:.1f} us CPU per request")
     if ratio is not None:

@@ -46,6 +46,9 @@ class KeyRing:
         self._on_refresh = on_refresh
         # (active keys by id: (digest, record); keys verified against exactly that table), swapped as one
         self._state: tuple[dict[bytes, tuple[bytes, ApiKey]], dict[bytes, ApiKey]] = ({}, {})
+        # The memo of the current table (``_state[1]``), read without a call on every request: ``recall``. A
+        # refresh empties it before swapping the table, so it never names a key the current table lacks.
+        self.recalled: dict[bytes, ApiKey] = self._state[1]
         self._refreshed = 0.0  # time.monotonic() of the last successful read; 0: never
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -55,7 +58,7 @@ class KeyRing:
     def recall(self, sent: bytes) -> ApiKey | None:
         """The key ``sent`` (what a client sent, as passed to ``verify``) was verified as against the current table,
         or None (never verified, or the table changed since)."""
-        return self._state[1].get(sent)
+        return self.recalled.get(sent)
 
     def verify(self, token: bytes, *, sent: bytes | None = None) -> ApiKey | None:
         """The active key ``token`` is, or None (unknown shape or id, wrong secret, revoked); a key found is
@@ -102,7 +105,9 @@ class KeyRing:
         self._failing = False
         keys = {key.key_id.encode(): (digest, key) for digest, key in rows}
         if keys != self._state[0]:
+            self.recalled = {}  # first: a reader between these lines verifies against the old table, as before
             self._state = (keys, {})
+            self.recalled = self._state[1]
         self._refreshed = time.monotonic()
         if self._on_refresh is not None:
             self._on_refresh(len(rows))
