@@ -3,6 +3,7 @@ and logic, no Dagster (``defs/raw_profile.py`` and ``defs/shard_key.py`` call it
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 import psycopg
@@ -55,20 +56,31 @@ def _checked(column: str) -> sql.Identifier:
     return sql.Identifier(column)
 
 
+def _changes(key_column: str, attributes: Sequence[str]) -> sql.Composable | None:
+    """True for a key value that sees more than one value of any key-defining attribute: ``min <> max``, which
+    hash aggregation computes in one pass (``count(DISTINCT)`` sorts every group: 10.9 s at 3M raw rows against
+    1.8 s at 1M in bench/scale's first run)."""
+    others = [a for a in attributes if a != key_column]
+    if not others:
+        return None
+    return sql.SQL(" OR ").join(sql.SQL("min({a}) <> max({a})").format(a=_checked(a)) for a in others)
+
+
 def mutable_key_values(conn: psycopg.Connection, key_column: str, attributes=ENTITY_ATTRIBUTES) -> int:
     """How many values of ``key_column`` see more than one value of any key-defining attribute."""
-    changes = sql.SQL(" OR ").join(
-        sql.SQL("count(DISTINCT {}) > 1").format(_checked(a)) for a in attributes if a != key_column
-    )
-    query = sql.SQL("SELECT count(*) FROM (SELECT 1 FROM raw_events GROUP BY {} HAVING {}) AS m").format(
-        _checked(key_column), changes
-    )
-    return int(conn.execute(query).fetchone()[0])
+    return key_stats(conn, key_column, attributes)[1]
 
 
-def distinct_count(conn: psycopg.Connection, column: str) -> int:
-    query = sql.SQL("SELECT count(DISTINCT {}) FROM raw_events").format(_checked(column))
-    return int(conn.execute(query).fetchone()[0])
+def key_stats(conn: psycopg.Connection, key_column: str, attributes=ENTITY_ATTRIBUTES) -> tuple[int, int]:
+    """The distinct (non-null) values of ``key_column``, and how many of them are mutable (``mutable_key_values``),
+    in one scan of the raw data grouped by the key."""
+    changes = _changes(key_column, attributes) or sql.SQL("false")
+    query = sql.SQL(
+        "SELECT count(*) FILTER (WHERE k IS NOT NULL), count(*) FILTER (WHERE k IS NOT NULL AND mutable) "
+        "FROM (SELECT {key} AS k, ({changes}) AS mutable FROM raw_events GROUP BY {key}) AS g"
+    ).format(key=_checked(key_column), changes=changes)
+    distinct, mutable = conn.execute(query).fetchone()  # type: ignore[misc]
+    return int(distinct), int(mutable)
 
 
 def profile_raw(dsn: str, exact_max_rows: int, force_method: str | None = None) -> Profile:

@@ -25,8 +25,7 @@ def shard_key(config: ShardKeyConfig, tessera: TesseraResource) -> dg.Materializ
     shards = _server_count(tessera)
     try:
         with psycopg.connect(dsn) as conn:
-            distinct = cardinality.distinct_count(conn, config.column)
-            mutable = cardinality.mutable_key_values(conn, config.column)
+            distinct, mutable = cardinality.key_stats(conn, config.column)
             conn.execute(
                 """INSERT INTO shard_key_choices (key_column, attributes, distinct_values, mutable_entities,
                                                   total_shards, min_keys_per_shard)
