@@ -24,6 +24,7 @@ SHARED_FIXTURE_GROUPS: dict[str, tuple[str, ...]] = {
         "tests/ha/test_scorer_failover.py",
     ),
     "ha-stack-failover": (
+        "tests/ha/test_backup_failover.py",
         "tests/ha/test_ha_stack.py",
         "tests/ha/test_reader_failover.py",
         "tests/ha/test_writer_failover.py",
@@ -69,7 +70,6 @@ LONGEST_FIRST: tuple[str, ...] = (
     "tests/backup/test_backup_restore.py",
     "tests/backup/test_backup_resharding.py",
     "tests/backup/test_backup_mid_copy.py",
-    "tests/backup/test_backup_ha.py",
     "tests/ha/test_failover_scenarios.py",
 )
 

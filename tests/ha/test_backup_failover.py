@@ -7,7 +7,6 @@ A base backup after the failover is taken from the new primary."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 
 import psycopg
 import pytest
@@ -19,13 +18,6 @@ from shardctl.stack.ha.cluster import HACluster
 from shardctl.stack.manager import Stack
 from testkit.ha.drill import PROBE_TABLE, AckWriter, ensure_probe_table, rows_present, wait_healthy
 from tests.backup.test_backup_resharding import FEATURE_SET, _cli, _placed_rows, _write
-from tests.conftest import running_stack
-
-
-@pytest.fixture(scope="module")
-def ha_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with running_stack(tmp_path_factory.mktemp("backup-ha-stack"), shards=1, ha=True, replicas=1) as stack:
-        yield stack
 
 
 def _archived_count(cluster: HACluster, port: int) -> int:
@@ -37,14 +29,10 @@ def _archived_count(cluster: HACluster, port: int) -> int:
 
 @pytest.mark.req("PLAT.backup-ha")
 def test_the_archive_follows_the_primary_through_a_failover_and_a_restore_loses_no_acknowledged_row(
-    ha_stack: Stack,
+    ha_stack: Stack, cluster: HACluster
 ) -> None:
+    """On the HA tests' shared stack (it leaves it healthy, the old primary back as a replica)."""
     data_dir = ha_stack.data_dir
-    state = ha_stack.load_state()
-    assert state is not None
-    cluster = ha_stack.ha_cluster(state)
-    assert cluster is not None
-    wait_healthy(cluster, 0)
     first = [f"first-{n:03d}" for n in range(30)]
     _write(data_dir, first)
     _cli(data_dir, "backup", "create", "--point", "before-failover")
