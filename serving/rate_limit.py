@@ -28,7 +28,6 @@ from __future__ import annotations
 import logging
 import math
 import time
-from collections.abc import Callable
 
 import redis.asyncio as aioredis
 
@@ -81,11 +80,11 @@ class RateLimiter:
         # key id -> [window, tokens left in it (-1: Redis refused, the window is spent), the window's end (epoch s)]
         self._tokens: dict[str, list] = {}
 
-    def spend(self, key: ApiKey, _now: Callable[[], float] = time.time) -> bool:
+    def spend(self, key: ApiKey) -> bool:
         """Spend a token of the lease this worker holds for ``key``'s current window, if any (no I/O, no await:
         the common case, which the fast path asks first); False: ask ``admit``."""
         held = self._tokens.get(key.key_id)
-        if held is None or held[1] <= 0 or _now() >= held[2]:
+        if held is None or held[1] <= 0 or time.time() >= held[2]:
             return False
         held[1] -= 1
         return True

@@ -64,7 +64,8 @@ class KeyRing:
         """The active key ``token`` is, or None (unknown shape or id, wrong secret, revoked); a key found is
         remembered under ``sent`` (default: the token) for ``recall``."""
         keys, verified = self._state
-        known = verified.get(token if sent is None else sent)
+        remembered_as = token if sent is None else sent
+        known = verified.get(remembered_as)
         if known is not None:
             return known
         key_id = key_id_of(token)
@@ -75,7 +76,7 @@ class KeyRing:
         if not hmac.compare_digest(digest_of(token), digest):
             return None
         if len(verified) < VERIFIED_MAX:
-            verified[token if sent is None else sent] = key
+            verified[remembered_as] = key
         return key
 
     @property

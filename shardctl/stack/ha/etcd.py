@@ -2,7 +2,7 @@
 
 Run in the foreground of its own session so the PID we hold is etcd's, and stopped by that PID. A single
 member is enough on one machine: it decides nothing itself, it only holds the leases Patroni races for.
-With v3 authentication on (``shardctl.control.etcd_auth.enable_auth``), only the stack reaches it: ``root`` (the
+With v3 authentication on (``shardctl.control.etcd.enable_auth``), only the stack reaches it: ``root`` (the
 stack itself: set-up, ``forget_scope``) and ``patroni``, allowed to read and write the Patroni namespace only.
 """
 
