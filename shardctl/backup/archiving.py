@@ -96,7 +96,7 @@ def start(repo: Repository, stanzas: Sequence[str]) -> None:
     what fails."""
     for stanza in stanzas:
         try:
-            repo.run(stanza, "stanza-create", timeout=120)
+            repo.create_stanza(stanza)
         except PgBackRestError as exc:
             log.warning("WAL archiving of %s does not work, backups of it will fail: %s", stanza, exc)
 

@@ -66,7 +66,7 @@ def create(
     _check_servers(target)
 
     def back_up(stanza: str) -> ServerBackup:
-        target.repo.run(stanza, "stanza-create", timeout=120)
+        target.repo.create_stanza(stanza)
         kind = "full" if full or not target.repo.backups(stanza) else "incr"
         target.repo.run(stanza, "backup", f"--type={kind}")
         return ServerBackup.from_info(stanza, target.repo.backups(stanza)[-1])

@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -172,6 +173,19 @@ class Repository:
                 f"pgbackrest {command} of {stanza} failed: {why} (log: {self.log_dir}/{stanza}-{command}.log)"
             )
         return done.stdout
+
+    def create_stanza(self, stanza: str, attempts: int = 3) -> None:
+        """``stanza-create`` (idempotent), tried again after a failure: a server that has just started or been
+        promoted pushes its first WAL at once, and that ``archive-push`` can hold the stanza's lock at the same
+        moment (a restore failed so once in a full test run)."""
+        for attempt in range(attempts):
+            try:
+                self.run(stanza, "stanza-create", timeout=120)
+                return
+            except PgBackRestError:
+                if attempt == attempts - 1:
+                    raise
+                time.sleep(1.0 + attempt)
 
     def backups(self, stanza: str) -> list[dict[str, Any]]:
         """The stanza's backups as pgBackRest's ``info`` lists them, oldest first (empty before the first)."""

@@ -95,7 +95,7 @@ def restore(
             _restore_server(source, stanza, server, bases[stanza], point, settings)
             archiving.configure(server, repo, stanza, settings)
             _recover(server, dsns[stanza], point, settings.restore_timeout_s)
-            repo.run(stanza, "stanza-create", timeout=120)  # its archiving works from now on
+            repo.create_stanza(stanza)  # its archiving works from now on
             if stanza in point.subscribed:  # logical replication back on once the subscriptions are gone
                 _drop_subscriptions(dsns[stanza])
                 (server.data_dir / RESTORE_CONF).unlink()
