@@ -26,7 +26,8 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -52,27 +53,25 @@ def log(message: str) -> None:
     print(message, flush=True)
 
 
+def features(rng: random.Random) -> dict[str, object]:
+    """8 features: numbers, categories and a flag."""
+    return {
+        "spend_30d": round(rng.random() * 1000, 2),
+        "spend_90d": round(rng.random() * 3000, 2),
+        "visits_30d": rng.randrange(100),
+        "visits_90d": rng.randrange(300),
+        "tier": ("bronze", "silver", "gold")[rng.randrange(3)],
+        "country": ("de", "fr", "us", "jp")[rng.randrange(4)],
+        "churn_score": rng.random(),
+        "active": rng.random() < 0.5,
+    }
+
+
 def make_rows(n: int, round_: int = 0) -> list[FeatureRow]:
     """n entities with 8 features; ``round_`` changes every value (and moves the event time forward)."""
     rng = random.Random(round_)
     ts = T0 + timedelta(hours=round_)
-    return [
-        FeatureRow(
-            f"customer-{i:08d}",
-            ts,
-            {
-                "spend_30d": round(rng.random() * 1000, 2),
-                "spend_90d": round(rng.random() * 3000, 2),
-                "visits_30d": rng.randrange(100),
-                "visits_90d": rng.randrange(300),
-                "tier": ("bronze", "silver", "gold")[rng.randrange(3)],
-                "country": ("de", "fr", "us", "jp")[rng.randrange(4)],
-                "churn_score": rng.random(),
-                "active": rng.random() < 0.5,
-            },
-        )
-        for i in range(n)
-    ]
+    return [FeatureRow(f"customer-{i:08d}", ts, features(rng)) for i in range(n)]
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -223,30 +222,26 @@ def percentiles(samples: list[float]) -> tuple[float, float]:
     return ordered[len(ordered) // 2] * 1000, ordered[min(len(ordered) - 1, int(len(ordered) * 0.99))] * 1000
 
 
-def bench_reads(dsns: list[str], rows: list[FeatureRow], iterations: int) -> None:
-    log(f"\n== 3. read latency: {len(rows):,} entities on {len(dsns)} shards, {iterations:,} gets each ==")
-    for dsn in dsns:
-        reset_table(dsn)
-    with FeatureWriter(ShardMap(1, tuple(dsns))) as writer:
-        writer.write(FEATURE_SET, rows)
-    for dsn in dsns:
-        vacuum(dsn)
-    ids = [r.entity_id for r in rows]
+def read_latency(
+    dsns: list[str], sample: Callable[[random.Random, int], list[str]], iterations: int
+) -> dict[str, dict[str, float]]:
+    """p50/p99 of 1-id and 100-id gets through the reader (ids from ``sample(rng, size)``), beside the same query
+    bare on server 0 for the wanted ids it holds."""
     rng = random.Random(7)
     figures = {}
     shard_map = ShardMap(1, tuple(dsns))
     with FeatureReader(shard_map) as reader, psycopg.connect(dsns[0], autocommit=True) as bare:
         for _ in range(50):
-            reader.get_features(rng.sample(ids, 100), FEATURE_SET)
+            reader.get_features(sample(rng, 100), FEATURE_SET)
         for label, size in (("single", 1), ("batch100", 100)):
             ours, base = [], []
             for _ in range(iterations):
-                wanted = rng.sample(ids, size)
+                wanted = sample(rng, size)
                 started = time.perf_counter()
                 result = reader.get_features(wanted, FEATURE_SET)
                 ours.append(time.perf_counter() - started)
-                assert len(result.records) == size
-                on_zero = [i for i in wanted if shard_map.server_index_for(i) == 0] or [ids[0]]
+                assert len(result.records) == size, (len(result.records), size)
+                on_zero = [i for i in wanted if shard_map.server_index_for(i) == 0] or wanted[:1]
                 started = time.perf_counter()
                 bare.execute(READ_SQL, (FEATURE_SET, [logical_shard_for(i) for i in on_zero], on_zero)).fetchall()
                 base.append(time.perf_counter() - started)
@@ -257,7 +252,19 @@ def bench_reads(dsns: list[str], rows: list[FeatureRow], iterations: int) -> Non
                 f"{label:<9} reader p50 {p50:6.2f} ms  p99 {p99:6.2f} ms   |  bare psycopg query on one shard "
                 f"p50 {b50:6.2f} ms  p99 {b99:6.2f} ms"
             )
-    RESULTS["reads"] = figures
+    return figures
+
+
+def bench_reads(dsns: list[str], rows: list[FeatureRow], iterations: int) -> None:
+    log(f"\n== 3. read latency: {len(rows):,} entities on {len(dsns)} shards, {iterations:,} gets each ==")
+    for dsn in dsns:
+        reset_table(dsn)
+    with FeatureWriter(ShardMap(1, tuple(dsns))) as writer:
+        writer.write(FEATURE_SET, rows)
+    for dsn in dsns:
+        vacuum(dsn)
+    ids = [r.entity_id for r in rows]
+    RESULTS["reads"] = read_latency(dsns, lambda rng, size: rng.sample(ids, size), iterations)
 
 
 def bloat_database(admin_dsn: str, name: str, tuned: bool) -> str:
@@ -343,6 +350,22 @@ def bench_bloat(admin_dsn: str, n: int, rounds: int) -> None:
     RESULTS["bloat"] = figures
 
 
+@contextmanager
+def shard_stack(prefix: str, shards: int = 4) -> Iterator[list[str]]:
+    """A private stack of ``shards`` servers (and its catalog) in a temporary directory; yields the shards' DSNs and
+    purges it on the way out, also after SIGTERM (e.g. a CI timeout, turned into SystemExit)."""
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    stack = Stack(Path(tempfile.mkdtemp(prefix=prefix)))
+    try:
+        state = stack.up(shards=shards, base_port=free_port(block=10))
+        log(f"stack: {shards} shards, postgres {state.postgres['version']}")
+        yield [s.dsn() for s in stack.postgres_servers(state)[1:]]
+    finally:
+        failed = stack.down(purge=True)
+        if failed:
+            log(f"could not stop: {failed}")
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--full", action="store_true", help="1M-row writes, updates and bloat rounds")
@@ -359,16 +382,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--rows and --bloat-rows must be >= 1000, --rounds >= 1")
     only = set(args.only or ["writes", "updates", "reads", "bloat"])
 
-    # SIGTERM (e.g. a CI timeout) must still stop the benchmark's servers: turn it into SystemExit.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    root = Path(tempfile.mkdtemp(prefix="tessera-bench-"))
-    stack = Stack(root)
     log(f"load average before: {os.getloadavg()}  (2-core machine shared with others)")
     started = time.perf_counter()
-    try:
-        state = stack.up(shards=4, base_port=free_port(block=10))
-        dsns = [s.dsn() for s in stack.postgres_servers(state)[1:]]
-        log(f"stack: 4 shards, postgres {state.postgres['version']}")
+    with shard_stack("tessera-bench-") as dsns:
         rows = make_rows(rows_n)
         if "writes" in only:
             bench_writes(dsns, rows, naive_rows=min(20_000, rows_n))
@@ -379,10 +395,6 @@ def main(argv: list[str] | None = None) -> int:
         del rows
         if "bloat" in only:
             bench_bloat(dsns[0], bloat_n, args.rounds)
-    finally:
-        failed = stack.down(purge=True)
-        if failed:
-            log(f"could not stop: {failed}")
     log(f"\nload average after: {os.getloadavg()}; total {time.perf_counter() - started:.0f} s")
     if args.json:
         args.json.write_text(json.dumps(RESULTS, indent=2, default=str))
