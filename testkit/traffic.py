@@ -111,7 +111,8 @@ class ClientLog:
 
     outcomes: Counter[str] = field(default_factory=Counter)
     failures: list[str] = field(default_factory=list)
-    latencies: list[float] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)  # of the ok requests, in seconds
+    sent_at: list[float] = field(default_factory=list)  # their send times (time.monotonic), paired with latencies
 
     @property
     def sent(self) -> int:
@@ -175,6 +176,7 @@ class OpenLoopClient(threading.Thread):
             return
         self.log.outcomes["ok"] += 1
         self.log.latencies.append(time.monotonic() - started)
+        self.log.sent_at.append(started)
 
     def _failed(self, why: str) -> None:
         self.log.outcomes[why.split(":")[0]] += 1

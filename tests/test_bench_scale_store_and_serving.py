@@ -1,6 +1,7 @@
-"""The store-at-scale and Zipf-at-scale benchmarks (`bench/store/bench_store_scale.py`,
-`bench/serving/bench_zipf_scale.py`, issue 23 items 3 and 5), run tiny so a broken harness fails CI. They check the
-fields each benchmark reports, never a timing: the figures come from the real runs (docs/benchmarks.md)."""
+"""The store, serving and resharding benchmarks at scale (`bench/store/bench_store_scale.py`,
+`bench/serving/bench_zipf_scale.py`, `bench/migrate/bench_reshard_scale.py`; issue 23 items 3, 4 and 5), run tiny
+so a broken harness fails CI. They check the fields each benchmark reports, never a timing: the figures come from
+the real runs (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -50,3 +51,19 @@ def test_the_zipf_scale_benchmark_reports_latency_and_where_each_answer_came_fro
         shares = step["memory_share"] + step["redis_share"] + step["miss_share"]
         assert shares == pytest.approx(1.0)  # every answer counted once, by the service's own counters
     assert 0 < figures["zipf_share_of_memory_tier_head"] <= 1
+
+
+@pytest.mark.req("JTBD-03.scale-harness")
+def test_the_resharding_scale_benchmark_migrates_under_traffic_and_reports_rates_pauses_and_its_audit(
+    tmp_path: Path,
+) -> None:
+    out = tmp_path / "reshard.json"
+    run_benchmark("bench/migrate/bench_reshard_scale.py", "--rows", "6000", "--chunk", "2000", "--json", str(out))
+    figures = json.loads(out.read_text())  # the benchmark exits non-zero unless traffic and audit were clean
+    assert figures["moved_rows"] > 0
+    assert figures["raw_copy_rows"] == figures["moved_rows"]
+    assert set(figures["phase_seconds"]) == {"provisioned", "copying", "synced", "verified", "cut_over", "cleaned"}
+    assert figures["cutover_write_pause_ms"] is not None
+    assert figures["client_p99_during_cleanup"]["requests"] > 0
+    assert figures["audit_rows"] >= 6000
+    assert figures["audit_problems"] == {}
