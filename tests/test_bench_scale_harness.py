@@ -1,6 +1,6 @@
 """The scale benchmark's harness (`bench/scale`), run at two tiny sizes so a broken harness fails CI. It checks the
-fields the benchmark reports (each stage at each size, its growth, peak memory per process, disk per row), never a
-timing: figures come from the real run (docs/benchmarks.md)."""
+fields the benchmark reports (each stage at each size, its growth, peak memory per process and per stage, disk per
+row), never a timing: figures come from the real run (docs/benchmarks.md)."""
 
 from __future__ import annotations
 
@@ -29,6 +29,13 @@ def test_the_scale_benchmark_runs_two_sizes_and_reports_each_stage_its_growth_me
         assert size["wall_seconds"] >= max(size["stages"].values())  # each step ran inside the run
         assert size["peak_mb"]["dagster run (python)"] > 0
         assert size["peak_mb"]["h2o jvm"] > 0  # the training JVM was seen
+        training = size["stage_peak_mb"]["churn_model"]  # which stage sets the peak: memory sampled per stage
+        assert 0 < training["python"] <= size["peak_mb"]["dagster run (python)"]
+        assert 0 < training["jvm"] <= size["peak_mb"]["h2o jvm"]
+        parts = size["parts"]  # the features stage's own breakdown: query, write, placement check
+        assert {f"customer_features: seconds_{p}" for p in ("features_query", "write", "placement_check")} <= set(parts)
+        features_parts = sum(v for k, v in parts.items() if k.startswith("customer_features"))
+        assert features_parts <= size["stages"]["customer_features"]
         assert {"postgres catalog", "postgres shard0", "postgres shard1"} <= set(size["peak_mb"])
         assert size["rows"]["raw_events (catalog)"] == size["raw_rows"]
         shards = [name for name in size["rows"] if name.startswith("entity_features")]

@@ -69,6 +69,8 @@ class SizeResult:
     wall_seconds: float
     stages: dict[str, float]  # step key -> seconds, summed over the runs
     peak_mb: dict[str, float]  # process -> peak memory
+    stage_peak_mb: dict[str, dict[str, float]]  # step key -> the run's and the JVM's peak while that step ran
+    parts: dict[str, float]  # "<asset>: seconds_<part>" -> seconds, summed: a stage's own breakdown of its time
     bytes_per_row: dict[str, float]  # raw store and each shard
     rows: dict[str, int] = field(default_factory=dict)
 
@@ -81,6 +83,7 @@ class MemorySampler:
         self._postgres = postgres
         self._every = every
         self.peak_mb: dict[str, float] = defaultdict(float)
+        self.series: list[tuple[float, float, float]] = []  # (time.time(), the run's MB, the JVM's MB)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
@@ -104,8 +107,10 @@ class MemorySampler:
         except psutil.Error:
             return
         jvm = sum(_rss(p) for p in tree if _is_java(p))
-        self._peak("dagster run (python)", sum(_rss(p) for p in tree if not _is_java(p)))
+        python = sum(_rss(p) for p in tree if not _is_java(p))
+        self._peak("dagster run (python)", python)
         self._peak("h2o jvm", jvm)
+        self.series.append((time.time(), python / 2**20, jvm / 2**20))
         for name, pid in self._postgres.items():
             try:
                 server = psutil.Process(pid)
@@ -148,15 +153,18 @@ def postmaster_pids(stack: Stack) -> dict[str, int]:
     return pids
 
 
-def stage_seconds(settings: TesseraSettings, since: datetime) -> tuple[dict[str, float], str | None]:
+def stage_seconds(
+    settings: TesseraSettings, since: datetime
+) -> tuple[dict[str, float], str | None, dict[str, list[tuple[float, float]]]]:
     """Per step key, the seconds from each start to its success, summed over the runs created since ``since``;
-    and the first failed step's key (None: none failed)."""
+    the first failed step's key (None: none failed); and per step key its (start, end) wall-clock windows."""
     apply_env(dagster_env(settings))
     import dagster as dg
     from dagster._core.events import DagsterEventType
 
     wanted = {DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE}
     totals: dict[str, float] = defaultdict(float)
+    windows: dict[str, list[tuple[float, float]]] = defaultdict(list)
     failed: str | None = None
     with dg.DagsterInstance.get() as instance:
         records = instance.get_run_records(filters=dg.RunsFilter(created_after=since))
@@ -169,10 +177,45 @@ def stage_seconds(settings: TesseraSettings, since: datetime) -> tuple[dict[str,
                 if event.event_type == DagsterEventType.STEP_START:
                     started[event.step_key] = entry.timestamp
                 elif event.event_type == DagsterEventType.STEP_SUCCESS and event.step_key in started:
-                    totals[event.step_key] += entry.timestamp - started.pop(event.step_key)
+                    began = started.pop(event.step_key)
+                    totals[event.step_key] += entry.timestamp - began
+                    windows[event.step_key].append((began, entry.timestamp))
                 elif event.event_type == DagsterEventType.STEP_FAILURE and failed is None:
                     failed = event.step_key
-    return dict(totals), failed
+    return dict(totals), failed, dict(windows)
+
+
+def stage_parts(settings: TesseraSettings, since: datetime) -> dict[str, float]:
+    """The ``seconds_*`` entries of the materializations since ``since`` (an asset's own breakdown of its time,
+    e.g. the features' query, write and check), summed per asset and entry."""
+    apply_env(dagster_env(settings))
+    import dagster as dg
+    from dagster._core.events import DagsterEventType
+
+    parts: dict[str, float] = defaultdict(float)
+    with dg.DagsterInstance.get() as instance:
+        for record in instance.get_run_records(filters=dg.RunsFilter(created_after=since)):
+            for entry in instance.all_logs(record.dagster_run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION):
+                materialization = entry.asset_materialization
+                if materialization is None:
+                    continue
+                for name, value in materialization.metadata.items():
+                    if name.startswith("seconds_"):
+                        parts[f"{materialization.asset_key.to_user_string()}: {name}"] += float(value.value)
+    return dict(parts)
+
+
+def stage_peaks(
+    series: list[tuple[float, float, float]], windows: dict[str, list[tuple[float, float]]]
+) -> dict[str, dict[str, float]]:
+    """Per step, the highest memory of the run and of its JVM sampled while that step ran: which stage sets the
+    peak."""
+    peaks: dict[str, dict[str, float]] = {}
+    for step, spans in windows.items():
+        inside = [(py, jvm) for t, py, jvm in series if any(a <= t <= b for a, b in spans)]
+        if inside:
+            peaks[step] = {"python": max(py for py, _ in inside), "jvm": max(jvm for _, jvm in inside)}
+    return peaks
 
 
 def disk_per_row(settings: TesseraSettings) -> tuple[dict[str, float], dict[str, int]]:
@@ -214,14 +257,16 @@ def run_size(raw_rows: int, days: int, root: Path, timeout_s: float, sample_s: f
                     proc.wait()
                     rc = None
         wall = time.perf_counter() - started
-        stages, failed = stage_seconds(settings, since)
+        stages, failed, windows = stage_seconds(settings, since)
         if rc != 0:
             stage = failed or (max(stages, key=stages.get) if stages else "before the first step")
             why = f"ran out of time after {timeout_s / 60:.0f} min" if rc is None else f"failed (exit {rc})"
             tail = log.read_text(errors="replace")[-2000:]
             raise ScaleRunError(f"{raw_rows:,} raw rows: the main job {why} in stage {stage!r}\n{tail}")
         per_row, rows = disk_per_row(settings)
-        return SizeResult(raw_rows, entities, servers, wall, stages, dict(sampler.peak_mb), per_row, rows)
+        peaks = stage_peaks(sampler.series, windows)
+        parts = stage_parts(settings, since)
+        return SizeResult(raw_rows, entities, servers, wall, stages, dict(sampler.peak_mb), peaks, parts, per_row, rows)
     finally:
         stack.down(purge=True)
 
@@ -247,11 +292,22 @@ def report(results: list[SizeResult]) -> None:
         print(f"{stage:<42}{cells}{ratios.get(stage, float('nan')):>10.2f}")
     cells = "".join(f"{r.wall_seconds:>11.1f}s" for r in results)
     print(f"{'whole run (wall)':<42}{cells}{ratios.get('whole run', float('nan')):>10.2f}")
+    if results[0].parts:
+        print(f"\n{'inside a stage (its own timings)':<42}" + "".join(f"{s:>12}" for s in sizes))
+        for part in results[0].parts:
+            print(f"{part:<42}" + "".join(f"{r.parts.get(part, float('nan')):>11.1f}s" for r in results))
     print(f"\n{'peak memory (MB)':<42}" + "".join(f"{s:>12}" for s in sizes))
-    for name in results[0].peak_mb:
+    for name in dict.fromkeys(name for r in results for name in r.peak_mb):  # servers added at larger sizes too
         print(f"{name:<42}" + "".join(f"{r.peak_mb.get(name, float('nan')):>12.0f}" for r in results))
+    print(f"\n{'the run (python) / its JVM, MB, while the stage ran':<42}" + "".join(f"{s:>12}" for s in sizes))
+    for stage in results[0].stages:
+        cells = []
+        for r in results:
+            peak = r.stage_peak_mb.get(stage)
+            cells.append(f"{peak['python']:>6.0f}/{peak['jvm']:<5.0f}" if peak else f"{'-':>12}")
+        print(f"{stage:<42}" + "".join(cells))
     print(f"\n{'disk per row (bytes)':<42}" + "".join(f"{s:>12}" for s in sizes))
-    for name in results[0].bytes_per_row:
+    for name in dict.fromkeys(name for r in results for name in r.bytes_per_row):
         print(f"{name:<42}" + "".join(f"{r.bytes_per_row.get(name, float('nan')):>12.0f}" for r in results))
 
 
