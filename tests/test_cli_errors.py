@@ -86,6 +86,7 @@ COMMANDS = [
     ["shards", "prepare"],
     ["roles", "ensure"],
     ["servers", "list", "--json"],
+    ["servers", "disk", "server-0", "--capacity", "1TB"],
     ["migrate", "plan", "--add-server", "server-9"],
     ["migrate", "status"],
     ["migrate", "resume"],

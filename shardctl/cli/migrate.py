@@ -9,9 +9,10 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from shardctl.cli.options import catalog_dsn, force_option, json_option
+from shardctl.cli.options import catalog_dsn, force_option, json_option, read_settings
 
 if TYPE_CHECKING:
+    from shardctl.control.migration.disk import DiskSpaceSource
     from shardctl.control.migration.engine import MigrationEngine, ProgressEvent
 
 
@@ -54,38 +55,52 @@ def _placed_servers(engine: MigrationEngine) -> list[str]:
     return [name for name in current.servers if current.logical_shards_on(name)]
 
 
-def _human_bytes(n: int) -> str:
-    value = float(n)
-    for unit in ("B", "kB", "MB", "GB"):
-        if value < 1024 or unit == "GB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1024
-    return f"{n} B"
+def disk_source(catalog: str) -> DiskSpaceSource:
+    """Where the targets' free space comes from: the filesystems of the local stack's servers (the settings' data
+    dir) and the capacities declared in the catalog, the tighter of the two where both know a server."""
+    from shardctl.control.migration.disk import DeclaredCapacity, Tightest
+    from shardctl.settings import StoreSettings
+    from shardctl.stack.disk import StackDiskSpace
+    from shardctl.stack.layout import StackLayout
+    from shardctl.store.shardmap import ShardMapStore
+
+    layout = StackLayout(read_settings(StoreSettings).data_dir)
+    return Tightest(StackDiskSpace(layout), DeclaredCapacity(ShardMapStore(catalog)))
+
+
+def _new_engine(**kwargs: Any) -> MigrationEngine:
+    from shardctl.control.migration.engine import MigrationEngine
+
+    catalog = catalog_dsn()
+    return MigrationEngine(catalog, disk=disk_source(catalog), **kwargs)
 
 
 @migrate.command("plan")
 @target_options
 @json_option
 def migrate_plan(to_servers: str | None, add_server: str | None, remove_server: str | None, as_json: bool) -> None:
-    """Which logical shards would move from where to where, and the rows and bytes that would move."""
-    from shardctl.control.migration.engine import MigrationEngine
+    """Which logical shards would move from where to where, the rows and bytes that would move, and the disk each
+    target needs for its copy (refused, exit 1, when a target lacks it)."""
+    from shardctl.control.migration.disk import describe, format_bytes
 
-    engine = MigrationEngine(catalog_dsn())
+    engine = _new_engine()
     report = engine.plan(resolve_target(_placed_servers(engine), to_servers, add_server, remove_server))
     if as_json:
         click.echo(json.dumps(report.to_json(), indent=2))
         return
     click.echo(
         f"epoch {report.from_epoch}: {', '.join(report.servers_before)} -> {', '.join(report.to_servers)}: "
-        f"{len(report.moves)} of 256 logical shards move, {report.rows:,} rows, {_human_bytes(report.bytes)}"
+        f"{len(report.moves)} of 256 logical shards move, {report.rows:,} rows, {format_bytes(report.bytes)}"
     )
     for pair in report.pairs:
         shards = pair["logical_shards"]
         listed = ", ".join(map(str, shards[:12])) + (", ..." if len(shards) > 12 else "")
         click.echo(
             f"  {pair['source']} -> {pair['target']}: {len(shards)} logical shards ({listed}), "
-            f"{pair['rows']:,} rows, {_human_bytes(pair['bytes'])}"
+            f"{pair['rows']:,} rows, {format_bytes(pair['bytes'])}"
         )
+    for verdict in report.disk:
+        click.echo(f"  disk of {verdict.server}: {describe(verdict)}")
 
 
 class _Bars:
@@ -124,10 +139,8 @@ class _Bars:
 
 
 def _engine(as_json: bool) -> tuple[MigrationEngine, _Bars | None]:
-    from shardctl.control.migration.engine import MigrationEngine
-
     bars = None if as_json else _Bars()
-    return MigrationEngine(catalog_dsn(), on_progress=bars), bars
+    return _new_engine(on_progress=bars), bars
 
 
 def _finish(engine: MigrationEngine, migration_id: int, as_json: bool, bars: _Bars | None) -> None:
@@ -159,12 +172,16 @@ def migrate_run(to_servers: str | None, add_server: str | None, remove_server: s
     engine, bars = _engine(as_json)
     record = engine.begin(resolve_target(_placed_servers(engine), to_servers, add_server, remove_server))
     if not as_json:
+        from shardctl.control.migration.disk import TargetDisk, describe
+
         plan = record.plan
         click.echo(
             f"migration {record.id}: {plan['logical_shards_moved']} logical shards, {plan['rows']:,} rows "
             f"to {', '.join(plan['to_servers'])}",
             err=True,
         )
+        for verdict in map(TargetDisk.from_json, plan["disk"]):
+            click.echo(f"  disk of {verdict.server}: {describe(verdict)}", err=True)
     _finish(engine, record.id, as_json, bars)
 
 

@@ -192,6 +192,7 @@ def test_a_run_pod_as_the_launcher_builds_it_materializes_a_partition(
 
 
 @pytest.mark.req("PLAT.k8s-resharding")
+@pytest.mark.req("JTBD-03.reshard-disk-check")
 def test_the_resharding_job_registers_a_new_server_and_moves_logical_shards_onto_it(
     rendered, k8s_stack, make_cluster, tmp_path: Path
 ) -> None:
@@ -216,6 +217,8 @@ def test_the_resharding_job_registers_a_new_server_and_moves_logical_shards_onto
     assert register.wait_exit(JOB_TIMEOUT) == 0, register.tail()
     migrate = cluster.start("tessera-migrate", job, container="migrate")
     assert migrate.wait_exit(PROBE_CAP) == 0, migrate.tail()
-    current = ShardMapStore(settings.catalog_dsn).current()
+    maps = ShardMapStore(settings.catalog_dsn)
+    current = maps.current()
     placed = {current.servers[index] for index in current.placement}
     assert "shard2" in placed, placed
+    assert maps.disk_capacities()["shard2"] == 50 * 2**30  # its PVC's 50Gi, declared: the plan checked it

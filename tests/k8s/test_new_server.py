@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from shardctl.control.migration.disk import parse_size
 from tests.k8s import rules
 from tests.k8s.render import copy_tree, find, pod_spec, render
 from tests.k8s.test_rules import SUPPORTED, validation_errors
@@ -50,6 +51,7 @@ def test_new_server_refuses_an_existing_name_and_a_bad_one(tmp_path: Path) -> No
 
 
 @pytest.mark.req("PLAT.k8s-resharding")
+@pytest.mark.req("JTBD-03.reshard-disk-check")
 def test_the_resharding_job_targets_the_new_cluster_as_the_superuser_from_env(rendered) -> None:
     job = find(render(Path(__file__).parents[2] / "k8s" / "resharding"), "Job", "tessera-migrate")
     spec = pod_spec(job)
@@ -58,6 +60,11 @@ def test_the_resharding_job_targets_the_new_cluster_as_the_superuser_from_env(re
     assert register["command"][:3] == ["shardctl", "servers", "add"]
     assert migrate["command"][:3] == ["shardctl", "migrate", "run"]
     assert env["TESSERA_NEW_SERVER"]["value"] == "shard2"
+    # It declares the new server's disk, its PVC's size, so the plan refuses a copy that would not fit.
+    assert register["command"][-2:] == ["--disk-capacity", "$(TESSERA_NEW_SERVER_DISK)"]
+    pvc = find(rendered, "StatefulSet", "shard0-pg")["spec"]["volumeClaimTemplates"][0]
+    assert env["TESSERA_NEW_SERVER_DISK"]["value"] == pvc["spec"]["resources"]["requests"]["storage"]
+    assert parse_size(env["TESSERA_NEW_SERVER_DISK"]["value"]) == 50 * 2**30
     assert "host=$(TESSERA_NEW_SERVER)-pg-0.$(TESSERA_NEW_SERVER)-pg," in env["TESSERA_NEW_SERVER_DSN"]["value"]
     assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"]["name"] == "tessera-postgres"
     for rule in rules.RULES:

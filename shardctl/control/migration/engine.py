@@ -23,6 +23,7 @@ from typing import Any
 import psycopg
 
 from shardctl.control.migration import cleanup, replication
+from shardctl.control.migration.disk import DeclaredCapacity, DiskSpaceSource, TargetDisk, check_targets, refusal
 from shardctl.control.migration.estimate import estimate_moves
 from shardctl.control.migration.journal import ABORTABLE, PHASES, Journal, JournalError, MigrationRecord
 from shardctl.control.migration.plan import Move, PlanError, apply_moves, plan_moves
@@ -94,6 +95,7 @@ class PlanReport:
     moves: list[Move]
     placement_after: list[str]  # logical shard -> server name, once the moves are done
     pairs: list[dict[str, Any]] = field(default_factory=list)  # source, target, logical_shards, rows, bytes
+    disk: list[TargetDisk] = field(default_factory=list)  # per receiving target: needed, free, fits (disk.py)
 
     @property
     def rows(self) -> int:
@@ -114,6 +116,7 @@ class PlanReport:
             "logical_shards_moved": len(self.moves),
             "rows": self.rows,
             "bytes": self.bytes,
+            "disk": [verdict.to_json() for verdict in self.disk],
         }
 
 
@@ -127,19 +130,25 @@ class MigrationEngine:
         on_progress: Callable[[ProgressEvent], None] | None = None,
         policy: CutoverPolicy | None = None,
         table: MovedTable | None = None,
+        disk: DiskSpaceSource | None = None,
     ):
         self.maps = ShardMapStore(catalog_dsn)
         self.journal = Journal(catalog_dsn)
         self.on_progress = on_progress or (lambda event: None)
         self.policy = policy or CutoverPolicy()
         self.table = table or MovedTable()
+        # Where the targets' free space comes from: the capacities declared in the catalog unless the caller knows
+        # better (the CLI adds the local stack's filesystems: shardctl/stack/disk.py).
+        self.disk = disk or DeclaredCapacity(self.maps)
         self.maps.ensure_schema()
         self.journal.ensure_schema()
 
     # --- planning -------------------------------------------------------------------------------------------------
 
     def plan(self, to_servers: Sequence[str]) -> PlanReport:
-        """The moves and their rows and bytes (counted on the sources); no side effect."""
+        """The moves, their rows and bytes (counted on the sources) and each receiving target's disk; no side
+        effect. ``MigrationError`` when a target lacks the disk for its copy (``disk.py``), so `begin` (and
+        `shardctl migrate run`) never starts a copy that would fill a server."""
         current = self.maps.current()
         registry = self.maps.registered_servers()
         targets = _checked_servers(to_servers, registry)
@@ -162,7 +171,27 @@ class MigrationEngine:
         ]
         after = apply_moves(current.placement_by_name(), moves)
         placement_after = [after[shard] for shard in range(len(after))]
-        return PlanReport(current.epoch, list(current.servers), list(targets), moves, placement_after, pairs)
+        disk = self._check_disk(pairs, registry)
+        return PlanReport(current.epoch, list(current.servers), list(targets), moves, placement_after, pairs, disk)
+
+    def _check_disk(self, pairs: Sequence[Mapping[str, Any]], registry: Mapping[str, str]) -> list[TargetDisk]:
+        """Each receiving target's verdict; ``MigrationError`` naming every target that lacks the space."""
+        incoming: dict[str, int] = {}
+        for pair in pairs:
+            incoming[pair["target"]] = incoming.get(pair["target"], 0) + pair["bytes"]
+        measured, max_wal = {}, {}
+        for name in sorted(incoming):
+            try:
+                measured[name] = self.disk.measure(name, registry[name])
+                with psycopg.connect(registry[name], connect_timeout=5) as conn:
+                    max_wal[name] = conn.execute("SELECT pg_size_bytes(current_setting('max_wal_size'))").fetchone()[0]
+            except psycopg.OperationalError as exc:
+                raise MigrationError(f"server {name} is unreachable: {first_line(exc)}") from None
+        verdicts = check_targets(incoming, measured, max_wal=max_wal)
+        refused = refusal(verdicts)
+        if refused is not None:
+            raise MigrationError(refused)
+        return verdicts
 
     def begin(self, to_servers: Sequence[str]) -> MigrationRecord:
         """Plan and record a migration in phase ``planned``; ``MigrationError`` if one is running already."""

@@ -1,6 +1,7 @@
 """``ShardMapStore``: the shard map in the catalog database. Reads the newest epoch, publishes the next one
 (compare-and-set, under an advisory lock that serializes publishers, with a NOTIFY on commit), registers and
-unregisters servers by name, and keeps the epoch acknowledgements migrations wait on."""
+unregisters servers by name (with the disk declared for each, which a migration's plan checks), and keeps the
+epoch acknowledgements migrations wait on."""
 
 from __future__ import annotations
 
@@ -42,6 +43,7 @@ CREATE TABLE IF NOT EXISTS tessera_servers (
     dsn           text NOT NULL CHECK (dsn <> ''),
     registered_at timestamptz NOT NULL DEFAULT now()
 );
+ALTER TABLE tessera_servers ADD COLUMN IF NOT EXISTS disk_capacity_bytes bigint CHECK (disk_capacity_bytes > 0);
 INSERT INTO tessera_servers (name, dsn)
 SELECT server, dsn FROM tessera_shard_map WHERE epoch = (SELECT max(epoch) FROM tessera_shard_epochs)
 ON CONFLICT DO NOTHING;
@@ -98,35 +100,40 @@ class ShardMapStore:
 
     # --- servers -----------------------------------------------------------------------------------------------
 
-    def register_server(self, name: str, dsn: str, *, replace: bool = False) -> None:
+    def register_server(
+        self, name: str, dsn: str, *, replace: bool = False, disk_capacity_bytes: int | None = None
+    ) -> None:
         """Make server ``name`` known at ``dsn`` (idempotent). A different DSN for a known name is an error
         unless ``replace``; replacing the DSN of a placed server publishes a new epoch with the same placement,
-        so readers and writers reconnect."""
+        so readers and writers reconnect. ``disk_capacity_bytes``, when given, is declared as its disk
+        (``set_disk_capacity``); not given, a known server keeps the one it has."""
         check_server_name(name)
         if not isinstance(dsn, str) or not dsn.strip():
             raise ShardMapError(f"server {name}: the DSN must be a non-empty string")
+        _check_capacity(name, disk_capacity_bytes)
         dsn = location_only(dsn)  # the catalog holds where a server is; each part brings its own credentials
         self.ensure_schema()
         with self._connect() as conn:
             conn.execute("SELECT pg_advisory_xact_lock(%s)", (_PUBLISH_LOCK_KEY,))
             row = conn.execute("SELECT dsn FROM tessera_servers WHERE name = %s", (name,)).fetchone()
-            if row is not None and row[0] == dsn:
-                return
-            if row is not None and not replace:
+            if row is not None and row[0] != dsn and not replace:
                 raise ShardMapError(f"server {name} is already registered with another DSN (use replace)")
-            conn.execute(
-                "INSERT INTO tessera_servers (name, dsn) VALUES (%s, %s) "
-                "ON CONFLICT (name) DO UPDATE SET dsn = excluded.dsn, registered_at = now()",
-                (name, dsn),
-            )
-            current = _read_current(conn)
-            if row is not None and current is not None and name in current.servers:
-                dsns = tuple(dsn if s == name else d for s, d in zip(current.servers, current.dsns, strict=True))
-                _insert_map(
-                    conn,
-                    ShardMap(current.epoch + 1, dsns, current.servers, current.placement),
-                    f"server {name}: new DSN",
+            if row is None or row[0] != dsn:
+                conn.execute(
+                    "INSERT INTO tessera_servers (name, dsn) VALUES (%s, %s) "
+                    "ON CONFLICT (name) DO UPDATE SET dsn = excluded.dsn, registered_at = now()",
+                    (name, dsn),
                 )
+                current = _read_current(conn)
+                if row is not None and current is not None and name in current.servers:
+                    dsns = tuple(dsn if s == name else d for s, d in zip(current.servers, current.dsns, strict=True))
+                    _insert_map(
+                        conn,
+                        ShardMap(current.epoch + 1, dsns, current.servers, current.placement),
+                        f"server {name}: new DSN",
+                    )
+            if disk_capacity_bytes is not None:
+                _declare_capacity(conn, name, disk_capacity_bytes)
 
     def relocate_servers(self, dsns: Mapping[str, str]) -> None:
         """The same servers at new locations (a restored stack's): every epoch's and the registry's DSN of each
@@ -153,6 +160,29 @@ class ShardMapStore:
             except psycopg.errors.UndefinedTable:
                 return {}
         return {name: with_credentials(dsn, caller) for name, dsn in rows}
+
+    def set_disk_capacity(self, name: str, capacity_bytes: int | None) -> None:
+        """Declare the disk of server ``name`` (bytes; ``None`` forgets it): a migration's plan checks that each
+        target has room for its copy (``shardctl/control/migration/disk.py``). ``ShardMapError`` for a server
+        that is not registered."""
+        check_server_name(name)
+        _check_capacity(name, capacity_bytes)
+        self.ensure_schema()
+        with self._connect() as conn:
+            updated = _declare_capacity(conn, name, capacity_bytes)
+        if not updated:
+            raise ShardMapError(f"unknown server {name}: register it first with `shardctl servers add`")
+
+    def disk_capacities(self) -> dict[str, int | None]:
+        """Every registered server's declared disk in bytes (None: not declared)."""
+        with self._connect() as conn:
+            try:
+                rows = conn.execute("SELECT name, disk_capacity_bytes FROM tessera_servers ORDER BY name").fetchall()
+            except psycopg.errors.UndefinedTable:
+                return {}
+            except psycopg.errors.UndefinedColumn:  # a catalog from before the column: nothing declared
+                return dict.fromkeys(self.registered_servers())
+        return dict(rows)
 
     def unregister_server(self, name: str) -> bool:
         """Forget server ``name``, so `servers list` and plans no longer offer it; returns whether it was known.
@@ -290,6 +320,19 @@ class ShardMapStore:
     def watch(self, on_change: Callable[[ShardMap], None] | None = None, *, role: str = "") -> ShardMapWatcher:
         """A started watcher holding the current map, updated on every published epoch."""
         return ShardMapWatcher(self, on_change, role=role).start()
+
+
+def _check_capacity(name: str, capacity_bytes: int | None) -> None:
+    if capacity_bytes is not None and (isinstance(capacity_bytes, bool) or not isinstance(capacity_bytes, int)):
+        raise ShardMapError(f"server {name}: a disk capacity is a whole number of bytes")
+    if capacity_bytes is not None and capacity_bytes < 1:
+        raise ShardMapError(f"server {name}: a disk capacity must be at least 1 byte")
+
+
+def _declare_capacity(conn: psycopg.Connection, name: str, capacity_bytes: int | None) -> bool:
+    """Set (or with None forget) server ``name``'s declared disk; whether it is registered."""
+    cur = conn.execute("UPDATE tessera_servers SET disk_capacity_bytes = %s WHERE name = %s", (capacity_bytes, name))
+    return cur.rowcount > 0
 
 
 def _names_for(conn: psycopg.Connection, dsns: Sequence[str]) -> tuple[str, ...]:
