@@ -7,7 +7,8 @@ compared on the same rows.
     PYTHONPATH=. .venv/bin/python bench/store/bench_store_scale.py --rows 200000   # a quick look
 
 1. Load: every row written fresh through Tessera's writer onto 4 servers, in chunks of ``--chunk`` rows.
-   Baseline: raw binary COPY of one server's share (rows / servers) into an indexed twin table on one server.
+   Baseline: raw binary COPY of one server's share (rows / servers) into an indexed twin table on one server (its
+   change-log row trigger off: the writer logs changes in one set-based insert per batch instead).
 2. Update passes: ``--passes`` full passes through the writer, every value changed. Baseline: the database's own
    merge (binary COPY into an unlogged staging table, then one upsert) of one server's share on the twin.
 3. Reads at full size: p50/p99 of 1-id and 100-id gets through the reader, beside a bare query on one server.
@@ -37,6 +38,7 @@ from psycopg.types.json import set_json_dumps
 from bench.store.bench_store import (
     DB_MERGE_SQL,
     FEATURE_SET,
+    NO_ROW_TRIGGER,
     T0,
     bloat_database,
     features,
@@ -126,8 +128,11 @@ def bench_baselines(admin_dsn: str, share: int, chunk: int) -> None:
     """Raw COPY and the database's merge of one server's share, on a twin database of server 0."""
     log(f"\n== baselines: one server's share ({share:,} rows) on a twin table ==")
     dsn = bloat_database(admin_dsn, "scale_twin", tuned=True)
+    # The limits are the table's own COPY and upsert: the change log's row trigger (which the writer replaces by one
+    # set-based insert per batch, shardctl/store/changes.py) is switched off for them, as the writer switches it off.
     try:
         with psycopg.connect(dsn) as conn:
+            conn.execute(NO_ROW_TRIGGER)
             set_json_dumps(msgspec.json.encode, conn)
             started = time.perf_counter()
             for batch in row_chunks(0, share, 0, chunk):
@@ -138,6 +143,7 @@ def bench_baselines(admin_dsn: str, share: int, chunk: int) -> None:
             conn.execute(f"VACUUM ANALYZE {FEATURE_TABLE}")
             conn.execute("CHECKPOINT")
         with psycopg.connect(dsn) as conn:
+            conn.execute(NO_ROW_TRIGGER)
             set_json_dumps(msgspec.json.encode, conn)
             conn.execute(
                 "CREATE UNLOGGED TABLE bench_stage (logical_shard integer, entity_id text, features jsonb, "
