@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
+from psycopg import sql
 
 from shardctl.control.migration import cleanup, replication
 from shardctl.control.migration.disk import DeclaredCapacity, DiskSpaceSource, TargetDisk, check_targets, refusal
@@ -400,6 +401,7 @@ class MigrationEngine:
 
     def _cut_over(self, record: MigrationRecord) -> dict[str, Any]:
         target = self._target_placement(record)
+        _vacuum_targets(self._links(record), self.table)
         for attempt in range(1, self.policy.attempts + 1):
             current = self.maps.current()
             if current.placement_by_name() == target:
@@ -569,6 +571,15 @@ def _eta(done: int, total: int, started: datetime | None) -> float | None:
         return 0.0 if total and done >= total else None
     elapsed = (datetime.now(UTC) - started).total_seconds()
     return round(elapsed * (total - done) / done, 1) if elapsed > 0 else None
+
+
+def _vacuum_targets(links: Sequence[replication.Link], table: MovedTable) -> None:
+    """VACUUM the moved table on each target before the fence goes up: the copy left its pages unmarked in the
+    visibility map, so the final count under the fence would read every copied row's heap tuple (at 1.66M rows
+    moved, most of a second of the writers' pause); once vacuumed, it reads the index only."""
+    for target in sorted({link.target_dsn for link in links}):
+        with psycopg.connect(target, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(table.ident))
 
 
 def _count_mismatches(links: Sequence[replication.Link], table: MovedTable) -> dict[replication.Link, list[int]]:
