@@ -21,8 +21,10 @@ def test_the_final_check_names_each_links_logical_shard_whose_counts_differ(
     with psycopg.connect(servers.source) as conn:
         shards = sorted(count_rows(conn, moved_table, range(256)))
     half = len(shards) // 2
-    first = replication.Link(replication.link_name(1, 0), servers.source, servers.target, tuple(shards[:half]), moved_table)
-    second = replication.Link(replication.link_name(1, 1), servers.source, servers.target, tuple(shards[half:]), moved_table)
+    first, second = (
+        replication.Link(replication.link_name(1, n), servers.source, servers.target, tuple(part), moved_table)
+        for n, part in enumerate((shards[:half], shards[half:]))
+    )
     assert _count_mismatches([first, second], moved_table) == {first: [], second: []}
 
     lacking = shards[-1]  # one of the second link's logical shards loses a row on the target
