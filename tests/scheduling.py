@@ -56,7 +56,7 @@ LONGEST_FIRST: tuple[str, ...] = (
     "ha-stack-failover",
     "tests/test_fallback_runtimes.py",
     "tests/test_bench_scale_harness.py",
-    "tests/test_bench_scale_store_and_serving.py",
+    "tests/test_bench_scale_reshard.py",
     "ha-stack-heal",
     "tests/ha/test_nemesis.py",
     "tests/test_stack_servers.py",
