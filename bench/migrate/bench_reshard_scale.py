@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -165,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     root = Path(tempfile.mkdtemp(prefix="tessera-bench-reshard-"))
     root.chmod(0o755)  # the stack's Postgres runs as an unprivileged user
     result = run(args.rows, args.chunk, args.client_rate, args.writer_interval, root)
+    shutil.rmtree(root, ignore_errors=True)  # the service's log and the model (kept when the run raised)
     print(json.dumps(result, indent=2))
     ok = not result["audit_problems"] and not result["writes_failed"] and set(result["requests"]) == {"ok"}
     print(

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import signal
 import statistics
 import sys
@@ -91,6 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     tmp.chmod(0o755)  # the stack's Postgres runs as an unprivileged user
     stack = Stack(tmp / "stack")
     processes: list = []
+    clean_up = False
     results: dict = {"entities": args.entities, "zipf_s": args.zipf_s, "workers": args.workers, "runs": []}
     try:
         stack.up(shards=2, base_port=free_port(block=10))
@@ -164,12 +166,15 @@ def main(argv: list[str] | None = None) -> int:
             processes.remove(service)
             results["runs"].append({"steps": steps, "redis": redis_figures(client)})
         print_summary(results, rates)
+        clean_up = True  # the logs and the model go with a run that finished (kept when it raised)
     finally:
         for process in processes:
             process.stop()
         failed = stack.down(purge=True)
         if failed:
             print(f"could not stop: {failed}")
+        elif clean_up:
+            shutil.rmtree(tmp, ignore_errors=True)
     if args.json:
         args.json.write_text(json.dumps(results, indent=2, default=str))
     return 0
