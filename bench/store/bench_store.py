@@ -26,7 +26,7 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -95,17 +95,15 @@ def vacuum(dsn: str) -> None:
         conn.execute("CHECKPOINT")
 
 
-def raw_copy(dsn: str, rows: list[FeatureRow]) -> None:
+def raw_copy(dsn: str, rows: Iterable[FeatureRow], table: str = FEATURE_TABLE) -> None:
     """The limit: binary COPY straight into the indexed table, same rows, same JSON encoder, no checks, and no
-    change-log row trigger (the writer logs each batch's changes in one set-based insert instead)."""
+    change-log row trigger (the writer logs each batch's changes in one set-based insert instead). ``rows`` is read
+    once, so a generator streams them."""
     with psycopg.connect(dsn) as conn:
         conn.execute(NO_ROW_TRIGGER)
         set_json_dumps(msgspec.json.encode, conn)
         with conn.cursor() as cur:
-            sql = (
-                f"COPY {FEATURE_TABLE} (logical_shard, entity_id, feature_set, features, event_ts) "
-                "FROM STDIN (FORMAT BINARY)"
-            )
+            sql = f"COPY {table} (logical_shard, entity_id, feature_set, features, event_ts) FROM STDIN (FORMAT BINARY)"
             with cur.copy(sql) as copy:
                 copy.set_types(["int4", "text", "text", "jsonb", "timestamptz"])
                 for r in rows:
@@ -134,8 +132,9 @@ ON CONFLICT (logical_shard, entity_id, feature_set) DO UPDATE
 """
 
 
-def db_merge(dsn: str, rows: list[FeatureRow]) -> None:
-    """The database's own merge: binary COPY into an unlogged staging table, then one upsert (no row trigger)."""
+def db_merge(dsn: str, rows: Iterable[FeatureRow]) -> None:
+    """The database's own merge: binary COPY into an unlogged staging table, then one upsert (no row trigger);
+    ``rows`` is read once."""
     with psycopg.connect(dsn) as conn:
         conn.execute(NO_ROW_TRIGGER)
         set_json_dumps(msgspec.json.encode, conn)

@@ -21,32 +21,33 @@ compared on the same rows.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import random
 import statistics
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from pathlib import Path
 
-import msgspec
 import psutil
 import psycopg
-from psycopg.types.json import set_json_dumps
 
 from bench.store.bench_store import (
-    DB_MERGE_SQL,
     FEATURE_SET,
-    NO_ROW_TRIGGER,
     T0,
     bloat_database,
+    db_merge,
     features,
     percentiles,
     rate,
+    raw_copy,
     read_latency,
     shard_stack,
     table_health,
+    timed,
+    vacuum,
 )
 from shardctl.store.hashing import logical_shard_for
 from shardctl.store.schema import FEATURE_TABLE, TUNED_STORAGE
@@ -81,24 +82,20 @@ def row_chunks(first: int, count: int, pass_: int, chunk: int) -> Iterator[list[
         yield [FeatureRow(f"customer-{i:09d}", ts, features(rng)) for i in range(start, stop)]
 
 
-def copy_rows(conn: psycopg.Connection, table: str, rows: list[FeatureRow], typed: bool = False) -> None:
-    """Binary COPY of ``rows`` into ``table`` (the jsonb layout, or one typed column per feature)."""
-    with conn.cursor() as cur:
-        if typed:
-            names = ", ".join(name for name, _ in TYPED_COLUMNS)
-            types = ["int4", "text", "text", *(kind for _, kind in TYPED_COLUMNS), "timestamptz"]
-            sql = f"COPY {table} (logical_shard, entity_id, feature_set, {names}, event_ts) FROM STDIN (FORMAT BINARY)"
-            with cur.copy(sql) as copy:
-                copy.set_types(types)
-                for r in rows:
-                    values = [r.features[name] for name, _ in TYPED_COLUMNS]
-                    copy.write_row((logical_shard_for(r.entity_id), r.entity_id, FEATURE_SET, *values, r.event_ts))
-            return
-        sql = f"COPY {table} (logical_shard, entity_id, feature_set, features, event_ts) FROM STDIN (FORMAT BINARY)"
-        with cur.copy(sql) as copy:
-            copy.set_types(["int4", "text", "text", "jsonb", "timestamptz"])
-            for r in rows:
-                copy.write_row((logical_shard_for(r.entity_id), r.entity_id, FEATURE_SET, r.features, r.event_ts))
+def streamed(count: int, pass_: int, chunk: int) -> Iterator[FeatureRow]:
+    """``row_chunks`` as one stream of rows (still one chunk alive at a time), for the baselines' single COPY."""
+    return itertools.chain.from_iterable(row_chunks(0, count, pass_, chunk))
+
+
+def copy_typed(dsn: str, table: str, rows: Iterable[FeatureRow]) -> None:
+    """Binary COPY of ``rows`` into ``table`` with one typed column per feature (the layout comparison's third)."""
+    names = ", ".join(name for name, _ in TYPED_COLUMNS)
+    sql = f"COPY {table} (logical_shard, entity_id, feature_set, {names}, event_ts) FROM STDIN (FORMAT BINARY)"
+    with psycopg.connect(dsn) as conn, conn.cursor() as cur, cur.copy(sql) as copy:
+        copy.set_types(["int4", "text", "text", *(kind for _, kind in TYPED_COLUMNS), "timestamptz"])
+        for r in rows:
+            values = [r.features[name] for name, _ in TYPED_COLUMNS]
+            copy.write_row((logical_shard_for(r.entity_id), r.entity_id, FEATURE_SET, *values, r.event_ts))
 
 
 def on_disk(dsn: str, table: str = FEATURE_TABLE) -> tuple[int, int]:
@@ -128,37 +125,12 @@ def bench_baselines(admin_dsn: str, share: int, chunk: int) -> None:
     """Raw COPY and the database's merge of one server's share, on a twin database of server 0."""
     log(f"\n== baselines: one server's share ({share:,} rows) on a twin table ==")
     dsn = bloat_database(admin_dsn, "scale_twin", tuned=True)
-    # The limits are the table's own COPY and upsert: the change log's row trigger (which the writer replaces by one
-    # set-based insert per batch, shardctl/store/changes.py) is switched off for them, as the writer switches it off.
+    # The limits are the table's own COPY and upsert: bench_store's baselines switch the change log's row trigger
+    # off, as the writer does (it replaces the trigger by one set-based insert per batch, shardctl/store/changes.py).
     try:
-        with psycopg.connect(dsn) as conn:
-            conn.execute(NO_ROW_TRIGGER)
-            set_json_dumps(msgspec.json.encode, conn)
-            started = time.perf_counter()
-            for batch in row_chunks(0, share, 0, chunk):
-                copy_rows(conn, FEATURE_TABLE, batch)
-            conn.commit()
-            raw = time.perf_counter() - started
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f"VACUUM ANALYZE {FEATURE_TABLE}")
-            conn.execute("CHECKPOINT")
-        with psycopg.connect(dsn) as conn:
-            conn.execute(NO_ROW_TRIGGER)
-            set_json_dumps(msgspec.json.encode, conn)
-            conn.execute(
-                "CREATE UNLOGGED TABLE bench_stage (logical_shard integer, entity_id text, features jsonb, "
-                "event_ts timestamptz)"
-            )
-            started = time.perf_counter()
-            with conn.cursor() as cur:
-                for batch in row_chunks(0, share, 1, chunk):
-                    with cur.copy("COPY bench_stage FROM STDIN (FORMAT BINARY)") as copy:
-                        copy.set_types(["int4", "text", "jsonb", "timestamptz"])
-                        for r in batch:
-                            copy.write_row((logical_shard_for(r.entity_id), r.entity_id, r.features, r.event_ts))
-                cur.execute(DB_MERGE_SQL)
-            conn.commit()
-            merge = time.perf_counter() - started
+        raw = timed(lambda: raw_copy(dsn, streamed(share, 0, chunk)))
+        vacuum(dsn)
+        merge = timed(lambda: db_merge(dsn, streamed(share, 1, chunk)))
     finally:
         with psycopg.connect(admin_dsn, autocommit=True) as conn:
             conn.execute("DROP DATABASE scale_twin WITH (FORCE)")
@@ -246,13 +218,13 @@ def bench_layouts(admin_dsn: str, share: int, chunk: int, iterations: int) -> No
                 conn.execute(f"ALTER TABLE {table} SET ({', '.join(f'{k} = {v}' for k, v in TUNED_STORAGE.items())})")
                 for statement in filter(None, ddl.format(t=table).split("; ")):
                     conn.execute(statement)
-            with psycopg.connect(dsn) as conn:
-                set_json_dumps(msgspec.json.encode, conn)
-                started = time.perf_counter()
-                for batch in row_chunks(0, share, 0, chunk):
-                    copy_rows(conn, table, batch, typed=label == "typed columns")
-                conn.commit()
-                seconds = time.perf_counter() - started
+            rows = streamed(share, 0, chunk)
+            started = time.perf_counter()
+            if label == "typed columns":
+                copy_typed(dsn, table, rows)
+            else:
+                raw_copy(dsn, rows, table)
+            seconds = time.perf_counter() - started
             size, count = on_disk(dsn, table)
             rng = random.Random(11)
             reads = []
