@@ -401,7 +401,8 @@ class MigrationEngine:
 
     def _cut_over(self, record: MigrationRecord) -> dict[str, Any]:
         target = self._target_placement(record)
-        _vacuum_targets(self._links(record), self.table)
+        if self.maps.current().placement_by_name() != target:  # a resumed migration published already: no need
+            _vacuum_targets(self._links(record), self.table)
         for attempt in range(1, self.policy.attempts + 1):
             current = self.maps.current()
             if current.placement_by_name() == target:
