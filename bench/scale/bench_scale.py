@@ -153,18 +153,32 @@ def postmaster_pids(stack: Stack) -> dict[str, int]:
     return pids
 
 
-def stage_seconds(
-    settings: TesseraSettings, since: datetime
-) -> tuple[dict[str, float], str | None, dict[str, list[tuple[float, float]]]]:
-    """Per step key, the seconds from each start to its success, summed over the runs created since ``since``;
-    the first failed step's key (None: none failed); and per step key its (start, end) wall-clock windows."""
+@dataclass
+class EventLog:
+    """What the runs created since a moment tell about their steps, read in one pass over Dagster's event log."""
+
+    seconds: dict[str, float]  # step key -> seconds from each start to its success, summed over the runs
+    windows: dict[str, list[tuple[float, float]]]  # step key -> its (start, end) wall-clock windows
+    failed: str | None  # the first failed step's key (None: none failed)
+    parts: dict[str, float]  # "<asset>: seconds_<part>" -> the ``seconds_*`` metadata of its materializations, summed
+
+
+def read_event_log(settings: TesseraSettings, since: datetime) -> EventLog:
+    """Step timings, the first failure, and each asset's own breakdown of its time (``seconds_*`` entries of its
+    materializations, e.g. the features' query, write and check) of the runs created since ``since``."""
     apply_env(dagster_env(settings))
     import dagster as dg
     from dagster._core.events import DagsterEventType
 
-    wanted = {DagsterEventType.STEP_START, DagsterEventType.STEP_SUCCESS, DagsterEventType.STEP_FAILURE}
-    totals: dict[str, float] = defaultdict(float)
+    wanted = {
+        DagsterEventType.STEP_START,
+        DagsterEventType.STEP_SUCCESS,
+        DagsterEventType.STEP_FAILURE,
+        DagsterEventType.ASSET_MATERIALIZATION,
+    }
+    seconds: dict[str, float] = defaultdict(float)
     windows: dict[str, list[tuple[float, float]]] = defaultdict(list)
+    parts: dict[str, float] = defaultdict(float)
     failed: str | None = None
     with dg.DagsterInstance.get() as instance:
         records = instance.get_run_records(filters=dg.RunsFilter(created_after=since))
@@ -172,37 +186,25 @@ def stage_seconds(
             started: dict[str, float] = {}
             for entry in instance.all_logs(record.dagster_run.run_id, of_type=wanted):
                 event = entry.dagster_event
-                if event is None or event.step_key is None:
+                if event is None:
                     continue
-                if event.event_type == DagsterEventType.STEP_START:
-                    started[event.step_key] = entry.timestamp
-                elif event.event_type == DagsterEventType.STEP_SUCCESS and event.step_key in started:
-                    began = started.pop(event.step_key)
-                    totals[event.step_key] += entry.timestamp - began
-                    windows[event.step_key].append((began, entry.timestamp))
+                step = event.step_key
+                if event.event_type == DagsterEventType.ASSET_MATERIALIZATION:
+                    materialization = entry.asset_materialization
+                    for name, value in (materialization.metadata if materialization else {}).items():
+                        if name.startswith("seconds_"):
+                            parts[f"{materialization.asset_key.to_user_string()}: {name}"] += float(value.value)
+                elif step is None:
+                    continue
+                elif event.event_type == DagsterEventType.STEP_START:
+                    started[step] = entry.timestamp
+                elif event.event_type == DagsterEventType.STEP_SUCCESS and step in started:
+                    began = started.pop(step)
+                    seconds[step] += entry.timestamp - began
+                    windows[step].append((began, entry.timestamp))
                 elif event.event_type == DagsterEventType.STEP_FAILURE and failed is None:
-                    failed = event.step_key
-    return dict(totals), failed, dict(windows)
-
-
-def stage_parts(settings: TesseraSettings, since: datetime) -> dict[str, float]:
-    """The ``seconds_*`` entries of the materializations since ``since`` (an asset's own breakdown of its time,
-    e.g. the features' query, write and check), summed per asset and entry."""
-    apply_env(dagster_env(settings))
-    import dagster as dg
-    from dagster._core.events import DagsterEventType
-
-    parts: dict[str, float] = defaultdict(float)
-    with dg.DagsterInstance.get() as instance:
-        for record in instance.get_run_records(filters=dg.RunsFilter(created_after=since)):
-            for entry in instance.all_logs(record.dagster_run.run_id, of_type=DagsterEventType.ASSET_MATERIALIZATION):
-                materialization = entry.asset_materialization
-                if materialization is None:
-                    continue
-                for name, value in materialization.metadata.items():
-                    if name.startswith("seconds_"):
-                        parts[f"{materialization.asset_key.to_user_string()}: {name}"] += float(value.value)
-    return dict(parts)
+                    failed = step
+    return EventLog(dict(seconds), dict(windows), failed, dict(parts))
 
 
 def stage_peaks(
@@ -257,16 +259,18 @@ def run_size(raw_rows: int, days: int, root: Path, timeout_s: float, sample_s: f
                     proc.wait()
                     rc = None
         wall = time.perf_counter() - started
-        stages, failed, windows = stage_seconds(settings, since)
+        events = read_event_log(settings, since)
+        stages, failed = events.seconds, events.failed
         if rc != 0:
             stage = failed or (max(stages, key=stages.get) if stages else "before the first step")
             why = f"ran out of time after {timeout_s / 60:.0f} min" if rc is None else f"failed (exit {rc})"
             tail = log.read_text(errors="replace")[-2000:]
             raise ScaleRunError(f"{raw_rows:,} raw rows: the main job {why} in stage {stage!r}\n{tail}")
         per_row, rows = disk_per_row(settings)
-        peaks = stage_peaks(sampler.series, windows)
-        parts = stage_parts(settings, since)
-        return SizeResult(raw_rows, entities, servers, wall, stages, dict(sampler.peak_mb), peaks, parts, per_row, rows)
+        peaks = stage_peaks(sampler.series, events.windows)
+        return SizeResult(
+            raw_rows, entities, servers, wall, stages, dict(sampler.peak_mb), peaks, events.parts, per_row, rows
+        )
     finally:
         stack.down(purge=True)
 
