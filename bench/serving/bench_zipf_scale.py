@@ -115,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
         last = [-1]
 
         def settled() -> bool:
-            keys, last[0] = client.dbsize(), last[0]
+            keys = client.dbsize()
             done = keys == last[0] and keys > 0
             last[0] = keys
             return done
