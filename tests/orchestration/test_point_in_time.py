@@ -9,12 +9,13 @@ from datetime import timedelta
 import dagster as dg
 import pandas as pd
 import psycopg
+import psycopg.sql
 import pytest
 from psycopg.types.json import Jsonb
 
 from orchestration import labels as labels_mod
 from orchestration.defs.point_in_time import check_skew
-from orchestration.feature_engineering import FEATURES, end_of_day, features_as_of
+from orchestration.feature_engineering import ACTIVE_ON_DAY, FEATURES, end_of_day, features_as_of, features_query
 from orchestration.labels import LABEL, LabelSpec
 from orchestration.point_in_time import (
     FEATURE_TS,
@@ -78,6 +79,29 @@ def test_online_rows_are_the_historical_features_as_of_each_day(graph, settings,
         assert offline[FEATURE_TS].tolist() == labels_mod.utc_times(online["event_ts"]).tolist()
         for feature in FEATURES:
             assert offline[feature].tolist() == online[feature].tolist(), feature
+
+
+def _raw_event_scans(plan: dict) -> list[tuple[str, str | None]]:
+    """(node type, index) of every plan node that reads raw_events."""
+    found = [(plan["Node Type"], plan.get("Index Name"))] if plan.get("Relation Name") == "raw_events" else []
+    return found + [scan for child in plan.get("Plans", []) for scan in _raw_event_scans(child)]
+
+
+@pytest.mark.req("PLAT.features-index-only")
+def test_the_feature_window_reads_the_raw_events_index_only(graph, settings, days) -> None:
+    """At 10M raw rows the window's events, one heap page each, were most of the features stage's time
+    (docs/benchmarks.md): both forms of the one definition must be answerable from raw_events_window alone.
+    With every other way to read the table priced out, a column the index lacks leaves a sequential scan."""
+    pairs = "SELECT DISTINCT entity_id, now() AS as_of FROM raw_events WHERE entity_id IS NOT NULL"
+    with psycopg.connect(settings.catalog_dsn) as conn:
+        for off in ("enable_seqscan", "enable_bitmapscan", "enable_indexscan"):
+            conn.execute(f"SET LOCAL {off} = off")
+        for entities, params in ((ACTIVE_ON_DAY, {"day": days[5], "as_of": end_of_day(days[5])}), (pairs, None)):
+            query = psycopg.sql.SQL("EXPLAIN (FORMAT JSON) ") + features_query(entities)
+            plan = conn.execute(query, params).fetchone()[0][0]["Plan"]
+            window_reads = [s for s in _raw_event_scans(plan) if s[1] != "raw_events_pkey"]
+            assert window_reads, plan
+            assert set(window_reads) == {("Index Only Scan", "raw_events_window")}, window_reads
 
 
 @pytest.mark.req("PLAT.historical-features")
