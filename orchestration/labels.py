@@ -22,6 +22,7 @@ import pandas as pd
 import psycopg
 
 from orchestration.feature_engineering import end_of_day
+from orchestration.sql_frames import query_frame
 
 LABEL = "churned"
 
@@ -95,11 +96,8 @@ def as_of_dates(first_day: date, last_day: date, spec: LabelSpec) -> list[dateti
 
 def churn_labels(catalog_dsn: str, as_of: list[datetime], horizon_days: int) -> pd.DataFrame:
     """One row per eligible (as_of, entity_id) with its boolean label; columns as_of, entity_id, churned."""
-    with psycopg.connect(catalog_dsn) as conn, conn.cursor() as cur:
-        cur.execute(LABELS_AT, {"as_of": as_of, "h": horizon_days})
-        frame = pd.DataFrame(cur.fetchall(), columns=["as_of", "entity_id", LABEL])
-    frame["as_of"] = utc_times(frame["as_of"])
-    return frame
+    with psycopg.connect(catalog_dsn) as conn:
+        return query_frame(conn, LABELS_AT, {"as_of": as_of, "h": horizon_days})
 
 
 def build_labels(catalog_dsn: str, spec: LabelSpec) -> pd.DataFrame:
@@ -131,11 +129,11 @@ def store_labels(catalog_dsn: str, frame: pd.DataFrame, horizon_days: int) -> No
 
 def load_labels(catalog_dsn: str) -> pd.DataFrame:
     """The stored labels (as_of, entity_id, churned, horizon_days)."""
-    with psycopg.connect(catalog_dsn) as conn, conn.cursor() as cur:
-        cur.execute("SELECT as_of, entity_id, churned, horizon_days FROM churn_labels ORDER BY as_of, entity_id")
-        frame = pd.DataFrame(cur.fetchall(), columns=["as_of", "entity_id", LABEL, "horizon_days"])
-    frame["as_of"] = utc_times(frame["as_of"])
-    return frame
+    with psycopg.connect(catalog_dsn) as conn:
+        return query_frame(
+            conn,
+            f"SELECT as_of, entity_id, churned AS {LABEL}, horizon_days FROM churn_labels ORDER BY as_of, entity_id",
+        )
 
 
 def stored_horizon(catalog_dsn: str) -> int:

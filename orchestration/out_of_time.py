@@ -82,5 +82,10 @@ def fit_gbm(train: pd.DataFrame, valid: pd.DataFrame, *, ntrees: int, max_depth:
 def latest_state_frame(exported: Iterable[ExportedRow], labels: pd.DataFrame) -> pd.DataFrame:
     """The old way, for comparison only: every label row gets its entity's *latest* stored features (computed
     from events up to the entity's last active day, often after the as-of time)."""
-    latest = pd.DataFrame([{"entity_id": r.entity_id, **{f: r.features.get(f) for f in FEATURES}} for r in exported])
+    columns: dict[str, list] = {"entity_id": [], **{f: [] for f in FEATURES}}
+    for row in exported:  # column lists as the rows stream by: no dict kept per entity
+        columns["entity_id"].append(row.entity_id)
+        for f in FEATURES:
+            columns[f].append(row.features.get(f))
+    latest = pd.DataFrame(columns)
     return labels[["as_of", "entity_id", LABEL]].merge(latest, on="entity_id", how="inner")

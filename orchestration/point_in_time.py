@@ -14,10 +14,10 @@ from dataclasses import dataclass
 
 import pandas as pd
 import psycopg
-from psycopg.rows import dict_row
 
 from orchestration.feature_engineering import FEATURES, features_query
 from orchestration.labels import LABEL, utc_times
+from orchestration.sql_frames import query_frame
 
 FEATURE_TS = "feature_ts"  # the newest event a row's features were computed from
 PAIRS = "SELECT entity_id, as_of FROM pg_temp.tessera_pit_entities"
@@ -43,18 +43,14 @@ def get_historical_features(catalog_dsn: str, entity_frame: pd.DataFrame) -> pd.
     nulls (as Feast returns them)."""
     pairs = _entity_pairs(entity_frame)
     unique = pairs.drop_duplicates()
-    with psycopg.connect(catalog_dsn) as conn, conn.cursor(row_factory=dict_row) as cur:
+    with psycopg.connect(catalog_dsn) as conn, conn.cursor() as cur:
         cur.execute("CREATE TEMP TABLE tessera_pit_entities (entity_id text NOT NULL, as_of timestamptz NOT NULL)")
         with cur.copy("COPY tessera_pit_entities (entity_id, as_of) FROM STDIN") as copy:
             for entity_id, as_of in unique.itertuples(index=False):
                 copy.write_row((entity_id, as_of.to_pydatetime()))
         cur.execute("ANALYZE tessera_pit_entities")
-        cur.execute(features_query(PAIRS))
-        rows = cur.fetchall()
-    computed = pd.DataFrame(rows, columns=["entity_id", "as_of", "event_ts", *FEATURES])
+        computed = query_frame(conn, features_query(PAIRS))
     computed = computed.rename(columns={"event_ts": FEATURE_TS})
-    computed["as_of"] = utc_times(computed["as_of"])
-    computed[FEATURE_TS] = utc_times(computed[FEATURE_TS])
     if (computed[FEATURE_TS] > computed["as_of"]).any():  # the SQL cannot do this; the guard says why it matters
         raise LeakageError("a historical feature row was computed from an event after its as-of time")
     out = entity_frame.drop(columns=[c for c in (FEATURE_TS, *FEATURES) if c in entity_frame.columns])

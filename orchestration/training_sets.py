@@ -9,10 +9,12 @@ import json
 import dagster as dg
 import pandas as pd
 import psycopg
+from psycopg import sql
 
 from orchestration.feature_engineering import CATEGORICAL_FEATURES, FEATURES
-from orchestration.labels import LABEL, utc_times
+from orchestration.labels import LABEL
 from orchestration.point_in_time import FEATURE_TS
+from orchestration.sql_frames import query_frame
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS churn_training_set (
@@ -50,18 +52,11 @@ def store(catalog_dsn: str, frame: pd.DataFrame, features: list[str]) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(hashtext('tessera_churn_training_set'))")
         cur.execute(SCHEMA)
         cur.execute("DELETE FROM churn_training_set")
+        rows = frame[["as_of", "entity_id", LABEL, FEATURE_TS, *features]].itertuples(index=False, name=None)
         with cur.copy("COPY churn_training_set (as_of, entity_id, churned, feature_ts, features) FROM STDIN") as cp:
-            for row in frame[["as_of", "entity_id", LABEL, FEATURE_TS, *features]].to_dict("records"):
-                values = {f: _plain(row[f]) for f in features}
-                cp.write_row(
-                    (
-                        row["as_of"].to_pydatetime(),
-                        row["entity_id"],
-                        bool(row[LABEL]),
-                        row[FEATURE_TS].to_pydatetime(),
-                        json.dumps(values),
-                    )
-                )
+            for as_of, entity_id, label, feature_ts, *values in rows:  # one row at a time: no list of dicts
+                features_json = json.dumps({f: _plain(v) for f, v in zip(features, values, strict=True)})
+                cp.write_row((as_of.to_pydatetime(), entity_id, bool(label), feature_ts.to_pydatetime(), features_json))
 
 
 def _plain(value: object) -> object:
@@ -71,16 +66,17 @@ def _plain(value: object) -> object:
 
 
 def load(catalog_dsn: str) -> pd.DataFrame:
-    """The stored training set: as_of, entity_id, churned, feature_ts and one column per feature."""
-    with psycopg.connect(catalog_dsn) as conn, conn.cursor() as cur:
-        cur.execute(
-            "SELECT as_of, entity_id, churned, feature_ts, features FROM churn_training_set ORDER BY as_of, entity_id"
+    """The stored training set: as_of, entity_id, churned, feature_ts and one column per feature (numeric ones
+    as float64, as H2O reads them), parsed column by column (orchestration/sql_frames.py)."""
+    columns = sql.SQL(", ").join(
+        sql.SQL("(features ->> {}){} AS {}").format(
+            sql.Literal(f), sql.SQL("" if f in CATEGORICAL_FEATURES else "::float8"), sql.Identifier(f)
         )
-        rows = cur.fetchall()
-    frame = pd.DataFrame(
-        [(a, e, c, t, *(f.get(n) for n in FEATURES)) for a, e, c, t, f in rows],
-        columns=["as_of", "entity_id", LABEL, FEATURE_TS, *FEATURES],
+        for f in FEATURES
     )
-    frame["as_of"] = utc_times(frame["as_of"])
-    frame[FEATURE_TS] = utc_times(frame[FEATURE_TS])
-    return frame
+    query = sql.SQL(
+        "SELECT as_of, entity_id, churned AS {label}, feature_ts AS {ts}, {columns} FROM churn_training_set "
+        "ORDER BY as_of, entity_id"
+    ).format(label=sql.Identifier(LABEL), ts=sql.Identifier(FEATURE_TS), columns=columns)
+    with psycopg.connect(catalog_dsn) as conn:
+        return query_frame(conn, query)

@@ -37,6 +37,7 @@ SHARED_FIXTURE_GROUPS: dict[str, tuple[str, ...]] = {
         "tests/orchestration/test_pipeline.py",
         "tests/orchestration/test_point_in_time.py",
         "tests/orchestration/test_promotion.py",
+        "tests/orchestration/test_sql_frames.py",
     ),
     # (`tests/orchestration/test_shard_migration_job.py` runs its own stack and webserver: a unit of its own.)
     "asset-graph-ui": ("tests/orchestration/test_dagster_ui.py",),

@@ -44,8 +44,7 @@ def _fit(config: TrainConfig, train, valid) -> out_of_time.Fitted:
 def _latest_state_auc(config: TrainConfig, tessera: TesseraResource, frame, horizon: int) -> float:
     """The same labels and split with each entity's latest stored features (what training used before)."""
     with tessera.feature_store() as store:
-        exported = list(export_feature_set(store.shard_map, tessera.feature_set))
-    latest = out_of_time.latest_state_frame(exported, frame)
+        latest = out_of_time.latest_state_frame(export_feature_set(store.shard_map, tessera.feature_set), frame)
     train, valid = out_of_time.split(latest, horizon, config.validation_dates)
     fitted = out_of_time.fit_gbm(train, valid, ntrees=config.ntrees, max_depth=config.max_depth, seed=config.seed)
     return fitted.metrics["auc"]
