@@ -24,8 +24,8 @@ import h2o
 import pandas as pd
 from pydantic import Field
 
-from orchestration import h2o_runtime
-from orchestration.settings import DEFAULT_H2O_MAX_MEM
+from orchestration import h2o_heap, h2o_runtime
+from orchestration.settings import DEFAULT_H2O_MAX_MEM, H2O_MAX_MEM_PATTERN
 from orchestration.synthetic import generate_day
 from shardctl.credentials import DbCredentials, with_credentials
 from shardctl.settings import TesseraSettings
@@ -165,25 +165,30 @@ class H2OResource(dg.ConfigurableResource):
     url: str | None = Field(default=None, description="An existing H2O cluster; unset: a local JVM per step.")
     max_mem: str = Field(
         default=DEFAULT_H2O_MAX_MEM,
-        pattern=r"^\d+[mMgG]$",
-        description="Heap of a local JVM (java -Xmx).",
+        pattern=H2O_MAX_MEM_PATTERN,
+        description="Heap of a local JVM (java -Xmx), or auto: sized from the data the step loads.",
     )
     nthreads: int = Field(default=2, ge=1, le=256, description="Threads of a local JVM.")
     java_home: str | None = Field(default=None, description="Java 8-17 home for a local JVM; unset: found.")
     work_dir: str = Field(default=".tessera/h2o", description="Where a local JVM keeps its logs.")
 
     @contextmanager
-    def cluster(self, log: dg.DagsterLogManager | None = None) -> Iterator[str]:
-        """Connect the h2o client for the duration of the block; yields the cluster URL."""
+    def cluster(self, log: dg.DagsterLogManager | None = None, *, rows: int = 0, columns: int = 0) -> Iterator[str]:
+        """Connect the h2o client for the duration of the block; yields the cluster URL. ``rows`` x ``columns``
+        is the most data the block loads at once: with ``max_mem=auto`` a local JVM's heap is sized from it."""
         if self.url:
             h2o_runtime.connect(self.url)
             yield self.url
             return
+        try:
+            max_mem = h2o_heap.max_mem_for(self.max_mem, rows, columns)
+        except h2o_heap.HeapTooSmallError as exc:
+            raise dg.Failure(str(exc)) from exc
         local = h2o_runtime.start_local_h2o(
-            Path(self.work_dir), max_mem=self.max_mem, nthreads=self.nthreads, java_home=self.java_home
+            Path(self.work_dir), max_mem=max_mem, nthreads=self.nthreads, java_home=self.java_home
         )
         if log:
-            log.info(f"started H2O (pid {local.pid}) at {local.url}")
+            log.info(f"started H2O (pid {local.pid}, heap {max_mem}) at {local.url}")
         try:
             h2o_runtime.connect(local.url)
             yield local.url

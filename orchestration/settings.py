@@ -14,9 +14,11 @@ from shardctl.credentials import DbCredentialFields
 from shardctl.java import JavaSettings
 from shardctl.settings import SectionSettings, section_config
 
-# The heap of an H2O JVM the pipeline starts itself (this section's default, and so the H2O resource's). 1 GB
-# trains the pipeline's GBM; on a 2-core development box a bigger heap only takes memory from Postgres.
-DEFAULT_H2O_MAX_MEM = "1G"
+# The heap of an H2O JVM the pipeline starts itself (this section's default, and so the H2O resource's): sized
+# from the data each step loads (orchestration/h2o_heap.py), at least 1 GB (what the demo's GBM trains in), so a
+# 2-core development box gives no more than that to a JVM and a 10x larger training set gets what it needs.
+DEFAULT_H2O_MAX_MEM = "auto"
+H2O_MAX_MEM_PATTERN = r"^(\d+[mMgG]|auto)$"
 
 
 class PipelineSettings(SectionSettings, DbCredentialFields):
@@ -42,7 +44,7 @@ class H2OSettings(JavaSettings):
 
     url: str | None = None
     nthreads: int = Field(default=2, ge=1, le=256)
-    max_mem: str = Field(default=DEFAULT_H2O_MAX_MEM, pattern=r"^\d+[mMgG]$")
+    max_mem: str = Field(default=DEFAULT_H2O_MAX_MEM, pattern=H2O_MAX_MEM_PATTERN)
 
 
 class ScorerRoleSettings(SectionSettings, DbCredentialFields):

@@ -54,7 +54,7 @@ def test_training_and_scoring_read_the_one_java_home_the_stack_records(stack_fil
 def test_the_h2o_heap_has_one_default(tmp_path: Path, monkeypatch) -> None:
     monkeypatch.setenv("TESSERA_SETTINGS_FILE", str(tmp_path / "absent.json"))
     monkeypatch.delenv("TESSERA_H2O__MAX_MEM", raising=False)
-    assert H2OResource().max_mem == H2OSettings().max_mem == "1G"
+    assert H2OResource().max_mem == H2OSettings().max_mem == "auto"
 
 
 def test_a_bad_value_is_refused_by_its_section() -> None:

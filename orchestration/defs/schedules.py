@@ -17,8 +17,8 @@ model_job = dg.define_asset_job(
     "check), train, register and promote.",
     tags={
         "tessera/h2o": "train",
-        # On Kubernetes (k8s/dagster/instance.yaml) the run pod is sized for the H2O JVM (TESSERA_H2O__MAX_MEM and
-        # its threads) plus the Python process; the run queue lets one tessera/h2o run at a time.
+        # On Kubernetes (k8s/dagster/instance.yaml) the run pod is sized for the H2O JVM (TESSERA_H2O__MAX_MEM=auto
+        # gives it up to half the limit) plus the Python process; the run queue lets one tessera/h2o run at a time.
         "dagster-k8s/config": {
             "container_config": {"resources": {"requests": {"cpu": "2", "memory": "3Gi"}, "limits": {"memory": "4Gi"}}},
         },
