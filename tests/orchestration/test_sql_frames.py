@@ -31,13 +31,21 @@ def test_a_parsed_frame_has_the_values_and_types_of_the_fetched_rows(settings) -
         cur = conn.execute(ODD_ROWS)
         fetched = pd.DataFrame(cur.fetchall(), columns=[c.name for c in cur.description])
     assert list(parsed.columns) == list(fetched.columns)
-    assert parsed["code"].tolist()[:2] == ["007", 'x,"y"'] and pd.isna(parsed.loc[2, "code"])  # text stays text
-    assert parsed["note"].tolist()[0] == "" and pd.isna(parsed.loc[1, "note"])  # empty string is not NULL
-    assert parsed["n"].dtype == "int64" and parsed["n"].tolist() == [1, 2, 3]
-    assert parsed["maybe_n"].dtype == "float64" and pd.isna(parsed.loc[1, "maybe_n"])
-    assert parsed["x"].dtype == "float64" and parsed["x"].tolist()[2] == 2.0  # a float8 "2" stays a float
-    assert parsed["flag"].tolist()[0] is True and parsed["flag"].tolist()[2] is False and pd.isna(parsed.loc[1, "flag"])
-    assert parsed["amount"].dtype == "float64" and parsed["amount"].tolist()[0] == 2.5
+    assert parsed["code"].tolist()[:2] == ["007", 'x,"y"']
+    assert pd.isna(parsed.loc[2, "code"])
+    assert parsed["note"].tolist()[0] == ""
+    assert pd.isna(parsed.loc[1, "note"])
+    assert parsed["n"].dtype == "int64"
+    assert parsed["n"].tolist() == [1, 2, 3]
+    assert parsed["maybe_n"].dtype == "float64"
+    assert pd.isna(parsed.loc[1, "maybe_n"])
+    assert parsed["x"].dtype == "float64"
+    assert parsed["x"].tolist()[2] == 2.0
+    assert parsed["flag"].tolist()[0] is True
+    assert parsed["flag"].tolist()[2] is False
+    assert pd.isna(parsed.loc[1, "flag"])
+    assert parsed["amount"].dtype == "float64"
+    assert parsed["amount"].tolist()[0] == 2.5
     expected_ts = pd.to_datetime(fetched["ts"], utc=True).dt.as_unit("us")
     assert str(parsed["ts"].dtype) == "datetime64[us, UTC]"
     pd.testing.assert_series_equal(parsed["ts"], expected_ts)
