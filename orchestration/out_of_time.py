@@ -44,9 +44,13 @@ def split(frame: pd.DataFrame, horizon_days: int, validation_dates: int) -> tupl
     return train, valid
 
 
+# The columns of every frame H2O gets: the features and the label (what the H2O heap is sized from).
+FRAME_COLUMNS = (*FEATURES, LABEL)
+
+
 def h2o_frame(frame: pd.DataFrame) -> h2o.H2OFrame:
     """The features and the label ("yes"/"no") with explicit column types."""
-    data = frame[[*FEATURES, LABEL]].copy()
+    data = frame[list(FRAME_COLUMNS)].copy()
     data[LABEL] = data[LABEL].map({True: "yes", False: "no"})
     types = {c: "enum" for c in (*CATEGORICAL_FEATURES, LABEL)}
     types.update({c: "real" for c in FEATURES if c not in CATEGORICAL_FEATURES})

@@ -69,7 +69,7 @@ def churn_model(
     models_dir = Path(tessera.data_dir) / "models" / tessera.model_name
     staging = models_dir / f"staging-{uuid.uuid4().hex[:12]}"
     # The largest frame H2O holds at once: the training rows (the latest-state baseline has the same rows).
-    with h2o_cluster.cluster(context.log, rows=len(frame), columns=len(FEATURES) + 1):
+    with h2o_cluster.cluster(context.log, rows=len(frame), columns=len(out_of_time.FRAME_COLUMNS)):
         trained = _fit(config, train, valid)
         latest_auc = _latest_state_auc(config, tessera, frame, horizon) if config.compare_latest_state else None
         mojo, jar = model_artifacts.export_mojo(trained.model, staging)
@@ -154,7 +154,7 @@ def production_model(
         )
     try:
         rows = promotion.validation_rows(training_sets.load(tessera.dsn()), newest)
-        with h2o_cluster.cluster(context.log, rows=len(rows), columns=len(FEATURES) + 1):
+        with h2o_cluster.cluster(context.log, rows=len(rows), columns=len(out_of_time.FRAME_COLUMNS)):
             decision = promotion.promote_if_better(
                 registry, newest, serving, rows, metric=config.metric, margin=config.margin
             )
