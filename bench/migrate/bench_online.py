@@ -105,8 +105,11 @@ def migrate(engine: MigrationEngine, to_servers: list[str], details: list[dict] 
     return times
 
 
-def raw_copy(source: str, target: str, logical_shards: list[int]) -> tuple[int, float]:
-    """The same rows streamed source -> a scratch copy of the table on target with COPY; (rows, seconds)."""
+def raw_copy(source: str, target: str, logical_shards: list[int], scratch: str = "bench_raw_copy") -> tuple[int, float]:
+    """The same rows streamed source -> a scratch copy of the table on target with COPY; (rows, seconds).
+
+    The scratch table has the feature table's columns, indexes and storage settings (its fillfactor of 50 doubles
+    the heap pages a copy writes), so the raw COPY writes what the migration's copy writes."""
     with psycopg.connect(source) as src:
         columns = [
             r[0]
@@ -117,8 +120,10 @@ def raw_copy(source: str, target: str, logical_shards: list[int]) -> tuple[int, 
         ]
     listed = ", ".join(columns)
     with psycopg.connect(target, autocommit=True) as dst:
-        dst.execute("DROP TABLE IF EXISTS bench_raw_copy")
-        dst.execute("CREATE TABLE bench_raw_copy (LIKE entity_features INCLUDING DEFAULTS INCLUDING INDEXES)")
+        options = dst.execute("SELECT reloptions FROM pg_class WHERE oid = 'entity_features'::regclass").fetchone()
+        storage = f" WITH ({', '.join(options[0])})" if options and options[0] else ""
+        dst.execute(f"DROP TABLE IF EXISTS {scratch}")
+        dst.execute(f"CREATE TABLE {scratch} (LIKE entity_features INCLUDING DEFAULTS INCLUDING INDEXES){storage}")
     start = time.perf_counter()
     with psycopg.connect(source) as src, psycopg.connect(target) as dst:
         with (
@@ -126,14 +131,14 @@ def raw_copy(source: str, target: str, logical_shards: list[int]) -> tuple[int, 
                 f"COPY (SELECT {listed} FROM entity_features WHERE logical_shard = ANY(%s)) TO STDOUT",
                 (logical_shards,),
             ) as out,
-            dst.cursor().copy(f"COPY bench_raw_copy ({listed}) FROM STDIN") as into,
+            dst.cursor().copy(f"COPY {scratch} ({listed}) FROM STDIN") as into,
         ):
             for chunk in out:
                 into.write(chunk)
-        rows = dst.execute("SELECT count(*) FROM bench_raw_copy").fetchone()[0]  # type: ignore[index]
+        rows = dst.execute(f"SELECT count(*) FROM {scratch}").fetchone()[0]  # type: ignore[index]
     seconds = time.perf_counter() - start
     with psycopg.connect(target, autocommit=True) as dst:
-        dst.execute("DROP TABLE bench_raw_copy")
+        dst.execute(f"DROP TABLE {scratch}")
     return rows, seconds
 
 

@@ -207,3 +207,29 @@ def test_a_lost_slot_is_reported_and_a_fresh_copy_recovers(servers: ServerPair, 
     report = verify(servers.source, servers.target, MOVING, table=moved_table)
     assert report.clean, report.summary()
     assert replication.teardown(link).complete
+
+
+@pytest.mark.req("JTBD-03.migration-replication")
+def test_links_to_one_target_are_subscribed_in_one_transaction_and_copy_together(
+    servers: ServerPair, moved_table: MovedTable
+) -> None:
+    """A PG 15 target's launcher starts apply workers at most once per ``wal_retrieve_retry_interval``: links
+    subscribed one commit after another each waited that long to begin copying. ``start_all`` commits one
+    target's subscriptions together (the same creating transaction on the target), and a second call adds none."""
+    first = new_link(servers, moved_table, MOVING[::2], 3_000)
+    second = new_link(servers, moved_table, MOVING[1::2])
+    replication.start_all([first, second])
+    with psycopg.connect(servers.target) as conn:
+        creators = conn.execute(
+            "SELECT subname, xmin::text FROM pg_subscription WHERE subname = ANY(%s)", ([first.name, second.name],)
+        ).fetchall()
+    assert len(creators) == 2
+    assert creators[0][1] == creators[1][1], creators
+    assert replication.ensure_subscriptions([first, second]) == []
+    for link in (first, second):
+        replication.wait_synced(link, timeout=120)
+    assert rows_of(servers.target, moved_table, list(MOVING)) == rows_of(servers.source, moved_table, list(MOVING))
+    for link in (first, second):
+        assert replication.teardown(link, purge_target=True).complete
+    with pytest.raises(ValueError, match="one target"):
+        replication.ensure_subscriptions([first, replication.Link(first.name, first.source_dsn, "dbname=other", (1,))])

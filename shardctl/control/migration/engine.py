@@ -342,16 +342,16 @@ class MigrationEngine:
 
         Why one at a time per source: a table-sync slot is named ``pg_<subscription oid>_sync_<table oid>_<system
         id>`` after the target, and servers cloned from one template (the local stack's) share the system id and
-        OID counters, so two targets copying from one source at once can ask it for the same slot name."""
-        started = []
-        sources = set()
+        OID counters, so two targets copying from one source at once can ask it for the same slot name. The first
+        links of different sources start together (``replication.start_all``: one target's subscriptions in one
+        transaction, so its launcher starts every copy at once)."""
+        first: dict[str, replication.Link] = {}
         for link in self._links(record):
-            if link.source_dsn in sources:
-                continue
-            sources.add(link.source_dsn)
-            replication.start(link)
-            started.append(link.name)
-            self.on_progress(ProgressEvent("copying", f"link {link.name} set up"))
+            first.setdefault(link.source_dsn, link)
+        replication.start_all(list(first.values()))
+        started = [link.name for link in first.values()]
+        for name in started:
+            self.on_progress(ProgressEvent("copying", f"link {name} set up"))
         return {"links_started": started}
 
     def _synced(self, record: MigrationRecord) -> dict[str, Any]:
