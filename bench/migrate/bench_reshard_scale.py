@@ -16,7 +16,8 @@ open-loop client (``--client-rate`` requests a second of 10 ids each) run throug
   table with the feature table's indexes and storage settings); the ratio is the migration's time over the raw
   copy's (goal <= 1.3);
 - the cutover's write pause: the largest extra latency of an acknowledged write overlapping the ``cut_over`` phase
-  (its time minus the median write outside it), and the phase's fence and drain;
+  (its time minus the median write outside it), and the phase's fence, drain and final check (its method, time
+  and the keys it compared under the fence);
 - cleanup: the ``cleaned`` phase's duration (the moved rows deleted from the sources) and the client's p99 during
   it against its p99 outside every phase;
 - failed requests and writes, and the row-by-row audit (lost, stale, duplicated, misplaced rows).
@@ -150,6 +151,9 @@ def run(rows: int, chunk: int, client_rate: float, writer_interval: float, root:
             "cutover_write_pause_ms": round(1000 * max(pause)) if pause else None,
             "cutover_fence_held_ms": details[0].get("fence_held_ms") if details else None,
             "cutover_drain_ms": details[0].get("drain_ms") if details else None,
+            "cutover_final_check": {k: details[0].get(k) for k in ("final_check", "final_check_ms", "keys_compared")}
+            if details
+            else None,
             "cleanup_s": round(times["cleaned"][1] - times["cleaned"][0], 2),
             "client_p99_during_cleanup": client_p99(requests.sent_at, requests.latencies, [times["cleaned"]]),
             "client_p99_during_copy": client_p99(

@@ -15,7 +15,6 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -27,9 +26,10 @@ from psycopg import sql
 from shardctl.control.migration import cleanup, replication
 from shardctl.control.migration.disk import DeclaredCapacity, DiskSpaceSource, TargetDisk, check_targets, refusal
 from shardctl.control.migration.estimate import estimate_moves
+from shardctl.control.migration.final_check import FinalCheck
 from shardctl.control.migration.journal import ABORTABLE, PHASES, Journal, JournalError, MigrationRecord
 from shardctl.control.migration.plan import Move, PlanError, apply_moves, plan_moves
-from shardctl.control.migration.table import MovedTable, check_layout, count_rows
+from shardctl.control.migration.table import MovedTable, check_layout
 from shardctl.control.migration.verify import verify
 from shardctl.errors import ControlError, first_line
 from shardctl.store.fence import fence_epochs, raise_fence
@@ -44,8 +44,8 @@ class MigrationError(ControlError, RuntimeError):
 
 
 class FinalCheckError(MigrationError):
-    """The cutover's final check found moved logical shards whose row counts differ between source and target:
-    the cutover stops (no retry can fix a copy that lost rows)."""
+    """The cutover's final check (``final_check.py``) found moved logical shards that differ between source and
+    target: the cutover stops (no retry can fix a copy that lost rows)."""
 
 
 @contextmanager
@@ -425,18 +425,22 @@ class MigrationEngine:
         by_source: dict[str, list[int]] = {}
         for link in links:
             by_source.setdefault(link.source_dsn, []).extend(link.logical_shards)
-        started = time.monotonic()
+        check = FinalCheck(links, self.table)
         try:
+            check.prepare()  # before the fence: counts in snapshots held open (final_check.py)
+            started = time.monotonic()
             for dsn, shards in by_source.items():
                 raise_fence(dsn, shards, new_epoch, lock_timeout_s=self.policy.lock_wait_s)
             fenced = time.monotonic()
             for link in links:
                 replication.wait_caught_up(link, timeout=max(0.1, self.policy.drain_s - (time.monotonic() - fenced)))
             drained = time.monotonic()
-            for link, differing in _count_mismatches(links, self.table).items():
+            result = check.run()
+            checked = time.monotonic()
+            for link, differing in result.mismatches.items():
                 if differing:
                     raise FinalCheckError(
-                        f"final check of {link.name} failed: row counts differ on logical shards {differing}"
+                        f"final check of {link.name} failed: the copies differ on logical shards {differing}"
                     )
             published = self.maps.publish_placement(
                 target, expected_epoch=current.epoch, note=f"migration {record.id}: cutover"
@@ -451,11 +455,16 @@ class MigrationEngine:
             if isinstance(exc, FinalCheckError):
                 raise
             return None
+        finally:
+            check.close()
         done = time.monotonic()
         return {
             "epoch": published.epoch,
             "fence_held_ms": round((done - started) * 1000, 1),
             "drain_ms": round((drained - fenced) * 1000, 1),
+            "final_check_ms": round((checked - drained) * 1000, 1),
+            "final_check": result.method,
+            "keys_compared": result.keys_compared,
         }
 
     def _cleaned(self, record: MigrationRecord) -> dict[str, Any]:
@@ -576,35 +585,9 @@ def _eta(done: int, total: int, started: datetime | None) -> float | None:
 
 def _vacuum_targets(links: Sequence[replication.Link], table: MovedTable) -> None:
     """VACUUM the moved table on each target before the fence goes up: the copy left its pages unmarked in the
-    visibility map, so the final count under the fence would read every copied row's heap tuple (at 1.66M rows
-    moved, most of a second of the writers' pause); once vacuumed, it reads the index only."""
+    visibility map, so the final check's counts (before the fence where the change log serves, under it
+    otherwise) would read every copied row's heap tuple (at 1.66M rows moved, most of a second); once vacuumed,
+    they read the index only."""
     for target in sorted({link.target_dsn for link in links}):
         with psycopg.connect(target, autocommit=True, connect_timeout=5) as conn:
             conn.execute(sql.SQL("VACUUM (ANALYZE) {}").format(table.ident))
-
-
-def _count_mismatches(links: Sequence[replication.Link], table: MovedTable) -> dict[replication.Link, list[int]]:
-    """The final check under the fence: per link, the moved logical shards whose row counts differ between source
-    and target. Counting is an index range scan per logical shard; the content was compared row by row in
-    ``verified``, replication applies every later change in commit order, and the drain waited for each one
-    committed before the fence. A full checksum here held writers for as long as it took to read every moved row
-    (docs/benchmarks.md). The counts still read every moved row's index entry (a second at millions of rows), so
-    every server counts at once, each on its own connection: writers wait for the slowest count, not the sum."""
-
-    def counted(dsn: str, shards: Sequence[int]) -> dict[int, int]:
-        with psycopg.connect(dsn, connect_timeout=5) as conn:
-            return count_rows(conn, table, shards)
-
-    with ThreadPoolExecutor(max_workers=2 * len(links), thread_name_prefix="final-check") as pool:
-        counts = {
-            link: (
-                pool.submit(counted, link.source_dsn, link.logical_shards),
-                pool.submit(counted, link.target_dsn, link.logical_shards),
-            )
-            for link in links
-        }
-        mismatches = {}
-        for link, (source, target) in counts.items():
-            on_source, on_target = source.result(), target.result()
-            mismatches[link] = sorted(s for s in link.logical_shards if on_source.get(s, 0) != on_target.get(s, 0))
-    return mismatches

@@ -67,8 +67,8 @@ def verify(
     shards = sorted(set(logical_shards))
     barrier = catch_up or (lambda: None)
     report = VerifyReport()
-    with _connect(source_dsn) as source, _connect(target_dsn) as target:
-        columns = _common_columns(source, target, table)
+    with compare_connection(source_dsn) as source, compare_connection(target_dsn) as target:
+        columns = common_columns(source, target, table)
         src = _shard_sums(source, table, columns, shards)
         barrier()
         dst = _shard_sums(target, table, columns, shards)
@@ -85,9 +85,9 @@ def verify(
             if not pending:
                 break
             keys = sorted(pending)
-            src_rows = _hashes_of_keys(source, table, columns, keys)
+            src_rows = hashes_of_keys(source, table, columns, keys)
             barrier()
-            dst_rows = _hashes_of_keys(target, table, columns, keys)
+            dst_rows = hashes_of_keys(target, table, columns, keys)
             pending = {k: (src_rows.get(k), dst_rows.get(k)) for k in keys}
             pending = {k: v for k, v in pending.items() if v[0] != v[1]}
         final_src = count_rows(source, table, shards)
@@ -105,14 +105,15 @@ def verify(
     return report
 
 
-def _connect(dsn: str) -> psycopg.Connection:
+def compare_connection(dsn: str) -> psycopg.Connection:
+    """An autocommit connection whose row text (the hashes) does not depend on the server's settings."""
     conn = psycopg.connect(dsn, autocommit=True, connect_timeout=5)
     conn.execute("SET TIME ZONE 'UTC'")  # timestamptz text must not depend on each server's setting
     conn.execute("SET extra_float_digits = 3")
     return conn
 
 
-def _common_columns(source: psycopg.Connection, target: psycopg.Connection, table: MovedTable) -> list[str]:
+def common_columns(source: psycopg.Connection, target: psycopg.Connection, table: MovedTable) -> list[str]:
     query = "SELECT attname FROM pg_attribute WHERE attrelid = to_regclass(%s) AND attnum > 0 AND NOT attisdropped"
     src = {r[0] for r in source.execute(query, (table.name,))}
     dst = {r[0] for r in target.execute(query, (table.name,))}
@@ -145,15 +146,22 @@ def _row_hashes(conn: psycopg.Connection, table: MovedTable, columns: list[str],
     return {tuple(r[:-1]): r[-1] for r in conn.execute(query, (shards,))}
 
 
-def _hashes_of_keys(conn: psycopg.Connection, table: MovedTable, columns: list[str], keys: list[Key]) -> dict:
-    """Row hashes of exactly these keys (one round trip: the keys travel as arrays, one per key column;
-    the key columns after ``logical_shard`` are text in the moved layout)."""
-    arrays = [list(col) for col in zip(*keys, strict=True)]
-    types = ["int[]", *["text[]"] * len(table.key)]
-    query = sql.SQL("SELECT {keys}, {h} FROM {table} WHERE ({keys}) IN (SELECT * FROM unnest({arrays}))").format(
-        keys=_key_columns(table),
-        h=_row_hash(columns),
-        table=table.ident,
-        arrays=sql.SQL(", ").join(sql.SQL("%s::" + t) for t in types),
+def hashes_of_keys(conn: psycopg.Connection, table: MovedTable, columns: list[str], keys: list[Key]) -> dict:
+    """Row hashes of exactly these keys, in one round trip (``keys_filter``)."""
+    condition, arrays = keys_filter(table, keys)
+    query = sql.SQL("SELECT {keys}, {h} FROM {table} WHERE {condition}").format(
+        keys=_key_columns(table), h=_row_hash(columns), table=table.ident, condition=condition
     )
     return {tuple(r[:-1]): r[-1] for r in conn.execute(query, arrays)}
+
+
+def keys_filter(table: MovedTable, keys: list[Key]) -> tuple[sql.Composable, list[list]]:
+    """A condition that holds for exactly these keys, and its parameters: the keys travel as arrays, one per key
+    column (the key columns after ``logical_shard`` are text in the moved layout), and each is found by the
+    primary key's index."""
+    arrays = [list(col) for col in zip(*keys, strict=True)]
+    types = ["int[]", *["text[]"] * len(table.key)]
+    condition = sql.SQL("({keys}) IN (SELECT * FROM unnest({arrays}))").format(
+        keys=_key_columns(table), arrays=sql.SQL(", ").join(sql.SQL("%s::" + t) for t in types)
+    )
+    return condition, arrays
