@@ -108,8 +108,9 @@ def migrate(engine: MigrationEngine, to_servers: list[str], details: list[dict] 
 def raw_copy(source: str, target: str, logical_shards: list[int], scratch: str = "bench_raw_copy") -> tuple[int, float]:
     """The same rows streamed source -> a scratch copy of the table on target with COPY; (rows, seconds).
 
-    The scratch table has the feature table's columns, indexes and storage settings (its fillfactor of 50 doubles
-    the heap pages a copy writes), so the raw COPY writes what the migration's copy writes."""
+    The scratch table has the feature table's columns, generated column, indexes and storage settings (its
+    fillfactor of 50 doubles the heap pages a copy writes; the target computes ``entity_hash`` for every row it
+    receives), so the raw COPY writes what the migration's copy writes."""
     with psycopg.connect(source) as src:
         columns = [
             r[0]
@@ -123,7 +124,8 @@ def raw_copy(source: str, target: str, logical_shards: list[int], scratch: str =
         options = dst.execute("SELECT reloptions FROM pg_class WHERE oid = 'entity_features'::regclass").fetchone()
         storage = f" WITH ({', '.join(options[0])})" if options and options[0] else ""
         dst.execute(f"DROP TABLE IF EXISTS {scratch}")
-        dst.execute(f"CREATE TABLE {scratch} (LIKE entity_features INCLUDING DEFAULTS INCLUDING INDEXES){storage}")
+        like = "LIKE entity_features INCLUDING DEFAULTS INCLUDING GENERATED INCLUDING INDEXES"
+        dst.execute(f"CREATE TABLE {scratch} ({like}){storage}")
     start = time.perf_counter()
     with psycopg.connect(source) as src, psycopg.connect(target) as dst:
         with (

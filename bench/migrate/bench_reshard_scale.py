@@ -13,8 +13,8 @@ open-loop client (``--client-rate`` requests a second of 10 ids each) run throug
 - copy rate: moved rows over the time from the start of ``copying`` to the end of ``synced``, against raw
   ``COPY ... TO STDOUT`` streams into ``COPY ... FROM STDIN`` of the same rows from the same sources to the same
   target (before the migration, one stream per planned pair, all at once as the engine copies, into a scratch
-  table with the feature table's indexes and storage settings); the ratio is the migration's time over the raw
-  copy's (goal <= 1.3);
+  table with the feature table's generated column, indexes and storage settings); the ratio is the migration's
+  time over the raw copy's (goal <= 1.3);
 - the cutover's write pause: the largest extra latency of an acknowledged write overlapping the ``cut_over`` phase
   (its time minus the median write outside it), and the phase's fence, drain and final check (its method, time
   and the keys it compared under the fence);
