@@ -20,7 +20,8 @@ def test_the_resharding_scale_benchmark_migrates_under_traffic_and_reports_rates
     run_benchmark("bench/migrate/bench_reshard_scale.py", "--rows", "6000", "--chunk", "2000", "--json", str(out))
     figures = json.loads(out.read_text())  # the benchmark exits non-zero unless traffic and audit were clean
     assert figures["moved_rows"] > 0
-    assert figures["raw_copy_rows"] == figures["moved_rows"]
+    # The raw copy runs under the writer (new entities only add rows), between the plan and the migration.
+    assert figures["plan"]["rows"] <= figures["raw_copy_rows"] <= figures["moved_rows"]
     assert set(figures["phase_seconds"]) == {"provisioned", "copying", "synced", "verified", "cut_over", "cleaned"}
     assert figures["cutover_write_pause_ms"] is not None
     assert figures["client_p99_during_cleanup"]["requests"] > 0
