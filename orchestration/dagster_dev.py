@@ -1,11 +1,13 @@
 """Start and stop `dg dev` (webserver + daemon + code server) as one process tree we own by PID.
 
 Used by the end-to-end test and the screenshot script. `dg dev` runs in its own session; stopping it
-sends SIGINT to its PID (as Ctrl-C would), then kills any descendant still alive by its own PID.
+sends SIGINT to its PID and each descendant's (as Ctrl-C would), then kills any descendant still alive by its own
+PID.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -51,8 +53,13 @@ class DagsterDev:
     def stop(self, timeout: float = 30.0) -> list[int]:
         """Stop the tree; returns the PIDs still alive afterwards (empty when all stopped)."""
         children = self.descendants()
-        # SIGINT is Ctrl-C: `dg dev` then shuts its webserver, daemon and code servers down (~10 s). A SIGTERM
-        # would end only the parent, and the children ignore SIGTERM: they would be orphaned.
+        # SIGINT to the parent and to each descendant, by PID, is what Ctrl-C does (the terminal signals the whole
+        # foreground group): each of the webserver, daemon and code servers shuts down at once. SIGINT to the parent
+        # alone left it waiting on its children for the whole timeout (40-44 s per test teardown); a SIGTERM would
+        # end only the parent, and the children ignore SIGTERM: they would be orphaned.
+        for pid in children:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGINT)
         stop_pid(self.pid, signal.SIGINT, timeout=timeout)
         deadline = time.monotonic() + 10
         while time.monotonic() < deadline and any(pid_alive(pid) for pid in children):
