@@ -33,7 +33,8 @@ from dataclasses import dataclass, field
 import psycopg
 
 CHANGE_TABLE = "tessera_feature_changes"
-CHANGE_LOG_RETENTION = "10 minutes"
+CHANGE_LOG_RETENTION_MINUTES = 10
+CHANGE_LOG_RETENTION = f"{CHANGE_LOG_RETENTION_MINUTES} minutes"  # as the DDL writes it
 _PRUNE_LOCK_KEY = 0x7E55C4A6
 LOG_FUNCTION = "tessera_log_feature_changes"
 # A writer that logs its own batch sets this for its transaction, so the row trigger stays out of its way.
